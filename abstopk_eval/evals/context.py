@@ -1,0 +1,71 @@
+"""What every evaluation receives, and the registry the runner iterates over."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from sae_lens import SAE
+
+from abstopk_eval.errors import UserError
+
+
+class ActivationSource(Protocol):
+    """Held-out activations at the SAE's layer (BOS excluded), as an [n, d_in] float tensor."""
+
+    def __call__(self) -> torch.Tensor: ...
+
+
+@dataclass
+class EvalContext:
+    """Shared inputs of one (model, layer) evaluation run."""
+
+    adapter: Any
+    """abstopk_eval.models.adapter.ModelAdapter (or a compatible object in tests)."""
+    model_key: str
+    model_name: str
+    layer: int
+    eval_tokens: torch.Tensor
+    """Held-out packed token sequences [N, T] (column 0 is BOS) for loss-based metrics."""
+    heldout_activations: ActivationSource
+    dataset: str
+    """Human-readable description of the held-out text (corpus, split, source package)."""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    training_info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """sae_id -> training.json contents (training curve, time), when the SAE was trained here."""
+    batch_size: int = 4
+    device: str = "cpu"
+
+
+EvalFn = Callable[[EvalContext, dict[str, SAE]], dict[str, Any]]
+"""(context, {sae_id: SAE}) -> {sae_id: eval output (a pydantic dataclass of the sae_bench schema)}."""
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    name: str
+    description: str
+    run: EvalFn
+
+
+EVALS: dict[str, EvalSpec] = {}
+
+
+def register_eval(spec: EvalSpec) -> EvalSpec:
+    if spec.name in EVALS:
+        raise ValueError(f"evaluation {spec.name!r} is already registered")
+    EVALS[spec.name] = spec
+    return spec
+
+
+def get_eval(name: str) -> EvalSpec:
+    try:
+        return EVALS[name]
+    except KeyError:
+        raise UserError(f"unknown evaluation {name!r}; known evaluations: {', '.join(EVALS)}") from None
+
+
+def hook_name(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_post"

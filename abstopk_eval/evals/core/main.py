@@ -1,0 +1,205 @@
+"""Core metrics: reconstruction (nMSE, FVU), sign-correct sparsity, and spliced-in model loss / KL.
+
+All SAEs of a run are scored from the same language-model passes: per batch of held-out sequences we
+run the clean model once (its logits are the KL reference), the zero-ablated model once, and one spliced
+pass per SAE. BOS positions keep their original activation (as sae_bench's core eval does with
+`exclude_special_tokens_from_reconstruction`), since SAEs are trained without them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from sae_bench.evals.core.eval_output import (
+    ModelBehaviorPreservationMetrics,
+    ModelPerformancePreservationMetrics,
+    ReconstructionQualityMetrics,
+    ShrinkageMetrics,
+    TokenStatsMetrics,
+)
+from sae_lens import SAE
+from tqdm.auto import tqdm
+
+from abstopk_eval.evals.context import EvalContext, EvalSpec, hook_name, register_eval
+from abstopk_eval.evals.core.eval_config import CoreEvalConfig
+from abstopk_eval.evals.core.eval_output import (
+    CoreEvalOutput,
+    CoreMetricCategories,
+    NormalisedReconstructionMetrics,
+    SignedSparsityMetrics,
+)
+
+SAE_BENCH_COMMIT = "sae-bench 0.6.0 (PyPI)"
+
+
+@dataclass
+class _LossTotals:
+    ce: float = 0.0
+    kl: float = 0.0
+    n: int = 0
+
+
+@dataclass
+class _ReconTotals:
+    """Running sums over held-out activation rows."""
+
+    d_sae: int
+    n: int = 0
+    sq_err: float = 0.0
+    sq_norm: float = 0.0
+    sum_x: torch.Tensor | None = None
+    cos: float = 0.0
+    norm_in: float = 0.0
+    norm_out: float = 0.0
+    dot_xhat_x: float = 0.0
+    sq_xhat: float = 0.0
+    l0: float = 0.0
+    l1: float = 0.0
+    n_active: float = 0.0
+    n_negative: float = 0.0
+    fires: torch.Tensor = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.fires = torch.zeros(self.d_sae, dtype=torch.float64)
+
+
+@torch.no_grad()
+def reconstruction_stats(sae: SAE, activations: torch.Tensor, batch_size: int = 4096) -> _ReconTotals:
+    """Reconstruction and sparsity sums of `sae` on activation rows (activity is z != 0)."""
+    tot = _ReconTotals(d_sae=sae.cfg.d_sae)
+    for start in range(0, activations.shape[0], batch_size):
+        x = activations[start:start + batch_size].to(sae.W_enc.device, torch.float32)
+        z = sae.encode(x)
+        x_hat = sae.decode(z)
+        active = z != 0
+        err = (x_hat - x).pow(2).sum(-1)
+        tot.n += x.shape[0]
+        tot.sq_err += float(err.sum())
+        tot.sq_norm += float(x.pow(2).sum())
+        tot.sum_x = x.sum(0).double().cpu() if tot.sum_x is None else tot.sum_x + x.sum(0).double().cpu()
+        tot.cos += float(F.cosine_similarity(x_hat, x, dim=-1).sum())
+        tot.norm_in += float(x.norm(dim=-1).sum())
+        tot.norm_out += float(x_hat.norm(dim=-1).sum())
+        tot.dot_xhat_x += float((x_hat * x).sum())
+        tot.sq_xhat += float(x_hat.pow(2).sum())
+        tot.l0 += float(active.sum())
+        tot.l1 += float(z.abs().sum())
+        tot.n_active += float(active.sum())
+        tot.n_negative += float((z < 0).sum())
+        tot.fires += active.sum(0).double().cpu()
+    return tot
+
+
+def _splice_fn(sae: SAE | None, keep: torch.Tensor):
+    """Replacement for the layer output: SAE reconstruction (or zeros when sae is None) except where keep."""
+
+    def fn(hidden: torch.Tensor) -> torch.Tensor:
+        if sae is None:
+            new = torch.zeros_like(hidden)
+        else:
+            new = sae.decode(sae.encode(hidden.float())).to(hidden.dtype)
+        return torch.where(keep.unsqueeze(-1), hidden, new)
+
+    return fn
+
+
+def _token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy per predicted position, float32, [B, T-1]."""
+    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="none").view(tokens.shape[0], -1)
+
+
+def _kl(clean_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(clean || spliced) per position, summed over the vocabulary."""
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    return (clean_logp.exp() * (clean_logp - logp)).sum(-1)
+
+
+@torch.no_grad()
+def loss_stats(ctx: EvalContext, saes: dict[str, SAE]) -> tuple[_LossTotals, _LossTotals, dict[str, _LossTotals]]:
+    """CE / KL of the clean model, the zero-ablated model and every spliced SAE, on ctx.eval_tokens."""
+    adapter, tokens = ctx.adapter, ctx.eval_tokens
+    clean, zero = _LossTotals(), _LossTotals()
+    spliced = {name: _LossTotals() for name in saes}
+    bos = adapter.bos_token_id
+    for start in tqdm(range(0, tokens.shape[0], ctx.batch_size), desc="core: CE/KL passes", unit="batch"):
+        batch = tokens[start:start + ctx.batch_size].to(ctx.device)
+        keep = batch == bos
+        logits = adapter.logits(batch)
+        ce = _token_ce(logits, batch)
+        clean_logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+        del logits
+        n = ce.numel()
+        clean.ce += float(ce.sum()); clean.n += n
+        for name, sae in [(None, None), *saes.items()]:
+            logits = adapter.forward_with_replacement(batch, ctx.layer, _splice_fn(sae, keep))
+            tot = zero if name is None else spliced[name]
+            tot.ce += float(_token_ce(logits, batch).sum())
+            tot.kl += float(_kl(clean_logp, logits).sum())
+            tot.n += n
+            del logits
+    return clean, zero, spliced
+
+
+def _output(ctx: EvalContext, sae_id: str, sae: SAE, recon: _ReconTotals, clean: _LossTotals, zero: _LossTotals,
+            spl: _LossTotals) -> CoreEvalOutput:
+    n = max(recon.n, 1)
+    mean = recon.sum_x / n
+    total_var = recon.sq_norm - n * float(mean.pow(2).sum())
+    fvu = recon.sq_err / total_var
+    ce_clean, ce_zero, ce_sae = clean.ce / clean.n, zero.ce / zero.n, spl.ce / spl.n
+    kl_zero, kl_sae = zero.kl / zero.n, spl.kl / spl.n
+    density = recon.fires / n
+    dead = float((recon.fires == 0).float().mean())
+    info = ctx.training_info.get(sae_id, {})
+    metrics = CoreMetricCategories(
+        model_behavior_preservation=ModelBehaviorPreservationMetrics(
+            kl_div_score=(kl_zero - kl_sae) / kl_zero, kl_div_with_ablation=kl_zero, kl_div_with_sae=kl_sae),
+        model_performance_preservation=ModelPerformancePreservationMetrics(
+            ce_loss_score=(ce_zero - ce_sae) / (ce_zero - ce_clean), ce_loss_with_ablation=ce_zero,
+            ce_loss_with_sae=ce_sae, ce_loss_without_sae=ce_clean),
+        reconstruction_quality=ReconstructionQualityMetrics(
+            explained_variance=1 - fvu, explained_variance_legacy=1 - recon.sq_err / recon.sq_norm,
+            mse=recon.sq_err / (n * sae.cfg.d_in), cossim=recon.cos / n),
+        normalised_reconstruction=NormalisedReconstructionMetrics(
+            nmse=recon.sq_err / recon.sq_norm, fvu=fvu, loss_recovered=(ce_zero - ce_sae) / (ce_zero - ce_clean)),
+        shrinkage=ShrinkageMetrics(
+            l2_norm_in=recon.norm_in / n, l2_norm_out=recon.norm_out / n, l2_ratio=recon.norm_out / recon.norm_in,
+            relative_reconstruction_bias=recon.sq_xhat / recon.dot_xhat_x),
+        sparsity=SignedSparsityMetrics(
+            l0=recon.l0 / n, l1=recon.l1 / n, frac_negative=recon.n_negative / max(recon.n_active, 1.0),
+            dead_fraction=dead, frac_alive=1 - dead, freq_over_1_percent=float((density > 0.01).float().mean()),
+            freq_over_10_percent=float((density > 0.10).float().mean())),
+        token_stats=TokenStatsMetrics(total_tokens_eval_reconstruction=clean.n, total_tokens_eval_sparsity_variance=recon.n),
+    )
+    config = CoreEvalConfig(model_name=ctx.model_key, layer=ctx.layer, hook_name=hook_name(ctx.layer), dataset=ctx.dataset,
+                            context_size=int(ctx.eval_tokens.shape[1]), n_ce_tokens=clean.n, n_sparsity_tokens=recon.n)
+    return CoreEvalOutput(
+        eval_config=config, eval_id=str(uuid.uuid4()), datetime_epoch_millis=int(time.time() * 1000),
+        eval_result_metrics=metrics, sae_bench_commit_hash=SAE_BENCH_COMMIT, sae_lens_id=sae_id,
+        sae_lens_release_id=None, sae_lens_version=ctx.provenance.get("versions", {}).get("sae-lens"),
+        sae_cfg_dict=sae.cfg.to_dict(),
+        eval_result_unstructured={
+            "training_curve": info.get("curve", []), "train_seconds": info.get("train_seconds"),
+            "train_tokens": info.get("tokens"),
+            "latent_density_quantiles": {q: float(density.quantile(q)) for q in (0.1, 0.5, 0.9, 0.99)},
+        },
+        provenance={**ctx.provenance, "sae_id": sae_id, **{k: sae.cfg.metadata.get(k) for k in ("variant", "k", "seed", "preset")}},
+    )
+
+
+def run_core(ctx: EvalContext, saes: dict[str, SAE]) -> dict[str, CoreEvalOutput]:
+    acts = ctx.heldout_activations()
+    recon = {name: reconstruction_stats(sae, acts) for name, sae in tqdm(saes.items(), desc="core: reconstruction", unit="sae")}
+    clean, zero, spliced = loss_stats(ctx, saes)
+    return {name: _output(ctx, name, sae, recon[name], clean, zero, spliced[name]) for name, sae in saes.items()}
+
+
+CORE = register_eval(EvalSpec(
+    name="core",
+    description="nMSE, FVU, L0 (!= 0), dead and negative fractions, CE / loss recovered / KL with the SAE spliced in",
+    run=run_core,
+))

