@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from abstopk_eval.errors import UserError
+from abstopk_eval.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,8 @@ class TrainPreset:
         return max(1, self.dead_window_tokens // self.batch_size)
 
 
-PRESETS: dict[str, TrainPreset] = {
+PRESETS: Registry[TrainPreset] = Registry("preset")
+PRESETS.update({
     # The paper's setting. Offline, the corpus is far smaller than 30k x 4096 = 123M tokens, so the
     # cache is revisited for many epochs (recorded in provenance); with network use --corpus pile.
     "paper": TrainPreset(name="paper", expansion=16, lr=3e-4, betas=(0.9, 0.99), batch_size=4096,
@@ -67,7 +69,7 @@ PRESETS: dict[str, TrainPreset] = {
                          l1_coefficient=2.0, l0_coefficient=0.5, checkpoint_every_steps=1000),
     # CPU default: all six variants + core metrics within ~20 minutes on 2 cores with a warm cache.
     "quick": TrainPreset(name="quick", expansion=8, lr=1e-3, betas=(0.9, 0.99), batch_size=1024,
-                         train_tokens=400_000, cache_tokens=400_000, eval_tokens=8_192, heldout_tokens=49_152,
+                         train_tokens=262_144, cache_tokens=262_144, eval_tokens=4_096, heldout_tokens=49_152,
                          l1_coefficient=2.0, l0_coefficient=0.5, dead_window_tokens=200_000,
                          checkpoint_every_steps=100),
     # Seconds: for tests and smoke checks.
@@ -75,11 +77,8 @@ PRESETS: dict[str, TrainPreset] = {
                          train_tokens=2_048, cache_tokens=2_048, eval_tokens=256, heldout_tokens=1_024,
                          l1_coefficient=2.0, l0_coefficient=0.5, dead_window_tokens=1_024,
                          checkpoint_every_steps=8, log_every_steps=2),
-}
+})
 
 
 def get_preset(name: str) -> TrainPreset:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise UserError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+    return PRESETS.lookup(name)

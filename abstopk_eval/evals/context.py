@@ -9,7 +9,7 @@ from typing import Any, Callable, Protocol
 import torch
 from sae_lens import SAE
 
-from abstopk_eval.errors import UserError
+from abstopk_eval.registry import Registry
 
 
 class ActivationSource(Protocol):
@@ -50,21 +50,15 @@ class EvalSpec:
     run: EvalFn
 
 
-EVALS: dict[str, EvalSpec] = {}
+EVALS: Registry[EvalSpec] = Registry("evaluation")
 
 
 def register_eval(spec: EvalSpec) -> EvalSpec:
-    if spec.name in EVALS:
-        raise ValueError(f"evaluation {spec.name!r} is already registered")
-    EVALS[spec.name] = spec
-    return spec
+    return EVALS.register(spec.name, spec)
 
 
 def get_eval(name: str) -> EvalSpec:
-    try:
-        return EVALS[name]
-    except KeyError:
-        raise UserError(f"unknown evaluation {name!r}; known evaluations: {', '.join(EVALS)}") from None
+    return EVALS.lookup(name)
 
 
 def hook_name(layer: int) -> str:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from abstopk_eval.errors import UserError
+from abstopk_eval.registry import Registry
 
 ModelSource = Literal["gguf_package", "hub"]
 
@@ -47,22 +48,15 @@ class ModelSpec:
         return layer
 
 
-MODEL_REGISTRY: dict[str, ModelSpec] = {}
+MODEL_REGISTRY: Registry[ModelSpec] = Registry("model")
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
-    if spec.key in MODEL_REGISTRY:
-        raise ValueError(f"model {spec.key!r} is already registered")
-    MODEL_REGISTRY[spec.key] = spec
-    return spec
+    return MODEL_REGISTRY.register(spec.key, spec)
 
 
 def get_model_spec(key: str) -> ModelSpec:
-    try:
-        return MODEL_REGISTRY[key]
-    except KeyError:
-        known = ", ".join(sorted(MODEL_REGISTRY))
-        raise UserError(f"unknown model {key!r}; known models: {known}") from None
+    return MODEL_REGISTRY.lookup(key)
 
 
 DEFAULT_MODEL = "gemma-3-270m"

@@ -12,7 +12,7 @@ from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
 from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
-from abstopk_eval.errors import UserError
+from abstopk_eval.registry import Registry
 from abstopk_eval.saes.batch_abstopk import BatchAbsTopKTrainingSAE, BatchAbsTopKTrainingSAEConfig
 
 
@@ -61,14 +61,11 @@ def _jumprelu(d_in: int, d_sae: int, hp: SparsityHyperparams) -> TrainingSAE:
     return JumpReLUTrainingSAE(cfg)
 
 
-VARIANTS: dict[str, VariantSpec] = {}
+VARIANTS: Registry[VariantSpec] = Registry("SAE variant")
 
 
 def register_variant(spec: VariantSpec) -> VariantSpec:
-    if spec.name in VARIANTS:
-        raise ValueError(f"variant {spec.name!r} is already registered")
-    VARIANTS[spec.name] = spec
-    return spec
+    return VARIANTS.register(spec.name, spec)
 
 
 register_variant(VariantSpec("relu", "ReLU + L1 penalty (sae_lens standard)", False, False, _relu))
@@ -87,10 +84,7 @@ ALL_VARIANTS: tuple[str, ...] = tuple(VARIANTS)
 
 
 def get_variant(name: str) -> VariantSpec:
-    try:
-        return VARIANTS[name]
-    except KeyError:
-        raise UserError(f"unknown SAE variant {name!r}; known variants: {', '.join(VARIANTS)}") from None
+    return VARIANTS.lookup(name)
 
 
 DEFAULT_PRESET_NAME = "quick"
