@@ -25,6 +25,9 @@ class SparsityHyperparams:
     l0_coefficient: float
     jumprelu_bandwidth: float = 0.001
     jumprelu_init_threshold: float = 0.1
+    jumprelu_sparsity_loss_mode: str = "step"
+    """sae_lens mode: "step" (DeepMind's L0) or "quadratic" (GemmaScope 2: 2/k * (L0 - k)^2, target L0 = k)."""
+    jumprelu_ste_to_input: bool = False
     aux_loss_coefficient: float = 1 / 32
 
 
@@ -57,6 +60,9 @@ def _jumprelu(d_in: int, d_sae: int, hp: SparsityHyperparams) -> TrainingSAE:
     cfg = JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l0_coefficient=hp.l0_coefficient,
                                     jumprelu_bandwidth=hp.jumprelu_bandwidth,
                                     jumprelu_init_threshold=hp.jumprelu_init_threshold,
+                                    jumprelu_sparsity_loss_mode=hp.jumprelu_sparsity_loss_mode,
+                                    jumprelu_ste_to_input=hp.jumprelu_ste_to_input,
+                                    target_l0=float(hp.k) if hp.jumprelu_sparsity_loss_mode == "quadratic" else None,
                                     apply_b_dec_to_input=True)
     return JumpReLUTrainingSAE(cfg)
 

@@ -87,7 +87,9 @@ def _lr_lambda(preset: TrainPreset) -> Callable[[int], float]:
 def _hyperparams(preset: TrainPreset, k: int) -> SparsityHyperparams:
     return SparsityHyperparams(k=k, l1_coefficient=preset.l1_coefficient, l0_coefficient=preset.l0_coefficient,
                                jumprelu_bandwidth=preset.jumprelu_bandwidth,
-                               jumprelu_init_threshold=preset.jumprelu_init_threshold)
+                               jumprelu_init_threshold=preset.jumprelu_init_threshold,
+                               jumprelu_sparsity_loss_mode=preset.jumprelu_sparsity_loss_mode,
+                               jumprelu_ste_to_input=preset.jumprelu_ste_to_input)
 
 
 def _new_state(job: TrainJob, d_in: int, preset: TrainPreset, device: str) -> _JobState:
