@@ -41,7 +41,8 @@ class TrainPreset:
 
     With Adam the threshold moves by about lr per step, so with the threshold alone the L0 barely moves in a
     few hundred steps at our input scale (E||x||^2 = d_model); measured on gemma-3-270m L9, quick preset:
-    L0 ~1,300 after 128 steps with it off, ~62 with it on (l0 coefficient 0.5, init threshold 1.0)."""
+    L0 650-1,300 after 128 steps with it off (init threshold 0.1-2.0), ~62 with it on (l0 coefficient 0.5,
+    init threshold 1.0)."""
     warmup_frac: float = 0.02
     """Linear learning-rate warm-up, as a fraction of the steps."""
     decay_frac: float = 0.2
