@@ -22,6 +22,7 @@ from abstopk_eval.models.registry import ModelSpec
 from abstopk_eval.results import package_versions, result_path, write_eval_output
 from abstopk_eval.saes.io import load_sae
 from abstopk_eval.saes.variants import get_variant, sae_id
+from abstopk_eval.training import distributed
 from abstopk_eval.training.trainer import TRAINING_JSON, TrainJob, train_jobs
 
 log = logging.getLogger("abstopk_eval")
@@ -44,6 +45,7 @@ class RunPlan:
     reports_dir: Path = Path("reports")
     cache_dir: Path | None = None
     write_report: bool = True
+    sparse_training: bool = True
 
 
 def plan_jobs(plan: RunPlan) -> list[TrainJob]:
@@ -93,8 +95,14 @@ class _Session:
     def cache(self, packed: PackedTokens, n_tokens: int) -> ActivationCache:
         key = CacheKey(model=self.plan.model.key, layer=self.plan.layer, corpus=self.plan.corpus, n_tokens=n_tokens,
                        seq_len=self.plan.model.context_size, split=packed.split)
-        return ActivationCache.build_or_load(self.cache_root / "activations", key, self.adapter, packed,
-                                             d_in=self.plan.model.d_model)
+        def build_or_load() -> ActivationCache:
+            return ActivationCache.build_or_load(self.cache_root / "activations", key, self.adapter, packed,
+                                                 d_in=self.plan.model.d_model)
+
+        if distributed.is_main():  # one LM pass; the other ranks wait, then load what it wrote
+            cache = build_or_load()
+        distributed.barrier()
+        return cache if distributed.is_main() else build_or_load()
 
     def provenance(self) -> dict[str, Any]:
         plan = self.plan
@@ -116,7 +124,7 @@ def train_missing(session: _Session, jobs: list[TrainJob]) -> None:
                                                      start_token=start_step * preset.batch_size)
 
     train_jobs(jobs, stream_for_seed, d_in=cache.d_in, preset=preset, mean=cache.mean, scale=cache.scale,
-               metadata=metadata, device=plan.device)
+               metadata=metadata, device=plan.device, sparse=plan.sparse_training)
 
 
 def evaluate_missing(session: _Session, pending: dict[str, list[TrainJob]]) -> None:
@@ -145,10 +153,17 @@ def evaluate_missing(session: _Session, pending: dict[str, list[TrainJob]]) -> N
 
 
 def execute(plan: RunPlan) -> None:
+    """Train what is missing, evaluate what has no result, rebuild reports.
+
+    Under torchrun every rank trains its share of each batch; evaluation and reports run on rank 0 only.
+    """
+    distributed.init_from_env(plan.device)
     jobs = plan_jobs(plan)
     session = _Session(plan)
     if any(not job.is_finished() for job in jobs):
         train_missing(session, jobs)
+    if not distributed.is_main():
+        return
     pending = _pending_evals(plan, jobs)
     if pending:
         evaluate_missing(session, pending)

@@ -6,7 +6,9 @@ own loop rather than `SAETrainer` because SAETrainer owns its data iterator: her
 the same batch, so activations are read once per step for all of them, and each variant checkpoints and
 resumes independently. ReLU / JumpReLU decoders are renormalised to unit rows after every step by
 `fold_W_dec_norm` (function-preserving); the k-sparse variants train with rescale_acts_by_decoder_norm
-and are folded to unit rows on export.
+and are folded to unit rows on export. By default the k-sparse variants take the sparse path of
+`sparse_ksae.py` (same loss and gradients as sae_lens's dense forward, tested); `sparse=False` uses
+sae_lens's `training_forward_pass` for every variant.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from tqdm.auto import tqdm
 from abstopk_eval.config import TrainPreset
 from abstopk_eval.saes.io import export_inference_sae
 from abstopk_eval.saes.variants import SparsityHyperparams, get_variant, sae_id
+from abstopk_eval.training import distributed
 from abstopk_eval.training.checkpoint import atomic_torch_save, atomic_write_json, load_checkpoint
+from abstopk_eval.training.sparse_ksae import sparse_training_forward, update_batch_threshold
 
 log = logging.getLogger("abstopk_eval.training")
 
@@ -122,19 +126,48 @@ def _coefficients(preset: TrainPreset, step: int) -> dict[str, float]:
     return {"l1": preset.l1_coefficient * ramp, "l0": preset.l0_coefficient * ramp}
 
 
-def _train_step(state: _JobState, batch: torch.Tensor, preset: TrainPreset) -> None:
+@dataclass
+class _StepResult:
+    loss: torch.Tensor
+    sae_out: torch.Tensor
+    fired: torch.Tensor
+    l0: float
+
+
+def _dense_step(sae: TrainingSAE, batch: torch.Tensor, dead: torch.Tensor, coefficients: dict[str, float],
+                step: int) -> _StepResult:
+    """sae_lens's own training_forward_pass (dense decoder and backward)."""
+    out = sae.training_forward_pass(TrainStepInput(sae_in=batch, coefficients=coefficients, dead_neuron_mask=dead,
+                                                   n_training_steps=step, is_logging_step=False))
+    with torch.no_grad():
+        active = out.feature_acts != 0
+        return _StepResult(out.loss, out.sae_out, active.any(dim=0), float(active.sum(-1).float().mean()))
+
+
+def _sparse_step(sae: TrainingSAE, batch: torch.Tensor, dead: torch.Tensor, variant: str) -> _StepResult:
+    """The sparse k-SAE path (same loss and gradients as _dense_step), plus sae_lens's threshold update."""
+    out = sparse_training_forward(sae, batch, variant, dead)
+    if variant in ("batchtopk", "batch-abstopk"):
+        update_batch_threshold(sae, out.values)
+    return _StepResult(out.loss, out.sae_out, out.fired(sae.cfg.d_sae), out.l0())
+
+
+def _train_step(state: _JobState, batch: torch.Tensor, preset: TrainPreset, sparse: bool = True) -> None:
     sae = state.sae
     sae.train()
-    out = sae.training_forward_pass(TrainStepInput(
-        sae_in=batch, coefficients=_coefficients(preset, state.step),
-        dead_neuron_mask=state.steps_since_fired > preset.dead_window_steps(),
-        n_training_steps=state.step, is_logging_step=False,
-    ))
+    dead = state.steps_since_fired > preset.dead_window_steps()
+    if sparse and get_variant(state.job.variant).uses_k:
+        out = _sparse_step(sae, batch, dead, state.job.variant)
+    else:
+        out = _dense_step(sae, batch, dead, _coefficients(preset, state.step), state.step)
     with torch.no_grad():
-        fired = (out.feature_acts != 0).any(dim=0)
         state.steps_since_fired += 1
-        state.steps_since_fired[fired] = 0
+        state.steps_since_fired[distributed.any_rank(out.fired)] = 0
+        if hasattr(sae, "topk_threshold"):
+            # EMA of the batch minimum: the min over ranks of the updated values is the global-batch update
+            distributed.min_rank_(sae.topk_threshold)
     out.loss.backward()
+    distributed.average_gradients(sae)
     torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
     state.optimizer.step()
     state.optimizer.zero_grad(set_to_none=True)
@@ -150,7 +183,7 @@ def _train_step(state: _JobState, batch: torch.Tensor, preset: TrainPreset) -> N
             state.curve.append({
                 "step": state.step, "tokens": state.step * preset.batch_size,
                 "mse": float(err.mean() / batch.shape[-1]), "fvu": float(err.mean() / energy),
-                "l0": float((out.feature_acts != 0).float().sum(-1).mean()),
+                "l0": out.l0,
                 "dead_frac": float((state.steps_since_fired > preset.dead_window_steps()).float().mean()),
             })
 
@@ -173,7 +206,7 @@ def _finish(state: _JobState, preset: TrainPreset, mean: torch.Tensor, scale: fl
 
 def train_jobs(jobs: list[TrainJob], batch_stream_for_seed: Callable[[int], BatchStream], *, d_in: int,
                preset: TrainPreset, mean: torch.Tensor, scale: float, metadata: dict[str, Any],
-               device: str = "cpu") -> None:
+               device: str = "cpu", sparse: bool = True) -> None:
     """Train every unfinished job; jobs sharing a seed share one pass over that seed's batch stream.
 
     A job resumes from its checkpoint; the shared pass starts at the earliest step among the group and a
@@ -193,31 +226,35 @@ def train_jobs(jobs: list[TrainJob], batch_stream_for_seed: Callable[[int], Batc
                 _restore(state, ckpt)
                 log.info("resuming %s from step %d/%d", job.sae_id, state.step, preset.total_steps)
             states.append(state)
-        _run_group(states, batch_stream_for_seed(seed), preset, device)
+        _run_group(states, batch_stream_for_seed(seed), preset, device, sparse)
+        path = {"training_path": "sparse k-SAE kernels" if sparse else "sae_lens training_forward_pass (dense)"}
         for state in states:
-            _finish(state, preset, mean, scale, metadata)
-            log.info("trained %s in %.0fs", state.job.sae_id, state.seconds)
+            if distributed.is_main():
+                _finish(state, preset, mean, scale, {**metadata, **path, "world_size": distributed.world_size()})
+                log.info("trained %s in %.0fs", state.job.sae_id, state.seconds)
+        distributed.barrier()
 
 
-def _run_group(states: list[_JobState], stream: BatchStream, preset: TrainPreset, device: str) -> None:
+def _run_group(states: list[_JobState], stream: BatchStream, preset: TrainPreset, device: str, sparse: bool) -> None:
     total = preset.total_steps
     start = min(s.step for s in states)
     if start >= total:
         return
     names = ", ".join(s.job.sae_id for s in states)
-    bar = tqdm(total=total, initial=start, desc=f"training {len(states)} SAEs", unit="step")
-    log.info("training %s: steps %d..%d of batch %d", names, start, total, preset.batch_size)
+    bar = tqdm(total=total, initial=start, desc=f"training {len(states)} SAEs", unit="step", disable=not distributed.is_main())
+    log.info("training %s: steps %d..%d of batch %d (%d process(es))", names, start, total, preset.batch_size,
+             distributed.world_size())
     step = start
     for batch in stream(start):
-        batch = batch.to(device, non_blocking=True)
+        batch = distributed.shard(batch).to(device, non_blocking=True)
         for state in states:
             if state.step == step and state.step < total:
                 began = time.perf_counter()
-                _train_step(state, batch, preset)
+                _train_step(state, batch, preset, sparse)
                 state.seconds += time.perf_counter() - began
         step += 1
         bar.update(1)
-        if step % preset.checkpoint_every_steps == 0 and step < total:
+        if step % preset.checkpoint_every_steps == 0 and step < total and distributed.is_main():
             for state in states:
                 _save(state)
         if step >= total:

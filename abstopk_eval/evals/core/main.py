@@ -32,6 +32,7 @@ from abstopk_eval.evals.core.eval_output import (
     NormalisedReconstructionMetrics,
     SignedSparsityMetrics,
 )
+from abstopk_eval.models.adapter import lm_loss_per_token
 
 SAE_BENCH_COMMIT = "sae-bench 0.6.0 (PyPI)"
 
@@ -107,15 +108,10 @@ def _splice_fn(sae: SAE | None, keep: torch.Tensor):
     return fn
 
 
-def _token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy per predicted position, float32, [B, T-1]."""
-    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="none").view(tokens.shape[0], -1)
-
-
-def _kl(clean_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+def _kl(clean_p: torch.Tensor, clean_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """KL(clean || spliced) per position, summed over the vocabulary."""
     logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    return (clean_logp.exp() * (clean_logp - logp)).sum(-1)
+    return (clean_p * (clean_logp - logp)).sum(-1)
 
 
 @torch.no_grad()
@@ -129,16 +125,18 @@ def loss_stats(ctx: EvalContext, saes: dict[str, SAE]) -> tuple[_LossTotals, _Lo
         batch = tokens[start:start + ctx.batch_size].to(ctx.device)
         keep = batch == bos
         logits = adapter.logits(batch)
-        ce = _token_ce(logits, batch)
+        ce = lm_loss_per_token(batch, logits)
         clean_logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+        clean_p = clean_logp.exp()
         del logits
         n = ce.numel()
-        clean.ce += float(ce.sum()); clean.n += n
+        clean.ce += float(ce.sum())
+        clean.n += n
         for name, sae in [(None, None), *saes.items()]:
             logits = adapter.forward_with_replacement(batch, ctx.layer, _splice_fn(sae, keep))
             tot = zero if name is None else spliced[name]
-            tot.ce += float(_token_ce(logits, batch).sum())
-            tot.kl += float(_kl(clean_logp, logits).sum())
+            tot.ce += float(lm_loss_per_token(batch, logits).sum())
+            tot.kl += float(_kl(clean_p, clean_logp, logits).sum())
             tot.n += n
             del logits
     return clean, zero, spliced
