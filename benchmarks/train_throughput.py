@@ -27,7 +27,7 @@ from abstopk_eval.models.loading import default_cache_dir
 from abstopk_eval.results import package_versions
 from abstopk_eval.saes.variants import SparsityHyperparams, get_variant
 from abstopk_eval.training.checkpoint import atomic_write_json
-from abstopk_eval.training.trainer import TrainJob, _JobState, _train_step
+from abstopk_eval.training.trainer import TrainJob, _new_state, _train_step
 
 OUT = Path(__file__).parent / "results" / "train_throughput.json"
 
@@ -78,10 +78,9 @@ def _nmse(sae, x: torch.Tensor) -> float:
 
 
 def bench_ours(variant, batches, d_in, d_sae, k, preset, sparse=True) -> tuple[dict, object]:
-    sae = _build(variant, d_in, d_sae, k, seed=0)
-    opt = torch.optim.Adam(sae.parameters(), lr=preset.lr, betas=preset.betas)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-    state = _JobState(TrainJob(variant, k, 0, preset.name, Path("/nonexistent")), sae, opt, sched, torch.zeros(d_sae))
+    preset = dataclasses.replace(preset, expansion=d_sae // d_in)
+    state = _new_state(TrainJob(variant, k, 0, preset.name, Path("/nonexistent")), d_in, preset, "cpu")  # same init as _build(seed=0)
+    sae = state.sae
     times = []
     with PeakRSS() as mem:
         for batch in batches:
@@ -101,35 +100,37 @@ def bench_sae_lens(variant, batches, d_in, d_sae, k, preset) -> tuple[dict, obje
     cfg = SAETrainerConfig(total_training_samples=len(batches) * bs, train_batch_size_samples=bs, lr=preset.lr,
                            lr_end=preset.lr, adam_beta1=preset.betas[0], adam_beta2=preset.betas[1],
                            dead_feature_window=preset.dead_window_steps(), logger=LoggingConfig(log_to_wandb=False))
-    times, last = [], [time.perf_counter()]
+    stamps: list[float] = []
 
     def provider():
         for batch in batches:
-            now = time.perf_counter()
-            times.append(now - last[0])  # time spent in the previous step (data is already in memory)
+            stamps.append(time.perf_counter())  # SAETrainer asks for a batch at the start of each step
             yield batch
-            last[0] = time.perf_counter()
 
-    stream = provider()
-    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=stream)
+    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=provider())
     with PeakRSS() as mem:
-        began = time.perf_counter()
         trainer.fit()
-        total = time.perf_counter() - began
-    # per-step time = wall time between consecutive batch requests; drop the first (warm-up)
-    steps = [t for t in times[1:]][1:] or [total / len(batches)]
+    # step i lasts from request i to request i+1; drop step 0 (warm-up), as for ours
+    steps = np.diff(stamps)[1:]
     return {"tokens_per_s": len(steps) * bs / sum(steps), "peak_mem_mb": mem.peak_above_start_mb}, sae
 
 
 def bench_roofline(batch: torch.Tensor, d_sae: int, repeats: int = 10) -> dict:
+    """The bare encoder matmul [B, d] @ [d, d_sae], into a preallocated output (its best case on CPU;
+    a freshly allocated output is also timed: page faults make it slower)."""
     W = torch.randn(batch.shape[1], d_sae) * 0.01
-    torch.mm(batch, W)
-    began = time.perf_counter()
-    for _ in range(repeats):
-        torch.mm(batch, W)
-    per = (time.perf_counter() - began) / repeats
+    out = torch.mm(batch, W)
+    timings = {}
+    for name, fn in (("preallocated", lambda: torch.mm(batch, W, out=out)), ("fresh_output", lambda: torch.mm(batch, W))):
+        fn()
+        began = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        timings[name] = (time.perf_counter() - began) / repeats
     flops = 2 * batch.shape[0] * batch.shape[1] * d_sae
-    return {"tokens_per_s": batch.shape[0] / per, "gflops": flops / per / 1e9}
+    per = timings["preallocated"]
+    return {"tokens_per_s": batch.shape[0] / per, "gflops": flops / per / 1e9,
+            "tokens_per_s_fresh_output": batch.shape[0] / timings["fresh_output"]}
 
 
 def main() -> None:
@@ -153,6 +154,8 @@ def main() -> None:
     print(f"encoder matmul roofline: {roof['tokens_per_s']:.0f} tokens/s ({roof['gflops']:.0f} GFLOP/s)")
     results = {}
     for variant in args.variants:
+        assert torch.equal(_new_state(TrainJob(variant, args.k, 0, "paper", Path("/x")), d_in, dataclasses.replace(
+            preset, expansion=args.expansion), "cpu").sae.W_enc, _build(variant, d_in, d_sae, args.k, seed=0).W_enc)
         ours, sae_ours = bench_ours(variant, batches, d_in, d_sae, args.k, preset)
         lens, sae_lens_trained = bench_sae_lens(variant, batches, d_in, d_sae, args.k, preset)
         row = {

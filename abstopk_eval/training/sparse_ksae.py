@@ -35,60 +35,102 @@ class Active:
         return torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
 
 
+_SCRATCH: dict[tuple, torch.Tensor] = {}
+
+
+def _scratch(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A reusable buffer for the [B, d_sae] temporaries of every step.
+
+    Freshly allocated tensors of this size are page-faulted in on each use (glibc serves them with mmap),
+    which costs as much as a third of the encoder matmul on CPU; reusing one buffer per shape avoids it.
+    """
+    key = (name, shape, like.dtype, like.device)
+    buf = _SCRATCH.get(key)
+    if buf is None:
+        if len(_SCRATCH) > 8:
+            _SCRATCH.clear()
+        buf = _SCRATCH[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return buf
+
+
 def _bag(indices: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Weighted sums of `weight` rows: out[b] = sum_{i in bag b} values[i] * weight[indices[i]]."""
     return F.embedding_bag(indices, weight, offsets, mode="sum", per_sample_weights=values)
 
 
 class GatherPreActivations(torch.autograd.Function):
-    """values[i] = (x_c @ W_enc + b_enc)[rows[i], cols[i]], given precomputed; sparse backward.
+    """values[i] = ((x - b_dec) @ W_enc + b_enc)[rows[i], cols[i]], given precomputed; sparse backward.
 
-    Gradients: dW_enc[:, s] = sum_{i: cols[i]=s} g_i x_c[rows[i]], db_enc[s] = sum g_i over the same,
-    dx_c[b] = sum_{i: rows[i]=b} g_i W_enc[:, cols[i]]. Each is one embedding_bag / index_add over the
-    active pairs: O(nnz * d) instead of O(B * d_sae * d).
+    With g the incoming gradient: dW_enc[:, s] = sum_{i: cols[i]=s} g_i (x - b_dec)[rows[i]] (one
+    embedding_bag over the active pairs sorted by latent), db_enc[s] = sum of g_i over the same pairs,
+    db_dec = -W_enc @ db_enc, and dx[b] = sum_{i: rows[i]=b} g_i W_enc[:, cols[i]] (only when x needs it).
+    Each is O(nnz * d) instead of the dense O(B * d_sae * d).
     """
 
     @staticmethod
-    def forward(ctx, x_c, W_enc, b_enc, rows, cols, offsets, pre_values):  # type: ignore[override]
-        ctx.save_for_backward(x_c, W_enc, rows, cols, offsets)
+    def forward(ctx, x, b_dec, W_enc, b_enc, rows, cols, offsets, pre_values):  # type: ignore[override]
+        ctx.save_for_backward(x, b_dec, W_enc, rows, cols, offsets)
         return pre_values
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        x_c, W_enc, rows, cols, offsets = ctx.saved_tensors
-        grad_x = grad_W = grad_b = None
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        x, b_dec, W_enc, rows, cols, offsets = ctx.saved_tensors
+        grad_x = grad_b_dec = grad_W = grad_b = None
+        d_sae = W_enc.shape[1]
+        if ctx.needs_input_grad[2]:
             order = torch.argsort(cols, stable=True)
-            by_col = cols[order]
-            counts = torch.bincount(by_col, minlength=W_enc.shape[1])
+            counts = torch.bincount(cols[order], minlength=d_sae)
             col_offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
-            if ctx.needs_input_grad[1]:
-                grad_W = _bag(rows[order], x_c, col_offsets, grad[order]).t()
-            if ctx.needs_input_grad[2]:
-                grad_b = torch.zeros(W_enc.shape[1], dtype=grad.dtype, device=grad.device).index_add_(0, cols, grad)
+            grad_W = _bag(rows[order], x - b_dec, col_offsets, grad[order]).t()
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
+            summed = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, cols, grad)
+            grad_b = summed if ctx.needs_input_grad[3] else None
+            grad_b_dec = -(W_enc @ summed) if ctx.needs_input_grad[1] else None
         if ctx.needs_input_grad[0]:
-            grad_x = _bag(cols, W_enc.t(), offsets, grad)
-        return grad_x, grad_W, grad_b, None, None, None, None
+            grad_x = _bag(cols, W_enc.t().contiguous(), offsets, grad)
+        return grad_x, grad_b_dec, grad_W, grad_b, None, None, None, None
 
 
 def _select(hidden_pre: torch.Tensor, variant: str, k: float) -> tuple[Active, torch.Tensor]:
     """Active pairs and their hidden_pre values for the variant's selection rule (relu where unsigned)."""
     B, S = hidden_pre.shape
     signed = variant in ("abstopk", "batch-abstopk")
-    score = hidden_pre.abs() if signed else hidden_pre
+    score = torch.abs(hidden_pre, out=_scratch("abs", hidden_pre.shape, hidden_pre)) if signed else hidden_pre
     if variant in ("topk", "abstopk"):
         idx = torch.topk(score, int(k), dim=-1, sorted=False).indices
         rows = torch.arange(B, device=hidden_pre.device).repeat_interleave(int(k))
         cols = idx.flatten()
+        values = hidden_pre.gather(1, idx).flatten()
     else:
-        flat_score = score.flatten() if signed else score.relu().flatten()
-        flat = torch.topk(flat_score, int(k * B), sorted=False).indices.sort().values
+        if not signed:
+            score = torch.clamp(hidden_pre, min=0, out=_scratch("relu", hidden_pre.shape, hidden_pre))
+        flat = _batch_topk_positions(score, int(k * B), per_row=min(S, 4 * int(k) + 1))
         rows, cols = flat // S, flat % S
-    values = hidden_pre[rows, cols]
+        values = hidden_pre.flatten()[flat]
     if not signed:
         keep = values > 0  # the ReLU of the unsigned variants; zeros are not active
-        rows, cols = rows[keep], cols[keep]
-    return Active(rows, cols, B), hidden_pre[rows, cols]
+        rows, cols, values = rows[keep], cols[keep], values[keep]
+    return Active(rows, cols, B), values
+
+
+def _batch_topk_positions(score: torch.Tensor, n_keep: int, per_row: int) -> torch.Tensor:
+    """Sorted flat positions of the n_keep largest entries of `score` [B, S] (what topk over score.flatten() gives).
+
+    Two stages: each row's `per_row` largest candidates, then the n_keep largest candidates. Exact unless
+    some row could hold more than `per_row` winners (its smallest candidate reaches the cut-off), in which
+    case it falls back to one topk over the flattened batch.
+    """
+    B, S = score.shape
+    if per_row * B <= n_keep or per_row >= S:
+        return torch.topk(score.flatten(), n_keep, sorted=False).indices.sort().values
+    cand_vals, cand_idx = torch.topk(score, per_row, dim=-1, sorted=False)
+    top = torch.topk(cand_vals.flatten(), n_keep, sorted=False)
+    cutoff = top.values.min()
+    if bool((cand_vals.min(dim=-1).values >= cutoff).any()):
+        return torch.topk(score.flatten(), n_keep, sorted=False).indices.sort().values
+    rows = top.indices // per_row
+    cols = cand_idx.flatten()[top.indices]
+    return (rows * S + cols).sort().values
 
 
 def _aux_active(hidden_pre: torch.Tensor, dead: torch.Tensor, k_aux: int, signed: bool) -> Active:
@@ -123,14 +165,15 @@ def sparse_training_forward(sae: TrainingSAE, x: torch.Tensor, variant: str, dea
     """
     cfg = sae.cfg
     k = cfg.k
-    x_c = x - sae.b_dec
     norms = sae.W_dec.norm(dim=-1)
     with torch.no_grad():
-        pre = torch.addmm(sae.b_enc, x_c, sae.W_enc)
-        hidden_pre = pre * norms
-    active, _ = _select(hidden_pre, variant, k)
+        # hidden_pre = pre * ||W_dec||, with the scaling folded into the (small) weights, not the [B, d_sae] output
+        hidden_pre = torch.addmm(sae.b_enc * norms, x - sae.b_dec, sae.W_enc * norms,
+                                 out=_scratch("hidden_pre", (x.shape[0], sae.cfg.d_sae), x))
+    active, hidden_values = _select(hidden_pre, variant, k)
     offsets = active.offsets()
-    raw = GatherPreActivations.apply(x_c, sae.W_enc, sae.b_enc, active.rows, active.cols, offsets, pre[active.rows, active.cols])
+    raw = GatherPreActivations.apply(x, sae.b_dec, sae.W_enc, sae.b_enc, active.rows, active.cols, offsets,
+                                     hidden_values / norms[active.cols])
     # feature_acts = hidden_pre = pre * ||W_dec||; decoding divides by the norm again (sae_lens act_times_W_dec)
     values = raw * norms[active.cols]
     W_dec_unit = sae.W_dec / norms[:, None]
@@ -144,7 +187,8 @@ def sparse_training_forward(sae: TrainingSAE, x: torch.Tensor, variant: str, dea
         scale = min(num_dead / (x.shape[-1] // 2), 1.0)
         aux = _aux_active(hidden_pre, dead, k_aux, signed)
         aux_offsets = aux.offsets()
-        aux_raw = GatherPreActivations.apply(x_c, sae.W_enc, sae.b_enc, aux.rows, aux.cols, aux_offsets, pre[aux.rows, aux.cols])
+        aux_raw = GatherPreActivations.apply(x, sae.b_dec, sae.W_enc, sae.b_enc, aux.rows, aux.cols, aux_offsets,
+                                             hidden_pre[aux.rows, aux.cols] / norms[aux.cols])
         recons = _bag(aux.cols, W_dec_unit, aux_offsets, aux_raw * norms[aux.cols])
         loss = loss + cfg.aux_loss_coefficient * scale * (recons - residual).pow(2).sum(-1).mean()
     return SparseStepOutput(loss=loss, mse_loss=mse_loss, sae_out=sae_out, active=active, values=values)

