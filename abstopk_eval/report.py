@@ -85,6 +85,8 @@ def _provenance_lines(results: list[dict[str, Any]]) -> list[str]:
     train = [r["data"] for r in results if r["eval"] == "core"]
     tokens = sorted({(d.get("eval_result_unstructured") or {}).get("train_tokens") for d in train} - {None})
     versions = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
+    perf = core.get("eval_result_metrics", {}).get("model_performance_preservation", {})
+    training_paths = sorted({(d.get("sae_cfg_dict") or {}).get("metadata", {}).get("training_path") for d in train} - {None})
     return [
         f"- Model: `{prov.get('model')}` ({prov.get('model_hf_id')}); weights: {prov.get('model_source')}",
         f"- Layer {prov.get('layer')} (`{prov.get('hook_name')}`), preset `{prov.get('preset')}`",
@@ -92,6 +94,9 @@ def _provenance_lines(results: list[dict[str, Any]]) -> list[str]:
         "(offline substitute for the paper's Pile)",
         f"- Held-out text: {cfg.get('dataset')}; {held.get('n_tokens')} tokens; CE/KL on {cfg.get('n_ce_tokens')} "
         f"predicted tokens, reconstruction/sparsity on {cfg.get('n_sparsity_tokens')} activations (BOS excluded)",
+        f"- Reference losses on those tokens: clean model {perf.get('ce_loss_without_sae', float('nan')):.3f} nats/token, "
+        f"layer output zero-ablated {perf.get('ce_loss_with_ablation', float('nan')):.3f}",
+        *([f"- Training path: {', '.join(training_paths)}"] if training_paths else []),
         f"- Versions: {versions}",
     ]
 

@@ -13,6 +13,7 @@ sae_lens's `training_forward_pass` for every variant.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -89,11 +90,7 @@ def _lr_lambda(preset: TrainPreset) -> Callable[[int], float]:
 
 
 def _hyperparams(preset: TrainPreset, k: int) -> SparsityHyperparams:
-    return SparsityHyperparams(k=k, l1_coefficient=preset.l1_coefficient, l0_coefficient=preset.l0_coefficient,
-                               jumprelu_bandwidth=preset.jumprelu_bandwidth,
-                               jumprelu_init_threshold=preset.jumprelu_init_threshold,
-                               jumprelu_sparsity_loss_mode=preset.jumprelu_sparsity_loss_mode,
-                               jumprelu_ste_to_input=preset.jumprelu_ste_to_input)
+    return dataclasses.replace(preset.sparsity, k=k)
 
 
 def _new_state(job: TrainJob, d_in: int, preset: TrainPreset, device: str) -> _JobState:
@@ -124,7 +121,7 @@ def _save(state: _JobState) -> None:
 def _coefficients(preset: TrainPreset, step: int) -> dict[str, float]:
     warm = max(1, int(preset.sparsity_warmup_frac * preset.total_steps))
     ramp = min(1.0, (step + 1) / warm)
-    return {"l1": preset.l1_coefficient * ramp, "l0": preset.l0_coefficient * ramp}
+    return {"l1": preset.sparsity.l1_coefficient * ramp, "l0": preset.sparsity.l0_coefficient * ramp}
 
 
 @dataclass
