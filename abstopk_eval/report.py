@@ -105,7 +105,9 @@ NOTES = """\
 Metric notes: nMSE = sum||x - x_hat||^2 / sum||x||^2 on raw residuals (small on this model because the mean
 residual carries most of the norm; FVU, which centres x, is the informative one). L0 and the dead fraction count
 a latent as active when z != 0, so negative AbsTopK activations count. Loss recovered = (CE_zero - CE_sae) /
-(CE_zero - CE_clean), splicing the reconstruction at every non-BOS position.
+(CE_zero - CE_clean), splicing the reconstruction at every non-BOS position. Dead fraction = latents never
+active on the held-out activations; with the short `quick` budget it stays high for the batch-level and
+penalty-based variants, and batch-level L0 at inference follows a threshold still converging.
 """
 
 

@@ -75,3 +75,19 @@ def test_core_metrics_invariant_to_negating_a_latent(kind):
     # the excluded statistic does move, so the invariance above is not vacuous for signed latents
     assert a["sparsity"]["frac_negative"] != b["sparsity"]["frac_negative"]
     assert a["sparsity"]["l0"] > 0 and 0 < a["sparsity"]["frac_negative"] < 1
+
+
+def test_ce_and_kl_match_the_direct_formulas():
+    import torch.nn.functional as F
+
+    from abstopk_eval.evals.core.main import _ce_and_kl
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 50, (2, 7), generator=g)
+    clean_logits, logits = torch.randn(2, 7, 50, generator=g) * 3, torch.randn(2, 7, 50, generator=g) * 3
+    clean_logp = F.log_softmax(clean_logits[:, :-1], -1)
+    ce, kl = _ce_and_kl(logits, tokens, clean_logp.exp(), (clean_logp.exp() * clean_logp).sum(-1))
+    logp = F.log_softmax(logits[:, :-1], -1)
+    assert torch.allclose(ce, -logp.gather(-1, tokens[:, 1:, None]).squeeze(-1), atol=1e-5)
+    assert torch.allclose(kl, (clean_logp.exp() * (clean_logp - logp)).sum(-1), atol=1e-5)
+    assert (kl >= -1e-6).all()

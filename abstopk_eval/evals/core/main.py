@@ -108,10 +108,18 @@ def _splice_fn(sae: SAE | None, keep: torch.Tensor):
     return fn
 
 
-def _kl(clean_p: torch.Tensor, clean_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """KL(clean || spliced) per position, summed over the vocabulary."""
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    return (clean_p * (clean_logp - logp)).sum(-1)
+def _ce_and_kl(logits: torch.Tensor, tokens: torch.Tensor, clean_p: torch.Tensor,
+               clean_neg_entropy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token CE and KL(clean || this) per position, sharing one logsumexp over the vocabulary.
+
+    KL = sum_v p_clean (log p_clean - logits + lse) = -H(p_clean) - <p_clean, logits> + lse, which avoids
+    materialising a log-softmax of the [B, T, vocab] logits for every SAE.
+    """
+    scores = logits[:, :-1].float()
+    lse = torch.logsumexp(scores, dim=-1)
+    ce = lse - scores.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    kl = clean_neg_entropy - torch.linalg.vecdot(clean_p, scores) + lse
+    return ce, kl
 
 
 @torch.no_grad()
@@ -128,15 +136,17 @@ def loss_stats(ctx: EvalContext, saes: dict[str, SAE]) -> tuple[_LossTotals, _Lo
         ce = lm_loss_per_token(batch, logits)
         clean_logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
         clean_p = clean_logp.exp()
-        del logits
+        clean_neg_entropy = torch.linalg.vecdot(clean_p, clean_logp)
+        del logits, clean_logp
         n = ce.numel()
         clean.ce += float(ce.sum())
         clean.n += n
         for name, sae in [(None, None), *saes.items()]:
             logits = adapter.forward_with_replacement(batch, ctx.layer, _splice_fn(sae, keep))
             tot = zero if name is None else spliced[name]
-            tot.ce += float(lm_loss_per_token(batch, logits).sum())
-            tot.kl += float(_kl(clean_p, clean_logp, logits).sum())
+            ce_sae, kl = _ce_and_kl(logits, batch, clean_p, clean_neg_entropy)
+            tot.ce += float(ce_sae.sum())
+            tot.kl += float(kl.sum())
             tot.n += n
             del logits
     return clean, zero, spliced
