@@ -1,0 +1,48 @@
+"""Reports are rebuilt from results/ alone: tables per (model, layer) and the k-sweep figure."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from abstopk_eval.report import build_reports
+
+
+def _core(variant: str, k: int | None, fvu: float, loss_recovered: float) -> dict:
+    return {
+        "eval_type_id": "core",
+        "eval_config": {"dataset": "test text", "n_ce_tokens": 10, "n_sparsity_tokens": 20},
+        "eval_result_metrics": {
+            "normalised_reconstruction": {"nmse": fvu / 10, "fvu": fvu, "loss_recovered": loss_recovered},
+            "model_performance_preservation": {"ce_loss_with_sae": 3.0, "ce_loss_without_sae": 2.5, "ce_loss_with_ablation": 9.0},
+            "model_behavior_preservation": {"kl_div_with_sae": 0.1},
+            "sparsity": {"l0": float(k or 50), "dead_fraction": 0.1, "frac_negative": 0.5 if "abs" in variant else 0.0},
+        },
+        "eval_result_unstructured": {"training_curve": [{"tokens": 1, "fvu": 1.0}, {"tokens": 2, "fvu": fvu}],
+                                     "train_seconds": 1.0, "train_tokens": 2},
+        "provenance": {"model": "m", "layer": 3, "variant": variant, "k": k, "seed": 0, "versions": {"torch": "x"}},
+    }
+
+
+def test_report_table_and_k_sweep_figure(tmp_path):
+    rows = [("topk", 16, 0.3, 0.8), ("topk", 32, 0.2, 0.9), ("abstopk", 16, 0.28, 0.82), ("abstopk", 32, 0.19, 0.91),
+            ("relu", None, 0.4, 0.7)]
+    for variant, k, fvu, lr in rows:
+        name = f"{variant}_k{k}_s0" if k else f"{variant}_s0"
+        path = tmp_path / "results" / "m" / "layer_3" / name / "core.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(_core(variant, k, fvu, lr)))
+    written = build_reports(tmp_path / "results", tmp_path / "reports")
+    names = {p.name for p in written}
+    assert {"m_layer3.md", "m_layer3.csv", "m_layer3_k_sweep.png", "m_layer3_training_curves.png"} <= names
+    table = pd.read_csv(tmp_path / "reports" / "m_layer3.csv")
+    assert len(table) == 5
+    assert table.set_index("sae").loc["abstopk_k32_s0", "FVU"] == 0.19
+    assert "[m, layer 3](m_layer3.md)" in (tmp_path / "reports" / "index.md").read_text()
+
+
+def test_report_without_results_writes_an_index(tmp_path):
+    (tmp_path / "results").mkdir()
+    assert build_reports(tmp_path / "results", tmp_path / "reports") == []
+    assert "No results yet" in (tmp_path / "reports" / "index.md").read_text()
