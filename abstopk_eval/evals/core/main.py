@@ -32,7 +32,6 @@ from abstopk_eval.evals.core.eval_output import (
     NormalisedReconstructionMetrics,
     SignedSparsityMetrics,
 )
-from abstopk_eval.models.adapter import lm_loss_per_token
 
 SAE_BENCH_COMMIT = "sae-bench 0.6.0 (PyPI)"
 
@@ -60,7 +59,6 @@ class _ReconTotals:
     sq_xhat: float = 0.0
     l0: float = 0.0
     l1: float = 0.0
-    n_active: float = 0.0
     n_negative: float = 0.0
     fires: torch.Tensor = field(default=None)  # type: ignore[assignment]
 
@@ -89,7 +87,6 @@ def reconstruction_stats(sae: SAE, activations: torch.Tensor, batch_size: int = 
         tot.sq_xhat += float(x_hat.pow(2).sum())
         tot.l0 += float(active.sum())
         tot.l1 += float(z.abs().sum())
-        tot.n_active += float(active.sum())
         tot.n_negative += float((z < 0).sum())
         tot.fires += active.sum(0).double().cpu()
     return tot
@@ -133,8 +130,8 @@ def loss_stats(ctx: EvalContext, saes: dict[str, SAE]) -> tuple[_LossTotals, _Lo
         batch = tokens[start:start + ctx.batch_size].to(ctx.device)
         keep = batch == bos
         logits = adapter.logits(batch)
-        ce = lm_loss_per_token(batch, logits)
         clean_logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+        ce = -clean_logp.gather(-1, batch[:, 1:, None]).squeeze(-1)
         clean_p = clean_logp.exp()
         clean_neg_entropy = torch.linalg.vecdot(clean_p, clean_logp)
         del logits, clean_logp
@@ -178,7 +175,7 @@ def _output(ctx: EvalContext, sae_id: str, sae: SAE, recon: _ReconTotals, clean:
             l2_norm_in=recon.norm_in / n, l2_norm_out=recon.norm_out / n, l2_ratio=recon.norm_out / recon.norm_in,
             relative_reconstruction_bias=recon.sq_xhat / recon.dot_xhat_x),
         sparsity=SignedSparsityMetrics(
-            l0=recon.l0 / n, l1=recon.l1 / n, frac_negative=recon.n_negative / max(recon.n_active, 1.0),
+            l0=recon.l0 / n, l1=recon.l1 / n, frac_negative=recon.n_negative / max(recon.l0, 1.0),
             dead_fraction=dead, frac_alive=1 - dead, freq_over_1_percent=float((density > 0.01).float().mean()),
             freq_over_10_percent=float((density > 0.10).float().mean())),
         token_stats=TokenStatsMetrics(total_tokens_eval_reconstruction=clean.n, total_tokens_eval_sparsity_variance=recon.n),
