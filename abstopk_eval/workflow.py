@@ -17,7 +17,7 @@ from abstopk_eval.data.activation_cache import ActivationCache, CacheKey
 from abstopk_eval.data.corpus import PackedTokens, build_token_sequences
 from abstopk_eval.evals.context import EvalContext, get_eval, hook_name
 from abstopk_eval.models.adapter import ModelAdapter
-from abstopk_eval.models.loading import default_cache_dir, load_model
+from abstopk_eval.models.loading import default_cache_dir, load_model, sha256_file
 from abstopk_eval.models.registry import ModelSpec
 from abstopk_eval.results import package_versions, result_path, write_eval_output
 from abstopk_eval.saes.io import load_sae
@@ -61,10 +61,28 @@ def plan_jobs(plan: RunPlan) -> list[TrainJob]:
     return list(jobs.values())
 
 
+def checkpoint_digest(job: TrainJob) -> str | None:
+    """sha256 of the SAE weights a result was computed from (results record it as provenance)."""
+    weights = job.sae_dir / "sae_weights.safetensors"
+    return sha256_file(weights) if weights.is_file() else None
+
+
+def _result_is_current(path: Path, digest: str | None) -> bool:
+    """A result counts as done only if it scored this very checkpoint (a retrained SAE is re-evaluated)."""
+    if digest is None or not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("provenance", {}).get("sae_weights_sha256") == digest
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def _pending_evals(plan: RunPlan, jobs: list[TrainJob]) -> dict[str, list[TrainJob]]:
+    digests = {job.sae_id: checkpoint_digest(job) for job in jobs}
     pending = {}
     for name in plan.evals:
-        todo = [j for j in jobs if not result_path(plan.results_dir, plan.model.key, plan.layer, j.sae_id, name).is_file()]
+        todo = [j for j in jobs if not _result_is_current(
+            result_path(plan.results_dir, plan.model.key, plan.layer, j.sae_id, name), digests[j.sae_id])]
         if todo:
             pending[name] = todo
     return pending
@@ -148,7 +166,9 @@ def evaluate_missing(session: _Session, pending: dict[str, list[TrainJob]]) -> N
             provenance=provenance, training_info=info, device=plan.device,
         )
         log.info("evaluation %s on %d SAEs", eval_name, len(saes))
+        digests = {job.sae_id: checkpoint_digest(job) for job in jobs}
         for sae_name, output in spec.run(ctx, saes).items():
+            output.provenance["sae_weights_sha256"] = digests[sae_name]
             write_eval_output(result_path(plan.results_dir, plan.model.key, plan.layer, sae_name, eval_name), output)
 
 

