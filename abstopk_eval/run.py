@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="checkpoints and trained SAEs (not in git)")
     p.add_argument("--reports-dir", type=Path, default=Path("reports"))
     p.add_argument("--cache-dir", type=Path, default=None, help="model copies and activation caches (default ~/.cache/abstopk_eval or $ABSTOPK_EVAL_CACHE)")
+    p.add_argument("--bf16", action="store_true",
+                   help="train with the encoder matmul in bf16 (autocast on the dense path); for GPUs: slower than fp32 on CPUs without AMX")
     p.add_argument("--dense-training", action="store_true",
                    help="train k-sparse variants with sae_lens's dense forward/backward instead of the sparse kernels (same math, slower)")
     p.add_argument("--no-report", action="store_true", help="do not regenerate reports/")
@@ -65,7 +67,7 @@ def plan_from_args(args: argparse.Namespace) -> RunPlan:
                    preset=get_preset(args.preset), evals=evals, corpus=args.corpus, device=args.device,
                    model_path=args.model_path, results_dir=args.results_dir, runs_dir=args.runs_dir,
                    reports_dir=args.reports_dir, cache_dir=args.cache_dir, write_report=not args.no_report,
-                   sparse_training=not args.dense_training)
+                   sparse_training=not args.dense_training, bf16_training=args.bf16)
 
 
 @exit_on_user_error

@@ -46,6 +46,7 @@ class RunPlan:
     cache_dir: Path | None = None
     write_report: bool = True
     sparse_training: bool = True
+    bf16_training: bool = False
 
 
 def plan_jobs(plan: RunPlan) -> list[TrainJob]:
@@ -142,7 +143,7 @@ def train_missing(session: _Session, jobs: list[TrainJob]) -> None:
                                                      start_token=start_step * preset.batch_size)
 
     train_jobs(jobs, stream_for_seed, d_in=cache.d_in, preset=preset, mean=cache.mean, scale=cache.scale,
-               metadata=metadata, device=plan.device, sparse=plan.sparse_training)
+               metadata=metadata, device=plan.device, sparse=plan.sparse_training, bf16=plan.bf16_training)
 
 
 def evaluate_missing(session: _Session, pending: dict[str, list[TrainJob]]) -> None:

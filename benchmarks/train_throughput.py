@@ -3,7 +3,9 @@
 One process, one run, the same cached activations (real gemma-3-270m layer-9 activations from the
 default quick cache): d_in 640, expansion 16 (10,240 latents), k 64, batch 4,096, Adam 3e-4 betas
 (0.9, 0.99), constant LR. Both trainers start from identical weights and see identical batches, so their
-final nMSE should agree up to float noise. Prints a table and writes benchmarks/results/train_throughput.json.
+final nMSE should agree up to float noise. Also trains ours with `--bf16` (encoder matmul in bf16) on the
+same batches and reports its speed and nMSE against fp32: the accuracy check of that option.
+Prints a table and writes benchmarks/results/train_throughput.json.
 
     .venv/bin/python benchmarks/train_throughput.py [--steps 20] [--variants topk abstopk]
 """
@@ -77,7 +79,7 @@ def _nmse(sae, x: torch.Tensor) -> float:
     return float((x_hat - x).pow(2).sum() / x.pow(2).sum())
 
 
-def bench_ours(variant, batches, d_in, d_sae, k, preset, sparse=True) -> tuple[dict, object]:
+def bench_ours(variant, batches, d_in, d_sae, k, preset, sparse=True, bf16=False) -> tuple[dict, object]:
     preset = dataclasses.replace(preset, expansion=d_sae // d_in)
     state = _new_state(TrainJob(variant, k, 0, preset.name, Path("/nonexistent")), d_in, preset, "cpu")  # same init as _build(seed=0)
     sae = state.sae
@@ -85,7 +87,7 @@ def bench_ours(variant, batches, d_in, d_sae, k, preset, sparse=True) -> tuple[d
     with PeakRSS() as mem:
         for batch in batches:
             began = time.perf_counter()
-            _train_step(state, batch, preset, sparse=sparse)
+            _train_step(state, batch, preset, sparse=sparse, bf16=bf16)
             times.append(time.perf_counter() - began)
     steady = times[1:]  # first step includes allocator warm-up
     return {"tokens_per_s": len(steady) * batches[0].shape[0] / sum(steady), "peak_mem_mb": mem.peak_above_start_mb}, sae
@@ -142,6 +144,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--expansion", type=int, default=16)
     p.add_argument("--k", type=int, default=64)
+    p.add_argument("--no-bf16", action="store_true", help="skip the bf16-encoder accuracy/speed check")
     args = p.parse_args()
     torch.manual_seed(0)
     train, held = _cache(args.model, args.layer)
@@ -166,6 +169,13 @@ def main() -> None:
             "ours_final_nmse": _nmse(sae_ours, heldout), "sae_lens_final_nmse": _nmse(sae_lens_trained, heldout),
         }
         row["nmse_relative_difference"] = abs(row["ours_final_nmse"] - row["sae_lens_final_nmse"]) / row["sae_lens_final_nmse"]
+        if not args.no_bf16:  # the documented accuracy check of the --bf16 option: same batches, same init
+            low, sae_low = bench_ours(variant, batches, d_in, d_sae, args.k, preset, bf16=True)
+            row["bf16_tokens_per_s"] = low["tokens_per_s"]
+            row["bf16_final_nmse"] = _nmse(sae_low, heldout)
+            row["bf16_nmse_relative_difference"] = abs(row["bf16_final_nmse"] - row["ours_final_nmse"]) / row["ours_final_nmse"]
+            print(f"{variant} bf16 encoder: {low['tokens_per_s']:.0f} tok/s, nMSE {row['bf16_final_nmse']:.4f} "
+                  f"({100 * row['bf16_nmse_relative_difference']:.2f}% from fp32)")
         results[variant] = row
         print(f"{variant}: ours {row['ours_tokens_per_s']:.0f} tok/s, sae_lens {row['sae_lens_tokens_per_s']:.0f} tok/s "
               f"(x{row['ratio_to_sae_lens']:.2f}), {100 * row['fraction_of_roofline']:.0f}% of roofline, "

@@ -100,3 +100,14 @@ def test_finished_jobs_are_skipped(tmp_path):
     calls: list[int] = []
     _train(jobs, factory=_stream_factory(calls=calls))
     assert calls == []
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_bf16_training_runs_and_records_its_dtype(tmp_path, sparse):
+    jobs = _jobs(tmp_path, ["relu", "abstopk"])
+    _train(jobs, sparse=sparse, bf16=True)
+    for job in jobs:
+        info = json.loads((job.out_dir / "training.json").read_text())
+        assert info["encoder_dtype"] == "bfloat16"
+        assert info["curve"][-1]["fvu"] < 1.0
+        assert SAE.load_from_disk(str(job.sae_dir)).W_enc.dtype == torch.float32

@@ -134,11 +134,28 @@ def _batch_topk_positions(score: torch.Tensor, n_keep: int, per_row: int) -> tor
 
 
 def _aux_active(hidden_pre: torch.Tensor, dead: torch.Tensor, k_aux: int, signed: bool) -> Active:
+    """Each row's k_aux largest dead latents (by |.| when signed), ranking only the dead columns.
+
+    Same pairs as sae_lens's topk over `where(dead, pre, -inf)`, without a [B, d_sae] masked copy and a
+    full-width topk (that copy cost as much as the selection of the main latents).
+    """
     B = hidden_pre.shape[0]
-    score = hidden_pre.abs() if signed else hidden_pre
-    masked = torch.where(dead[None], score, torch.full_like(score, -torch.inf))
-    idx = masked.topk(k_aux, dim=-1, sorted=False).indices
-    return Active(torch.arange(B, device=hidden_pre.device).repeat_interleave(k_aux), idx.flatten(), B)
+    dead_cols = dead.nonzero().squeeze(1)
+    score = hidden_pre.index_select(1, dead_cols)
+    if signed:
+        score = score.abs_()
+    idx = score.topk(k_aux, dim=-1, sorted=False).indices
+    return Active(torch.arange(B, device=hidden_pre.device).repeat_interleave(k_aux), dead_cols[idx.flatten()], B)
+
+
+def _exact_pre(x_centred: torch.Tensor, W: torch.Tensor, b: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+               chunk: int = 16384) -> torch.Tensor:
+    """fp32 (x_centred @ W + b)[rows, cols] at the given pairs only, in chunks of O(chunk * d) memory."""
+    out = torch.empty(rows.numel(), dtype=x_centred.dtype, device=x_centred.device)
+    for start in range(0, rows.numel(), chunk):
+        r, c = rows[start:start + chunk], cols[start:start + chunk]
+        out[start:start + chunk] = torch.linalg.vecdot(x_centred[r], W.t()[c]) + b[c]
+    return out
 
 
 @dataclass
@@ -157,20 +174,33 @@ class SparseStepOutput:
         return float((self.values != 0).sum()) / self.active.n_rows
 
 
-def sparse_training_forward(sae: TrainingSAE, x: torch.Tensor, variant: str, dead: torch.Tensor | None) -> SparseStepOutput:
+def sparse_training_forward(sae: TrainingSAE, x: torch.Tensor, variant: str, dead: torch.Tensor | None,
+                            encoder_dtype: torch.dtype | None = None) -> SparseStepOutput:
     """Loss of one training step of a sae_lens k-sparse training SAE, computed sparsely.
 
     Same quantities as `sae.training_forward_pass` (MSE summed over d, mean over the batch, plus the aux-k
     loss), assuming apply_b_dec_to_input and rescale_acts_by_decoder_norm, as our variants are built.
+
+    encoder_dtype=torch.bfloat16 runs the one dense product (the encoder matmul that ranks latents) in
+    bf16; the selected latents' values are then recomputed in fp32, so only near-ties in the selection can
+    differ from the fp32 path (accuracy measured in benchmarks/train_throughput.py --bf16).
     """
     cfg = sae.cfg
     k = cfg.k
     norms = sae.W_dec.norm(dim=-1)
     with torch.no_grad():
         # hidden_pre = pre * ||W_dec||, with the scaling folded into the (small) weights, not the [B, d_sae] output
-        hidden_pre = torch.addmm(sae.b_enc * norms, x - sae.b_dec, sae.W_enc * norms,
-                                 out=_scratch("hidden_pre", (x.shape[0], sae.cfg.d_sae), x))
+        x_centred, W_scaled, b_scaled = x - sae.b_dec, sae.W_enc * norms, sae.b_enc * norms
+        if encoder_dtype is None or encoder_dtype == x.dtype:
+            hidden_pre = torch.addmm(b_scaled, x_centred, W_scaled,
+                                     out=_scratch("hidden_pre", (x.shape[0], sae.cfg.d_sae), x))
+        else:
+            hidden_pre = torch.addmm(b_scaled.to(encoder_dtype), x_centred.to(encoder_dtype), W_scaled.to(encoder_dtype))
     active, hidden_values = _select(hidden_pre, variant, k)
+    if hidden_pre.dtype != x.dtype:
+        hidden_values = _exact_pre(x_centred, W_scaled, b_scaled, active.rows, active.cols)
+        if variant not in ("abstopk", "batch-abstopk"):
+            hidden_values = hidden_values.clamp_(min=0)  # the ReLU, in case rounding picked a value at ~0
     offsets = active.offsets()
     raw = GatherPreActivations.apply(x, sae.b_dec, sae.W_enc, sae.b_enc, active.rows, active.cols, offsets,
                                      hidden_values / norms[active.cols])
@@ -187,8 +217,10 @@ def sparse_training_forward(sae: TrainingSAE, x: torch.Tensor, variant: str, dea
         scale = min(num_dead / (x.shape[-1] // 2), 1.0)
         aux = _aux_active(hidden_pre, dead, k_aux, signed)
         aux_offsets = aux.offsets()
+        aux_pre = (hidden_pre[aux.rows, aux.cols] if hidden_pre.dtype == x.dtype
+                   else _exact_pre(x_centred, W_scaled, b_scaled, aux.rows, aux.cols))
         aux_raw = GatherPreActivations.apply(x, sae.b_dec, sae.W_enc, sae.b_enc, aux.rows, aux.cols, aux_offsets,
-                                             hidden_pre[aux.rows, aux.cols] / norms[aux.cols])
+                                             aux_pre / norms[aux.cols])
         recons = _bag(aux.cols, W_dec_unit, aux_offsets, aux_raw * norms[aux.cols])
         loss = loss + cfg.aux_loss_coefficient * scale * (recons - residual).pow(2).sum(-1).mean()
     return SparseStepOutput(loss=loss, mse_loss=mse_loss, sae_out=sae_out, active=active, values=values)

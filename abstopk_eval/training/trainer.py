@@ -133,31 +133,34 @@ class _StepResult:
 
 
 def _dense_step(sae: TrainingSAE, batch: torch.Tensor, dead: torch.Tensor, coefficients: dict[str, float],
-                step: int) -> _StepResult:
-    """sae_lens's own training_forward_pass (dense decoder and backward)."""
-    out = sae.training_forward_pass(TrainStepInput(sae_in=batch, coefficients=coefficients, dead_neuron_mask=dead,
-                                                   n_training_steps=step, is_logging_step=False))
+                step: int, bf16: bool = False) -> _StepResult:
+    """sae_lens's own training_forward_pass (dense decoder and backward), under bf16 autocast if asked."""
+    with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = sae.training_forward_pass(TrainStepInput(sae_in=batch, coefficients=coefficients, dead_neuron_mask=dead,
+                                                       n_training_steps=step, is_logging_step=False))
     with torch.no_grad():
         active = out.feature_acts != 0
         return _StepResult(out.loss, out.sae_out, active.any(dim=0), float(active.sum(-1).float().mean()))
 
 
-def _sparse_step(sae: TrainingSAE, batch: torch.Tensor, dead: torch.Tensor, variant: str) -> _StepResult:
+def _sparse_step(sae: TrainingSAE, batch: torch.Tensor, dead: torch.Tensor, variant: str,
+                 bf16: bool = False) -> _StepResult:
     """The sparse k-SAE path (same loss and gradients as _dense_step), plus sae_lens's threshold update."""
-    out = sparse_training_forward(sae, batch, variant, dead)
+    out = sparse_training_forward(sae, batch, variant, dead, encoder_dtype=torch.bfloat16 if bf16 else None)
     if variant in ("batchtopk", "batch-abstopk"):
         update_batch_threshold(sae, out.values)
     return _StepResult(out.loss, out.sae_out, out.fired(sae.cfg.d_sae), out.l0())
 
 
-def _train_step(state: _JobState, batch: torch.Tensor, preset: TrainPreset, sparse: bool = True) -> None:
+def _train_step(state: _JobState, batch: torch.Tensor, preset: TrainPreset, sparse: bool = True,
+                bf16: bool = False) -> None:
     sae = state.sae
     sae.train()
     dead = state.steps_since_fired > preset.dead_window_steps()
     if sparse and get_variant(state.job.variant).uses_k:
-        out = _sparse_step(sae, batch, dead, state.job.variant)
+        out = _sparse_step(sae, batch, dead, state.job.variant, bf16)
     else:
-        out = _dense_step(sae, batch, dead, _coefficients(preset, state.step), state.step)
+        out = _dense_step(sae, batch, dead, _coefficients(preset, state.step), state.step, bf16)
     with torch.no_grad():
         state.steps_since_fired += 1
         state.steps_since_fired[distributed.any_rank(out.fired)] = 0
@@ -204,8 +207,11 @@ def _finish(state: _JobState, preset: TrainPreset, mean: torch.Tensor, scale: fl
 
 def train_jobs(jobs: list[TrainJob], batch_stream_for_seed: Callable[[int], BatchStream], *, d_in: int,
                preset: TrainPreset, mean: torch.Tensor, scale: float, metadata: dict[str, Any],
-               device: str = "cpu", sparse: bool = True) -> None:
+               device: str = "cpu", sparse: bool = True, bf16: bool = False) -> None:
     """Train every unfinished job; jobs sharing a seed share one pass over that seed's batch stream.
+
+    bf16=True: the encoder matmul (sparse path) or the whole forward (dense path, autocast) runs in bf16;
+    parameters, optimiser state and the sparse path's selected values stay fp32.
 
     A job resumes from its checkpoint; the shared pass starts at the earliest step among the group and a
     job only consumes batches from its own step on, so each job sees exactly the batches of an
@@ -224,8 +230,9 @@ def train_jobs(jobs: list[TrainJob], batch_stream_for_seed: Callable[[int], Batc
                 _restore(state, ckpt)
                 log.info("resuming %s from step %d/%d", job.sae_id, state.step, preset.total_steps)
             states.append(state)
-        _run_group(states, batch_stream_for_seed(seed), preset, device, sparse)
-        path = {"training_path": "sparse k-SAE kernels" if sparse else "sae_lens training_forward_pass (dense)"}
+        _run_group(states, batch_stream_for_seed(seed), preset, device, sparse, bf16)
+        path = {"training_path": "sparse k-SAE kernels" if sparse else "sae_lens training_forward_pass (dense)",
+                "encoder_dtype": "bfloat16" if bf16 else "float32"}
         for state in states:
             if distributed.is_main():
                 _finish(state, preset, mean, scale, {**metadata, **path, "world_size": distributed.world_size()})
@@ -233,7 +240,8 @@ def train_jobs(jobs: list[TrainJob], batch_stream_for_seed: Callable[[int], Batc
         distributed.barrier()
 
 
-def _run_group(states: list[_JobState], stream: BatchStream, preset: TrainPreset, device: str, sparse: bool) -> None:
+def _run_group(states: list[_JobState], stream: BatchStream, preset: TrainPreset, device: str, sparse: bool,
+               bf16: bool) -> None:
     total = preset.total_steps
     start = min(s.step for s in states)
     if start >= total:
@@ -248,7 +256,7 @@ def _run_group(states: list[_JobState], stream: BatchStream, preset: TrainPreset
         for state in states:
             if state.step == step and state.step < total:
                 began = time.perf_counter()
-                _train_step(state, batch, preset, sparse)
+                _train_step(state, batch, preset, sparse, bf16)
                 state.seconds += time.perf_counter() - began
         step += 1
         bar.update(1)
