@@ -7,7 +7,7 @@ import torch
 from sae_lens.saes.sae import TrainStepInput
 
 from abstopk_eval.saes.variants import SparsityHyperparams, get_variant
-from abstopk_eval.training.sparse_ksae import GatherPreActivations, sparse_training_forward
+from abstopk_eval.training.sparse_ksae import Active, GatherPreActivations, SparseDecode, sparse_training_forward
 
 K_VARIANTS = ["topk", "batchtopk", "abstopk", "batch-abstopk"]
 D_IN, D_SAE, K, B = 16, 96, 5, 40
@@ -62,10 +62,24 @@ def test_gather_pre_activations_backward_matches_dense_autograd():
     g = torch.randn(7)
     dense = ((x - b_dec) @ W + b)[rows, cols]
     ref = torch.autograd.grad((dense * g).sum(), (x, b_dec, W, b))
-    counts = torch.bincount(rows, minlength=6)
-    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
-    out = GatherPreActivations.apply(x, b_dec, W, b, rows, cols, offsets, dense.detach())
+    out = GatherPreActivations.apply(x, b_dec, W, b, Active(rows, cols, 6, 9), dense.detach())
     got = torch.autograd.grad((out * g).sum(), (x, b_dec, W, b))
+    for r, s in zip(ref, got):
+        assert torch.allclose(r, s, atol=1e-5)
+
+
+def test_sparse_decode_backward_matches_dense_autograd():
+    torch.manual_seed(0)
+    rows = torch.tensor([0, 0, 1, 3, 3, 3, 5])
+    cols = torch.tensor([2, 7, 2, 0, 4, 8, 8])
+    values = torch.randn(7, requires_grad=True)
+    W = torch.randn(9, 4, requires_grad=True)
+    g = torch.randn(6, 4)
+    dense = torch.zeros(6, 9).index_put((rows, cols), values) @ W
+    ref = torch.autograd.grad((dense * g).sum(), (values, W))
+    out = SparseDecode.apply(values, W, Active(rows, cols, 6, 9))
+    assert torch.allclose(out, dense, atol=1e-6)
+    got = torch.autograd.grad((out * g).sum(), (values, W))
     for r, s in zip(ref, got):
         assert torch.allclose(r, s, atol=1e-5)
 

@@ -4,9 +4,11 @@ sae_lens computes the decoder as a dense [B, d_sae] @ [d_sae, d] product and bac
 through the encoder, although only k of d_sae latents per token are active. Here the only dense work is
 the encoder forward matmul (the roofline); every other product touches active latents only:
 
-- decoder forward: embedding_bag over the active latents' decoder rows, weighted by their values;
+- decoder: `SparseDecode`, an embedding_bag over the active latents' decoder rows weighted by their values,
+  whose backward is another embedding_bag over the pairs sorted by latent;
 - encoder backward: `GatherPreActivations` returns precomputed pre-activations at the active (row, latent)
-  pairs and back-propagates to W_enc / b_enc with embedding_bag over the same pairs.
+  pairs and back-propagates to W_enc / b_enc with embedding_bag over the same pairs (the by-latent order is
+  sorted once per step and shared).
 
 The math is sae_lens's (rescale_acts_by_decoder_norm, aux-k loss on dead latents, batch thresholds), so
 `sparse_training_forward` matches `TrainingSAE.training_forward_pass` in loss and gradients (tested).
@@ -16,6 +18,8 @@ Written by hand because sae_lens has no sparse backward; this is the training bo
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +33,27 @@ class Active:
     rows: torch.Tensor
     cols: torch.Tensor
     n_rows: int
+    n_cols: int
 
+    @functools.cached_property
     def offsets(self) -> torch.Tensor:
-        counts = torch.bincount(self.rows, minlength=self.n_rows)
-        return torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
+        """Start of each row's pairs (embedding_bag offsets)."""
+        return _starts(self.rows, self.n_rows)
+
+    @functools.cached_property
+    def by_latent(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(order, starts): the pairs sorted by latent (stable) and each latent's first position in that order.
+
+        Every weight gradient ([d_sae, d] sums over a latent's pairs) is one embedding_bag in this order; it
+        is computed once per step and shared by the encoder and decoder backward.
+        """
+        order = torch.argsort(self.cols, stable=True)
+        return order, _starts(self.cols[order], self.n_cols)
+
+
+def _starts(sorted_ids: torch.Tensor, n: int) -> torch.Tensor:
+    counts = torch.bincount(sorted_ids, minlength=n)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
 
 
 _SCRATCH: dict[tuple, torch.Tensor] = {}
@@ -68,27 +89,62 @@ class GatherPreActivations(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, b_dec, W_enc, b_enc, rows, cols, offsets, pre_values):  # type: ignore[override]
-        ctx.save_for_backward(x, b_dec, W_enc, rows, cols, offsets)
+    def forward(ctx, x, b_dec, W_enc, b_enc, active: Active, pre_values):  # type: ignore[override]
+        ctx.save_for_backward(x, b_dec, W_enc)
+        ctx.active = active
         return pre_values
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        x, b_dec, W_enc, rows, cols, offsets = ctx.saved_tensors
+        x, b_dec, W_enc = ctx.saved_tensors
+        active: Active = ctx.active
         grad_x = grad_b_dec = grad_W = grad_b = None
-        d_sae = W_enc.shape[1]
         if ctx.needs_input_grad[2]:
-            order = torch.argsort(cols, stable=True)
-            counts = torch.bincount(cols[order], minlength=d_sae)
-            col_offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
-            grad_W = _bag(rows[order], x - b_dec, col_offsets, grad[order]).t()
+            order, starts = active.by_latent
+            grad_W = _bag(active.rows[order], x - b_dec, starts, grad[order]).t()
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
-            summed = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, cols, grad)
+            summed = torch.zeros(active.n_cols, dtype=grad.dtype, device=grad.device).index_add_(0, active.cols, grad)
             grad_b = summed if ctx.needs_input_grad[3] else None
             grad_b_dec = -(W_enc @ summed) if ctx.needs_input_grad[1] else None
         if ctx.needs_input_grad[0]:
-            grad_x = _bag(cols, W_enc.t().contiguous(), offsets, grad)
-        return grad_x, grad_b_dec, grad_W, grad_b, None, None, None, None
+            grad_x = _bag(active.cols, W_enc.t().contiguous(), active.offsets, grad)
+        return grad_x, grad_b_dec, grad_W, grad_b, None, None
+
+
+class SparseDecode(torch.autograd.Function):
+    """out[b] = sum_{i: rows[i]=b} values[i] * W_dec[cols[i]] (embedding_bag), with a sparse backward.
+
+    dW_dec[s] = sum_{i: cols[i]=s} values[i] * g[rows[i]] is one embedding_bag in the latent order shared
+    with `GatherPreActivations` (embedding_bag's own weight backward sorts the indices again);
+    dvalues[i] = <g[rows[i]], W_dec[cols[i]]>, computed in chunks of pairs to bound memory.
+    """
+
+    @staticmethod
+    def forward(ctx, values, W_dec, active: Active):  # type: ignore[override]
+        ctx.save_for_backward(values, W_dec)
+        ctx.active = active
+        return _bag(active.cols, W_dec, active.offsets, values)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        values, W_dec = ctx.saved_tensors
+        active: Active = ctx.active
+        grad_values = grad_W = None
+        if ctx.needs_input_grad[0]:
+            grad_values = _pair_dots(grad, W_dec, active.rows, active.cols)
+        if ctx.needs_input_grad[1]:
+            order, starts = active.by_latent
+            grad_W = _bag(active.rows[order], grad, starts, values[order])
+        return grad_values, grad_W, None
+
+
+def _pair_dots(left: torch.Tensor, right: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+               chunk: int = 16384) -> torch.Tensor:
+    """<left[rows[i]], right[cols[i]]> for every pair, in chunks of O(chunk * d) memory."""
+    out = torch.empty(rows.numel(), dtype=left.dtype, device=left.device)
+    for start in range(0, rows.numel(), chunk):
+        out[start:start + chunk] = torch.linalg.vecdot(left[rows[start:start + chunk]], right[cols[start:start + chunk]])
+    return out
 
 
 def _select(hidden_pre: torch.Tensor, variant: str, k: float) -> tuple[Active, torch.Tensor]:
@@ -110,7 +166,7 @@ def _select(hidden_pre: torch.Tensor, variant: str, k: float) -> tuple[Active, t
     if not signed:
         keep = values > 0  # the ReLU of the unsigned variants; zeros are not active
         rows, cols, values = rows[keep], cols[keep], values[keep]
-    return Active(rows, cols, B), values
+    return Active(rows, cols, B, S), values
 
 
 def _batch_topk_positions(score: torch.Tensor, n_keep: int, per_row: int) -> torch.Tensor:
@@ -145,17 +201,13 @@ def _aux_active(hidden_pre: torch.Tensor, dead: torch.Tensor, k_aux: int, signed
     if signed:
         score = score.abs_()
     idx = score.topk(k_aux, dim=-1, sorted=False).indices
-    return Active(torch.arange(B, device=hidden_pre.device).repeat_interleave(k_aux), dead_cols[idx.flatten()], B)
+    return Active(torch.arange(B, device=hidden_pre.device).repeat_interleave(k_aux), dead_cols[idx.flatten()], B,
+                  hidden_pre.shape[1])
 
 
-def _exact_pre(x_centred: torch.Tensor, W: torch.Tensor, b: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-               chunk: int = 16384) -> torch.Tensor:
-    """fp32 (x_centred @ W + b)[rows, cols] at the given pairs only, in chunks of O(chunk * d) memory."""
-    out = torch.empty(rows.numel(), dtype=x_centred.dtype, device=x_centred.device)
-    for start in range(0, rows.numel(), chunk):
-        r, c = rows[start:start + chunk], cols[start:start + chunk]
-        out[start:start + chunk] = torch.linalg.vecdot(x_centred[r], W.t()[c]) + b[c]
-    return out
+def _exact_pre(x_centred: torch.Tensor, W: torch.Tensor, b: torch.Tensor, active: Active) -> torch.Tensor:
+    """fp32 (x_centred @ W + b) at the active pairs only."""
+    return _pair_dots(x_centred, W.t(), active.rows, active.cols) + b[active.cols]
 
 
 @dataclass
@@ -186,28 +238,25 @@ def sparse_training_forward(sae: TrainingSAE, x: torch.Tensor, variant: str, dea
     differ from the fp32 path (accuracy measured in benchmarks/train_throughput.py --bf16).
     """
     cfg = sae.cfg
-    k = cfg.k
-    norms = sae.W_dec.norm(dim=-1)
     with torch.no_grad():
+        norms = sae.W_dec.norm(dim=-1)
         # hidden_pre = pre * ||W_dec||, with the scaling folded into the (small) weights, not the [B, d_sae] output
         x_centred, W_scaled, b_scaled = x - sae.b_dec, sae.W_enc * norms, sae.b_enc * norms
         if encoder_dtype is None or encoder_dtype == x.dtype:
             hidden_pre = torch.addmm(b_scaled, x_centred, W_scaled,
-                                     out=_scratch("hidden_pre", (x.shape[0], sae.cfg.d_sae), x))
+                                     out=_scratch("hidden_pre", (x.shape[0], cfg.d_sae), x))
         else:
             hidden_pre = torch.addmm(b_scaled.to(encoder_dtype), x_centred.to(encoder_dtype), W_scaled.to(encoder_dtype))
-    active, hidden_values = _select(hidden_pre, variant, k)
+    active, hidden_values = _select(hidden_pre, variant, cfg.k)
     if hidden_pre.dtype != x.dtype:
-        hidden_values = _exact_pre(x_centred, W_scaled, b_scaled, active.rows, active.cols)
+        hidden_values = _exact_pre(x_centred, W_scaled, b_scaled, active)
         if variant not in ("abstopk", "batch-abstopk"):
             hidden_values = hidden_values.clamp_(min=0)  # the ReLU, in case rounding picked a value at ~0
-    offsets = active.offsets()
-    raw = GatherPreActivations.apply(x, sae.b_dec, sae.W_enc, sae.b_enc, active.rows, active.cols, offsets,
-                                     hidden_values / norms[active.cols])
-    # feature_acts = hidden_pre = pre * ||W_dec||; decoding divides by the norm again (sae_lens act_times_W_dec)
-    values = raw * norms[active.cols]
-    W_dec_unit = sae.W_dec / norms[:, None]
-    sae_out = _bag(active.cols, W_dec_unit, offsets, values) + sae.b_dec
+    # sae_lens ranks pre * ||W_dec|| and divides the selected values by ||W_dec|| again before decoding; the
+    # two cancel in the output and in every gradient, so the raw pre-activations are decoded with W_dec as is
+    raw = GatherPreActivations.apply(x, sae.b_dec, sae.W_enc, sae.b_enc, active, hidden_values / norms[active.cols])
+    sae_out = SparseDecode.apply(raw, sae.W_dec, active) + sae.b_dec
+    values = raw.detach() * norms[active.cols]  # sae_lens's feature_acts (batch thresholds, L0, logging)
     mse_loss = (sae_out - x).pow(2).sum(-1).mean()
     loss = mse_loss
     signed = variant in ("abstopk", "batch-abstopk")
@@ -216,12 +265,10 @@ def sparse_training_forward(sae: TrainingSAE, x: torch.Tensor, variant: str, dea
         k_aux = min(x.shape[-1] // 2, num_dead)
         scale = min(num_dead / (x.shape[-1] // 2), 1.0)
         aux = _aux_active(hidden_pre, dead, k_aux, signed)
-        aux_offsets = aux.offsets()
         aux_pre = (hidden_pre[aux.rows, aux.cols] if hidden_pre.dtype == x.dtype
-                   else _exact_pre(x_centred, W_scaled, b_scaled, aux.rows, aux.cols))
-        aux_raw = GatherPreActivations.apply(x, sae.b_dec, sae.W_enc, sae.b_enc, aux.rows, aux.cols, aux_offsets,
-                                             aux_pre / norms[aux.cols])
-        recons = _bag(aux.cols, W_dec_unit, aux_offsets, aux_raw * norms[aux.cols])
+                   else _exact_pre(x_centred, W_scaled, b_scaled, aux))
+        aux_raw = GatherPreActivations.apply(x, sae.b_dec, sae.W_enc, sae.b_enc, aux, aux_pre / norms[aux.cols])
+        recons = SparseDecode.apply(aux_raw, sae.W_dec, aux)
         loss = loss + cfg.aux_loss_coefficient * scale * (recons - residual).pow(2).sum(-1).mean()
     return SparseStepOutput(loss=loss, mse_loss=mse_loss, sae_out=sae_out, active=active, values=values)
 

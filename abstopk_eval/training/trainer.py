@@ -30,6 +30,7 @@ from abstopk_eval.saes.variants import SparsityHyperparams, get_variant, sae_id
 from abstopk_eval.training import distributed
 from abstopk_eval.training.checkpoint import atomic_torch_save, atomic_write_json, load_checkpoint
 from abstopk_eval.training.sparse_ksae import sparse_training_forward, update_batch_threshold
+from abstopk_eval.training.sparse_threshold import sparse_threshold_forward, supports_sparse_threshold
 
 log = logging.getLogger("abstopk_eval.training")
 
@@ -157,9 +158,15 @@ def _train_step(state: _JobState, batch: torch.Tensor, preset: TrainPreset, spar
     sae = state.sae
     sae.train()
     dead = state.steps_since_fired > preset.dead_window_steps()
-    if sparse and get_variant(state.job.variant).uses_k:
-        out = _sparse_step(sae, batch, dead, state.job.variant, bf16)
-    else:
+    variant = state.job.variant
+    out = None
+    if sparse and get_variant(variant).uses_k:
+        out = _sparse_step(sae, batch, dead, variant, bf16)
+    elif sparse and not bf16 and supports_sparse_threshold(sae, variant):
+        sparse_out = sparse_threshold_forward(sae, batch, variant, _coefficients(preset, state.step))
+        if sparse_out is not None:  # None while the latents are still dense (early training)
+            out = _StepResult(sparse_out.loss, sparse_out.sae_out, sparse_out.fired(sae.cfg.d_sae), sparse_out.l0())
+    if out is None:
         out = _dense_step(sae, batch, dead, _coefficients(preset, state.step), state.step, bf16)
     with torch.no_grad():
         state.steps_since_fired += 1
