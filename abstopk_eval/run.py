@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true",
                    help="train with the encoder matmul in bf16 (autocast on the dense path); for GPUs: slower than fp32 on CPUs without AMX")
     p.add_argument("--dense-training", action="store_true",
-                   help="train k-sparse variants with sae_lens's dense forward/backward instead of the sparse kernels (same math, slower)")
+                   help="train every variant with sae_lens's dense forward/backward instead of the sparse kernels (same math, slower)")
     p.add_argument("--no-report", action="store_true", help="do not regenerate reports/")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     return p
