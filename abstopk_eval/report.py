@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +20,38 @@ from abstopk_eval.training.checkpoint import atomic_write_bytes
 
 log = logging.getLogger("abstopk_eval.report")
 
-# (column, eval, path inside eval_result_metrics, format)
-CORE_COLUMNS: list[tuple[str, str, tuple[str, str], str]] = [
-    ("nMSE", "core", ("normalised_reconstruction", "nmse"), "{:.4f}"),
-    ("FVU", "core", ("normalised_reconstruction", "fvu"), "{:.3f}"),
-    ("loss recovered", "core", ("normalised_reconstruction", "loss_recovered"), "{:.3f}"),
-    ("CE with SAE", "core", ("model_performance_preservation", "ce_loss_with_sae"), "{:.3f}"),
-    ("KL", "core", ("model_behavior_preservation", "kl_div_with_sae"), "{:.3f}"),
-    ("L0", "core", ("sparsity", "l0"), "{:.1f}"),
-    ("dead frac", "core", ("sparsity", "dead_fraction"), "{:.3f}"),
-    ("negative frac", "core", ("sparsity", "frac_negative"), "{:.3f}"),
+@dataclass(frozen=True)
+class Column:
+    """One report column: a metric of one evaluation's `eval_result_metrics`."""
+
+    name: str
+    eval: str
+    path: tuple[str, str]
+    """(category, metric) inside eval_result_metrics."""
+    fmt: str
+    higher_is_better: bool | None = None
+    """Direction for bolding the best variant; None: never bold (descriptive columns such as L0)."""
+
+
+COLUMNS: list[Column] = [
+    Column("nMSE", "core", ("normalised_reconstruction", "nmse"), "{:.4f}", False),
+    Column("FVU", "core", ("normalised_reconstruction", "fvu"), "{:.3f}", False),
+    Column("loss recovered", "core", ("normalised_reconstruction", "loss_recovered"), "{:.3f}", True),
+    Column("CE with SAE", "core", ("model_performance_preservation", "ce_loss_with_sae"), "{:.3f}", False),
+    Column("KL", "core", ("model_behavior_preservation", "kl_div_with_sae"), "{:.3f}", False),
+    Column("L0", "core", ("sparsity", "l0"), "{:.1f}"),
+    Column("dead frac", "core", ("sparsity", "dead_fraction"), "{:.3f}"),
+    Column("negative frac", "core", ("sparsity", "frac_negative"), "{:.3f}"),
+    # the paper's Table 2 (SAEBench tasks); offline proxies of sae_bench's datasets, see each result's dataset cards
+    Column("sparse probing top-1", "sparse_probing", ("sae", "sae_top_1_test_accuracy"), "{:.3f}", True),
+    Column("SCR@20", "scr", ("scr_metrics", "scr_metric_threshold_20"), "{:.3f}", True),
+    Column("TPP@20", "tpp", ("tpp_metrics", "tpp_threshold_20_total_metric"), "{:.3f}", True),
+    Column("1 - absorption", "absorption", ("mean", "one_minus_absorption"), "{:.3f}", True),
+    # bidirectional features (issue 7)
+    Column("axes in one signed latent", "bidirectional", ("bidirectional", "frac_axes_bidirectional"), "{:.2f}", True),
+    Column("axis-duplicate pairs", "fragmentation", ("antiparallel", "n_axis_duplicate_pairs"), "{:.0f}", False),
 ]
+FORMATS = {c.name: c.fmt for c in COLUMNS} | {"train s": "{:.0f}"}
 
 
 def _load_results(results_dir: Path) -> list[dict[str, Any]]:
@@ -50,8 +72,8 @@ def _sae_row(sae: str, evals: dict[str, dict[str, Any]]) -> dict[str, Any]:
     prov = core.get("provenance", {})
     row: dict[str, Any] = {"sae": sae, "variant": prov.get("variant", sae.split("_")[0]), "k": prov.get("k"),
                            "seed": prov.get("seed")}
-    for column, eval_name, (category, metric), _ in CORE_COLUMNS:
-        row[column] = evals.get(eval_name, {}).get("eval_result_metrics", {}).get(category, {}).get(metric)
+    for col in COLUMNS:
+        row[col.name] = evals.get(col.eval, {}).get("eval_result_metrics", {}).get(col.path[0], {}).get(col.path[1])
     unstructured = core.get("eval_result_unstructured") or {}
     row["train s"] = unstructured.get("train_seconds")
     return row
@@ -65,14 +87,56 @@ def layer_table(results: list[dict[str, Any]]) -> pd.DataFrame:
     return frame.sort_values(["variant", "k", "seed"], na_position="first", key=lambda s: s.astype(str)).reset_index(drop=True)
 
 
-def _markdown(frame: pd.DataFrame) -> str:
-    formats = {col: fmt for col, _, _, fmt in CORE_COLUMNS} | {"train s": "{:.0f}"}
-    shown = frame.copy()
-    for col, fmt in formats.items():
-        if col in shown:
-            shown[col] = shown[col].map(lambda v, f=fmt: "" if v is None or pd.isna(v) else f.format(v))
+def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (variant, k): mean and 95% t-interval half-width over seeds of every numeric column."""
+    from scipy import stats
+
+    metrics = [c for c in [*FORMATS] if c in frame]
+    rows = []
+    for (variant, k), group in frame.groupby(["variant", frame["k"].fillna(-1)], sort=False):
+        row: dict[str, Any] = {"variant": variant, "k": None if k == -1 else k, "seeds": len(group)}
+        for col in metrics:
+            values = pd.to_numeric(group[col], errors="coerce").dropna()
+            row[col] = float(values.mean()) if len(values) else None
+            row[f"{col} ci95"] = (float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / len(values) ** 0.5)
+                                  if len(values) > 1 else None)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _leader(summary: pd.DataFrame, col: Column) -> int | None:
+    """Index of the row whose lead on `col` is beyond both 95% intervals (best minus its interval clears the
+    runner-up plus its interval); None without a clear leader or without intervals (one seed)."""
+    if col.higher_is_better is None or col.name not in summary:
+        return None
+    sign = 1.0 if col.higher_is_better else -1.0
+    values = pd.to_numeric(summary[col.name], errors="coerce") * sign
+    ranked = values.dropna().sort_values(ascending=False)
+    if len(ranked) < 2:
+        return None
+    best, second = ranked.index[0], ranked.index[1]
+    ci = pd.to_numeric(summary[f"{col.name} ci95"], errors="coerce")
+    if pd.isna(ci[best]) or pd.isna(ci[second]):
+        return None
+    return int(best) if ranked.iloc[0] - ci[best] > ranked.iloc[1] + ci[second] else None
+
+
+def _markdown(summary: pd.DataFrame) -> str:
+    """Mean ± 95% interval over seeds; a value is bold only when its lead is beyond the intervals."""
+    shown = summary[["variant", "k", "seeds"]].copy()
     shown["k"] = shown["k"].map(lambda v: "" if v is None or pd.isna(v) else str(int(v)))
-    return shown.to_markdown(index=False)
+    leaders = {c.name: _leader(summary, c) for c in COLUMNS}
+    for col, fmt in FORMATS.items():
+        if col not in summary or summary[col].isna().all():
+            continue
+        cells = []
+        for i, (value, ci) in enumerate(zip(summary[col], summary[f"{col} ci95"])):
+            text = "" if value is None or pd.isna(value) else fmt.format(value)
+            if text and ci is not None and not pd.isna(ci):
+                text += f" ± {fmt.format(ci)}"
+            cells.append(f"**{text}**" if text and leaders.get(col) == i else text)
+        shown[col] = cells
+    return shown.to_markdown(index=False, disable_numparse=True)
 
 
 def _provenance_lines(results: list[dict[str, Any]]) -> list[str]:
@@ -102,6 +166,10 @@ def _provenance_lines(results: list[dict[str, Any]]) -> list[str]:
 
 
 NOTES = """\
+Cells are the mean over seeds, with the half-width of a 95% t-interval when there are two or more seeds; a
+value is bold only when its lead over the runner-up is beyond both intervals (never with one seed).
+Per-SAE values (every seed) are in the CSV next to this file.
+
 Metric notes: nMSE = sum||x - x_hat||^2 / sum||x||^2 on raw residuals (small on this model because the mean
 residual carries most of the norm; FVU, which centres x, is the informative one). L0 and the dead fraction count
 a latent as active when z != 0, so negative AbsTopK activations count. Loss recovered = (CE_zero - CE_sae) /
@@ -157,7 +225,7 @@ def build_reports(results_dir: Path, reports_dir: Path) -> list[Path]:
         stem = f"{model}_layer{layer}"
         frame = layer_table(group)
         figures = _figures(frame, group, reports_dir, stem)
-        lines = [f"# {model}, layer {layer}", "", *_provenance_lines(group), "", _markdown(frame), "", NOTES]
+        lines = [f"# {model}, layer {layer}", "", *_provenance_lines(group), "", _markdown(seed_summary(frame)), "", NOTES]
         lines += [f"![{name}]({name})" for name in figures]
         atomic_write_bytes(reports_dir / f"{stem}.md", ("\n".join(lines) + "\n").encode())
         atomic_write_bytes(reports_dir / f"{stem}.csv", frame.to_csv(index=False).encode())

@@ -46,3 +46,36 @@ def test_report_without_results_writes_an_index(tmp_path):
     (tmp_path / "results").mkdir()
     assert build_reports(tmp_path / "results", tmp_path / "reports") == []
     assert "No results yet" in (tmp_path / "reports" / "index.md").read_text()
+
+
+def _write_seeds(root, variant, fvus):
+    for seed, fvu in enumerate(fvus):
+        data = _core(variant, 16, fvu, 1 - fvu)
+        data["provenance"]["seed"] = seed
+        path = root / "results" / "m" / "layer_3" / f"{variant}_k16_s{seed}" / "core.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(data))
+
+
+def _fvu_cells(root):
+    lines = (root / "reports" / "m_layer3.md").read_text().splitlines()
+    header = [c.strip() for c in next(line for line in lines if line.startswith("| variant")).strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| topk") or line.startswith("| abstopk")]
+    return {row[0]: row[header.index("FVU")] for row in rows}
+
+
+def test_seed_means_with_intervals_and_bold_only_beyond_them(tmp_path):
+    _write_seeds(tmp_path / "clear", "topk", [0.30, 0.31, 0.29])
+    _write_seeds(tmp_path / "clear", "abstopk", [0.20, 0.21, 0.19])
+    build_reports(tmp_path / "clear" / "results", tmp_path / "clear" / "reports")
+    cells = _fvu_cells(tmp_path / "clear")
+    assert cells["abstopk"].startswith("**0.200 ± 0.02") and not cells["topk"].startswith("**")
+    _write_seeds(tmp_path / "overlap", "topk", [0.30, 0.10, 0.20])
+    _write_seeds(tmp_path / "overlap", "abstopk", [0.19, 0.21, 0.17])
+    build_reports(tmp_path / "overlap" / "results", tmp_path / "overlap" / "reports")
+    assert not any(c.startswith("**") for c in _fvu_cells(tmp_path / "overlap").values())
+    _write_seeds(tmp_path / "single", "topk", [0.30])
+    _write_seeds(tmp_path / "single", "abstopk", [0.10])
+    build_reports(tmp_path / "single" / "results", tmp_path / "single" / "reports")
+    cells = _fvu_cells(tmp_path / "single")
+    assert cells == {"topk": "0.300", "abstopk": "0.100"}

@@ -1,0 +1,24 @@
+"""Configuration of the bidirectional (Figure 1) case study."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+from sae_bench.evals.base_eval_output import BaseEvalConfig
+
+
+@dataclass
+class BidirectionalEvalConfig(BaseEvalConfig):
+    model_name: str = Field(default="", title="Model", description="Model key in abstopk_eval's registry")
+    layer: int = Field(default=0, title="Layer", description="Residual stream after this block (the SAEs' layer)")
+    hook_name: str = Field(default="", title="Hook", description="TransformerLens-style hook name of the activations")
+    llm_dtype: str = Field(default="float32", title="LLM dtype", description="dtype of the language model")
+    axes: list[str] = Field(default_factory=list, title="Axes",
+                            description="Bipolar axes of abstopk_eval.data.bipolar_pairs (empty = all)")
+    min_instances: int = Field(default=2, title="Minimum instances", description="Axes with fewer kept minimal pairs are skipped")
+    bipolar_fraction: float = Field(default=0.5, title="Bipolar fraction",
+                                    description="The top latent is bidirectional when it takes opposite nonzero signs on the two "
+                                                "sides in at least this fraction of the axis's pairs")
+    split_ratio: float = Field(default=0.5, title="Split ratio",
+                               description="Otherwise the axis is split when another latent responds to the other pole with at "
+                                           "least this fraction of the top latent's contrast")

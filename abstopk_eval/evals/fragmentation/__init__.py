@@ -1,0 +1,1 @@
+"""Fragmentation: decoder atoms that split one axis into two (nearly antiparallel) atoms."""
