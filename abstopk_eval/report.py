@@ -233,6 +233,9 @@ def build_reports(results_dir: Path, reports_dir: Path) -> list[Path]:
         index.append(f"- [{model}, layer {layer}]({stem}.md) ({len(frame)} SAEs; [csv]({stem}.csv))")
     if not groups:
         index.append("No results yet: run `python -m abstopk_eval.run`.")
+    from abstopk_eval.paper_report import index_lines  # every table / figure in reports/ with its sources
+
+    index += ["", *index_lines(results_dir, reports_dir)]
     atomic_write_bytes(reports_dir / "index.md", ("\n".join(index) + "\n").encode())
     log.info("wrote %d report files to %s", len(written) + 1, reports_dir)
     return written
@@ -243,10 +246,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m abstopk_eval.report", description=__doc__)
     parser.add_argument("--results-dir", type=Path, default=Path("results"))
     parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    parser.add_argument("--paper", action="store_true",
+                        help="also write the paper's Tables 1-2 and Figures 2-4 data beside its published values (reports/paper/)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     if not args.results_dir.is_dir():
         raise UserError(f"results directory {args.results_dir} does not exist")
+    if args.paper:  # first, so the index written by build_reports can link the paper files
+        from abstopk_eval.paper_report import build_paper_report
+
+        for path in build_paper_report(args.results_dir, args.reports_dir):
+            print(path)
     for path in build_reports(args.results_dir, args.reports_dir):
         print(path)
 

@@ -1,0 +1,461 @@
+"""The paper's tables and figure data, regenerated from results/ (`python -m abstopk_eval.report --paper`).
+
+For every model and layer with results, writes under reports/paper/:
+
+- ``<model>_layer<L>_table2.{md,csv,tex}``: the paper's Table 2 tasks (Unlearning, 1 - Absorption, SCR, TPP,
+  RAVEL, sparse probing top-1), one row per (variant, k), mean +- 95% t-interval over seeds, with the paper's
+  published value beside ours where `abstopk_eval.paper_values` records one for that model, layer and method;
+- ``<model>_layer<L>_fig2_training_mse.{md,csv,tex,png}``: training MSE curves (Figure 2; the CSV holds every
+  logged point, the tables the final value);
+- ``<model>_layer<L>_fig3_nmse_vs_k.{md,csv,tex,png}`` and ``..._fig4_loss_recovered_vs_k...``: normalised MSE and
+  loss recovered against k (Figures 3 and 4 and the Appendix D sweeps);
+- ``table1.*``: the steering table (Table 1), from ``abstopk_eval.evals.steering.table.render_table1`` when that
+  module exists (skipped with a note otherwise);
+- ``paper_values.md``: every published number recorded in the project, with its source;
+- ``index.md``: links to all of it, with data sources, model, preset, seeds and package versions, proxies marked.
+
+`index_lines(results_dir, reports_dir)` returns the same index section for reports/index.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from abstopk_eval.paper_values import ALL_VALUES, METHOD_VARIANTS, PAPER, PAPER_MODELS, TABLE1, paper_value
+from abstopk_eval.training.checkpoint import atomic_write_bytes
+
+log = logging.getLogger("abstopk_eval.paper_report")
+
+PAPER_DIR = "paper"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One Table 2 column: a metric of one evaluation's eval_result_metrics."""
+
+    label: str
+    eval: str
+    path: tuple[str, str]
+    paper_task: str
+
+
+TABLE2_TASKS: tuple[Task, ...] = (
+    Task("Unlearning", "unlearning", ("unlearning", "unlearning_score"), "unlearning"),
+    Task("1 - Absorption", "absorption", ("mean", "one_minus_absorption"), "absorption"),
+    Task("SCR@20", "scr", ("scr_metrics", "scr_metric_threshold_20"), "scr"),
+    Task("TPP@20", "tpp", ("tpp_metrics", "tpp_threshold_20_total_metric"), "tpp"),
+    Task("RAVEL", "ravel", ("ravel", "disentanglement_score"), "ravel"),
+    Task("Sparse probing top-1", "sparse_probing", ("sae", "sae_top_1_test_accuracy"), "sparse_probing"),
+)
+CORE = {"nMSE": ("normalised_reconstruction", "nmse"), "loss recovered": ("normalised_reconstruction", "loss_recovered")}
+
+
+def _table2_tasks() -> tuple[Task, ...]:
+    """TABLE2_TASKS, with the metric path of report.COLUMNS where that lists the same evaluation (one source of truth)."""
+    try:
+        from abstopk_eval.report import COLUMNS
+    except ImportError:
+        return TABLE2_TASKS
+    by_eval: dict[str, Any] = {}
+    for col in COLUMNS:
+        by_eval.setdefault(col.eval, col)
+    return tuple(Task(t.label, t.eval, tuple(by_eval[t.eval].path) if t.eval in by_eval else t.path, t.paper_task)
+                 for t in TABLE2_TASKS)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def load_results(results_dir: Path) -> list[dict[str, Any]]:
+    import json
+
+    rows = []
+    for path in sorted(Path(results_dir).glob("*/layer_*/*/*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            log.warning("skipping unreadable result %s", path)
+            continue
+        rows.append({"model": path.parts[-4], "layer": int(path.parts[-3].removeprefix("layer_")),
+                     "sae": path.parts[-2], "eval": path.stem, "data": data})
+    return rows
+
+
+def _metric(data: dict[str, Any] | None, path: tuple[str, str]) -> float | None:
+    if not data:
+        return None
+    value = (data.get("eval_result_metrics") or {}).get(path[0], {}).get(path[1])
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def sae_frame(group: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per SAE of one (model, layer): identity, Table 2 metrics, core metrics and the training curve."""
+    by_sae: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in group:
+        by_sae.setdefault(r["sae"], {})[r["eval"]] = r["data"]
+    rows = []
+    tasks = _table2_tasks()
+    for sae, evals in sorted(by_sae.items()):
+        prov = next((d.get("provenance") or {} for d in evals.values() if d.get("provenance")), {})
+        row: dict[str, Any] = {"sae": sae, "variant": prov.get("variant") or sae.split("_")[0], "k": prov.get("k"),
+                               "seed": prov.get("seed"), "preset": prov.get("preset")}
+        for task in tasks:
+            row[task.label] = _metric(evals.get(task.eval), task.path)
+        for label, path in CORE.items():
+            row[label] = _metric(evals.get("core"), path)
+        row["curve"] = ((evals.get("core") or {}).get("eval_result_unstructured") or {}).get("training_curve") or []
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _ci95(values: pd.Series) -> float | None:
+    from scipy import stats
+
+    values = values.dropna()
+    if len(values) < 2:
+        return None
+    return float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+
+
+def summarise(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Mean and 95% t-interval half-width over seeds per (variant, k)."""
+    rows = []
+    keyed = frame.assign(_k=frame["k"].map(lambda v: -1 if v is None or pd.isna(v) else int(v)))
+    for (variant, k), g in keyed.groupby(["variant", "_k"], sort=True):
+        row: dict[str, Any] = {"variant": variant, "k": None if k == -1 else int(k), "seeds": len(g)}
+        for col in columns:
+            values = pd.to_numeric(g[col], errors="coerce")
+            row[col] = float(values.mean()) if values.notna().any() else None
+            row[f"{col} ci95"] = _ci95(values)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------ formatting
+
+
+def _cell(value: Any, ci: Any = None, fmt: str = "{:.3f}", pm: str = " ± ") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    text = fmt.format(value)
+    if ci is not None and not (isinstance(ci, float) and math.isnan(ci)):
+        text += pm + fmt.format(ci)
+    return text
+
+
+def _tex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("_", r"\_"),
+                 ("{", r"\{"), ("}", r"\}"), ("±", r"$\pm$")):
+        text = text.replace(a, b)
+    return text
+
+
+def _write_table(out_dir: Path, stem: str, shown: pd.DataFrame, numeric: pd.DataFrame, title: str,
+                 notes: list[str]) -> list[Path]:
+    """`shown` (strings) as markdown and LaTeX, `numeric` as CSV."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = "\n".join([f"# {title}", "", shown.to_markdown(index=False, disable_numparse=True), "", *notes]) + "\n"
+    tex_frame = shown.rename(columns=_tex_escape).map(lambda v: _tex_escape(str(v)))
+    tex = tex_frame.to_latex(index=False, escape=False, caption=_tex_escape(title), label=f"tab:{stem}")
+    paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.csv", out_dir / f"{stem}.tex"]
+    atomic_write_bytes(paths[0], md.encode())
+    atomic_write_bytes(paths[1], numeric.to_csv(index=False).encode())
+    atomic_write_bytes(paths[2], tex.encode())
+    return paths
+
+
+def _k_text(k: Any) -> str:
+    return "" if k is None or (isinstance(k, float) and math.isnan(k)) else str(int(k))
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+
+def table2(frame: pd.DataFrame, model: str, layer: int) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """(shown, numeric, number of paper cells) for Table 2 of one model and layer."""
+    tasks = list(_table2_tasks())  # all six, empty where an evaluation has no result yet
+    summary = summarise(frame, [t.label for t in tasks])
+    shown = summary[["variant", "k", "seeds"]].copy()
+    shown["k"] = shown["k"].map(_k_text)
+    shown["seeds"] = shown["seeds"].map(str)
+    numeric = summary[["variant", "k", "seeds"]].copy()
+    n_paper = 0
+    for task in tasks:
+        shown[task.label] = [_cell(v, c) for v, c in zip(summary[task.label], summary[f"{task.label} ci95"])]
+        numeric[task.label] = summary[task.label]
+        numeric[f"{task.label} ci95"] = summary[f"{task.label} ci95"]
+        published = [paper_value("Table 2", model, layer, v, task.paper_task) for v in summary["variant"]]
+        if any(published):
+            shown[f"{task.label} (paper)"] = [_cell(p.value, fmt="{:.2f}") if p else "" for p in published]
+            numeric[f"{task.label} (paper)"] = [p.value if p else None for p in published]
+            n_paper += sum(p is not None for p in published)
+    return shown, numeric, n_paper
+
+
+def _curve_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for _, r in frame.iterrows():
+        for point in r["curve"]:
+            rows.append({"sae": r["sae"], "variant": r["variant"], "k": r["k"], "seed": r["seed"],
+                         "step": point.get("step"), "tokens": point.get("tokens"), "mse": point.get("mse"),
+                         "fvu": point.get("fvu"), "l0": point.get("l0")})
+    return pd.DataFrame(rows, columns=["sae", "variant", "k", "seed", "step", "tokens", "mse", "fvu", "l0"])
+
+
+def _plot(path: Path, draw) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    draw(ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+FIGURE_NOTE = ("The paper gives Figures 2-4 only as plots, so there is no published number to show beside ours "
+               "(see `abstopk_eval/paper_values.py`).")
+
+
+def figures(frame: pd.DataFrame, out_dir: Path, stem: str, label: str) -> list[Path]:
+    written: list[Path] = []
+    curves = _curve_frame(frame)
+    if not curves.empty:
+        final = curves.sort_values("step").groupby("sae").tail(1)
+        final_frame = frame[["sae", "variant", "k", "seed"]].merge(final[["sae", "mse"]], on="sae")
+        summary = summarise(final_frame.rename(columns={"mse": "final training MSE"}), ["final training MSE"])
+        shown = summary[["variant", "k", "seeds"]].assign(k=summary["k"].map(_k_text), seeds=summary["seeds"].map(str))
+        shown["final training MSE"] = [_cell(v, c, "{:.4g}") for v, c in
+                                       zip(summary["final training MSE"], summary["final training MSE ci95"])]
+        name = f"{stem}_fig2_training_mse"
+        paths = _write_table(out_dir, name, shown, curves, f"Figure 2 data: training MSE, {label}",
+                             ["Per-dimension training MSE on the (normalised) training batches; the CSV holds every "
+                              "logged point of every SAE.", "", FIGURE_NOTE])
+
+        def draw_curves(ax):
+            for sae, g in curves.groupby("sae"):
+                ax.plot(g["tokens"], g["mse"], label=sae)
+            ax.set_xlabel("training tokens"); ax.set_ylabel("training MSE"); ax.set_yscale("log")
+            ax.set_title(f"Training MSE ({label})"); ax.legend(fontsize=6)
+
+        written += [*paths, _plot(out_dir / f"{name}.png", draw_curves)]
+    swept = frame[frame["k"].notna()]
+    for number, metric, slug in ((3, "nMSE", "nmse_vs_k"), (4, "loss recovered", "loss_recovered_vs_k")):
+        if swept.empty or swept[metric].isna().all():
+            continue
+        summary = summarise(swept, [metric]).sort_values(["variant", "k"])
+        shown = summary[["variant", "k", "seeds"]].assign(k=summary["k"].map(_k_text), seeds=summary["seeds"].map(str))
+        shown[metric] = [_cell(v, c, "{:.4f}") for v, c in zip(summary[metric], summary[f"{metric} ci95"])]
+        name = f"{stem}_fig{number}_{slug}"
+        numeric = summary[["variant", "k", "seeds", metric, f"{metric} ci95"]]
+        note = ("nMSE = sum||x - x_hat||^2 / sum||x||^2 on held-out raw residuals." if metric == "nMSE" else
+                "Loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean) on held-out text.")
+        written += _write_table(out_dir, name, shown, numeric, f"Figure {number} data: {metric} vs k, {label}",
+                                [note, "Only SAEs with a k (k-sparse variants, external checkpoints that state one).",
+                                 "", FIGURE_NOTE])
+
+        def draw_k(ax, summary=summary, metric=metric, number=number):
+            for variant, g in summary.groupby("variant"):
+                ax.errorbar(g["k"], g[metric], yerr=g[f"{metric} ci95"].fillna(0), marker="o", label=variant, capsize=2)
+            ax.set_xlabel("k"); ax.set_ylabel(metric); ax.set_title(f"Figure {number}: {metric} vs k ({label})")
+            ax.legend(fontsize=7)
+
+        written.append(_plot(out_dir / f"{name}.png", draw_k))
+    return written
+
+
+def _table1(results_dir: Path, out_dir: Path) -> tuple[list[Path], str]:
+    """Table 1 from the steering evaluation's renderer, if it exists; (written files, note)."""
+    from abstopk_eval.errors import UserError
+
+    try:
+        from abstopk_eval.evals.steering.table import render_table1
+    except (ImportError, AttributeError):
+        return [], "Table 1 (steering) skipped: `abstopk_eval.evals.steering.table.render_table1` is not available."
+    try:
+        rendered = render_table1(results_dir)
+    except UserError as err:
+        return [], f"Table 1 (steering) skipped: {err}"
+    items = rendered.items() if isinstance(rendered, dict) else [("table1", rendered)]
+    written: list[Path] = []
+    for key, item in items:
+        stem = key if str(key).startswith("table1") else f"table1_{key}"
+        if item is None:
+            continue
+        if isinstance(item, pd.DataFrame):
+            shown = item.astype(object).where(item.notna(), "").astype(str)
+            written += _write_table(out_dir, stem, shown, item, "Table 1: steering (safety vs ability)",
+                                    ["Rendered by `abstopk_eval.evals.steering.table.render_table1`.",
+                                     "Published values: see paper_values.md."])
+        elif isinstance(item, (str, bytes)):
+            text = item.decode() if isinstance(item, bytes) else item
+            path = out_dir / f"{stem}.md"
+            atomic_write_bytes(path, (text.rstrip() + "\n").encode())
+            written.append(path)
+        elif isinstance(item, (Path, list, tuple)):
+            written += [Path(p) for p in ([item] if isinstance(item, Path) else item)]
+    if not written:
+        return [], "Table 1 (steering): the renderer returned nothing (no steering results yet?)."
+    return written, ""
+
+
+def paper_values_markdown() -> str:
+    lines = ["# Published values recorded in this project", "", f"Paper: {PAPER}.", "",
+             "Recorded in `abstopk_eval/paper_values.py` (whose docstring lists what could not be sourced). Each value "
+             "is shown beside our variants: " + "; ".join(f"paper {m} -> {', '.join(v)}" for m, v in METHOD_VARIANTS.items())
+             + ".", "", "| table | model | layer | method | task | value | source |", "|---|---|---|---|---|---|---|"]
+    for v in ALL_VALUES:
+        lines.append(f"| {v.table} | {v.model} | {v.layer} | {v.method} | {v.task} | {v.value:g} | {v.source} |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ index
+
+
+def _groups(results: list[dict[str, Any]]) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["model"], r["layer"]), []).append(r)
+    return dict(sorted(groups.items()))
+
+
+def _facts(group: list[dict[str, Any]]) -> list[str]:
+    """Data sources, model, preset, seeds and versions of one (model, layer), proxies marked."""
+    model = group[0]["model"]
+    core = [r["data"] for r in group if r["eval"] == "core"]
+    prov = next((d.get("provenance") or {} for d in core), None) or next(
+        (r["data"].get("provenance") or {} for r in group), {})
+    lines = []
+    proxy_model = model not in PAPER_MODELS
+    lines.append(f"- Model: `{model}` ({prov.get('model_hf_id', '?')}); weights: {prov.get('model_source', '?')}"
+                 + (" — **PROXY**: a small offline stand-in; the paper uses GPT-2 small, Pythia-70M, Gemma-2-2B, Qwen3-4B"
+                    if proxy_model else ""))
+    presets = sorted({str((r["data"].get("provenance") or {}).get("preset")) for r in group
+                      if (r["data"].get("provenance") or {}).get("preset")})
+    lines.append(f"- Preset(s): {', '.join(presets) or 'n/a'}"
+                 + ("" if presets == ["paper"] else " — **PROXY** training budget (the paper's is `paper`: 30k steps x 4096)"))
+    seeds: dict[str, set] = {}
+    for r in group:
+        p = r["data"].get("provenance") or {}
+        seeds.setdefault(str(p.get("variant") or r["sae"].split("_")[0]), set()).add(p.get("seed"))
+    lines.append("- Seeds: " + "; ".join(f"{v}: {', '.join(str(s) for s in sorted(x, key=str))}" for v, x in sorted(seeds.items())))
+    corpus = prov.get("corpus")
+    if corpus:
+        lines.append(f"- Training / held-out text: `{corpus}`" + ("" if corpus == "pile" else
+                     " — **PROXY**: offline text instead of the paper's monology/pile-uncopyrighted"))
+    by_eval: dict[str, dict[str, Any]] = {}
+    for r in group:
+        by_eval.setdefault(r["eval"], r["data"])
+    for name, data in sorted(by_eval.items()):
+        cfg = data.get("eval_config") or {}
+        cards = data.get("dataset_cards") or []
+        source = cfg.get("dataset_source")
+        if cards:
+            what = "; ".join(f"{c.get('name')} ({c.get('source', '?')})" for c in cards)
+        else:
+            what = "; ".join(f"{k}: {v}" for k, v in cfg.items() if "dataset" in k and v not in (None, "", [])) or "see the result's eval_config"
+        proxy = "" if source == "sae_bench" else " — **PROXY** of the paper's SAEBench data" if name != "core" else ""
+        lines.append(f"- `{name}` data: {what}{proxy}")
+    external = sorted({r["sae"] for r in group if (r["data"].get("provenance") or {}).get("source_path")})
+    if external:
+        lines.append(f"- External checkpoints (`abstopk_eval.compare`): {', '.join(external)}")
+    versions = prov.get("versions") or {}
+    if versions:
+        lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    return lines
+
+
+def index_lines(results_dir: Path, reports_dir: Path) -> list[str]:
+    """The reports/index.md section linking every table and figure, with data sources, model, preset, seeds and
+    package versions per (model, layer), proxies marked. Paths are relative to `reports_dir`."""
+    reports_dir = Path(reports_dir)
+    results = load_results(results_dir)
+    lines = ["## Tables and figures", ""]
+    if not results:
+        return lines + ["No results yet: run `python -m abstopk_eval.run`.", ""]
+    for (model, layer), group in _groups(results).items():
+        stem = f"{model}_layer{layer}"
+        lines += [f"### {model}, layer {layer}", "", *_facts(group), ""]
+        files = sorted(p for p in reports_dir.glob(f"{stem}*") if p.is_file())
+        files += sorted(p for p in (reports_dir / PAPER_DIR).glob(f"{stem}_*") if p.is_file())
+        for path in files:
+            lines.append(f"- [{path.relative_to(reports_dir).as_posix()}]({path.relative_to(reports_dir).as_posix()})")
+        lines.append("")
+    paper_dir = reports_dir / PAPER_DIR
+    extra = sorted(p for p in paper_dir.glob("*") if p.is_file() and not any(
+        p.name.startswith(f"{m}_layer{layer}_") for m, layer in _groups(results)) and p.name != "index.md") \
+        if paper_dir.is_dir() else []
+    if extra:
+        lines += ["### Paper-wide", ""] + [f"- [{p.relative_to(reports_dir).as_posix()}]({p.relative_to(reports_dir).as_posix()})"
+                                            for p in extra] + [""]
+    others = sorted(p for p in reports_dir.glob("*") if p.is_file() and p.name != "index.md"
+                    and not any(p.name.startswith(f"{m}_layer{layer}") for m, layer in _groups(results)))
+    if others:
+        lines += ["### Other reports", ""] + [f"- [{p.name}]({p.name})" for p in others] + [""]
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------ entry point
+
+
+def build_paper_report(results_dir: Path, reports_dir: Path) -> list[Path]:
+    """Write reports/paper/ (Tables 1-2, Figures 2-4 data and plots, paper_values.md, index.md); return the paths."""
+    out_dir = Path(reports_dir) / PAPER_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = load_results(results_dir)
+    written: list[Path] = []
+    notes: list[str] = []
+    for (model, layer), group in _groups(results).items():
+        frame = sae_frame(group)
+        stem, label = f"{model}_layer{layer}", f"{model} layer {layer}"
+        shown, numeric, n_paper = table2(frame, model, layer)
+        has_values = any(numeric[c].notna().any() for c in numeric.columns if c not in ("variant", "k", "seeds"))
+        table_notes = [
+            "Mean over seeds ± half-width of a 95% t-interval (two or more seeds). `(paper)` columns: the published "
+            "value of arXiv 2510.00404 Table 2 for the same model, layer and method (paper TopK beside our batchtopk "
+            "and topk, paper AbsTopK beside batch-abstopk and abstopk), with its source in paper_values.md.",
+            f"{n_paper} published cell(s) apply here." if n_paper else
+            "No published Table 2 value is recorded for this model and layer (see paper_values.md).",
+            "Our datasets are offline proxies of SAEBench's unless a result's eval_config says dataset_source=sae_bench; "
+            "absolute numbers are comparable between our SAEs, not with the paper's.",
+        ]
+        if not has_values:
+            table_notes.append("None of the six Table 2 evaluations has results for this model and layer yet.")
+        written += _write_table(out_dir, f"{stem}_table2", shown, numeric, f"Table 2: SAEBench tasks, {label}", table_notes)
+        written += figures(frame, out_dir, stem, label)
+    table1_paths, note = _table1(Path(results_dir), out_dir)
+    written += table1_paths
+    if note:
+        notes.append(note)
+        log.info(note)
+    values = out_dir / "paper_values.md"
+    atomic_write_bytes(values, paper_values_markdown().encode())
+    written.append(values)
+    index = ["# Paper tables and figures (arXiv 2510.00404)", "",
+             "Generated by `python -m abstopk_eval.report --paper` from results/.", "",
+             *[f"- {n}" for n in notes], "", *_relative(index_lines(results_dir, reports_dir), PAPER_DIR)]
+    atomic_write_bytes(out_dir / "index.md", ("\n".join(index) + "\n").encode())
+    written.append(out_dir / "index.md")
+    log.info("wrote %d paper report files to %s (Table 1 values recorded: %d)", len(written), out_dir, len(TABLE1))
+    return written
+
+
+def _relative(lines: list[str], subdir: str) -> list[str]:
+    """Re-point index links (relative to reports/) from inside reports/<subdir>/."""
+    out = []
+    for line in lines:
+        if line.startswith("- [") and "](" in line:
+            target = line[line.index("](") + 2:-1]
+            new = target[len(subdir) + 1:] if target.startswith(f"{subdir}/") else f"../{target}"
+            line = line[:line.index("](") + 2] + new + ")"
+        out.append(line)
+    return out

@@ -1,0 +1,255 @@
+"""`abstopk_eval.compare`: one trained SAE written in four on-disk formats scores identically in all four, next
+to the trained variant; bad checkpoints are refused with one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from abstopk_eval import compare, run
+from abstopk_eval.errors import UserError
+from abstopk_eval.models.registry import MODEL_REGISTRY, ModelSpec
+from abstopk_eval.saes.formats import RawSAE, default_name, detect_format, load_external, raw_to_sae
+from abstopk_eval.saes.io import load_sae
+from tests.tiny_tokenizer import tiny_tokenizer
+
+TINY = ModelSpec(key="tiny-test", source="hub", hf_id="local/tiny-llama", n_layers=3, d_model=32,
+                 context_size=32, paper_k=4)
+LAYER = 1
+FORMATS = ("sae_lens", "sae_bench", "dictionary_learning", "safetensors")
+DICT_CLASS = {"abstopk": "AbsTopKSAE", "batch_abstopk": "BatchAbsTopKSAE"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    path = tmp_path_factory.mktemp("tiny_model")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tiny_registered(monkeypatch):
+    monkeypatch.setitem(MODEL_REGISTRY, TINY.key, TINY)
+
+
+def _dirs(tmp: Path) -> list[str]:
+    return ["--results-dir", str(tmp / "results"), "--runs-dir", str(tmp / "runs"),
+            "--reports-dir", str(tmp / "reports"), "--cache-dir", str(tmp / "cache")]
+
+
+def _raw(sae, activation: str) -> RawSAE:
+    threshold = sae.threshold.detach().clone() if hasattr(sae, "threshold") else None
+    k = getattr(sae.cfg, "k", None)
+    return RawSAE(W_enc=sae.W_enc.detach().clone(), W_dec=sae.W_dec.detach().clone(), b_enc=sae.b_enc.detach().clone(),
+                  b_dec=sae.b_dec.detach().clone(), activation=activation, k=k, threshold=threshold)
+
+
+def write_formats(raw: RawSAE, folder: Path, tag: str) -> dict[str, Path]:
+    """The same weights as an sae_lens folder, a sae_bench state dict, a dictionary_learning ae.pt + config.json
+    and a plain safetensors file (each stating model, layer and activation its own way)."""
+    from sae_bench.custom_saes.custom_sae_config import CustomSAEConfig
+
+    d_in, d_sae = raw.W_enc.shape
+    paths = {}
+    # (a) sae_lens: SAE.save_model of the converted SAE
+    sae, _ = raw_to_sae(raw, folder)
+    sae.cfg.metadata["model"] = TINY.key
+    sae.cfg.metadata["hook_name"] = f"blocks.{LAYER}.hook_resid_post"
+    paths["sae_lens"] = folder / f"{tag}-saelens"
+    sae.save_model(paths["sae_lens"])
+    # (b) sae_bench: a custom SAE's state dict with its CustomSAEConfig
+    cfg = CustomSAEConfig(TINY.key, d_in=d_in, d_sae=d_sae, hook_layer=LAYER, hook_name=f"blocks.{LAYER}.hook_resid_post")
+    cfg.architecture = raw.activation
+    state = {"W_enc": raw.W_enc, "W_dec": raw.W_dec, "b_enc": raw.b_enc, "b_dec": raw.b_dec}
+    if raw.k is not None:
+        state["k"] = torch.tensor(raw.k, dtype=torch.int)
+    if raw.threshold is not None:
+        state["threshold"] = raw.threshold
+    paths["sae_bench"] = folder / f"{tag}-saebench.pt"
+    torch.save({"state_dict": state, "cfg": cfg.to_dict()}, paths["sae_bench"])
+    # (c) dictionary_learning: nn.Linear layouts in ae.pt, trainer config in config.json
+    paths["dictionary_learning"] = folder / f"{tag}-dictlearn"
+    paths["dictionary_learning"].mkdir()
+    ae = {"encoder.weight": raw.W_enc.T.contiguous(), "encoder.bias": raw.b_enc,
+          "decoder.weight": raw.W_dec.T.contiguous(), "b_dec": raw.b_dec,
+          "k": torch.tensor(raw.k or 0, dtype=torch.int),
+          "threshold": raw.threshold if raw.threshold is not None else torch.tensor(-1.0)}
+    torch.save(ae, paths["dictionary_learning"] / "ae.pt")
+    (paths["dictionary_learning"] / "config.json").write_text(json.dumps({"trainer": {
+        "trainer_class": "CustomTrainer", "dict_class": DICT_CLASS[raw.activation], "activation_dim": d_in,
+        "dict_size": d_sae, "k": raw.k, "layer": LAYER, "lm_name": TINY.hf_id,
+        "submodule_name": f"resid_post_layer_{LAYER}"}, "buffer": {"d_submodule": d_in}}))
+    # (d) plain safetensors naming its activation in the metadata
+    tensors = {"W_enc": raw.W_enc, "W_dec": raw.W_dec, "b_enc": raw.b_enc, "b_dec": raw.b_dec}
+    if raw.threshold is not None:
+        tensors["threshold"] = raw.threshold
+    meta = {"activation": raw.activation, "model": TINY.key, "layer": str(LAYER)}
+    if raw.k is not None:
+        meta["k"] = str(raw.k)
+    paths["safetensors"] = folder / f"{tag}-plain.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, paths["safetensors"], metadata=meta)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def compared(tiny_model_dir, tmp_path_factory):
+    """Train an AbsTopK and a batch-level AbsTopK SAE, write each in four formats, compare all eight."""
+    MODEL_REGISTRY[TINY.key] = TINY
+    tmp = tmp_path_factory.mktemp("compare")
+    common = ["--model", TINY.key, "--layer", str(LAYER), "--model-path", str(tiny_model_dir), "--preset", "smoke",
+              "--evals", "core", "-q", *_dirs(tmp)]
+    run.main([*common, "--variants", "abstopk", "batch-abstopk", "--no-report"])
+    layer_runs = tmp / "runs" / TINY.key / f"layer_{LAYER}"
+    trained = {"abstopk": "abstopk_k4_s0_smoke", "batch_abstopk": "batch-abstopk_k4_s0_smoke"}
+    checkpoints = tmp / "checkpoints"
+    checkpoints.mkdir()
+    paths = {}
+    for activation, sid in trained.items():
+        raw = _raw(load_sae(layer_runs / sid / "sae"), activation)
+        if activation == "batch_abstopk":
+            raw.k = None
+        for fmt, path in write_formats(raw, checkpoints, activation.replace("_", "")).items():
+            paths[(activation, fmt)] = path
+    compare.main([*map(str, paths.values()), *common])
+    yield tmp, trained, paths
+    MODEL_REGISTRY.pop(TINY.key, None)
+
+
+def _metrics(tmp: Path, name: str) -> dict:
+    path = tmp / "results" / TINY.key / f"layer_{LAYER}" / name / "core.json"
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("activation", ["abstopk", "batch_abstopk"])
+def test_four_formats_give_identical_metrics(compared, activation):
+    tmp, trained, paths = compared
+    results = {fmt: _metrics(tmp, default_name(paths[(activation, fmt)])) for fmt in FORMATS}
+    reference = results["sae_lens"]["eval_result_metrics"]
+    for fmt, result in results.items():
+        assert result["eval_result_metrics"] == reference, fmt
+        prov = result["provenance"]
+        assert prov["source_format"] == fmt
+        assert prov["source_path"] == str(paths[(activation, fmt)].resolve())
+        assert len(prov["source_sha256"]) == 64 and len(prov["sae_weights_sha256"]) == 64
+        assert prov["external"]["signed_latents"] is True
+    assert reference["sparsity"]["frac_negative"] > 0  # signs survived every conversion
+    # the same weights as the trained variant next to them: the same scores, up to float rounding
+    ours = _metrics(tmp, trained[activation])["eval_result_metrics"]
+    for category in ("normalised_reconstruction", "sparsity", "model_performance_preservation"):
+        for key, value in ours[category].items():
+            if isinstance(value, float):
+                assert reference[category][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (category, key)
+
+
+def test_report_lists_external_checkpoints_beside_trained_variants(compared):
+    tmp, trained, paths = compared
+    table = (tmp / "reports" / f"{TINY.key}_layer{LAYER}.md").read_text()
+    assert "abstopk" in table
+    for path in paths.values():
+        assert default_name(path) in table
+
+
+def test_rerun_skips_current_results(compared, tiny_model_dir, tiny_registered, monkeypatch):
+    from abstopk_eval import workflow
+
+    tmp, _, paths = compared
+    monkeypatch.setattr(workflow, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
+    path = next(iter(paths.values()))
+    before = _metrics(tmp, default_name(path))["eval_id"]
+    compare.main([str(path), "--model", TINY.key, "--layer", str(LAYER), "--model-path", str(tiny_model_dir),
+                  "--preset", "smoke", "--evals", "core", "-q", "--no-report", *_dirs(tmp)])
+    assert _metrics(tmp, default_name(path))["eval_id"] == before
+
+
+# ------------------------------------------------------------------------------------------- refusals
+
+
+def _random_raw(d_in=32, d_sae=64, activation="abstopk", k=4) -> RawSAE:
+    g = torch.Generator().manual_seed(0)
+    W_dec = torch.randn(d_sae, d_in, generator=g)
+    return RawSAE(W_enc=torch.randn(d_in, d_sae, generator=g), W_dec=W_dec / W_dec.norm(dim=-1, keepdim=True),
+                  b_enc=torch.zeros(d_sae), b_dec=torch.zeros(d_in), activation=activation, k=k)
+
+
+def _safetensors(path: Path, raw: RawSAE, **meta: str) -> Path:
+    save_file({"W_enc": raw.W_enc, "W_dec": raw.W_dec, "b_enc": raw.b_enc, "b_dec": raw.b_dec}, path, metadata=meta)
+    return path
+
+
+@pytest.mark.parametrize("meta, message", [
+    ({"activation": "abstopk", "k": "4", "model": "gpt2"}, "is for model 'gpt2', not tiny-test"),
+    ({"activation": "abstopk", "k": "4", "layer": "2"}, "is for layer 2, not --layer 1"),
+    ({"activation": "abstopk", "k": "4", "hook_name": "blocks.1.hook_mlp_out"}, "not the residual stream"),
+    ({"activation": "sigmoid"}, "unknown SAE activation 'sigmoid'"),
+    ({"k": "4"}, "does not name its activation"),
+    ({"activation": "topk"}, "needs k"),
+    ({"activation": "batchtopk"}, "needs an inference threshold"),
+])
+def test_bad_checkpoints_are_one_line_errors(tmp_path, tiny_registered, capsys, meta, message):
+    path = _safetensors(tmp_path / "sae.safetensors", _random_raw(), **meta)
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main([str(path), "--model", TINY.key, "--layer", "1", "--no-report", *_dirs(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_wrong_d_in_and_ambiguous_sae_bench_are_refused(tmp_path, tiny_registered):
+    narrow = _safetensors(tmp_path / "narrow.safetensors", _random_raw(d_in=16), activation="abstopk", k="4")
+    with pytest.raises(UserError, match="d_in=16 but tiny-test has d_model=32"):
+        load_external(narrow, spec=TINY, layer=1)
+    raw = _random_raw()
+    torch.save({"W_enc": raw.W_enc, "W_dec": raw.W_dec, "b_enc": raw.b_enc, "b_dec": raw.b_dec,
+                "k": torch.tensor(4, dtype=torch.int)}, tmp_path / "bare.pt")
+    with pytest.raises(UserError, match="pass --activation"):
+        load_external(tmp_path / "bare.pt", spec=TINY, layer=1)
+    ext = load_external(tmp_path / "bare.pt", spec=TINY, layer=1, activation="abstopk")
+    assert ext.format == "sae_bench" and ext.signed and ext.sae.cfg.architecture() == "abstopk"
+    with pytest.raises(UserError, match="contradicts"):
+        load_external(tmp_path / "bare.pt", spec=TINY, layer=1, activation="abstopk", k=8)
+
+
+def test_dictionary_learning_topk_and_jumprelu_layouts(tmp_path, tiny_registered):
+    """Non-signed dictionary_learning classes: TopK (relu then top-k) and JumpReLU (no b_dec subtraction)."""
+    raw = _random_raw(activation="topk")
+    folder = tmp_path / "topk"
+    folder.mkdir()
+    torch.save({"encoder.weight": raw.W_enc.T, "encoder.bias": raw.b_enc, "decoder.weight": raw.W_dec.T,
+                "b_dec": raw.b_dec + 1.0, "k": torch.tensor(4, dtype=torch.int), "threshold": torch.tensor(-1.0)},
+               folder / "ae.pt")
+    (folder / "config.json").write_text(json.dumps({"trainer": {"dict_class": "AutoEncoderTopK", "k": 4, "layer": 1,
+                                                                 "lm_name": "local/tiny-llama"}}))
+    assert detect_format(folder) == ("dictionary_learning", folder / "ae.pt")
+    ext = load_external(folder, spec=TINY, layer=1)
+    assert (ext.activation, ext.architecture, ext.k, ext.signed) == ("topk", "topk", 4, False)
+    x = torch.randn(5, 32)
+    u = torch.relu((x - (raw.b_dec + 1.0)) @ raw.W_enc + raw.b_enc)
+    expected = torch.zeros_like(u).scatter(-1, u.topk(4, dim=-1).indices, u.topk(4, dim=-1).values)
+    torch.testing.assert_close(ext.sae.encode(x), expected)
+
+    jr = tmp_path / "jumprelu"
+    jr.mkdir()
+    threshold = torch.full((64,), 0.5)
+    torch.save({"W_enc": raw.W_enc, "b_enc": raw.b_enc, "W_dec": raw.W_dec, "b_dec": raw.b_dec + 1.0,
+                "threshold": threshold}, jr / "ae.pt")
+    (jr / "config.json").write_text(json.dumps({"trainer": {"dict_class": "JumpReluAutoEncoder", "layer": 1}}))
+    ext = load_external(jr, spec=TINY, layer=1)
+    pre = x @ raw.W_enc + raw.b_enc
+    torch.testing.assert_close(ext.sae.encode(x), torch.relu(pre) * (pre > threshold))
+    assert ext.sae.cfg.apply_b_dec_to_input is False
+
+    (jr / "config.json").write_text(json.dumps({"trainer": {"dict_class": "GatedAutoEncoder", "layer": 1}}))
+    with pytest.raises(UserError, match="GatedAutoEncoder"):
+        load_external(jr, spec=TINY, layer=1)

@@ -1,0 +1,86 @@
+"""`python -m abstopk_eval.report --paper`: Table 2 with published values beside ours, Figures 2-4 data as
+markdown / CSV / LaTeX / PNG, and an index with sources, proxies and links (on fabricated results files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from abstopk_eval import paper_report, report
+from abstopk_eval.paper_values import ALL_VALUES, paper_value
+
+
+def _write(results: Path, model: str, layer: int, sae: str, eval_name: str, metrics: dict, prov: dict, **extra) -> None:
+    path = results / model / f"layer_{layer}" / sae / f"{eval_name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"eval_type_id": eval_name, "eval_result_metrics": metrics, "provenance": prov, **extra}))
+
+
+def _fabricate(results: Path) -> None:
+    versions = {"torch": "2.13.0", "sae-lens": "6.54.12"}
+    for variant, base in (("batch-abstopk", 0.30), ("topk", 0.25), ("jumprelu", 0.27)):
+        for k in ((128, 256) if variant != "jumprelu" else (256,)):
+            for seed in (0, 1):
+                sae = f"{variant}_k{k}_s{seed}_paper" if variant != "jumprelu" else f"{variant}_s{seed}_paper"
+                prov = {"model": "qwen3-4b", "model_hf_id": "Qwen/Qwen3-4B", "model_source": "hub", "preset": "paper",
+                        "corpus": "pile", "variant": variant, "k": k if variant != "jumprelu" else None, "seed": seed,
+                        "versions": versions}
+                curve = [{"step": s, "tokens": s * 4096, "mse": 1.0 / s, "fvu": 0.5 / s, "l0": k} for s in (1, 2, 3)]
+                _write(results, "qwen3-4b", 18, sae, "core",
+                       {"normalised_reconstruction": {"nmse": 0.1 / k + seed * 1e-4, "fvu": 0.2, "loss_recovered": 0.9 + k / 1e4},
+                        "sparsity": {"l0": k}}, prov, eval_result_unstructured={"training_curve": curve},
+                       eval_config={"dataset": "pile held-out"})
+                _write(results, "qwen3-4b", 18, sae, "scr", {"scr_metrics": {"scr_metric_threshold_20": base + 0.01 * seed}},
+                       prov, eval_config={"dataset_source": "offline"},
+                       dataset_cards=[{"name": "domain-sentiment", "source": "vaderSentiment 3.3.2"}])
+
+
+def test_paper_tables_figures_and_index(tmp_path, capsys):
+    results, reports = tmp_path / "results", tmp_path / "reports"
+    _fabricate(results)
+    report.main(["--paper", "--results-dir", str(results), "--reports-dir", str(reports)])
+    paper = reports / "paper"
+    stem = "qwen3-4b_layer18"
+    for suffix in ("table2", "fig2_training_mse", "fig3_nmse_vs_k", "fig4_loss_recovered_vs_k"):
+        for ext in ("md", "csv", "tex"):
+            assert (paper / f"{stem}_{suffix}.{ext}").is_file(), (suffix, ext)
+    for fig in ("fig2_training_mse", "fig3_nmse_vs_k", "fig4_loss_recovered_vs_k"):
+        assert (paper / f"{stem}_{fig}.png").stat().st_size > 1000
+
+    table = pd.read_csv(paper / f"{stem}_table2.csv")
+    row = table[(table["variant"] == "batch-abstopk") & (table["k"] == 256)].iloc[0]
+    assert row["SCR@20"] == 0.305 and row["SCR@20 (paper)"] == 0.35  # ours (mean of 2 seeds) beside the paper's
+    assert table.loc[table["variant"] == "topk", "SCR@20 (paper)"].tolist() == [0.26, 0.26]
+    assert table.loc[table["variant"] == "jumprelu", "SCR@20 (paper)"].tolist() == [0.28]
+    md = (paper / f"{stem}_table2.md").read_text()
+    assert "0.305 ± 0.064" in md and "| 0.35" in md
+    tex = (paper / f"{stem}_table2.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"$\pm$" in tex and "batch-abstopk" in tex
+
+    sweep = pd.read_csv(paper / f"{stem}_fig3_nmse_vs_k.csv")
+    assert sorted(sweep.loc[sweep["variant"] == "topk", "k"]) == [128, 256]
+    curves = pd.read_csv(paper / f"{stem}_fig2_training_mse.csv")
+    assert len(curves) == 3 * 10  # every logged point of every SAE
+
+    values = (paper / "paper_values.md").read_text()
+    assert all(v.source in values for v in ALL_VALUES)
+    index = (paper / "index.md").read_text()
+    assert "Table 1 (steering)" in index  # the steering renderer is skipped with a note when absent
+    assert f"({stem}_table2.md)" in index and "(paper_values.md)" in index
+    assert "PROXY** of the paper's SAEBench data" in index and "vaderSentiment" in index
+    assert "Preset(s): paper" in index and "training budget" not in index  # a paper model at the paper preset
+    assert "small offline stand-in" not in index and "instead of the paper's" not in index
+
+    lines = paper_report.index_lines(results, reports)
+    assert f"- [paper/{stem}_table2.tex](paper/{stem}_table2.tex)" in lines
+    assert f"- [{stem}.md]({stem}.md)" in lines  # the per-layer report of build_reports
+
+
+def test_paper_value_lookup_maps_methods_to_our_variants():
+    assert paper_value("Table 2", "qwen3-4b", 18, "abstopk", "tpp").value == 0.36
+    assert paper_value("Table 2", "qwen3-4b", 18, "batchtopk", "ravel").value == 0.79
+    assert paper_value("Table 2", "qwen3-4b", 20, "abstopk", "scr") is None
+    assert paper_value("Table 2", "gemma-3-270m", 9, "abstopk", "scr") is None
+    assert paper_value("Table 1", "qwen3-4b", 18, "jumprelu", "harmbench").value == 79.1
