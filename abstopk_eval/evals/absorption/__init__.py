@@ -1,0 +1,1 @@
+"""Feature absorption (SAEBench first-letter task), sign-correct for signed latents."""
