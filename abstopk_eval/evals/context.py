@@ -37,6 +37,8 @@ class EvalContext:
     """sae_id -> training.json contents (training curve, time), when the SAE was trained here."""
     batch_size: int = 4
     device: str = "cpu"
+    eval_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-evaluation config overrides, eval name -> {field: value} (e.g. {"scr": {"dataset_source": "sae_bench"}})."""
 
 
 EvalFn = Callable[[EvalContext, dict[str, SAE]], dict[str, Any]]

@@ -1,0 +1,313 @@
+"""Shared pieces of the probing evaluations (sparse probing, SCR, TPP): labelled datasets, train / test splits,
+one-vs-rest tasks as sae_bench builds them, logistic-regression probes, and output provenance.
+
+Probes are scikit-learn `LogisticRegression` (L2, lbfgs) fitted on standardised features and stored as one
+weight vector and bias in the *raw* feature space, so SCR / TPP can apply a probe to ablated activations and
+read its weight for attribution without the scaler. Negating a feature negates its weight and nothing else
+(the fit is mirror-symmetric), which is what makes the scores invariant to negating an AbsTopK latent.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+import uuid
+import warnings
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Sequence, TypeVar
+
+import numpy as np
+from sae_lens import SAE
+
+from abstopk_eval.errors import UserError
+from abstopk_eval.evals.context import EvalContext, hook_name
+
+SAE_BENCH_COMMIT = "sae-bench 0.6.0 (PyPI)"
+DATASET_SOURCES = ("offline", "sae_bench")
+
+# offline dataset name -> sae_bench's canonical hub dataset for the same task
+SAE_BENCH_PROBING_DATASETS = {
+    "sentiment": "canrager/amazon_reviews_mcauley_1and5_sentiment",
+    "language": "Helsinki-NLP/europarl",
+    "code": "codeparrot/github-code",
+    "topic": "fancyzhx/ag_news",
+}
+SAE_BENCH_SPURIOUS_DATASETS = {"domain-sentiment": "canrager/amazon_reviews_mcauley_1and5"}
+
+C = TypeVar("C")
+
+
+# ---------------------------------------------------------------------------------------------- config / output
+
+
+def resolve_config(cls: type[C], ctx: EvalContext, eval_name: str, config: C | None, **fixed: Any) -> C:
+    """`config`, or the defaults overridden by `ctx.eval_options[eval_name]`; model fields filled from ctx
+    (also in a given config whose model_name is empty)."""
+    base = {"model_name": ctx.model_key, "layer": ctx.layer, "hook_name": hook_name(ctx.layer),
+            "llm_dtype": llm_dtype(ctx.adapter)}
+    if config is not None:
+        return dataclasses.replace(config, **base) if not getattr(config, "model_name", "") else config  # type: ignore[type-var]
+    options = dict(getattr(ctx, "eval_options", {}).get(eval_name, {}))
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UserError(f"unknown option(s) for evaluation {eval_name!r}: {', '.join(unknown)}")
+    return cls(**{**base, **fixed, **options})
+
+
+def check_source(source: str) -> None:
+    if source not in DATASET_SOURCES:
+        raise UserError(f"unknown dataset_source {source!r}; known: {', '.join(DATASET_SOURCES)}")
+
+
+def llm_dtype(adapter: Any) -> str:
+    try:
+        return str(next(adapter.model.parameters()).dtype).removeprefix("torch.")
+    except (AttributeError, StopIteration, TypeError):
+        return "float32"
+
+
+def output_common(ctx: EvalContext, sae_id: str, sae: SAE) -> dict[str, Any]:
+    """The sae_bench bookkeeping fields and our provenance (as the core evaluation writes them)."""
+    metadata = getattr(sae.cfg, "metadata", None)
+    meta = {k: (metadata.get(k) if metadata is not None else None) for k in ("variant", "k", "seed", "preset")}
+    return dict(
+        eval_id=str(uuid.uuid4()), datetime_epoch_millis=int(time.time() * 1000), sae_bench_commit_hash=SAE_BENCH_COMMIT,
+        sae_lens_id=sae_id, sae_lens_release_id=None, sae_lens_version=ctx.provenance.get("versions", {}).get("sae-lens"),
+        sae_cfg_dict=sae.cfg.to_dict(), provenance={**ctx.provenance, "sae_id": sae_id, **meta},
+    )
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+
+
+def card_dict(ds: Any) -> dict[str, Any]:
+    card = getattr(ds, "card", None)
+    return card.to_dict() if card is not None else {"name": getattr(ds, "name", "?")}
+
+
+def check_min_per_class(ds: Any, minimum: int) -> None:
+    """UserError naming the classes of `ds` with fewer than `minimum` examples."""
+    labels = np.asarray(ds.labels)
+    counts = {name: int((labels == i).sum()) for i, name in enumerate(ds.class_names)}
+    short = {name: c for name, c in counts.items() if c < minimum}
+    if short:
+        listed = ", ".join(f"{name} {c}" for name, c in short.items())
+        raise UserError(f"dataset {ds.name!r} has too few examples per class (need {minimum}): {listed}")
+    if len(counts) < 2:
+        raise UserError(f"dataset {ds.name!r} needs at least 2 classes, has {len(counts)}")
+
+
+def load_dataset(name: str, source: str, *, max_per_class: int | None, seed: int, spurious: bool = False) -> Any:
+    """A `LabelledDataset` by name: offline (abstopk_eval.data.labelled) or sae_bench's canonical hub datasets."""
+    check_source(source)
+    if source == "offline":
+        from abstopk_eval.data.labelled import load_labelled
+
+        return load_labelled(name, max_per_class=max_per_class, seed=seed)
+    return load_sae_bench_dataset(name, max_per_class=max_per_class, seed=seed, spurious=spurious)
+
+
+def _hub_error(hub: str, err: BaseException) -> UserError:
+    msg = " ".join(str(err).split())[:200]
+    return UserError(f"dataset_source='sae_bench' needs the Hugging Face hub for {hub} ({type(err).__name__}: {msg}); "
+                     "use dataset_source='offline'")
+
+
+def load_sae_bench_dataset(name: str, *, max_per_class: int | None, seed: int, spurious: bool = False) -> Any:
+    """The canonical sae_bench dataset for `name` (an offline name or a sae_bench hub name) as a LabelledDataset.
+
+    Probing datasets come from `sae_bench.sae_bench_utils.dataset_utils.get_multi_label_train_test_data` (its
+    train and test texts are pooled and re-split here with the evaluation's seed); SCR's two-column datasets
+    come from `datasets.load_dataset` with sae_bench's column metadata (label = column 1, e.g. product
+    category; attribute = column 2, e.g. rating 1 / 5).
+    """
+    from abstopk_eval.data.labelled import DataCard, LabelledDataset
+    from sae_bench.sae_bench_utils import dataset_info
+
+    if spurious:
+        hub = SAE_BENCH_SPURIOUS_DATASETS.get(name, name)
+        hub_base = hub.split("_class_set")[0]
+        if hub_base not in dataset_info.dataset_metadata:
+            raise UserError(f"no sae_bench SCR dataset for {name!r}; known: "
+                            f"{', '.join([*SAE_BENCH_SPURIOUS_DATASETS, *dataset_info.dataset_metadata])}")
+        meta = dataset_info.dataset_metadata[hub_base]
+        try:
+            import pandas as pd
+            from datasets import load_dataset as hf_load
+
+            raw = hf_load(hub_base)
+            df = pd.concat([pd.DataFrame(raw[split]) for split in raw.keys()], ignore_index=True)  # type: ignore[union-attr]
+        except Exception as err:  # noqa: BLE001 - any hub / network failure becomes one line
+            raise _hub_error(hub_base, err) from None
+        col1 = {v: str(k) for k, v in meta["column1_mapping"].items()}
+        col2 = {v: str(k) for k, v in meta["column2_mapping"].items()}
+        df = df[df[meta["column1_name"]].isin(col1) & df[meta["column2_name"]].isin(col2)]
+        class_names = sorted({col1[v] for v in df[meta["column1_name"]]})
+        attr_names = [col2[v] for v in meta["column2_mapping"].values()]
+        attr = str(meta.get("column2_autointerp_name", meta["column2_name"]))
+        rng = np.random.default_rng(seed)
+        df = df.iloc[rng.permutation(len(df))]
+        texts = df[meta["text_column_name"]].astype(str).tolist()
+        labels = [class_names.index(col1[v]) for v in df[meta["column1_name"]]]
+        attrs = [attr_names.index(col2[v]) for v in df[meta["column2_name"]]]
+        card = DataCard(name=hub_base, source=f"Hugging Face hub {hub_base} (via sae_bench {hub})", license="see the hub card",
+                        derivation=f"label = {meta['column1_name']}, attribute {attr!r} = {meta['column2_name']} "
+                                   "(sae_bench dataset_info metadata); train and test splits pooled",
+                        counts={n: labels.count(i) for i, n in enumerate(class_names)})
+        return LabelledDataset(name=hub_base, texts=texts, labels=labels, class_names=class_names, card=card,
+                               attributes={attr: attrs}, attribute_names={attr: attr_names})
+
+    from sae_bench.sae_bench_utils import dataset_utils
+
+    hub = SAE_BENCH_PROBING_DATASETS.get(name, name)
+    if hub not in dataset_info.chosen_classes_per_dataset:
+        raise UserError(f"no sae_bench probing dataset for {name!r}; known: "
+                        f"{', '.join([*SAE_BENCH_PROBING_DATASETS, *dataset_info.chosen_classes_per_dataset])}")
+    chosen = dataset_info.chosen_classes_per_dataset[hub]
+    per_class = max_per_class or 1000
+    try:
+        # sae_bench's sizes are totals of a binary (one-vs-rest) task: 2x the per-class count
+        train, test = dataset_utils.get_multi_label_train_test_data(hub, 2 * per_class, 2 * per_class, seed)
+    except Exception as err:  # noqa: BLE001 - any hub / network failure becomes one line
+        raise _hub_error(hub, err) from None
+    train, test = dataset_utils.filter_dataset(train, chosen), dataset_utils.filter_dataset(test, chosen)
+    texts, labels = [], []
+    for i, cls in enumerate(chosen):
+        items = list(train.get(cls, [])) + list(test.get(cls, []))
+        items = items[:max_per_class] if max_per_class else items
+        texts += items
+        labels += [i] * len(items)
+    card = DataCard(name=hub, source=f"Hugging Face hub {hub} (sae_bench dataset_utils)", license="see the hub card",
+                    derivation=f"sae_bench get_multi_label_train_test_data(seed={seed}), classes {chosen}; "
+                               "train and test pooled and re-split",
+                    counts={cls: labels.count(i) for i, cls in enumerate(chosen)})
+    return LabelledDataset(name=hub, texts=texts, labels=labels, class_names=list(chosen), card=card)
+
+
+# ---------------------------------------------------------------------------------------------- splits and tasks
+
+
+def split_per_class(labels: Sequence[int], n_train: int, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, a random `n_train` / `n_test` split (proportionally smaller where a class has fewer)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        if len(idx) >= n_train + n_test:
+            tr, te = n_train, n_test
+        else:
+            te = max(1, round(len(idx) * n_test / (n_train + n_test)))
+            tr = len(idx) - te
+        train.append(idx[:tr])
+        test.append(idx[tr:tr + te])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+@dataclass
+class BinaryTask:
+    """Rows (indices into the dataset) and 0/1 labels of one probing task's train and test sets."""
+
+    name: str
+    train_rows: np.ndarray
+    train_y: np.ndarray
+    test_rows: np.ndarray
+    test_y: np.ndarray
+
+
+def _one_vs_rest_rows(labels: np.ndarray, rows: np.ndarray, cls: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """sae_bench's `prepare_probe_data`: all rows of `cls` and as many negatives, sampled evenly from the others."""
+    pos = rows[labels[rows] == cls]
+    others = [c for c in np.unique(labels[rows]) if c != cls]
+    per_class = math.ceil(len(pos) / max(len(others), 1))
+    neg = np.concatenate([rng.permutation(rows[labels[rows] == c])[:per_class] for c in others]) if others else pos[:0]
+    neg = rng.permutation(neg)[:len(pos)]
+    all_rows = np.concatenate([pos, neg])
+    y = np.concatenate([np.ones(len(pos), dtype=np.int64), np.zeros(len(neg), dtype=np.int64)])
+    order = rng.permutation(len(all_rows))
+    return all_rows[order], y[order]
+
+
+def one_vs_rest_tasks(ds: Any, train_idx: np.ndarray, test_idx: np.ndarray, seed: int) -> list[BinaryTask]:
+    """One balanced binary task per class (class vs the rest), as sae_bench's sparse probing and TPP build them.
+
+    The negatives are sampled once, with `seed`, so every SAE and the model baseline see the same rows.
+    """
+    labels = np.asarray(ds.labels)
+    tasks = []
+    for c, name in enumerate(ds.class_names):
+        rng = np.random.default_rng([seed, c])
+        tr, ytr = _one_vs_rest_rows(labels, train_idx, c, rng)
+        te, yte = _one_vs_rest_rows(labels, test_idx, c, rng)
+        tasks.append(BinaryTask(name=str(name), train_rows=tr, train_y=ytr, test_rows=te, test_y=yte))
+    return tasks
+
+
+# ---------------------------------------------------------------------------------------------- probes
+
+
+@dataclass
+class LinearProbe:
+    """A linear classifier in raw feature space: predicts 1 where x @ weight + bias > 0."""
+
+    weight: np.ndarray
+    bias: float
+
+    def decision(self, x: np.ndarray) -> np.ndarray:
+        return x @ self.weight + self.bias
+
+    def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
+        return float(((self.decision(x) > 0).astype(np.int64) == y).mean())
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, *, C: float = 1.0, max_iter: int = 1000) -> LinearProbe:
+    """L2 logistic regression on standardised features, returned in raw feature space."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y)
+    if len(np.unique(y)) < 2:
+        raise UserError("a probe needs examples of both labels in its training set (too few examples per class)")
+    mu = x.mean(0)
+    sd = x.std(0)
+    sd = np.where(sd > 1e-12 * max(float(np.abs(x).max(initial=0.0)), 1.0), sd, 1.0)
+    # one BLAS thread: these fits are small, and idle threads spinning on a shared CPU cost more than they give
+    with warnings.catch_warnings(), _blas_controller().limit(limits=1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = LogisticRegression(C=C, max_iter=max_iter).fit((x - mu) / sd, y)
+    w = model.coef_[0] / sd
+    return LinearProbe(weight=w, bias=float(model.intercept_[0] - mu @ w))
+
+
+def mean_diff(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mean of x over y == 1 minus mean over y == 0 (float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    return x[y == 1].mean(0) - x[y == 0].mean(0)
+
+
+def top_k_by_abs_mean_diff(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    """sae_bench's `get_top_k_mean_diff_mask`, by magnitude (sign-safe): the k features whose class means differ
+    most, largest first (ties by index)."""
+    diff = np.abs(mean_diff(x, y))
+    return np.argsort(-diff, kind="stable")[:k]
+
+
+def select_top_n(effects: np.ndarray, n: int) -> np.ndarray:
+    """sae_bench's `select_top_n_features`: the n largest effects among the non-zero ones (fewer if fewer)."""
+    nonzero = np.flatnonzero(effects != 0)
+    k = min(n, len(nonzero))
+    if k == 0:
+        return nonzero[:0]
+    order = np.argsort(-effects[nonzero], kind="stable")[:k]
+    return nonzero[order]

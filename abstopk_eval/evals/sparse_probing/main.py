@@ -1,0 +1,151 @@
+"""Sparse probing (sae_bench's methodology, offline data, sign-correct).
+
+Per dataset, one binary task per class (the class against an equal number of texts sampled evenly from the
+other classes, as sae_bench's `prepare_probe_data`). Every text is mean-pooled over its tokens (BOS / EOS /
+padding excluded) at the SAE layer, both the model's residual and each SAE's signed latents, from one shared
+model pass (`abstopk_eval.evals.pooled`). For each k, the k latents whose pooled mean differs most **in
+magnitude** between the two sides of the training set are the features of a logistic-regression probe; its
+test accuracy, averaged over the tasks and then over the datasets, is `sae_top_{k}_test_accuracy`. The
+baseline is the same probe on the model's pooled residual (all channels: `llm_test_accuracy`; top-k
+channels: `llm_top_{k}_test_accuracy`).
+
+Selection by |mean difference| and a probe that is symmetric under negating a feature make every score
+invariant to negating a latent (a signed AbsTopK latent is active when z != 0, with either sign).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+from sae_bench.evals.sparse_probing.eval_output import (
+    SparseProbingLlmMetrics,
+    SparseProbingMetricCategories,
+    SparseProbingResultDetail,
+    SparseProbingSaeMetrics,
+)
+from sae_lens import SAE
+from tqdm.auto import tqdm
+
+from abstopk_eval.errors import UserError
+from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
+from abstopk_eval.evals.pooled import pooled_activations
+from abstopk_eval.evals.probes import (
+    BinaryTask,
+    card_dict,
+    check_min_per_class,
+    check_source,
+    fit_probe,
+    load_dataset,
+    one_vs_rest_tasks,
+    output_common,
+    resolve_config,
+    split_per_class,
+    top_k_by_abs_mean_diff,
+)
+from abstopk_eval.evals.sparse_probing.eval_config import SparseProbingConfig
+from abstopk_eval.evals.sparse_probing.eval_output import SparseProbingOutput
+
+EVAL_NAME = "sparse_probing"
+N_TOP_LATENTS_RECORDED = 5
+
+
+def probe_accuracies(features: np.ndarray, tasks: list[BinaryTask], cfg: SparseProbingConfig, prefix: str, full: bool,
+                     ) -> tuple[dict[str, dict[str, float]], dict[str, list[int]]]:
+    """{metric key: {task: test accuracy}} for the all-feature probe (if `full`) and each top-k probe, and the
+    top features of each task (largest |mean difference| first)."""
+    results: dict[str, dict[str, float]] = {}
+    top: dict[str, list[int]] = {}
+    if full:
+        results[f"{prefix}_test_accuracy"] = {}
+    for k in cfg.k_values:
+        results[f"{prefix}_top_{k}_test_accuracy"] = {}
+    for task in tasks:
+        x_tr = np.asarray(features[task.train_rows], dtype=np.float64)
+        x_te = np.asarray(features[task.test_rows], dtype=np.float64)
+        if full:
+            probe = fit_probe(x_tr, task.train_y, C=cfg.probe_C, max_iter=cfg.probe_max_iter)
+            results[f"{prefix}_test_accuracy"][task.name] = probe.accuracy(x_te, task.test_y)
+        order = top_k_by_abs_mean_diff(x_tr, task.train_y, max(cfg.k_values))
+        top[task.name] = [int(i) for i in order[:N_TOP_LATENTS_RECORDED]]
+        for k in cfg.k_values:
+            sel = order[:k]
+            probe = fit_probe(x_tr[:, sel], task.train_y, C=cfg.probe_C, max_iter=cfg.probe_max_iter)
+            results[f"{prefix}_top_{k}_test_accuracy"][task.name] = probe.accuracy(x_te[:, sel], task.test_y)
+    return results, top
+
+
+def _mean(per_task: dict[str, float]) -> float:
+    return float(np.mean(list(per_task.values())))
+
+
+def _keep(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
+
+
+def run_sparse_probing(ctx: EvalContext, saes: dict[str, SAE], config: SparseProbingConfig | None = None,
+                       datasets: dict[str, Any] | None = None) -> dict[str, SparseProbingOutput]:
+    """Sparse-probing results per SAE. `datasets` (name -> LabelledDataset) overrides loading by name."""
+    start = time.perf_counter()
+    cfg = resolve_config(SparseProbingConfig, ctx, EVAL_NAME, config)
+    check_source(cfg.dataset_source)
+    if not cfg.dataset_names:
+        raise UserError("sparse_probing needs at least one dataset")
+    if not cfg.k_values or min(cfg.k_values) < 1:
+        raise UserError(f"sparse_probing k_values must be positive, got {cfg.k_values}")
+    datasets = datasets or {}
+    cards: list[dict[str, Any]] = []
+    llm_by_ds: dict[str, dict[str, float]] = {}
+    sae_by_ds: dict[str, dict[str, dict[str, float]]] = {sid: {} for sid in saes}
+    unstructured: dict[str, dict[str, Any]] = {sid: {"per_class": {}, "top_latents": {}, "n_texts": {}} for sid in saes}
+    for name in tqdm(cfg.dataset_names, desc="sparse_probing: datasets", unit="dataset"):
+        ds = datasets.get(name) or load_dataset(name, cfg.dataset_source, max_per_class=cfg.train_per_class + cfg.test_per_class,
+                                                seed=cfg.random_seed)
+        check_min_per_class(ds, cfg.min_per_class)
+        cards.append(card_dict(ds))
+        train_idx, test_idx = split_per_class(ds.labels, cfg.train_per_class, cfg.test_per_class, cfg.random_seed)
+        tasks = one_vs_rest_tasks(ds, train_idx, test_idx, cfg.random_seed)
+        pooled = pooled_activations(ctx, saes, ds.texts, dataset=ds.name, seed=cfg.random_seed,
+                                    context_length=cfg.context_length, batch_tokens=cfg.llm_batch_tokens,
+                                    sae_batch_tokens=cfg.sae_batch_tokens, desc=EVAL_NAME)
+        llm_results, _ = probe_accuracies(pooled.model.numpy(), tasks, cfg, "llm", full=True)
+        llm_by_ds[name] = {key: _mean(v) for key, v in llm_results.items()}
+        counts = {"train": int(len(train_idx)), "test": int(len(test_idx)), "truncated": pooled.n_truncated,
+                  "mean_tokens": float(pooled.n_tokens.float().mean())}
+        for sid in tqdm(saes, desc=f"sparse_probing: {name} probes", unit="sae", leave=False):
+            results, top = probe_accuracies(pooled.latents[sid].numpy(), tasks, cfg, "sae", full=cfg.probe_all_latents)
+            sae_by_ds[sid][name] = {key: _mean(v) for key, v in results.items()}
+            unstructured[sid]["per_class"][name] = {**results, **llm_results}
+            unstructured[sid]["top_latents"][name] = top
+            unstructured[sid]["n_texts"][name] = counts
+    seconds = time.perf_counter() - start
+    outputs = {}
+    for sid, sae in saes.items():
+        llm_mean = {key: float(np.mean([llm_by_ds[d][key] for d in cfg.dataset_names])) for key in llm_by_ds[cfg.dataset_names[0]]}
+        sae_mean = {key: float(np.mean([sae_by_ds[sid][d][key] for d in cfg.dataset_names]))
+                    for key in sae_by_ds[sid][cfg.dataset_names[0]]}
+        details = [SparseProbingResultDetail(dataset_name=d, **_keep(SparseProbingResultDetail, {**llm_by_ds[d], **sae_by_ds[sid][d]}))
+                   for d in cfg.dataset_names]
+        outputs[sid] = SparseProbingOutput(
+            eval_config=cfg,
+            eval_result_metrics=SparseProbingMetricCategories(
+                llm=SparseProbingLlmMetrics(**_keep(SparseProbingLlmMetrics, llm_mean)),
+                sae=SparseProbingSaeMetrics(**_keep(SparseProbingSaeMetrics, sae_mean))),
+            eval_result_details=details,
+            eval_result_unstructured={**unstructured[sid], "dataset_means": {d: {**llm_by_ds[d], **sae_by_ds[sid][d]} for d in cfg.dataset_names},
+                                      "eval_seconds_all_saes": seconds},
+            dataset_cards=cards,
+            **output_common(ctx, sid, sae),
+        )
+    return outputs
+
+
+SPARSE_PROBING = register_eval(EvalSpec(
+    name=EVAL_NAME,
+    description="Logistic-regression probes on the top-k latents by |mean difference| (sentiment, language, code, topic) "
+                "vs probes on the model's pooled residual",
+    run=run_sparse_probing,
+))

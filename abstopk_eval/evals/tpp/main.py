@@ -1,0 +1,162 @@
+"""Targeted probe perturbation (TPP; sae_bench's methodology on offline data, sign-correct).
+
+Per multi-class dataset, one binary probe per class (class vs the rest, balanced as in sae_bench's
+`prepare_probe_data`) is trained on the model's pooled residual at the SAE layer. For each class i and SAE,
+latents are ranked by their attribution to probe i on its training set (sae_bench's
+`get_effects_per_class_precomputed_acts` with `perform_scr=False`):
+
+    effect_j = [presence_j > 0] * (mean z_j(class i) - mean z_j(rest)) * <w_i, d_j>
+
+with presence_j = mean |z_j|(class i) - mean |z_j|(rest). sae_bench writes the gate as clamping the mean
+difference at 0 ("only consider latents more active on the positive class"); for non-negative latents
+presence = mean difference, so the two agree exactly, while for signed (AbsTopK) latents the gate counts
+activity as z != 0 of either sign and both the gate and the product are unchanged when a latent is negated.
+The top n non-zero effects (largest first) are ablated in pooled space (pooled_x - sum_{j in S} pooled_z_j d_j,
+exact for mean pooling; see `abstopk_eval.evals.pooled`) on every test text, and every class probe is re-scored:
+
+    S_TPP(n) = mean_i [acc_i - acc_i(ablate S_i)] - mean_i mean_{j != i} [acc_j - acc_j(ablate S_i)]
+
+(`tpp_threshold_{n}_total_metric`, with the two terms as `..._intended_diff_only` / `..._unintended_diff_only`),
+averaged over the datasets.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+from sae_bench.evals.scr_and_tpp.eval_output import TppMetricCategories, TppMetrics, TppResultDetail
+from sae_lens import SAE
+from tqdm.auto import tqdm
+
+from abstopk_eval.errors import UserError
+from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
+from abstopk_eval.evals.pooled import ablate, check_affine_decoder, decoder_rows, pooled_activations
+from abstopk_eval.evals.probes import (
+    BinaryTask,
+    LinearProbe,
+    card_dict,
+    check_min_per_class,
+    check_source,
+    fit_probe,
+    load_dataset,
+    mean_diff,
+    one_vs_rest_tasks,
+    output_common,
+    resolve_config,
+    select_top_n,
+    split_per_class,
+)
+from abstopk_eval.evals.tpp.eval_config import TppConfig
+from abstopk_eval.evals.tpp.eval_output import TppOutput
+
+EVAL_NAME = "tpp"
+
+
+def tpp_effects(z_train: np.ndarray, y: np.ndarray, probe: LinearProbe, rows_dec: np.ndarray) -> np.ndarray:
+    """Attribution of each latent to `probe` on the positive class (see the module docstring); sign-invariant."""
+    presence = mean_diff(np.abs(z_train), y)
+    return np.where(presence > 0, mean_diff(z_train, y) * (rows_dec @ probe.weight), 0.0)
+
+
+def tpp_scores(clean: dict[str, float], ablated: dict[str, dict[int, dict[str, float]]], n_values: list[int],
+               ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """sae_bench's `create_tpp_plotting_dict`: (means over classes, per-class metrics)."""
+    per_class: dict[str, dict[str, float]] = {}
+    for i in clean:
+        metrics = {}
+        for n in n_values:
+            intended = clean[i] - ablated[i][n][i]
+            unintended = float(np.mean([clean[j] - ablated[i][n][j] for j in clean if j != i]))
+            metrics[f"tpp_threshold_{n}_total_metric"] = intended - unintended
+            metrics[f"tpp_threshold_{n}_intended_diff_only"] = intended
+            metrics[f"tpp_threshold_{n}_unintended_diff_only"] = unintended
+        per_class[i] = metrics
+    keys = next(iter(per_class.values())).keys()
+    return {k: float(np.mean([m[k] for m in per_class.values()])) for k in keys}, per_class
+
+
+def run_tpp(ctx: EvalContext, saes: dict[str, SAE], config: TppConfig | None = None,
+            datasets: dict[str, Any] | None = None) -> dict[str, TppOutput]:
+    """TPP results per SAE. `datasets` (name -> LabelledDataset) overrides loading by name."""
+    start = time.perf_counter()
+    cfg = resolve_config(TppConfig, ctx, EVAL_NAME, config)
+    check_source(cfg.dataset_source)
+    if not cfg.dataset_names:
+        raise UserError("tpp needs at least one dataset")
+    if not cfg.n_values or min(cfg.n_values) < 1:
+        raise UserError(f"tpp n_values must be positive, got {cfg.n_values}")
+    for sid, sae in saes.items():
+        check_affine_decoder(sae, sid)
+    datasets = datasets or {}
+    cards: list[dict[str, Any]] = []
+    by_ds: dict[str, dict[str, dict[str, float]]] = {sid: {} for sid in saes}
+    unstructured: dict[str, dict[str, Any]] = {sid: {"per_class": {}, "clean_accuracies": {}, "selected_latents": {},
+                                                     "n_texts": {}} for sid in saes}
+    rows_dec = {}
+    for name in tqdm(cfg.dataset_names, desc="tpp: datasets", unit="dataset"):
+        ds = datasets.get(name) or load_dataset(name, cfg.dataset_source, max_per_class=cfg.train_per_class + cfg.test_per_class,
+                                                seed=cfg.random_seed)
+        check_min_per_class(ds, cfg.min_per_class)
+        if len(ds.class_names) < 2:
+            raise UserError(f"TPP needs at least two classes in {ds.name!r}")
+        cards.append(card_dict(ds))
+        train_idx, test_idx = split_per_class(ds.labels, cfg.train_per_class, cfg.test_per_class, cfg.random_seed)
+        tasks: list[BinaryTask] = one_vs_rest_tasks(ds, train_idx, test_idx, cfg.random_seed)
+        pooled = pooled_activations(ctx, saes, ds.texts, dataset=ds.name, seed=cfg.random_seed,
+                                    context_length=cfg.context_length, batch_tokens=cfg.llm_batch_tokens,
+                                    sae_batch_tokens=cfg.sae_batch_tokens, desc=EVAL_NAME)
+        x = pooled.model.numpy().astype(np.float64)
+        probes = {t.name: fit_probe(x[t.train_rows], t.train_y, C=cfg.probe_C, max_iter=cfg.probe_max_iter) for t in tasks}
+        clean = {t.name: probes[t.name].accuracy(x[t.test_rows], t.test_y) for t in tasks}
+        position = np.full(len(ds.texts), -1, dtype=np.int64)
+        position[test_idx] = np.arange(len(test_idx))
+        x_test = x[test_idx]
+        for sid, sae in tqdm(saes.items(), desc=f"tpp: {name} ablations", unit="sae", leave=False):
+            if sid not in rows_dec:
+                rows_dec[sid] = decoder_rows(sae)
+            z = pooled.latents[sid].numpy()
+            z_test = z[test_idx].astype(np.float64)
+            ablated: dict[str, dict[int, dict[str, float]]] = {}
+            selected: dict[str, list[int]] = {}
+            for t in tasks:
+                effects = tpp_effects(z[t.train_rows].astype(np.float64), t.train_y, probes[t.name], rows_dec[sid])
+                selected[t.name] = [int(i) for i in select_top_n(effects, max(cfg.n_values))]
+                ablated[t.name] = {}
+                for n in cfg.n_values:
+                    x_abl = ablate(x_test, z_test, rows_dec[sid], select_top_n(effects, n))
+                    ablated[t.name][n] = {u.name: probes[u.name].accuracy(x_abl[position[u.test_rows]], u.test_y) for u in tasks}
+            means, per_class = tpp_scores(clean, ablated, cfg.n_values)
+            by_ds[sid][name] = means
+            unstructured[sid]["per_class"][name] = per_class
+            unstructured[sid]["clean_accuracies"][name] = clean
+            unstructured[sid]["selected_latents"][name] = selected
+            unstructured[sid]["n_texts"][name] = {"train": int(len(train_idx)), "test": int(len(test_idx)),
+                                                  "truncated": pooled.n_truncated}
+    seconds = time.perf_counter() - start
+    known_metrics = {f.name for f in fields(TppMetrics)}
+    known_detail = {f.name for f in fields(TppResultDetail)}
+    outputs = {}
+    for sid, sae in saes.items():
+        keys = by_ds[sid][cfg.dataset_names[0]].keys()
+        metrics = {k: float(np.mean([by_ds[sid][d][k] for d in cfg.dataset_names])) for k in keys}
+        outputs[sid] = TppOutput(
+            eval_config=cfg,
+            eval_result_metrics=TppMetricCategories(tpp_metrics=TppMetrics(**{k: v for k, v in metrics.items() if k in known_metrics})),
+            eval_result_details=[TppResultDetail(dataset_name=d, **{k: v for k, v in by_ds[sid][d].items() if k in known_detail})
+                                 for d in cfg.dataset_names],
+            eval_result_unstructured={**unstructured[sid], "metrics": metrics, "eval_seconds_all_saes": seconds},
+            dataset_cards=cards,
+            **output_common(ctx, sid, sae),
+        )
+    return outputs
+
+
+TPP = register_eval(EvalSpec(
+    name=EVAL_NAME,
+    description="Targeted probe perturbation on language and topic: ablate each class's latents, "
+                "S_TPP = drop of its own probe minus mean drop of the other probes",
+    run=run_tpp,
+))

@@ -1,0 +1,412 @@
+"""Sparse probing, SCR and TPP: end to end on a tiny model, sign-flip invariance, known answers, errors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+from sae_lens.saes.abstopk_sae import AbsTopKSAE, AbsTopKSAEConfig
+from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+from abstopk_eval.data.labelled import DataCard, LabelledDataset
+from abstopk_eval.errors import UserError
+from abstopk_eval.evals import pooled as pooled_mod
+from abstopk_eval.evals.context import EVALS, EvalContext
+from abstopk_eval.evals.pooled import ablate, decoder_rows, pooled_activations
+from abstopk_eval.evals.scr.eval_config import ScrConfig
+from abstopk_eval.evals.scr.main import run_scr
+from abstopk_eval.evals.sparse_probing.eval_config import SparseProbingConfig
+from abstopk_eval.evals.sparse_probing.main import run_sparse_probing
+from abstopk_eval.evals.tpp.eval_config import TppConfig
+from abstopk_eval.evals.tpp.main import run_tpp
+from abstopk_eval.models.adapter import ModelAdapter
+from tests.test_sign_flip import _random_sae, negate_latent
+from tests.tiny_models import ALPHABET, D_MODEL, TinyTokenizer, tiny_llama
+
+SMALL = dict(train_per_class=20, test_per_class=12, min_per_class=10, k_values=[1, 2, 5], context_length=24)
+SMALL_TPP = dict(train_per_class=20, test_per_class=12, min_per_class=10, n_values=[1, 2, 5], context_length=24)
+SMALL_SCR = dict(train_set_size=80, test_set_size=40, min_per_quadrant=5, n_values=[1, 2, 5], context_length=24)
+
+GROUPS = ["abcdef", "ghijkl", "mnopqr", "stuvwx"]
+
+
+def _card(name: str, labels: list[int], classes: list[str]) -> DataCard:
+    return DataCard(name=name, source="hand-built test data", license="CC0", derivation="random strings",
+                    counts={c: labels.count(i) for i, c in enumerate(classes)})
+
+
+def _random_texts(rng: np.random.Generator, letters: str, n: int, markers: str = "") -> list[str]:
+    out = []
+    for _ in range(n):
+        length = int(rng.integers(8, 20))
+        chars = [letters[j] for j in rng.integers(0, len(letters), length)]
+        if markers:
+            for pos in rng.integers(0, length, 4):
+                chars[pos] = markers[int(rng.integers(0, len(markers)))]
+        out.append("".join(chars))
+    return out
+
+
+def multiclass(name: str = "letters", n_classes: int = 3, per_class: int = 32, seed: int = 0) -> LabelledDataset:
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for c in range(n_classes):
+        texts += _random_texts(rng, GROUPS[c], per_class)
+        labels += [c] * per_class
+    classes = [f"group{c}" for c in range(n_classes)]
+    return LabelledDataset(name=name, texts=texts, labels=labels, class_names=classes, card=_card(name, labels, classes))
+
+
+def two_label(name: str = "dom-sent", per_cell: int = 40, seed: int = 0) -> LabelledDataset:
+    """Label = letter group (domain A / B); attribute sentiment = marker characters ('!' positive, '?' negative)."""
+    rng = np.random.default_rng(seed)
+    texts, labels, sent = [], [], []
+    for d in range(2):
+        for s, marker in enumerate("?!"):
+            texts += _random_texts(rng, GROUPS[d], per_cell, markers=marker)
+            labels += [d] * per_cell
+            sent += [s] * per_cell
+    classes = ["A", "B"]
+    return LabelledDataset(name=name, texts=texts, labels=labels, class_names=classes, card=_card(name, labels, classes),
+                           attributes={"sentiment": sent}, attribute_names={"sentiment": ["negative", "positive"]})
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+
+
+class CountingAdapter(ModelAdapter):
+    """ModelAdapter that counts model passes."""
+
+    calls = 0
+
+    def activations(self, *args, **kwargs):
+        type(self).calls += 1
+        return super().activations(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    model, tok = tiny_llama()
+    return CountingAdapter(model, tok)
+
+
+def _ctx(adapter, **options) -> EvalContext:
+    return EvalContext(adapter=adapter, model_key="tiny", model_name="tiny", layer=1, eval_tokens=torch.zeros(1, 2, dtype=torch.long),
+                       heldout_activations=lambda: torch.zeros(1, D_MODEL), dataset="none",
+                       provenance={"model": "tiny", "versions": {"sae-lens": "test"}}, eval_options=options)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memo():
+    pooled_mod.clear_pooled_cache()
+    yield
+    pooled_mod.clear_pooled_cache()
+
+
+def _topk_sae(seed: int = 1):
+    torch.manual_seed(seed)
+    sae = TopKSAE(TopKSAEConfig(d_in=D_MODEL, d_sae=64, k=4))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    return sae
+
+
+def _json_roundtrip(out) -> dict:
+    return json.loads(json.dumps(asdict(out), default=str))
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+def test_registered():
+    assert {"sparse_probing", "scr", "tpp"} <= set(EVALS)
+
+
+def test_all_three_end_to_end_share_one_model_pass_per_dataset(adapter):
+    saes = {"abstopk": _random_sae("abstopk"), "batch-abstopk": _random_sae("batch-abstopk"), "topk": _topk_sae()}
+    ds = {"letters": multiclass()}
+    ctx = _ctx(adapter)
+    CountingAdapter.calls = 0
+    sp = run_sparse_probing(ctx, saes, SparseProbingConfig(dataset_names=["letters"], **SMALL), datasets=ds)
+    calls_after_probing = CountingAdapter.calls
+    tpp = run_tpp(ctx, saes, TppConfig(dataset_names=["letters"], **SMALL_TPP), datasets=ds)
+    assert CountingAdapter.calls == calls_after_probing > 0  # TPP reused the memoised pass
+    scr = run_scr(ctx, saes, ScrConfig(**SMALL_SCR), dataset=two_label())
+    for outputs, eval_type in ((sp, "sparse_probing"), (tpp, "tpp"), (scr, "scr")):
+        assert set(outputs) == set(saes)
+        for sid, out in outputs.items():
+            d = _json_roundtrip(out)
+            assert d["eval_type_id"] == eval_type
+            assert d["provenance"]["sae_id"] == sid and d["provenance"]["model"] == "tiny"
+            assert d["dataset_cards"] and d["dataset_cards"][0]["source"] == "hand-built test data"
+            assert d["sae_cfg_dict"]["d_sae"] == 64
+    m = _json_roundtrip(sp["abstopk"])["eval_result_metrics"]
+    assert 0.5 < m["llm"]["llm_test_accuracy"] <= 1
+    for k in (1, 2, 5):
+        assert 0 <= m["sae"][f"sae_top_{k}_test_accuracy"] <= 1
+    assert m["sae"]["sae_top_10_test_accuracy"] is None
+    t = _json_roundtrip(tpp["topk"])["eval_result_metrics"]["tpp_metrics"]
+    assert all(t[f"tpp_threshold_{n}_total_metric"] is not None for n in (2, 5))
+    s = _json_roundtrip(scr["topk"])
+    assert s["eval_config"]["column1_pairs"] == [["A", "B"]] and s["eval_config"]["column2_values"] == ["positive", "negative"]
+    assert s["eval_result_metrics"]["scr_metrics"]["scr_metric_threshold_2"] is not None
+    assert s["eval_result_unstructured"]["pairs"][0]["biased_set"] == "(A, positive) vs (B, negative)"
+
+
+def test_options_come_from_the_context(adapter):
+    ctx = _ctx(adapter, sparse_probing={"dataset_names": ["letters"], **SMALL, "k_values": [1]})
+    out = run_sparse_probing(ctx, {"s": _topk_sae()}, datasets={"letters": multiclass()})
+    assert out["s"].eval_config.k_values == [1] and out["s"].eval_config.layer == 1
+    given = run_sparse_probing(ctx, {"s": _topk_sae()}, SparseProbingConfig(dataset_names=["letters"], **SMALL), datasets={"letters": multiclass()})
+    assert given["s"].eval_config.model_name == "tiny" and given["s"].eval_config.hook_name == "blocks.1.hook_resid_post"
+    with pytest.raises(UserError, match="unknown option"):
+        run_sparse_probing(_ctx(adapter, sparse_probing={"nope": 1}), {"s": _topk_sae()})
+
+
+# ---------------------------------------------------------------------------------------------- sign flips
+
+
+def _flip_selected(sae, latents: list[int]):
+    """Negate the first selected latent (so the flip touches what the metric uses)."""
+    assert latents, "nothing selected"
+    return negate_latent(sae, latents[0]), latents[0]
+
+
+def _metrics_equal(a, b):
+    da, db = asdict(a.eval_result_metrics), asdict(b.eval_result_metrics)
+    for cat, values in da.items():
+        for key, v in values.items():
+            assert (v is None and db[cat][key] is None) or db[cat][key] == pytest.approx(v, abs=1e-9), (cat, key)
+
+
+@pytest.mark.parametrize("kind", ["abstopk", "batch-abstopk"])
+def test_sparse_probing_invariant_to_negating_a_latent(adapter, kind):
+    sae = _random_sae(kind)
+    cfg = SparseProbingConfig(dataset_names=["letters"], **SMALL)
+    ds = {"letters": multiclass()}
+    first = run_sparse_probing(_ctx(adapter), {"orig": sae}, cfg, datasets=ds)["orig"]
+    flipped, j = _flip_selected(sae, first.eval_result_unstructured["top_latents"]["letters"]["group0"])
+    out = run_sparse_probing(_ctx(adapter), {"orig": sae, "flip": flipped}, cfg, datasets=ds)
+    _metrics_equal(out["orig"], out["flip"])
+    assert out["flip"].eval_result_unstructured["top_latents"] == out["orig"].eval_result_unstructured["top_latents"]
+
+
+@pytest.mark.parametrize("kind", ["abstopk", "batch-abstopk"])
+def test_tpp_invariant_to_negating_a_latent(adapter, kind):
+    sae = _random_sae(kind)
+    cfg = TppConfig(dataset_names=["letters"], **SMALL_TPP)
+    ds = {"letters": multiclass()}
+    first = run_tpp(_ctx(adapter), {"orig": sae}, cfg, datasets=ds)["orig"]
+    flipped, j = _flip_selected(sae, first.eval_result_unstructured["selected_latents"]["letters"]["group0"])
+    out = run_tpp(_ctx(adapter), {"orig": sae, "flip": flipped}, cfg, datasets=ds)
+    _metrics_equal(out["orig"], out["flip"])
+    assert out["flip"].eval_result_unstructured["selected_latents"] == out["orig"].eval_result_unstructured["selected_latents"]
+
+
+@pytest.mark.parametrize("kind", ["abstopk", "batch-abstopk"])
+def test_scr_invariant_to_negating_a_latent(adapter, kind):
+    sae = _random_sae(kind)
+    cfg = ScrConfig(**SMALL_SCR)
+    first = run_scr(_ctx(adapter), {"orig": sae}, cfg, dataset=two_label())["orig"]
+    flipped, j = _flip_selected(sae, first.eval_result_unstructured["pairs"][0]["selected_latents"]["dir1"])
+    out = run_scr(_ctx(adapter), {"orig": sae, "flip": flipped}, ScrConfig(**SMALL_SCR), dataset=two_label())
+    _metrics_equal(out["orig"], out["flip"])
+    a, b = (out[k].eval_result_unstructured["pairs"][0] for k in ("orig", "flip"))
+    assert a["selected_latents"] == b["selected_latents"]
+    assert a["ablated_biased_probe_accuracy"] == b["ablated_biased_probe_accuracy"]
+
+
+def test_pooled_ablation_equals_mean_of_per_token_ablation(adapter):
+    sae = _random_sae("abstopk")
+    texts = ["abcdefgh", "hello world!", "xyz"]
+    pooled = pooled_activations(_ctx(adapter), {"s": sae}, texts, dataset="t", seed=0, context_length=16)
+    rows = decoder_rows(sae)
+    S = np.array([3, 7, 11])
+    got = ablate(pooled.model.double().numpy(), pooled.latents["s"].double().numpy(), rows, S)
+    tok = adapter.tokenizer
+    torch.set_grad_enabled(False)
+    try:
+        _check_per_token(adapter, sae, texts, tok, S, got, pooled)
+    finally:
+        torch.set_grad_enabled(True)
+
+
+def _check_per_token(adapter, sae, texts, tok, S, got, pooled):
+    for i, text in enumerate(texts):
+        ids = torch.tensor([tok.encode(text)])
+        x = adapter.activations(ids, 1)[0, 1:]  # BOS excluded
+        z = sae.encode(x)
+        keep = z.clone()
+        keep[:, S] = 0
+        x_abl = x - (sae.decode(z) - sae.decode(keep))
+        assert np.allclose(got[i], x_abl.mean(0).double().numpy(), atol=1e-5)
+        assert np.allclose(pooled.latents["s"][i].numpy(), z.mean(0).numpy(), atol=1e-5)
+
+
+def test_padding_and_bos_are_not_pooled(adapter):
+    sae = _topk_sae()
+    short, long = "abc", "abcdefghijklmnopqrstuvwx"
+    together = pooled_activations(_ctx(adapter), {"s": sae}, [short, long], dataset="pad", seed=0, context_length=64)
+    alone = pooled_activations(_ctx(adapter), {"s": sae}, [short], dataset="pad-alone", seed=0, context_length=64)
+    assert together.n_tokens.tolist() == [3, 24]
+    assert torch.allclose(together.model[0], alone.model[0], atol=1e-5)
+    assert torch.allclose(together.latents["s"][0], alone.latents["s"][0], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- known answers
+
+
+class EmbeddingAdapter:
+    """A stand-in model whose layer activation is a fixed embedding of each token (no mixing between positions).
+
+    The i-th letter of every group in GROUPS shares one random vector plus `c_label` times its group's own
+    direction `class_dirs[c]` (orthonormal), so texts drawn the same way from two groups differ on average only
+    in the span of the class directions (groups 0 and 1 only along `u_label`). The markers '!' / '?' share a
+    vector and differ only along `u_sent`. Every other direction carries no label information.
+    """
+
+    def __init__(self, c_label: float = 1.0, c_sent: float = 1.0, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.tokenizer = TinyTokenizer()
+        self.bos_token_id = self.tokenizer.bos_token_id
+        basis, _ = torch.linalg.qr(torch.randn(D_MODEL, D_MODEL, generator=g))
+        n = len(GROUPS)
+        self.class_dirs = [basis[:, c] for c in range(n)]
+        self.u_label = (self.class_dirs[0] - self.class_dirs[1]) / 2 ** 0.5
+        self.u_sent = basis[:, n]
+        rest = basis[:, n + 1:]
+        table = torch.randn(64, D_MODEL - n - 1, generator=g) @ rest.T
+        shared = torch.randn(len(GROUPS[0]), D_MODEL - n - 1, generator=g) @ rest.T
+        idx = {ch: 3 + ALPHABET.index(ch) for ch in ALPHABET}
+        for c, letters in enumerate(GROUPS):
+            for i, ch in enumerate(letters):
+                table[idx[ch]] = shared[i] + c_label * self.class_dirs[c]
+        table[idx["?"]] = table[idx["!"]]
+        table[idx["!"]] += c_sent * self.u_sent
+        table[idx["?"]] -= c_sent * self.u_sent
+        self.table = table
+
+    def activations(self, input_ids, layer, attention_mask=None):
+        return self.table[input_ids]
+
+
+def _planted_sae(directions: list[torch.Tensor], seed: int = 3, scale: float = 50.0) -> AbsTopKSAE:
+    """AbsTopK SAE whose first latents read (and write back) the given directions; the others are random but
+    orthogonal to them, so they carry no information about the planted directions."""
+    torch.manual_seed(seed)
+    sae = AbsTopKSAE(AbsTopKSAEConfig(d_in=D_MODEL, d_sae=64, k=4))
+    span = torch.stack(directions, 1)
+    proj = torch.eye(D_MODEL) - span @ span.T
+    with torch.no_grad():
+        sae.W_enc.copy_(proj @ torch.randn(D_MODEL, 64) * 0.3)
+        sae.W_dec.copy_(torch.randn(64, D_MODEL) * 0.03 @ proj)  # small random features
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+        for i, u in enumerate(directions):
+            sae.W_enc[:, i] = scale * u
+            sae.W_dec[i] = u / scale
+    return sae
+
+
+def test_a_latent_on_the_label_direction_gives_high_top1_accuracy():
+    adapter = EmbeddingAdapter()
+    ds = {"pair": LabelledDataset(name="pair", texts=(_random_texts(np.random.default_rng(1), GROUPS[0], 40)
+                                                      + _random_texts(np.random.default_rng(1), GROUPS[1], 40)),
+                                  labels=[0] * 40 + [1] * 40, class_names=["A", "B"], card=_card("pair", [0] * 40 + [1] * 40, ["A", "B"]))}
+    saes = {"planted": _planted_sae([adapter.u_label]), "blind": _planted_sae([adapter.u_label])}
+    with torch.no_grad():  # the same SAE without its label latent: every latent is orthogonal to u_label
+        saes["blind"].W_enc[:, 0] = 0.0
+    cfg = SparseProbingConfig(dataset_names=["pair"], train_per_class=25, test_per_class=15, k_values=[1, 2])
+    out = run_sparse_probing(_ctx(adapter), saes, cfg, datasets=ds)
+    planted = out["planted"].eval_result_metrics.sae
+    blind = out["blind"].eval_result_metrics.sae
+    assert planted.sae_top_1_test_accuracy >= 0.95
+    assert out["planted"].eval_result_unstructured["top_latents"]["pair"]["A"][0] == 0
+    assert blind.sae_top_1_test_accuracy <= 0.8
+    assert out["planted"].eval_result_metrics.llm.llm_test_accuracy >= 0.95
+
+
+def test_ablating_the_spurious_latent_raises_scr():
+    adapter = EmbeddingAdapter(c_label=0.3, c_sent=1.0)
+    saes = {"planted": _planted_sae([adapter.u_sent, adapter.u_label]), "blind": _planted_sae([adapter.u_sent, adapter.u_label])}
+    with torch.no_grad():
+        saes["blind"].W_enc[:, :2] = 0.0
+    cfg = ScrConfig(train_set_size=120, test_set_size=60, min_per_quadrant=5, n_values=[1, 2], context_length=32)
+    out = run_scr(_ctx(adapter), saes, cfg, dataset=two_label(per_cell=60))
+    rec = out["planted"].eval_result_unstructured["pairs"][0]
+    clean = rec["clean_accuracies"]
+    assert clean["biased_probe_on_column1_test"] < clean["column1_probe_on_column1_test"] - 0.1  # the bias hurts
+    assert rec["chosen_direction"] == "dir1" and rec["selected_latents"]["dir1"][0] == 0  # the sentiment latent
+    planted = out["planted"].eval_result_unstructured["metrics"]  # every n (the schema lists n in 2, 5, ... only)
+    assert planted["scr_dir1_threshold_1"] > 0.8 and planted["scr_metric_threshold_1"] > 0.8
+    assert out["planted"].eval_result_metrics.scr_metrics.scr_dir1_threshold_2 > 0.5
+    blind = out["blind"].eval_result_unstructured["metrics"]
+    assert abs(blind["scr_dir1_threshold_1"]) < 0.2 and abs(blind["scr_dir1_threshold_2"]) < 0.2
+
+
+def test_tpp_planted_latent_hurts_only_its_own_class():
+    adapter = EmbeddingAdapter()
+    ds = {"three": multiclass("three", n_classes=3, per_class=40, seed=2)}
+    saes = {"planted": _planted_sae(adapter.class_dirs[:3]), "blind": _planted_sae(adapter.class_dirs[:3])}
+    with torch.no_grad():
+        saes["blind"].W_enc[:, :3] = 0.0
+    cfg = TppConfig(dataset_names=["three"], train_per_class=25, test_per_class=15, n_values=[1, 2])
+    out = run_tpp(_ctx(adapter), saes, cfg, datasets=ds)
+    planted = out["planted"].eval_result_unstructured
+    for c in range(3):
+        assert planted["selected_latents"]["three"][f"group{c}"][0] == c  # each class's own latent first
+        per_class = planted["per_class"]["three"][f"group{c}"]
+        assert per_class["tpp_threshold_1_intended_diff_only"] > 0.3
+        assert abs(per_class["tpp_threshold_1_unintended_diff_only"]) < 0.1
+    assert planted["metrics"]["tpp_threshold_1_total_metric"] > 0.3
+    assert out["planted"].eval_result_metrics.tpp_metrics.tpp_threshold_2_total_metric > 0.3
+    assert abs(out["blind"].eval_result_unstructured["metrics"]["tpp_threshold_1_total_metric"]) < 0.1
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def test_unknown_dataset_is_a_user_error(adapter):
+    with pytest.raises(UserError, match="no-such-dataset"):
+        run_sparse_probing(_ctx(adapter), {"s": _topk_sae()}, SparseProbingConfig(dataset_names=["no-such-dataset"]))
+    with pytest.raises(UserError, match="no-such-dataset"):
+        run_tpp(_ctx(adapter), {"s": _topk_sae()}, TppConfig(dataset_names=["no-such-dataset"]))
+    with pytest.raises(UserError, match="no-such-dataset"):
+        run_scr(_ctx(adapter), {"s": _topk_sae()}, ScrConfig(dataset_name="no-such-dataset"))
+
+
+def test_too_few_examples_is_a_user_error(adapter):
+    tiny = {"letters": multiclass(per_class=6)}
+    with pytest.raises(UserError, match="too few|only"):
+        run_sparse_probing(_ctx(adapter), {"s": _topk_sae()}, SparseProbingConfig(dataset_names=["letters"], **SMALL), datasets=tiny)
+    with pytest.raises(UserError, match="too few|only"):
+        run_tpp(_ctx(adapter), {"s": _topk_sae()}, TppConfig(dataset_names=["letters"], **SMALL_TPP), datasets=tiny)
+    with pytest.raises(UserError, match="too few"):
+        run_scr(_ctx(adapter), {"s": _topk_sae()}, ScrConfig(**{**SMALL_SCR, "min_per_quadrant": 30}), dataset=two_label(per_cell=40))
+    no_attr = multiclass(n_classes=2)
+    with pytest.raises(UserError, match="attribute"):
+        run_scr(_ctx(adapter), {"s": _topk_sae()}, ScrConfig(**SMALL_SCR), dataset=no_attr)
+
+
+def test_bad_source_and_unreachable_hub_are_user_errors(adapter, monkeypatch):
+    with pytest.raises(UserError, match="dataset_source"):
+        run_sparse_probing(_ctx(adapter), {"s": _topk_sae()}, SparseProbingConfig(dataset_names=["sentiment"], dataset_source="web"))
+    from sae_bench.sae_bench_utils import dataset_utils
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'canrager/amazon_reviews_mcauley_1and5' on the Hub\n(LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(dataset_utils, "get_multi_label_train_test_data", offline)
+    with pytest.raises(UserError) as err:
+        run_sparse_probing(_ctx(adapter), {"s": _topk_sae()}, SparseProbingConfig(dataset_names=["sentiment"], dataset_source="sae_bench"))
+    assert "\n" not in str(err.value) and "Hugging Face hub" in str(err.value)
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(UserError) as err:
+        run_scr(_ctx(adapter), {"s": _topk_sae()}, ScrConfig(dataset_source="sae_bench"))
+    assert "\n" not in str(err.value) and "amazon_reviews" in str(err.value)
