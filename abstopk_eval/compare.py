@@ -28,7 +28,7 @@ import torch
 from abstopk_eval import evals as _evals  # noqa: F401  (registers the evaluations)
 from abstopk_eval.config import PRESETS, get_preset
 from abstopk_eval.errors import UserError, exit_on_user_error
-from abstopk_eval.evals.context import EVALS, get_eval
+from abstopk_eval.evals.context import default_evals, get_eval
 from abstopk_eval.models.loading import sha256_file
 from abstopk_eval.models.registry import DEFAULT_MODEL, MODEL_REGISTRY, get_model_spec
 from abstopk_eval.results import result_path
@@ -124,7 +124,7 @@ def compare(args: argparse.Namespace) -> dict[str, Path]:
 
     spec = get_model_spec(args.model)
     layer = spec.check_layer(spec.default_layer if args.layer is None else args.layer)
-    eval_names = [get_eval(e).name for e in dict.fromkeys(args.evals or list(EVALS))]
+    eval_names = [get_eval(e).name for e in dict.fromkeys(args.evals or default_evals())]
     if args.name and len(args.paths) > 1:
         raise UserError("--name applies to a single PATH")
     if args.k is not None and args.k <= 0:

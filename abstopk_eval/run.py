@@ -17,7 +17,7 @@ import torch
 from abstopk_eval import evals as _evals  # noqa: F401  (registers the evaluations)
 from abstopk_eval.config import PRESETS, get_preset
 from abstopk_eval.errors import UserError, exit_on_user_error
-from abstopk_eval.evals.context import EVALS, get_eval
+from abstopk_eval.evals.context import default_evals, get_eval
 from abstopk_eval.models.registry import DEFAULT_MODEL, MODEL_REGISTRY, get_model_spec
 from abstopk_eval.saes.variants import ALL_VARIANTS, get_variant
 from abstopk_eval.workflow import RunPlan, execute
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", nargs="+", type=int, default=None, help="k for the k-sparse variants; several values give the paper's k sweep; default from the model registry")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds per variant (seeds 0..N-1); default 1")
     p.add_argument("--preset", default="quick", help=f"training preset ({', '.join(PRESETS)}); default %(default)s")
-    p.add_argument("--evals", nargs="+", default=None, metavar="E", help="evaluations to run (default: every registered one)")
+    p.add_argument("--evals", nargs="+", default=None, metavar="E", help="evaluations to run (default: every registered one except those asked for by name, e.g. steering)")
     p.add_argument("--corpus", default="wiki-en", help="training / held-out text (wiki-en, python-stdlib, mixed, or pile with network)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
@@ -55,7 +55,7 @@ def plan_from_args(args: argparse.Namespace) -> RunPlan:
     spec = get_model_spec(args.model)
     layer = spec.check_layer(spec.default_layer if args.layer is None else args.layer)
     variants = [get_variant(v).name for v in dict.fromkeys(args.variants)]
-    evals = [get_eval(e).name for e in dict.fromkeys(args.evals or list(EVALS))]
+    evals = [get_eval(e).name for e in dict.fromkeys(args.evals or default_evals())]
     ks = sorted(set(args.k or [spec.paper_k]))
     if any(k <= 0 for k in ks):
         raise UserError("--k values must be positive")

@@ -37,7 +37,7 @@ from typing import Any
 from abstopk_eval import evals as _evals  # noqa: F401  (registers the evaluations)
 from abstopk_eval.config import get_preset
 from abstopk_eval.errors import UserError, exit_on_user_error
-from abstopk_eval.evals.context import EVALS, get_eval
+from abstopk_eval.evals.context import default_evals, get_eval
 from abstopk_eval.models.registry import get_model_spec
 from abstopk_eval.saes.variants import ALL_VARIANTS, get_variant, sae_id
 
@@ -121,7 +121,7 @@ def expand(spec: dict[str, Any]) -> list[SweepJob]:
     if not models:
         raise UserError("sweep spec: `models` must list at least one model")
     variants = [get_variant(v).name for v in dict.fromkeys(_as_list(spec.get("variants"), "variants") or list(ALL_VARIANTS))]
-    evals = tuple(get_eval(e).name for e in dict.fromkeys(_as_list(spec.get("evals"), "evals") or list(EVALS)))
+    evals = tuple(get_eval(e).name for e in dict.fromkeys(_as_list(spec.get("evals"), "evals") or default_evals()))
     seeds_value = spec.get("seeds", 1)
     if isinstance(seeds_value, int) and not isinstance(seeds_value, bool):
         seeds = list(range(_ints([seeds_value], "seeds", 1)[0]))

@@ -169,7 +169,8 @@ def evaluate_missing(session: _Session, pending: dict[str, list[TrainJob]]) -> N
         log.info("evaluation %s on %d SAEs", eval_name, len(saes))
         digests = {job.sae_id: checkpoint_digest(job) for job in jobs}
         for sae_name, output in spec.run(ctx, saes).items():
-            output.provenance["sae_weights_sha256"] = digests[sae_name]
+            if sae_name in digests:  # extra entries (e.g. steering's "dim", "original") score no SAE checkpoint
+                output.provenance["sae_weights_sha256"] = digests[sae_name]
             write_eval_output(result_path(plan.results_dir, plan.model.key, plan.layer, sae_name, eval_name), output)
 
 

@@ -50,6 +50,9 @@ class EvalSpec:
     name: str
     description: str
     run: EvalFn
+    in_default_run: bool = True
+    """Run when no --evals is given; False for evaluations that need a particular kind of model (steering
+    needs an instruction-tuned model with a chat template) and are asked for by name."""
 
 
 EVALS: Registry[EvalSpec] = Registry("evaluation")
@@ -61,6 +64,11 @@ def register_eval(spec: EvalSpec) -> EvalSpec:
 
 def get_eval(name: str) -> EvalSpec:
     return EVALS.lookup(name)
+
+
+def default_evals() -> list[str]:
+    """The evaluations a run performs when none are named."""
+    return [name for name, spec in EVALS.items() if spec.in_default_run]
 
 
 def hook_name(layer: int) -> str:
