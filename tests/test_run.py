@@ -5,37 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from abstopk_eval import run, workflow
 from abstopk_eval.errors import UserError
-from abstopk_eval.models.registry import MODEL_REGISTRY, ModelSpec
+from abstopk_eval.models.registry import MODEL_REGISTRY
 from abstopk_eval.saes.io import load_sae
 from abstopk_eval.saes.variants import ALL_VARIANTS
-from tests.tiny_tokenizer import tiny_tokenizer
+from tests.conftest import TINY
 
-TINY = ModelSpec(key="tiny-test", source="hub", hf_id="local/tiny-llama", n_layers=3, d_model=32,
-                 context_size=32, paper_k=4)
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    path = tmp_path_factory.mktemp("tiny_model")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-@pytest.fixture
-def tiny_registered(monkeypatch):
-    monkeypatch.setitem(MODEL_REGISTRY, TINY.key, TINY)
 
 
 # The evaluations that apply to a 3-layer model with a 320-token vocabulary: the task evaluations need real
