@@ -285,7 +285,12 @@ def _table1(results_dir: Path, out_dir: Path) -> tuple[list[Path], str]:
         rendered = render_table1(results_dir)
     except UserError as err:
         return [], f"Table 1 (steering) skipped: {err}"
-    items = rendered.items() if isinstance(rendered, dict) else [("table1", rendered)]
+    if rendered is None:
+        return [], "Table 1 (steering) skipped: no steering results yet."
+    if isinstance(rendered, tuple):  # render_table1 gives (markdown, data frame)
+        items = [("table1", rendered[0]), ("table1_data", rendered[1])]
+    else:
+        items = rendered.items() if isinstance(rendered, dict) else [("table1", rendered)]
     written: list[Path] = []
     for key, item in items:
         stem = key if str(key).startswith("table1") else f"table1_{key}"
