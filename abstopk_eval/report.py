@@ -87,7 +87,8 @@ def layer_table(results: list[dict[str, Any]]) -> pd.DataFrame:
     by_sae: dict[str, dict[str, dict[str, Any]]] = {}
     for r in results:
         by_sae.setdefault(r["sae"], {})[r["eval"]] = r["data"]
-    frame = pd.DataFrame([_sae_row(sae, evals) for sae, evals in sorted(by_sae.items())])
+    # folders without core.json (steering's 'dim' and 'original' baselines) are not SAEs; Table 1 shows them
+    frame = pd.DataFrame([_sae_row(sae, evals) for sae, evals in sorted(by_sae.items()) if "core" in evals])
     return frame.sort_values(["variant", "k", "seed"], na_position="first", key=lambda s: s.astype(str)).reset_index(drop=True)
 
 

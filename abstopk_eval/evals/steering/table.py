@@ -78,6 +78,22 @@ def _setting(data: dict[str, Any]) -> str:
             f"c={value:+.3g}{strength}")
 
 
+def _judge_lines() -> str:
+    """Accuracy of the refusal judge on the project's labelled responses (overall and per group)."""
+    from abstopk_eval.evals.steering.judge import judge_accuracy
+
+    try:
+        acc = judge_accuracy()
+    except (OSError, ValueError):
+        return ""
+    parts = [f"{name} {g['n']}: accuracy {g['accuracy']:.2f} (majority label {g['majority_baseline_accuracy']:.2f}), "
+             f"precision {g['precision']:.2f}, recall {g['recall']:.2f}" for name, g in acc["by_group"].items()]
+    return (f"Refusal judge on {acc['n']} hand-labelled responses (`evals/steering/refusal_labels.jsonl`): accuracy "
+            f"{acc['accuracy']:.2f}, F1 {acc['f1']:.2f}, recall of explicit refusals {acc['recall_explicit']:.2f}; "
+            + "; ".join(parts) + ". On steered text the judge also counts apologetic babble as refusal, so steered "
+            "refusal rates are noisy in both directions.")
+
+
 def render_table1(results_dir: Path) -> tuple[str, pd.DataFrame] | None:
     """Markdown and a long DataFrame (one row per model, layer, metric) of Table 1; None without results."""
     by_layer = _load(Path(results_dir))
@@ -109,7 +125,6 @@ def render_table1(results_dir: Path) -> tuple[str, pd.DataFrame] | None:
         first = next(iter(results.values()))
         cfg = first.get("eval_config") or {}
         un = first.get("eval_result_unstructured") or {}
-        acc = un.get("judge_accuracy_on_labelled_set") or {}
         dim_un = (results.get("dim") or {}).get("eval_result_unstructured") or {}
         abl = dim_un.get("directional_ablation_all_layers")
         orig = results.get("original", {})
@@ -123,14 +138,11 @@ def render_table1(results_dir: Path) -> tuple[str, pd.DataFrame] | None:
             f"CE bound on validation text: +{cfg.get('max_val_ce_increase')} nats; ||d|| = {un.get('d_norm', float('nan')):.2f}; "
             f"SAE intervention: {cfg.get('sae_intervention')}",
         ]
-        if acc:
-            lines.append(f"- Refusal judge on {acc.get('n')} labelled responses: accuracy {acc.get('accuracy', 0):.3f} "
-                         f"(precision {acc.get('precision', 0):.3f}, recall {acc.get('recall', 0):.3f}; "
-                         f"{acc.get('n_model_responses')} real responses of this model: {acc.get('accuracy_model_responses', 0):.3f})")
         if abl:
             lines.append(f"- DiM directional ablation at every layer (check that d mediates refusal): refusal "
                          f"{abl.get('harmbench_refusal_rate', float('nan')):.3f}, CE {abl.get('ce_loss', float('nan')):.3f}")
         blocks.append("\n".join(lines))
     frame = pd.DataFrame(rows)
-    markdown = "\n\n".join(["### Table 1: steering vs Difference-in-Means", NOTE.strip(), *blocks]) + "\n"
+    markdown = "\n\n".join(["### Table 1: steering vs Difference-in-Means", NOTE.strip(), *blocks,
+                             _judge_lines()]) + "\n"
     return markdown, frame
