@@ -31,14 +31,17 @@ class Column:
     fmt: str
     higher_is_better: bool | None = None
     """Direction for bolding the best variant; None: never bold (descriptive columns such as L0)."""
+    bootstrap: str | None = None
+    """Name of the metric's 95% bootstrap interval over held-out examples (`<name>_low` / `<name>_high` in core's
+    `bootstrap_ci95`), shown when there is a single seed."""
 
 
 COLUMNS: list[Column] = [
-    Column("nMSE", "core", ("normalised_reconstruction", "nmse"), "{:.4f}", False),
-    Column("FVU", "core", ("normalised_reconstruction", "fvu"), "{:.3f}", False),
-    Column("loss recovered", "core", ("normalised_reconstruction", "loss_recovered"), "{:.3f}", True),
-    Column("CE with SAE", "core", ("model_performance_preservation", "ce_loss_with_sae"), "{:.3f}", False),
-    Column("KL", "core", ("model_behavior_preservation", "kl_div_with_sae"), "{:.3f}", False),
+    Column("nMSE", "core", ("normalised_reconstruction", "nmse"), "{:.4f}", False, "nmse"),
+    Column("FVU", "core", ("normalised_reconstruction", "fvu"), "{:.3f}", False, "fvu"),
+    Column("loss recovered", "core", ("normalised_reconstruction", "loss_recovered"), "{:.3f}", True, "loss_recovered"),
+    Column("CE with SAE", "core", ("model_performance_preservation", "ce_loss_with_sae"), "{:.3f}", False, "ce_loss_with_sae"),
+    Column("KL", "core", ("model_behavior_preservation", "kl_div_with_sae"), "{:.3f}", False, "kl_div_with_sae"),
     Column("L0", "core", ("sparsity", "l0"), "{:.1f}"),
     Column("dead frac", "core", ("sparsity", "dead_fraction"), "{:.3f}"),
     Column("negative frac", "core", ("sparsity", "frac_negative"), "{:.3f}"),
@@ -56,6 +59,7 @@ COLUMNS: list[Column] = [
     Column("axis-duplicate pairs", "fragmentation", ("antiparallel", "n_axis_duplicate_pairs"), "{:.0f}", False),
 ]
 FORMATS = {c.name: c.fmt for c in COLUMNS} | {"train s": "{:.0f}"}
+BOOTSTRAP = {c.name: c.bootstrap for c in COLUMNS if c.bootstrap}
 
 
 def _load_results(results_dir: Path) -> list[dict[str, Any]]:
@@ -77,7 +81,11 @@ def _sae_row(sae: str, evals: dict[str, dict[str, Any]]) -> dict[str, Any]:
     row: dict[str, Any] = {"sae": sae, "variant": prov.get("variant", sae.split("_")[0]), "k": prov.get("k"),
                            "seed": prov.get("seed")}
     for col in COLUMNS:
-        row[col.name] = evals.get(col.eval, {}).get("eval_result_metrics", {}).get(col.path[0], {}).get(col.path[1])
+        metrics = evals.get(col.eval, {}).get("eval_result_metrics", {})
+        row[col.name] = metrics.get(col.path[0], {}).get(col.path[1])
+        boot = metrics.get("bootstrap_ci95") or {}
+        if col.bootstrap and f"{col.bootstrap}_low" in boot:
+            row[f"{col.name} boot low"], row[f"{col.name} boot high"] = boot[f"{col.bootstrap}_low"], boot[f"{col.bootstrap}_high"]
     unstructured = core.get("eval_result_unstructured") or {}
     row["train s"] = unstructured.get("train_seconds")
     return row
@@ -93,7 +101,9 @@ def layer_table(results: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (variant, k): mean and 95% t-interval half-width over seeds of every numeric column."""
+    """One row per (variant, k): the mean over seeds of every numeric column and a 95% interval `<col> low` /
+    `<col> high` with its kind in `<col> interval`: a t-interval over seeds with two or more seeds, else the
+    metric's bootstrap interval over held-out examples where the evaluation gives one."""
     from scipy import stats
 
     metrics = [c for c in [*FORMATS] if c in frame]
@@ -102,45 +112,57 @@ def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
         row: dict[str, Any] = {"variant": variant, "k": None if k == -1 else k, "seeds": len(group)}
         for col in metrics:
             values = pd.to_numeric(group[col], errors="coerce").dropna()
-            row[col] = float(values.mean()) if len(values) else None
-            row[f"{col} ci95"] = (float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / len(values) ** 0.5)
-                                  if len(values) > 1 else None)
+            mean = float(values.mean()) if len(values) else None
+            row[col], row[f"{col} low"], row[f"{col} high"], row[f"{col} interval"] = mean, None, None, None
+            if len(values) > 1:
+                half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / len(values) ** 0.5)
+                row[f"{col} low"], row[f"{col} high"], row[f"{col} interval"] = mean - half, mean + half, "t"
+            elif len(values) == 1 and f"{col} boot low" in group and pd.notna(group[f"{col} boot low"].iloc[0]):
+                row[f"{col} low"], row[f"{col} high"] = float(group[f"{col} boot low"].iloc[0]), float(group[f"{col} boot high"].iloc[0])
+                row[f"{col} interval"] = "bootstrap"
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def _leader(summary: pd.DataFrame, col: Column) -> int | None:
-    """Index of the row whose lead on `col` is beyond both 95% intervals (best minus its interval clears the
-    runner-up plus its interval); None without a clear leader or without intervals (one seed)."""
+    """Index of the row whose lead on `col` is beyond both 95% intervals (the best row's worse bound beats the
+    runner-up's better bound); None without a clear leader or without intervals."""
     if col.higher_is_better is None or col.name not in summary:
         return None
-    sign = 1.0 if col.higher_is_better else -1.0
-    values = pd.to_numeric(summary[col.name], errors="coerce") * sign
-    ranked = values.dropna().sort_values(ascending=False)
+    values = pd.to_numeric(summary[col.name], errors="coerce")
+    ranked = values.dropna().sort_values(ascending=not col.higher_is_better)
     if len(ranked) < 2:
         return None
     best, second = ranked.index[0], ranked.index[1]
-    ci = pd.to_numeric(summary[f"{col.name} ci95"], errors="coerce")
-    if pd.isna(ci[best]) or pd.isna(ci[second]):
+    low, high = (pd.to_numeric(summary[f"{col.name} {end}"], errors="coerce") for end in ("low", "high"))
+    if any(pd.isna(v) for v in (low[best], high[best], low[second], high[second])):
         return None
-    return int(best) if ranked.iloc[0] - ci[best] > ranked.iloc[1] + ci[second] else None
+    clear = low[best] > high[second] if col.higher_is_better else high[best] < low[second]
+    return int(best) if clear else None
+
+
+def _cell(value: Any, low: Any, high: Any, kind: Any, fmt: str) -> str:
+    if value is None or pd.isna(value):
+        return ""
+    text = fmt.format(value)
+    if kind == "t":
+        return f"{text} ± {fmt.format((high - low) / 2)}"
+    if kind == "bootstrap":
+        return f"{text} [{fmt.format(low)}, {fmt.format(high)}]"
+    return text
 
 
 def _markdown(summary: pd.DataFrame) -> str:
-    """Mean ± 95% interval over seeds; a value is bold only when its lead is beyond the intervals."""
+    """Mean ± 95% t-interval over seeds (or value [bootstrap interval] with one seed); a value is bold only when
+    its lead is beyond the intervals."""
     shown = summary[["variant", "k", "seeds"]].copy()
     shown["k"] = shown["k"].map(lambda v: "" if v is None or pd.isna(v) else str(int(v)))
     leaders = {c.name: _leader(summary, c) for c in COLUMNS}
     for col, fmt in FORMATS.items():
         if col not in summary or summary[col].isna().all():
             continue
-        cells = []
-        for i, (value, ci) in enumerate(zip(summary[col], summary[f"{col} ci95"])):
-            text = "" if value is None or pd.isna(value) else fmt.format(value)
-            if text and ci is not None and not pd.isna(ci):
-                text += f" ± {fmt.format(ci)}"
-            cells.append(f"**{text}**" if text and leaders.get(col) == i else text)
-        shown[col] = cells
+        cells = [_cell(*values, fmt) for values in zip(*(summary[f"{col}{end}"] for end in ("", " low", " high", " interval")))]
+        shown[col] = [f"**{text}**" if text and leaders.get(col) == i else text for i, text in enumerate(cells)]
     return shown.to_markdown(index=False, disable_numparse=True)
 
 
@@ -171,9 +193,11 @@ def _provenance_lines(results: list[dict[str, Any]]) -> list[str]:
 
 
 NOTES = """\
-Cells are the mean over seeds, with the half-width of a 95% t-interval when there are two or more seeds; a
-value is bold only when its lead over the runner-up is beyond both intervals (never with one seed).
-Per-SAE values (every seed) are in the CSV next to this file.
+Cells are the mean over seeds ± the half-width of a 95% t-interval when there are two or more seeds. With one
+seed, the core metrics show [a 95% bootstrap interval] over held-out sequences (CE, KL, loss recovered) or
+sequence-long blocks of activations (nMSE, FVU): evaluation-data noise only, not training-seed noise. A value is
+bold only when its lead over the runner-up is beyond both intervals. Per-SAE values (every seed) are in the CSV
+next to this file.
 
 Task notes: sparse probing, SCR, TPP use offline labelled data (data cards in docs/data_cards), proxies for
 sae_bench's hub datasets; SCR on amazon-vs-movie x sentiment is near 0 for every SAE because the domain label

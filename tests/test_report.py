@@ -79,3 +79,22 @@ def test_seed_means_with_intervals_and_bold_only_beyond_them(tmp_path):
     build_reports(tmp_path / "single" / "results", tmp_path / "single" / "reports")
     cells = _fvu_cells(tmp_path / "single")
     assert cells == {"topk": "0.300", "abstopk": "0.100"}
+
+
+def _write_single_with_bootstrap(root, variant, fvu, low, high):
+    data = _core(variant, 16, fvu, 1 - fvu)
+    data["eval_result_metrics"]["bootstrap_ci95"] = {"fvu_low": low, "fvu_high": high}
+    path = root / "results" / "m" / "layer_3" / f"{variant}_k16_s0" / "core.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(data))
+
+
+def test_single_seed_shows_bootstrap_interval_and_bolds_only_beyond_it(tmp_path):
+    _write_single_with_bootstrap(tmp_path / "clear", "topk", 0.30, 0.28, 0.32)
+    _write_single_with_bootstrap(tmp_path / "clear", "abstopk", 0.20, 0.19, 0.21)
+    build_reports(tmp_path / "clear" / "results", tmp_path / "clear" / "reports")
+    assert _fvu_cells(tmp_path / "clear") == {"topk": "0.300 [0.280, 0.320]", "abstopk": "**0.200 [0.190, 0.210]**"}
+    _write_single_with_bootstrap(tmp_path / "overlap", "topk", 0.30, 0.18, 0.42)
+    _write_single_with_bootstrap(tmp_path / "overlap", "abstopk", 0.20, 0.19, 0.21)
+    build_reports(tmp_path / "overlap" / "results", tmp_path / "overlap" / "reports")
+    assert not any(c.startswith("**") for c in _fvu_cells(tmp_path / "overlap").values())

@@ -1,5 +1,5 @@
 """Shared pieces of the probing evaluations (sparse probing, SCR, TPP): labelled datasets, train / test splits,
-one-vs-rest tasks as sae_bench builds them, logistic-regression probes, and output provenance.
+one-vs-rest tasks as sae_bench builds them, and logistic-regression probes.
 
 Probes are scikit-learn `LogisticRegression` (L2, lbfgs) fitted on standardised features and stored as one
 weight vector and bias in the *raw* feature space, so SCR / TPP can apply a probe to ablated activations and
@@ -11,20 +11,14 @@ from __future__ import annotations
 
 import functools
 import math
-import time
-import uuid
 import warnings
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Sequence, TypeVar
+from typing import Any, Sequence
 
 import numpy as np
-from sae_lens import SAE
 
 from abstopk_eval.errors import UserError
-from abstopk_eval.evals.context import EvalContext, hook_name
 
-SAE_BENCH_COMMIT = "sae-bench 0.6.0 (PyPI)"
 DATASET_SOURCES = ("offline", "sae_bench")
 
 # offline dataset name -> sae_bench's canonical hub dataset for the same task
@@ -36,48 +30,12 @@ SAE_BENCH_PROBING_DATASETS = {
 }
 SAE_BENCH_SPURIOUS_DATASETS = {"domain-sentiment": "canrager/amazon_reviews_mcauley_1and5"}
 
-C = TypeVar("C")
-
-
 # ---------------------------------------------------------------------------------------------- config / output
-
-
-def resolve_config(cls: type[C], ctx: EvalContext, eval_name: str, config: C | None, **fixed: Any) -> C:
-    """`config`, or the defaults overridden by `ctx.eval_options[eval_name]`; model fields filled from ctx
-    (also in a given config whose model_name is empty)."""
-    base = {"model_name": ctx.model_key, "layer": ctx.layer, "hook_name": hook_name(ctx.layer),
-            "llm_dtype": llm_dtype(ctx.adapter)}
-    if config is not None:
-        return dataclasses.replace(config, **base) if not getattr(config, "model_name", "") else config  # type: ignore[type-var]
-    options = dict(getattr(ctx, "eval_options", {}).get(eval_name, {}))
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise UserError(f"unknown option(s) for evaluation {eval_name!r}: {', '.join(unknown)}")
-    return cls(**{**base, **fixed, **options})
 
 
 def check_source(source: str) -> None:
     if source not in DATASET_SOURCES:
         raise UserError(f"unknown dataset_source {source!r}; known: {', '.join(DATASET_SOURCES)}")
-
-
-def llm_dtype(adapter: Any) -> str:
-    try:
-        return str(next(adapter.model.parameters()).dtype).removeprefix("torch.")
-    except (AttributeError, StopIteration, TypeError):
-        return "float32"
-
-
-def output_common(ctx: EvalContext, sae_id: str, sae: SAE) -> dict[str, Any]:
-    """The sae_bench bookkeeping fields and our provenance (as the core evaluation writes them)."""
-    metadata = getattr(sae.cfg, "metadata", None)
-    meta = {k: (metadata.get(k) if metadata is not None else None) for k in ("variant", "k", "seed", "preset")}
-    return dict(
-        eval_id=str(uuid.uuid4()), datetime_epoch_millis=int(time.time() * 1000), sae_bench_commit_hash=SAE_BENCH_COMMIT,
-        sae_lens_id=sae_id, sae_lens_release_id=None, sae_lens_version=ctx.provenance.get("versions", {}).get("sae-lens"),
-        sae_cfg_dict=sae.cfg.to_dict(), provenance={**ctx.provenance, "sae_id": sae_id, **meta},
-    )
 
 
 # ---------------------------------------------------------------------------------------------- datasets

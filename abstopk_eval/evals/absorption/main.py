@@ -99,13 +99,13 @@ from abstopk_eval.evals.absorption.eval_output import (
     SignedAbsorptionMeanMetrics,
     SignedAbsorptionResultDetail,
 )
+from abstopk_eval.evals.common import SAE_BENCH_COMMIT
 from abstopk_eval.evals.context import EvalContext, EvalSpec, hook_name, register_eval
 
 log = logging.getLogger("abstopk_eval")
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 EPS = 1e-8  # sae_bench feature_absorption_calculator.EPS: below this a main latent counts as silent
-SAE_BENCH_COMMIT = "sae-bench 0.6.0 (PyPI)"
 _SPACE_MARKERS = "\u2581\u0120 "  # SentencePiece '▁', byte-level BPE 'Ġ', a plain space
 
 

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from pydantic import Field
 from pydantic.dataclasses import dataclass
-from sae_bench.evals.base_eval_output import BaseEvalConfig
+
+from abstopk_eval.evals.common import ModelEvalConfig
 
 
 @dataclass
-class BidirectionalEvalConfig(BaseEvalConfig):
-    model_name: str = Field(default="", title="Model", description="Model key in abstopk_eval's registry")
-    layer: int = Field(default=0, title="Layer", description="Residual stream after this block (the SAEs' layer)")
-    hook_name: str = Field(default="", title="Hook", description="TransformerLens-style hook name of the activations")
-    llm_dtype: str = Field(default="float32", title="LLM dtype", description="dtype of the language model")
+class BidirectionalEvalConfig(ModelEvalConfig):
     axes: list[str] = Field(default_factory=list, title="Axes",
                             description="Bipolar axes of abstopk_eval.data.bipolar_pairs (empty = all)")
     min_instances: int = Field(default=2, title="Minimum instances", description="Axes with fewer kept minimal pairs are skipped")

@@ -30,7 +30,7 @@ from abstopk_eval.evals.bidirectional.eval_output import (
     BidirectionalMetrics,
 )
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
-from abstopk_eval.evals.probes import output_common, resolve_config
+from abstopk_eval.evals.common import output_common, resolve_config
 
 
 @torch.no_grad()

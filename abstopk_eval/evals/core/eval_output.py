@@ -44,6 +44,25 @@ class NormalisedReconstructionMetrics(BaseMetrics):
 
 
 @dataclass
+class BootstrapIntervals(BaseMetrics):
+    """95% percentile-bootstrap intervals over held-out examples (sampling noise of the evaluation data)."""
+
+    nmse_low: float = Field(title="nMSE low", description="2.5th percentile of nMSE over resampled row blocks")
+    nmse_high: float = Field(title="nMSE high", description="97.5th percentile of nMSE over resampled row blocks")
+    fvu_low: float = Field(title="FVU low", description="2.5th percentile of FVU over resampled row blocks")
+    fvu_high: float = Field(title="FVU high", description="97.5th percentile of FVU over resampled row blocks")
+    loss_recovered_low: float = Field(title="Loss recovered low", description="2.5th percentile over resampled sequences")
+    loss_recovered_high: float = Field(title="Loss recovered high", description="97.5th percentile over resampled sequences")
+    ce_loss_with_sae_low: float = Field(title="CE with SAE low", description="2.5th percentile over resampled sequences")
+    ce_loss_with_sae_high: float = Field(title="CE with SAE high", description="97.5th percentile over resampled sequences")
+    kl_div_with_sae_low: float = Field(title="KL low", description="2.5th percentile over resampled sequences")
+    kl_div_with_sae_high: float = Field(title="KL high", description="97.5th percentile over resampled sequences")
+    n_resamples: int = Field(title="Resamples", description="Bootstrap resamples")
+    n_sequences: int = Field(title="Sequences", description="Held-out sequences resampled for CE / KL")
+    n_row_blocks: int = Field(title="Row blocks", description="Blocks of contiguous activation rows resampled for nMSE / FVU")
+
+
+@dataclass
 class CoreMetricCategories(BaseMetricCategories):
     model_behavior_preservation: ModelBehaviorPreservationMetrics = Field(title="Model Behavior Preservation", description="KL to the clean model")
     model_performance_preservation: ModelPerformancePreservationMetrics = Field(title="Model Performance Preservation", description="Cross-entropy")
@@ -52,6 +71,7 @@ class CoreMetricCategories(BaseMetricCategories):
     shrinkage: ShrinkageMetrics = Field(title="Shrinkage", description="Norm of reconstructions vs inputs")
     sparsity: SignedSparsityMetrics = Field(title="Sparsity", description="Sign-correct sparsity and liveness")
     token_stats: TokenStatsMetrics = Field(title="Token Statistics", description="Tokens used")
+    bootstrap_ci95: BootstrapIntervals = Field(title="Bootstrap 95% intervals", description="Sampling noise of the held-out data")
 
 
 @dataclass

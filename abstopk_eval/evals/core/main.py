@@ -24,23 +24,35 @@ from sae_bench.evals.core.eval_output import (
 from sae_lens import SAE
 from tqdm.auto import tqdm
 
-from abstopk_eval.evals.context import EvalContext, EvalSpec, hook_name, register_eval
+from abstopk_eval.evals.bootstrap import block_sums, percentile_interval, resample_counts, weighted_sums
+from abstopk_eval.evals.common import SAE_BENCH_COMMIT, resolve_config
+from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.core.eval_config import CoreEvalConfig
 from abstopk_eval.evals.core.eval_output import (
+    BootstrapIntervals,
     CoreEvalOutput,
     CoreMetricCategories,
     NormalisedReconstructionMetrics,
     SignedSparsityMetrics,
 )
 
-SAE_BENCH_COMMIT = "sae-bench 0.6.0 (PyPI)"
-
-
 @dataclass
 class _LossTotals:
     ce: float = 0.0
     kl: float = 0.0
     n: int = 0
+    ce_per_seq: list[torch.Tensor] = field(default_factory=list)
+    """Per-sequence CE sums, one tensor per batch (the bootstrap unit is a sequence)."""
+    kl_per_seq: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, ce: torch.Tensor, kl: torch.Tensor | None = None) -> None:
+        """Accumulate per-position CE (and KL) of a [B, T-1] batch."""
+        self.ce += float(ce.sum())
+        self.n += ce.numel()
+        self.ce_per_seq.append(ce.sum(-1).double().cpu())
+        if kl is not None:
+            self.kl += float(kl.sum())
+            self.kl_per_seq.append(kl.sum(-1).double().cpu())
 
 
 @dataclass
@@ -48,6 +60,8 @@ class _ReconTotals:
     """Running sums over held-out activation rows."""
 
     d_sae: int
+    block: int
+    """Rows per bootstrap block (one sequence's worth of contiguous activations)."""
     n: int = 0
     sq_err: float = 0.0
     sq_norm: float = 0.0
@@ -61,15 +75,20 @@ class _ReconTotals:
     l1: float = 0.0
     n_negative: float = 0.0
     fires: torch.Tensor = field(default=None)  # type: ignore[assignment]
+    err_rows: list[torch.Tensor] = field(default_factory=list)
+    """Per-row ||x - x_hat||^2 and ||x||^2 and per-block sums of x, for the bootstrap."""
+    norm_rows: list[torch.Tensor] = field(default_factory=list)
+    x_blocks: list[torch.Tensor] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.fires = torch.zeros(self.d_sae, dtype=torch.float64)
 
 
 @torch.no_grad()
-def reconstruction_stats(sae: SAE, activations: torch.Tensor, batch_size: int = 4096) -> _ReconTotals:
+def reconstruction_stats(sae: SAE, activations: torch.Tensor, batch_size: int = 4096, block: int = 128) -> _ReconTotals:
     """Reconstruction and sparsity sums of `sae` on activation rows (activity is z != 0)."""
-    tot = _ReconTotals(d_sae=sae.cfg.d_sae)
+    tot = _ReconTotals(d_sae=sae.cfg.d_sae, block=block)
+    batch_size = max(block, batch_size // block * block)  # batches hold whole blocks
     for start in range(0, activations.shape[0], batch_size):
         x = activations[start:start + batch_size].to(sae.W_enc.device, torch.float32)
         z = sae.encode(x)
@@ -89,6 +108,9 @@ def reconstruction_stats(sae: SAE, activations: torch.Tensor, batch_size: int = 
         tot.l1 += float(z.abs().sum())
         tot.n_negative += float((z < 0).sum())
         tot.fires += active.sum(0).double().cpu()
+        tot.err_rows.append(err.double().cpu())
+        tot.norm_rows.append(x.pow(2).sum(-1).double().cpu())
+        tot.x_blocks.append(block_sums(x.double().cpu(), block))
     return tot
 
 
@@ -135,22 +157,44 @@ def loss_stats(ctx: EvalContext, saes: dict[str, SAE]) -> tuple[_LossTotals, _Lo
         clean_p = clean_logp.exp()
         clean_neg_entropy = torch.linalg.vecdot(clean_p, clean_logp)
         del logits, clean_logp
-        n = ce.numel()
-        clean.ce += float(ce.sum())
-        clean.n += n
+        clean.add(ce)
         for name, sae in [(None, None), *saes.items()]:
             logits = adapter.forward_with_replacement(batch, ctx.layer, _splice_fn(sae, keep))
             tot = zero if name is None else spliced[name]
-            ce_sae, kl = _ce_and_kl(logits, batch, clean_p, clean_neg_entropy)
-            tot.ce += float(ce_sae.sum())
-            tot.kl += float(kl.sum())
-            tot.n += n
+            tot.add(*_ce_and_kl(logits, batch, clean_p, clean_neg_entropy))
             del logits
     return clean, zero, spliced
 
 
+def bootstrap_intervals(recon: _ReconTotals, clean: _LossTotals, zero: _LossTotals, spl: _LossTotals,
+                        n_resamples: int, seed: int) -> BootstrapIntervals:
+    """Percentile intervals of nMSE / FVU (resampling row blocks) and CE / KL / loss recovered (resampling
+    sequences); the counts depend only on the seed and the data size, so every SAE sees the same resamples."""
+    err = block_sums(torch.cat(recon.err_rows), recon.block)
+    norm = block_sums(torch.cat(recon.norm_rows), recon.block)
+    x_sum = torch.cat(recon.x_blocks)
+    rows = block_sums(torch.ones(recon.n), recon.block)
+    counts = resample_counts(len(err), n_resamples, seed)
+    tot_err, tot_norm, tot_x, tot_rows = (weighted_sums(counts, v) for v in (err, norm, x_sum, rows))
+    nmse = tot_err / tot_norm
+    fvu = tot_err / (tot_norm - tot_x.pow(2).sum(-1) / tot_rows)
+
+    ce_clean, ce_zero, ce_sae, kl_sae = (torch.cat(v) for v in (clean.ce_per_seq, zero.ce_per_seq, spl.ce_per_seq, spl.kl_per_seq))
+    seq_counts = resample_counts(len(ce_sae), n_resamples, seed + 1)
+    tokens_per_seq = torch.full((len(ce_sae),), spl.n / len(ce_sae), dtype=torch.float64)
+    t_clean, t_zero, t_sae, t_kl, t_tokens = (weighted_sums(seq_counts, v) for v in (ce_clean, ce_zero, ce_sae, kl_sae, tokens_per_seq))
+    intervals = {
+        "nmse": nmse, "fvu": fvu, "loss_recovered": (t_zero - t_sae) / (t_zero - t_clean),
+        "ce_loss_with_sae": t_sae / t_tokens, "kl_div_with_sae": t_kl / t_tokens,
+    }
+    fields: dict[str, float] = {}
+    for name, samples in intervals.items():
+        fields[f"{name}_low"], fields[f"{name}_high"] = percentile_interval(samples)
+    return BootstrapIntervals(**fields, n_resamples=n_resamples, n_sequences=len(ce_sae), n_row_blocks=len(err))
+
+
 def _output(ctx: EvalContext, sae_id: str, sae: SAE, recon: _ReconTotals, clean: _LossTotals, zero: _LossTotals,
-            spl: _LossTotals) -> CoreEvalOutput:
+            spl: _LossTotals, config: CoreEvalConfig) -> CoreEvalOutput:
     n = max(recon.n, 1)
     mean = recon.sum_x / n
     total_var = recon.sq_norm - n * float(mean.pow(2).sum())
@@ -179,9 +223,8 @@ def _output(ctx: EvalContext, sae_id: str, sae: SAE, recon: _ReconTotals, clean:
             dead_fraction=dead, frac_alive=1 - dead, freq_over_1_percent=float((density > 0.01).float().mean()),
             freq_over_10_percent=float((density > 0.10).float().mean())),
         token_stats=TokenStatsMetrics(total_tokens_eval_reconstruction=clean.n, total_tokens_eval_sparsity_variance=recon.n),
+        bootstrap_ci95=bootstrap_intervals(recon, clean, zero, spl, config.n_bootstrap, config.bootstrap_seed),
     )
-    config = CoreEvalConfig(model_name=ctx.model_key, layer=ctx.layer, hook_name=hook_name(ctx.layer), dataset=ctx.dataset,
-                            context_size=int(ctx.eval_tokens.shape[1]), n_ce_tokens=clean.n, n_sparsity_tokens=recon.n)
     return CoreEvalOutput(
         eval_config=config, eval_id=str(uuid.uuid4()), datetime_epoch_millis=int(time.time() * 1000),
         eval_result_metrics=metrics, sae_bench_commit_hash=SAE_BENCH_COMMIT, sae_lens_id=sae_id,
@@ -198,9 +241,12 @@ def _output(ctx: EvalContext, sae_id: str, sae: SAE, recon: _ReconTotals, clean:
 
 def run_core(ctx: EvalContext, saes: dict[str, SAE]) -> dict[str, CoreEvalOutput]:
     acts = ctx.heldout_activations()
-    recon = {name: reconstruction_stats(sae, acts) for name, sae in tqdm(saes.items(), desc="core: reconstruction", unit="sae")}
+    block = int(ctx.eval_tokens.shape[1]) - 1  # activation rows per held-out sequence (BOS excluded)
+    recon = {name: reconstruction_stats(sae, acts, block=block) for name, sae in tqdm(saes.items(), desc="core: reconstruction", unit="sae")}
     clean, zero, spliced = loss_stats(ctx, saes)
-    return {name: _output(ctx, name, sae, recon[name], clean, zero, spliced[name]) for name, sae in saes.items()}
+    config = resolve_config(CoreEvalConfig, ctx, "core", None, dataset=ctx.dataset, context_size=int(ctx.eval_tokens.shape[1]),
+                            n_ce_tokens=clean.n, n_sparsity_tokens=int(acts.shape[0]))
+    return {name: _output(ctx, name, sae, recon[name], clean, zero, spliced[name], config) for name, sae in saes.items()}
 
 
 CORE = register_eval(EvalSpec(

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from pydantic import Field
 from pydantic.dataclasses import dataclass
-from sae_bench.evals.base_eval_output import BaseEvalConfig
+
+from abstopk_eval.evals.common import ModelEvalConfig
 
 
 @dataclass
-class FragmentationEvalConfig(BaseEvalConfig):
-    model_name: str = Field(default="", title="Model", description="Model key in abstopk_eval's registry")
-    layer: int = Field(default=0, title="Layer", description="Residual stream after this block (the SAEs' layer)")
-    hook_name: str = Field(default="", title="Hook", description="TransformerLens-style hook name of the activations")
-    llm_dtype: str = Field(default="float32", title="LLM dtype", description="dtype of the language model (unused here)")
+class FragmentationEvalConfig(ModelEvalConfig):
     threshold: float = Field(default=0.7, title="Antiparallel threshold",
                              description="A pair of atoms splits one axis when their effective cosine is below -threshold "
                                          "(angle above ~134 degrees for 0.7; random atoms in d=640 have |cos| ~ 0.04)")

@@ -23,7 +23,7 @@ from abstopk_eval.evals.fragmentation.eval_output import (
     FragmentationMetricCategories,
     FragmentationResultDetail,
 )
-from abstopk_eval.evals.probes import output_common, resolve_config
+from abstopk_eval.evals.common import output_common, resolve_config
 from abstopk_eval.saes.signs import has_signed_latents
 
 

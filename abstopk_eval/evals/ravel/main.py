@@ -59,7 +59,7 @@ from abstopk_eval.evals.knowledge import (
     pad_left,
     value_token_ids,
 )
-from abstopk_eval.evals.probes import output_common, resolve_config
+from abstopk_eval.evals.common import output_common, resolve_config
 from abstopk_eval.evals.ravel.eval_config import RavelConfig
 from abstopk_eval.evals.ravel.eval_output import RavelKnowledgeMetrics, RavelMetricCategories, RavelOutput, RavelResultDetail
 

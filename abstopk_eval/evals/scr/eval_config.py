@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from pydantic import Field
 from pydantic.dataclasses import dataclass
-from sae_bench.evals.base_eval_output import BaseEvalConfig
+
+from abstopk_eval.evals.common import ModelEvalConfig
 
 
 @dataclass
-class ScrConfig(BaseEvalConfig):
-    model_name: str = Field(default="", title="Model", description="Model key in abstopk_eval's registry")
-    layer: int = Field(default=0, title="Layer", description="Residual stream after this block (the SAEs' layer)")
-    hook_name: str = Field(default="", title="Hook", description="TransformerLens-style hook name of the activations")
-    llm_dtype: str = Field(default="float32", title="LLM dtype", description="dtype of the language model")
+class ScrConfig(ModelEvalConfig):
     dataset_name: str = Field(default="domain-sentiment", title="Dataset",
                               description="Labelled dataset with a class label (column 1) and a binary attribute (column 2)")
     dataset_source: str = Field(default="offline", title="Dataset source",

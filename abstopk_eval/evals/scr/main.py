@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.pooled import ablate, check_affine_decoder, decoder_rows, pooled_activations
+from abstopk_eval.evals.common import output_common, resolve_config
 from abstopk_eval.evals.probes import (
     SAE_BENCH_SPURIOUS_DATASETS,
     LinearProbe,
@@ -55,8 +56,6 @@ from abstopk_eval.evals.probes import (
     fit_probe,
     load_dataset,
     mean_diff,
-    output_common,
-    resolve_config,
     select_top_n,
 )
 from abstopk_eval.evals.scr.eval_config import ScrConfig

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.pooled import pooled_activations
+from abstopk_eval.evals.common import output_common, resolve_config
 from abstopk_eval.evals.probes import (
     BinaryTask,
     card_dict,
@@ -40,8 +41,6 @@ from abstopk_eval.evals.probes import (
     fit_probe,
     load_dataset,
     one_vs_rest_tasks,
-    output_common,
-    resolve_config,
     split_per_class,
     top_k_by_abs_mean_diff,
 )

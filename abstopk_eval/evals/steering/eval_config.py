@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 from pydantic.dataclasses import dataclass
-from sae_bench.evals.base_eval_output import BaseEvalConfig
+
+from abstopk_eval.evals.common import ModelEvalConfig
 
 SELECTION_RULE = (
     "Same rule for every method (DiM and each SAE candidate latent): steering strengths m from `strengths` "
@@ -20,11 +21,7 @@ SELECTION_RULE = (
 
 
 @dataclass
-class SteeringEvalConfig(BaseEvalConfig):
-    model_name: str = Field(default="", title="Model", description="Model key in abstopk_eval's registry")
-    layer: int = Field(default=0, title="Layer", description="Residual stream after this block (the SAEs' layer)")
-    hook_name: str = Field(default="", title="Hook", description="TransformerLens-style hook name of the activations")
-    llm_dtype: str = Field(default="float32", title="LLM dtype", description="dtype of the language model")
+class SteeringEvalConfig(ModelEvalConfig):
 
     random_seed: int = Field(default=0, title="Random seed", description="Seeded subsets of every prompt set")
     n_fit_per_class: int = Field(default=64, title="DiM fit prompts per class",

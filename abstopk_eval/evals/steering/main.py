@@ -29,7 +29,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from sae_lens import SAE
@@ -37,6 +37,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from abstopk_eval.errors import UserError
+from abstopk_eval.evals.common import SAE_BENCH_COMMIT
 from abstopk_eval.evals.context import EvalContext, EvalSpec, hook_name, register_eval
 from abstopk_eval.evals.steering import data as D
 from abstopk_eval.evals.steering import steer as S
@@ -54,7 +55,6 @@ from abstopk_eval.evals.steering.judge import JUDGE_DESCRIPTION, Judge, is_refus
 log = logging.getLogger("abstopk_eval.steering")
 
 EVAL_NAME = "steering"
-SAE_BENCH_COMMIT = "sae-bench 0.6.0 (PyPI)"
 SIGNED_ARCHITECTURES = {"abstopk", "batch_abstopk"}
 SIGNED_VARIANTS = {"abstopk", "batch-abstopk"}
 EXTRA_KEYS = ("original", "dim")

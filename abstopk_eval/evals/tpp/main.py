@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.pooled import ablate, check_affine_decoder, decoder_rows, pooled_activations
+from abstopk_eval.evals.common import output_common, resolve_config
 from abstopk_eval.evals.probes import (
     BinaryTask,
     LinearProbe,
@@ -44,8 +45,6 @@ from abstopk_eval.evals.probes import (
     load_dataset,
     mean_diff,
     one_vs_rest_tasks,
-    output_common,
-    resolve_config,
     select_top_n,
     split_per_class,
 )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 from pydantic.dataclasses import dataclass
-from sae_bench.evals.base_eval_output import BaseEvalConfig
+
+from abstopk_eval.evals.common import ModelEvalConfig
 
 MMLU_BIO_MED_SUBJECTS = ["anatomy", "college biology", "college medicine", "clinical knowledge", "high school biology",
                          "medical genetics", "professional medicine", "virology"]
@@ -12,11 +13,7 @@ SAE_BENCH_RETAIN_SUBJECTS = ["high school us history", "college computer science
 
 
 @dataclass
-class UnlearningConfig(BaseEvalConfig):
-    model_name: str = Field(default="", title="Model", description="Model key in abstopk_eval's registry")
-    layer: int = Field(default=0, title="Layer", description="Residual stream after this block (the SAEs' layer)")
-    hook_name: str = Field(default="", title="Hook", description="TransformerLens-style hook name of the activations")
-    llm_dtype: str = Field(default="float32", title="LLM dtype", description="dtype of the language model")
+class UnlearningConfig(ModelEvalConfig):
     forget_set: str = Field(
         default="auto", title="Forget set",
         description="'mmlu': MMLU biology/medicine subjects (offline proxy of WMDP-bio) with sae_bench's MMLU retain "

@@ -47,7 +47,7 @@ from abstopk_eval.data.facts import FACT_DOMAINS, load_fact_domain, mmlu_questio
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.knowledge import PromptRunner, encode, length_batches, pad_id_of, pad_left, value_token_ids
-from abstopk_eval.evals.probes import output_common, resolve_config
+from abstopk_eval.evals.common import output_common, resolve_config
 from abstopk_eval.evals.unlearning.eval_config import UnlearningConfig
 from abstopk_eval.evals.unlearning.eval_output import (
     UnlearningBestMetrics,
