@@ -243,6 +243,9 @@ def _figures(frame: pd.DataFrame, results: list[dict[str, Any]], out_dir: Path, 
         name = f"{stem}_k_sweep.png"
         fig.savefig(out_dir / name, dpi=120); plt.close(fig)
         made.append(name)
+    from abstopk_eval.bidirectional_figures import bidirectional_figure, fragmentation_histogram
+
+    made += [name for name in (bidirectional_figure(results, out_dir, stem), fragmentation_histogram(results, out_dir, stem)) if name]
     return made
 
 

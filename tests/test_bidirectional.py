@@ -87,6 +87,7 @@ def test_one_signed_latent_is_bidirectional_and_split_atoms_are_split():
     assert abs_axis.category == "bidirectional" and abs_axis.top_latent == 0 and abs_axis.n_pairs == 8
     assert abs_axis.top_mean_a > 0 > abs_axis.top_mean_b
     assert topk_axis.category == "split" and {topk_axis.top_latent, topk_axis.partner_latent} == {0, 1}
+    assert min(topk_axis.top_mean_a, topk_axis.top_mean_b) == 0 < max(topk_axis.top_mean_a, topk_axis.top_mean_b)  # raw, >= 0
     assert out["abs"].eval_result_metrics.bidirectional.frac_axes_bidirectional == 1.0
     assert out["topk"].eval_result_metrics.bidirectional.frac_axes_split == 1.0
 

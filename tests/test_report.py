@@ -98,3 +98,23 @@ def test_single_seed_shows_bootstrap_interval_and_bolds_only_beyond_it(tmp_path)
     _write_single_with_bootstrap(tmp_path / "overlap", "abstopk", 0.20, 0.19, 0.21)
     build_reports(tmp_path / "overlap" / "results", tmp_path / "overlap" / "reports")
     assert not any(c.startswith("**") for c in _fvu_cells(tmp_path / "overlap").values())
+
+
+def test_bidirectional_and_fragmentation_figures(tmp_path):
+    root = tmp_path / "results" / "m" / "layer_3"
+    for variant, k in (("topk", 16), ("abstopk", 16)):
+        folder = root / f"{variant}_k16_s0"
+        folder.mkdir(parents=True)
+        (folder / "core.json").write_text(json.dumps(_core(variant, k, 0.2, 0.9)))
+        prov = {"variant": variant, "k": k, "seed": 0}
+        detail = {"axis": "gender", "poles": ["male", "female"], "category": "split", "top_mean_a": 3.0, "top_mean_b": 0.0,
+                  "partner_mean_a": 0.0, "partner_mean_b": 2.5}
+        (folder / "bidirectional.json").write_text(json.dumps({
+            "eval_result_metrics": {"bidirectional": {"frac_axes_bidirectional": 0.0}}, "eval_result_details": [detail],
+            "provenance": prov}))
+        (folder / "fragmentation.json").write_text(json.dumps({
+            "eval_config": {"threshold": 0.7}, "provenance": prov,
+            "eval_result_unstructured": {"histogram": {"bin_edges": [-1.0, -0.5, 0.0], "counts": [3, 7]}}}))
+    names = {p.name for p in build_reports(tmp_path / "results", tmp_path / "reports")}
+    assert {"m_layer3_bidirectional.png", "m_layer3_fragmentation_hist.png"} <= names
+    assert "m_layer3_bidirectional.png" in (tmp_path / "reports" / "m_layer3.md").read_text()

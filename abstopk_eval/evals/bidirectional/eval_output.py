@@ -40,7 +40,9 @@ class AxisDetail(BaseResultDetail):
     category: str = Field(title="Category", description="bidirectional | split | one-sided | none")
     top_latent: int = Field(title="Top latent", description="Latent with the largest |mean(z_A - z_B)|")
     opposite_sign_fraction: float = Field(title="Opposite-sign fraction", description="Pairs where the top latent has opposite nonzero signs")
-    top_mean_a: float = Field(title="Top latent on pole A", description="Mean activation, oriented so that mean(z_A - z_B) > 0")
+    top_mean_a: float = Field(title="Top latent on pole A",
+                              description="Mean activation, signed so the latent's dominant sign over both poles is positive "
+                                          "(raw values for non-negative SAEs); pole A positive when near-symmetric")
     top_mean_b: float = Field(title="Top latent on pole B", description="Mean activation, same orientation")
     partner_latent: int = Field(title="Partner latent", description="Strongest latent for the other pole (-1 if none)")
     partner_mean_a: float = Field(title="Partner on pole A", description="Mean |activation| on pole A")

@@ -73,10 +73,14 @@ def score_axis(name: str, poles: tuple[str, str], z_a: np.ndarray, z_b: np.ndarr
                 category = "split"
             else:
                 category, partner = "one-sided", -1
+    # shown orientation of the top latent, invariant to negating it: its dominant sign over both poles positive
+    # (so a non-negative latent keeps its raw values); a near-symmetric (bidirectional) latent shows pole A positive
+    level = float((z_a[:, top] + z_b[:, top]).mean())
+    shown = (1.0 if level > 0 else -1.0) if abs(level) > 0.1 * strength else orient
     return AxisDetail(
         axis=name, poles=list(poles), n_pairs=int(z_a.shape[0]), category=category, top_latent=top,
-        opposite_sign_fraction=opposite, top_mean_a=orient * float(z_a[:, top].mean()),
-        top_mean_b=orient * float(z_b[:, top].mean()), partner_latent=partner,
+        opposite_sign_fraction=opposite, top_mean_a=shown * float(z_a[:, top].mean()),
+        top_mean_b=shown * float(z_b[:, top].mean()), partner_latent=partner,
         partner_mean_a=float(np.abs(z_a[:, partner]).mean()) if partner >= 0 else 0.0,
         partner_mean_b=float(np.abs(z_b[:, partner]).mean()) if partner >= 0 else 0.0)
 
