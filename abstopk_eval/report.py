@@ -114,6 +114,7 @@ def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
             values = pd.to_numeric(group[col], errors="coerce").dropna()
             mean = float(values.mean()) if len(values) else None
             row[col], row[f"{col} low"], row[f"{col} high"], row[f"{col} interval"] = mean, None, None, None
+            row[f"{col} n"] = len(values)
             if len(values) > 1:
                 half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / len(values) ** 0.5)
                 row[f"{col} low"], row[f"{col} high"], row[f"{col} interval"] = mean - half, mean + half, "t"
@@ -141,14 +142,16 @@ def _leader(summary: pd.DataFrame, col: Column) -> int | None:
     return int(best) if clear else None
 
 
-def _cell(value: Any, low: Any, high: Any, kind: Any, fmt: str) -> str:
+def _cell(value: Any, low: Any, high: Any, kind: Any, n: Any, seeds: int, fmt: str) -> str:
     if value is None or pd.isna(value):
         return ""
     text = fmt.format(value)
     if kind == "t":
-        return f"{text} ± {fmt.format((high - low) / 2)}"
-    if kind == "bootstrap":
-        return f"{text} [{fmt.format(low)}, {fmt.format(high)}]"
+        text = f"{text} ± {fmt.format((high - low) / 2)}"
+    elif kind == "bootstrap":
+        text = f"{text} [{fmt.format(low)}, {fmt.format(high)}]"
+    if n < seeds:  # the evaluation ran on fewer seeds than were trained: say so, the mean is not over all seeds
+        text += f" (n={n})"
     return text
 
 
@@ -161,7 +164,8 @@ def _markdown(summary: pd.DataFrame) -> str:
     for col, fmt in FORMATS.items():
         if col not in summary or summary[col].isna().all():
             continue
-        cells = [_cell(*values, fmt) for values in zip(*(summary[f"{col}{end}"] for end in ("", " low", " high", " interval")))]
+        cells = [_cell(*values, fmt) for values in
+                 zip(*(summary[f"{col}{end}"] for end in ("", " low", " high", " interval", " n")), summary["seeds"])]
         shown[col] = [f"**{text}**" if text and leaders.get(col) == i else text for i, text in enumerate(cells)]
     return shown.to_markdown(index=False, disable_numparse=True)
 
@@ -196,8 +200,9 @@ NOTES = """\
 Cells are the mean over seeds ± the half-width of a 95% t-interval when there are two or more seeds. With one
 seed, the core metrics show [a 95% bootstrap interval] over held-out sequences (CE, KL, loss recovered) or
 sequence-long blocks of activations (nMSE, FVU): evaluation-data noise only, not training-seed noise. A value is
-bold only when its lead over the runner-up is beyond both intervals. Per-SAE values (every seed) are in the CSV
-next to this file.
+bold only when its lead over the runner-up is beyond both intervals. "(n=1)" marks a metric measured on fewer
+seeds than were trained (costly evaluations ran on seed 0 only). Per-SAE values (every seed) are in the CSV next
+to this file.
 
 Task notes: sparse probing, SCR, TPP use offline labelled data (data cards in docs/data_cards), proxies for
 sae_bench's hub datasets; SCR on amazon-vs-movie x sentiment is near 0 for every SAE because the domain label

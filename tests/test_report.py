@@ -118,3 +118,12 @@ def test_bidirectional_and_fragmentation_figures(tmp_path):
     names = {p.name for p in build_reports(tmp_path / "results", tmp_path / "reports")}
     assert {"m_layer3_bidirectional.png", "m_layer3_fragmentation_hist.png"} <= names
     assert "m_layer3_bidirectional.png" in (tmp_path / "reports" / "m_layer3.md").read_text()
+
+
+def test_metric_on_fewer_seeds_than_trained_is_marked(tmp_path):
+    _write_seeds(tmp_path, "topk", [0.30, 0.31, 0.29])
+    (tmp_path / "results" / "m" / "layer_3" / "topk_k16_s0" / "tpp.json").write_text(json.dumps(
+        {"eval_result_metrics": {"tpp_metrics": {"tpp_threshold_20_total_metric": 0.25}}}))
+    build_reports(tmp_path / "results", tmp_path / "reports")
+    text = (tmp_path / "reports" / "m_layer3.md").read_text()
+    assert "0.250 (n=1)" in text and "0.300 ± 0.02" in text
