@@ -335,7 +335,10 @@ def test_ablating_the_spurious_latent_raises_scr():
     saes = {"planted": _planted_sae([adapter.u_sent, adapter.u_label]), "blind": _planted_sae([adapter.u_sent, adapter.u_label])}
     with torch.no_grad():
         saes["blind"].W_enc[:, :2] = 0.0
-    cfg = ScrConfig(train_set_size=120, test_set_size=60, min_per_quadrant=5, n_values=[1, 2], context_length=32)
+    # the known-answer checks test the SCR mechanics with the deterministic sklearn probe (the sae_bench recipe's
+    # 160 AdamW steps do not converge on this weak planted label; it is tested on its own below)
+    cfg = ScrConfig(train_set_size=120, test_set_size=60, min_per_quadrant=5, n_values=[1, 2], context_length=32,
+                    probe_recipe="sklearn")
     out = run_scr(_ctx(adapter), saes, cfg, dataset=two_label(per_cell=60))
     rec = out["planted"].eval_result_unstructured["pairs"][0]
     clean = rec["clean_accuracies"]
@@ -354,7 +357,7 @@ def test_tpp_planted_latent_hurts_only_its_own_class():
     saes = {"planted": _planted_sae(adapter.class_dirs[:3]), "blind": _planted_sae(adapter.class_dirs[:3])}
     with torch.no_grad():
         saes["blind"].W_enc[:, :3] = 0.0
-    cfg = TppConfig(dataset_names=["three"], train_per_class=25, test_per_class=15, n_values=[1, 2])
+    cfg = TppConfig(dataset_names=["three"], train_per_class=25, test_per_class=15, n_values=[1, 2], probe_recipe="sklearn")
     out = run_tpp(_ctx(adapter), saes, cfg, datasets=ds)
     planted = out["planted"].eval_result_unstructured
     for c in range(3):
@@ -365,6 +368,24 @@ def test_tpp_planted_latent_hurts_only_its_own_class():
     assert planted["metrics"]["tpp_threshold_1_total_metric"] > 0.3
     assert out["planted"].eval_result_metrics.tpp_metrics.tpp_threshold_2_total_metric > 0.3
     assert abs(out["blind"].eval_result_unstructured["metrics"]["tpp_threshold_1_total_metric"]) < 0.1
+
+
+def test_sae_bench_probe_recipe_is_sae_bench_probe_and_deterministic():
+    from abstopk_eval.evals.probes import fit_task_probe
+
+    rng = np.random.default_rng(0)
+    direction = rng.normal(size=16)
+    y = rng.integers(0, 2, size=200)
+    x = rng.normal(size=(200, 16)) + np.outer(2 * y - 1, direction)
+    cfg = TppConfig()
+    probe = fit_task_probe(x[:150], y[:150], x[150:], y[150:], cfg, seed=5)
+    assert probe.accuracy(x[150:], y[150:]) > 0.9
+    again = fit_task_probe(x[:150], y[:150], x[150:], y[150:], cfg, seed=5)
+    np.testing.assert_array_equal(probe.weight, again.weight)  # every SAE is scored against the same probe
+    sklearn_probe = fit_task_probe(x[:150], y[:150], x[150:], y[150:], TppConfig(probe_recipe="sklearn"), seed=5)
+    assert not np.allclose(probe.weight, sklearn_probe.weight)
+    with pytest.raises(UserError, match="probe_recipe"):
+        fit_task_probe(x[:150], y[:150], x[150:], y[150:], TppConfig(probe_recipe="svm"), seed=5)
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -9,15 +9,21 @@ read its weight for attribution without the scaler. Negating a feature negates i
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from abstopk_eval.errors import UserError
+from abstopk_eval.evals.common import ModelEvalConfig
 
 DATASET_SOURCES = ("offline", "sae_bench")
 
@@ -205,6 +211,54 @@ def one_vs_rest_tasks(ds: Any, train_idx: np.ndarray, test_idx: np.ndarray, seed
 
 
 # ---------------------------------------------------------------------------------------------- probes
+
+PROBE_RECIPES = ("sae_bench", "sklearn")
+
+
+@pydantic_dataclass
+class AttributionProbeConfig(ModelEvalConfig):
+    """How SCR and TPP train the probes whose accuracy they ablate (on the model's pooled residual, so the
+    recipe does not touch SAE latents and cannot break sign invariance)."""
+
+    probe_recipe: str = Field(default="sae_bench", title="Probe recipe",
+                              description="'sae_bench': sae_bench's own train_probe_gpu (linear probe on raw features, "
+                                          "AdamW, L1 penalty, best epoch by test accuracy, as SAEBench's SCR / TPP); "
+                                          "'sklearn': L2 logistic regression on standardised features")
+    probe_epochs: int = Field(default=20, title="Probe epochs", description="sae_bench recipe: epochs")
+    probe_lr: float = Field(default=1e-3, title="Probe LR", description="sae_bench recipe: AdamW learning rate")
+    probe_batch_size: int = Field(default=16, title="Probe batch size", description="sae_bench recipe: batch size")
+    probe_l1_penalty: float = Field(default=1e-3, title="Probe L1", description="sae_bench recipe: L1 penalty on the weights")
+    probe_patience: int = Field(default=20, title="Probe patience", description="sae_bench recipe: early-stopping patience")
+    probe_C: float = Field(default=1.0, title="Probe C",
+                           description="sklearn recipe: inverse L2 strength (on standardised features)")
+    probe_max_iter: int = Field(default=1000, title="Probe max iterations", description="sklearn recipe: lbfgs iterations")
+
+
+def fit_task_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                   cfg: AttributionProbeConfig, seed: int) -> LinearProbe:
+    """The probe of one SCR / TPP task in raw feature space, by `cfg.probe_recipe`.
+
+    The sae_bench recipe calls sae_bench's `train_probe_gpu` (its SCR / TPP probe), seeded so every SAE is
+    scored against the same probe; like sae_bench, it keeps the epoch with the best test accuracy.
+    """
+    if cfg.probe_recipe == "sklearn":
+        return fit_probe(x_train, y_train, C=cfg.probe_C, max_iter=cfg.probe_max_iter)
+    if cfg.probe_recipe != "sae_bench":
+        raise UserError(f"unknown probe_recipe {cfg.probe_recipe!r}; known: {', '.join(PROBE_RECIPES)}")
+    if len(np.unique(y_train)) < 2:
+        raise UserError("a probe needs examples of both labels in its training set (too few examples per class)")
+    from sae_bench.evals.sparse_probing.probe_training import train_probe_gpu
+
+    def tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.as_tensor(np.asarray(x), dtype=torch.float32), torch.as_tensor(np.asarray(y), dtype=torch.int64)
+
+    torch.manual_seed(seed)
+    with torch.enable_grad(), contextlib.redirect_stdout(io.StringIO()):  # it prints every epoch
+        probe, _ = train_probe_gpu(*tensors(x_train, y_train), *tensors(x_test, y_test), dim=x_train.shape[1],
+                                   batch_size=cfg.probe_batch_size, epochs=cfg.probe_epochs, lr=cfg.probe_lr,
+                                   l1_penalty=cfg.probe_l1_penalty, early_stopping_patience=cfg.probe_patience)
+    weight = probe.net.weight.detach()[0].double().numpy()
+    return LinearProbe(weight=weight, bias=float(probe.net.bias.detach()[0]))
 
 
 @dataclass

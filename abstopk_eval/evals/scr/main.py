@@ -53,7 +53,7 @@ from abstopk_eval.evals.probes import (
     card_dict,
     check_min_per_class,
     check_source,
-    fit_probe,
+    fit_task_probe,
     load_dataset,
     mean_diff,
     select_top_n,
@@ -232,7 +232,7 @@ def run_scr(ctx: EvalContext, saes: dict[str, SAE], config: ScrConfig | None = N
     for p in pairs:
         train = {k: at(s) for k, s in p.train.items()}
         test = {k: at(s) for k, s in p.test.items()}
-        probes = {k: fit_probe(x[s.rows], s.y, C=cfg.probe_C, max_iter=cfg.probe_max_iter) for k, s in train.items()}
+        probes = {k: fit_task_probe(x[s.rows], s.y, x[test[k].rows], test[k].y, cfg, seed=cfg.random_seed) for k, s in train.items()}
         accs = {
             "biased_probe_on_biased_test": probes["biased"].accuracy(x[test["biased"].rows], test["biased"].y),
             "column1_probe_on_column1_test": probes["column1"].accuracy(x[test["column1"].rows], test["column1"].y),

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from abstopk_eval.evals.common import ModelEvalConfig
+from abstopk_eval.evals.probes import AttributionProbeConfig
 
 
 @dataclass
-class TppConfig(ModelEvalConfig):
+class TppConfig(AttributionProbeConfig):
     dataset_names: list[str] = Field(
         default_factory=lambda: ["language", "topic"], title="Datasets",
         description="Multi-class labelled datasets (abstopk_eval.data.labelled names; with dataset_source='sae_bench', "
@@ -27,6 +27,3 @@ class TppConfig(ModelEvalConfig):
     sae_batch_tokens: int = Field(default=4096, title="SAE batch tokens", description="Tokens per SAE encode call")
     n_values: list[int] = Field(default_factory=lambda: [2, 5, 10, 20, 50], title="N values",
                                 description="Numbers of latents ablated per class")
-    probe_C: float = Field(default=1.0, title="Probe C",
-                           description="Inverse L2 strength of the logistic regression (on standardised features)")
-    probe_max_iter: int = Field(default=1000, title="Probe max iterations", description="lbfgs iterations")

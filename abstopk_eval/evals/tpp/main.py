@@ -41,7 +41,7 @@ from abstopk_eval.evals.probes import (
     card_dict,
     check_min_per_class,
     check_source,
-    fit_probe,
+    fit_task_probe,
     load_dataset,
     mean_diff,
     one_vs_rest_tasks,
@@ -108,7 +108,8 @@ def run_tpp(ctx: EvalContext, saes: dict[str, SAE], config: TppConfig | None = N
                                     context_length=cfg.context_length, batch_tokens=cfg.llm_batch_tokens,
                                     sae_batch_tokens=cfg.sae_batch_tokens, desc=EVAL_NAME)
         x = pooled.model.numpy().astype(np.float64)
-        probes = {t.name: fit_probe(x[t.train_rows], t.train_y, C=cfg.probe_C, max_iter=cfg.probe_max_iter) for t in tasks}
+        probes = {t.name: fit_task_probe(x[t.train_rows], t.train_y, x[t.test_rows], t.test_y, cfg, seed=cfg.random_seed + i)
+                  for i, t in enumerate(tasks)}
         clean = {t.name: probes[t.name].accuracy(x[t.test_rows], t.test_y) for t in tasks}
         position = np.full(len(ds.texts), -1, dtype=np.int64)
         position[test_idx] = np.arange(len(test_idx))
