@@ -205,8 +205,8 @@ seeds than were trained (costly evaluations ran on seed 0 only). Per-SAE values 
 to this file.
 
 Task notes: sparse probing, SCR, TPP use offline labelled data (data cards in docs/data_cards), proxies for
-sae_bench's hub datasets; SCR on amazon-vs-movie x sentiment is near 0 for every SAE because the domain label
-dominates. RAVEL and unlearning show the model's base accuracy beside the score; unlearning's forget set is
+sae_bench's hub datasets; SCR on amazon-vs-movie x sentiment stays small for every SAE (the biased probe follows
+the domain label, which is spread over many latents). SCR and TPP probes use sae_bench's recipe (AdamW + L1). RAVEL and unlearning show the model's base accuracy beside the score; unlearning's forget set is
 country capitals (the MMLU biology/medicine proxy is near chance on this model), not WMDP-bio.
 
 Metric notes: nMSE = sum||x - x_hat||^2 / sum||x||^2 on raw residuals (small on this model because the mean
