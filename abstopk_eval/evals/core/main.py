@@ -8,8 +8,6 @@ pass per SAE. BOS positions keep their original activation (as sae_bench's core 
 
 from __future__ import annotations
 
-import time
-import uuid
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +23,7 @@ from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from abstopk_eval.evals.bootstrap import block_sums, percentile_interval, resample_counts, weighted_sums
-from abstopk_eval.evals.common import SAE_BENCH_COMMIT, resolve_config
+from abstopk_eval.evals.common import output_common, resolve_config
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.core.eval_config import CoreEvalConfig
 from abstopk_eval.evals.core.eval_output import (
@@ -226,16 +224,13 @@ def _output(ctx: EvalContext, sae_id: str, sae: SAE, recon: _ReconTotals, clean:
         bootstrap_ci95=bootstrap_intervals(recon, clean, zero, spl, config.n_bootstrap, config.bootstrap_seed),
     )
     return CoreEvalOutput(
-        eval_config=config, eval_id=str(uuid.uuid4()), datetime_epoch_millis=int(time.time() * 1000),
-        eval_result_metrics=metrics, sae_bench_commit_hash=SAE_BENCH_COMMIT, sae_lens_id=sae_id,
-        sae_lens_release_id=None, sae_lens_version=ctx.provenance.get("versions", {}).get("sae-lens"),
-        sae_cfg_dict=sae.cfg.to_dict(),
+        eval_config=config, eval_result_metrics=metrics,
         eval_result_unstructured={
             "training_curve": info.get("curve", []), "train_seconds": info.get("train_seconds"),
             "train_tokens": info.get("tokens"),
             "latent_density_quantiles": {q: float(density.quantile(q)) for q in (0.1, 0.5, 0.9, 0.99)},
         },
-        provenance={**ctx.provenance, "sae_id": sae_id, **{k: sae.cfg.metadata.get(k) for k in ("variant", "k", "seed", "preset")}},
+        **output_common(ctx, sae_id, sae),
     )
 
 
