@@ -32,8 +32,8 @@ class Column:
     higher_is_better: bool | None = None
     """Direction for bolding the best variant; None: never bold (descriptive columns such as L0)."""
     bootstrap: str | None = None
-    """Name of the metric's 95% bootstrap interval over held-out examples (`<name>_low` / `<name>_high` in core's
-    `bootstrap_ci95`), shown when there is a single seed."""
+    """Name of the metric's 95% bootstrap interval over evaluation examples (see `_bootstrap_interval`), shown when
+    the metric comes from a single seed."""
 
 
 COLUMNS: list[Column] = [
@@ -46,7 +46,7 @@ COLUMNS: list[Column] = [
     Column("dead frac", "core", ("sparsity", "dead_fraction"), "{:.3f}"),
     Column("negative frac", "core", ("sparsity", "frac_negative"), "{:.3f}"),
     # the paper's Table 2 (SAEBench tasks); offline proxies of sae_bench's datasets, see each result's dataset cards
-    Column("sparse probing top-1", "sparse_probing", ("sae", "sae_top_1_test_accuracy"), "{:.3f}", True),
+    Column("sparse probing top-1", "sparse_probing", ("sae", "sae_top_1_test_accuracy"), "{:.3f}", True, "sae_top_1_test_accuracy"),
     Column("SCR@20", "scr", ("scr_metrics", "scr_metric_threshold_20"), "{:.3f}", True),
     Column("TPP@20", "tpp", ("tpp_metrics", "tpp_threshold_20_total_metric"), "{:.3f}", True),
     Column("1 - absorption", "absorption", ("mean", "one_minus_absorption"), "{:.3f}", True),
@@ -81,14 +81,25 @@ def _sae_row(sae: str, evals: dict[str, dict[str, Any]]) -> dict[str, Any]:
     row: dict[str, Any] = {"sae": sae, "variant": prov.get("variant", sae.split("_")[0]), "k": prov.get("k"),
                            "seed": prov.get("seed")}
     for col in COLUMNS:
-        metrics = evals.get(col.eval, {}).get("eval_result_metrics", {})
+        data = evals.get(col.eval, {})
+        metrics = data.get("eval_result_metrics", {})
         row[col.name] = metrics.get(col.path[0], {}).get(col.path[1])
-        boot = metrics.get("bootstrap_ci95") or {}
-        if col.bootstrap and f"{col.bootstrap}_low" in boot:
-            row[f"{col.name} boot low"], row[f"{col.name} boot high"] = boot[f"{col.bootstrap}_low"], boot[f"{col.bootstrap}_high"]
+        interval = _bootstrap_interval(data, col.bootstrap) if col.bootstrap else None
+        if interval is not None:
+            row[f"{col.name} boot low"], row[f"{col.name} boot high"] = interval
     unstructured = core.get("eval_result_unstructured") or {}
     row["train s"] = unstructured.get("train_seconds")
     return row
+
+
+def _bootstrap_interval(data: dict[str, Any], name: str) -> tuple[float, float] | None:
+    """A metric's bootstrap interval: core keeps `<name>_low/_high` in its `bootstrap_ci95` metric category,
+    evaluations on sae_bench's fixed metric schemas keep `{name: [low, high]}` in eval_result_unstructured."""
+    typed = data.get("eval_result_metrics", {}).get("bootstrap_ci95") or {}
+    if f"{name}_low" in typed:
+        return typed[f"{name}_low"], typed[f"{name}_high"]
+    loose = (data.get("eval_result_unstructured") or {}).get("bootstrap_ci95") or {}
+    return tuple(loose[name]) if name in loose else None  # type: ignore[return-value]
 
 
 def layer_table(results: list[dict[str, Any]]) -> pd.DataFrame:
@@ -118,8 +129,9 @@ def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
             if len(values) > 1:
                 half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / len(values) ** 0.5)
                 row[f"{col} low"], row[f"{col} high"], row[f"{col} interval"] = mean - half, mean + half, "t"
-            elif len(values) == 1 and f"{col} boot low" in group and pd.notna(group[f"{col} boot low"].iloc[0]):
-                row[f"{col} low"], row[f"{col} high"] = float(group[f"{col} boot low"].iloc[0]), float(group[f"{col} boot high"].iloc[0])
+            elif len(values) == 1 and f"{col} boot low" in group and pd.notna(group.at[values.index[0], f"{col} boot low"]):
+                only = values.index[0]  # the one SAE (seed) this metric was measured on
+                row[f"{col} low"], row[f"{col} high"] = float(group.at[only, f"{col} boot low"]), float(group.at[only, f"{col} boot high"])
                 row[f"{col} interval"] = "bootstrap"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -198,8 +210,9 @@ def _provenance_lines(results: list[dict[str, Any]]) -> list[str]:
 
 NOTES = """\
 Cells are the mean over seeds ± the half-width of a 95% t-interval when there are two or more seeds. With one
-seed, the core metrics show [a 95% bootstrap interval] over held-out sequences (CE, KL, loss recovered) or
-sequence-long blocks of activations (nMSE, FVU): evaluation-data noise only, not training-seed noise. A value is
+seed, the core metrics and sparse probing show [a 95% bootstrap interval] over held-out sequences (CE, KL, loss
+recovered), sequence-long blocks of activations (nMSE, FVU) or each task's test texts (sparse probing):
+evaluation-data noise only, not training-seed noise. A value is
 bold only when its lead over the runner-up is beyond both intervals. "(n=1)" marks a metric measured on fewer
 seeds than were trained (costly evaluations ran on seed 0 only). Per-SAE values (every seed) are in the CSV next
 to this file.

@@ -79,3 +79,20 @@ def test_core_intervals_bracket_the_point_estimates():
     ctx.eval_options = {"core": {"n_bootstrap": 200, "bootstrap_seed": 5}}
     other = run_core(ctx, {"sae": sae})["sae"].eval_result_metrics.bootstrap_ci95
     assert other.n_resamples == 200 and other.nmse_low != boot.nmse_low
+
+
+def test_sparse_probing_accuracy_interval_resamples_each_task():
+    import numpy as np
+
+    from abstopk_eval.evals.sparse_probing.main import bootstrap_accuracy_intervals
+
+    rng = np.random.default_rng(0)
+    correct = {"d1": {"sae_top_1_test_accuracy": {"a": (rng.random(60) < 0.7).astype(float), "b": (rng.random(60) < 0.9).astype(float)}},
+               "d2": {"sae_top_1_test_accuracy": {"a": (rng.random(40) < 0.6).astype(float)}}}
+    point = np.mean([np.mean([v.mean() for v in correct["d1"]["sae_top_1_test_accuracy"].values()]),
+                     correct["d2"]["sae_top_1_test_accuracy"]["a"].mean()])
+    lo, hi = bootstrap_accuracy_intervals(correct, n_resamples=500, seed=0)["sae_top_1_test_accuracy"]
+    assert lo < point < hi and 0.02 < hi - lo < 0.3
+    assert bootstrap_accuracy_intervals(correct, n_resamples=500, seed=0)["sae_top_1_test_accuracy"] == [lo, hi]
+    perfect = {"d1": {"sae_top_1_test_accuracy": {"a": np.ones(30)}}}
+    assert bootstrap_accuracy_intervals(perfect, n_resamples=200, seed=0)["sae_top_1_test_accuracy"] == [1.0, 1.0]

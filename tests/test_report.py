@@ -127,3 +127,12 @@ def test_metric_on_fewer_seeds_than_trained_is_marked(tmp_path):
     build_reports(tmp_path / "results", tmp_path / "reports")
     text = (tmp_path / "reports" / "m_layer3.md").read_text()
     assert "0.250 (n=1)" in text and "0.300 ± 0.02" in text
+
+
+def test_single_seed_task_metric_shows_its_bootstrap_interval(tmp_path):
+    _write_seeds(tmp_path, "topk", [0.30, 0.31, 0.29])
+    (tmp_path / "results" / "m" / "layer_3" / "topk_k16_s0" / "sparse_probing.json").write_text(json.dumps(
+        {"eval_result_metrics": {"sae": {"sae_top_1_test_accuracy": 0.64}},
+         "eval_result_unstructured": {"bootstrap_ci95": {"sae_top_1_test_accuracy": [0.6, 0.68]}}}))
+    build_reports(tmp_path / "results", tmp_path / "reports")
+    assert "0.640 [0.600, 0.680] (n=1)" in (tmp_path / "reports" / "m_layer3.md").read_text()

@@ -291,8 +291,12 @@ class LinearProbe:
     def decision(self, x: np.ndarray) -> np.ndarray:
         return x @ self.weight + self.bias
 
+    def correct(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Per-example 0/1 correctness (what a bootstrap over test examples resamples)."""
+        return ((self.decision(x) > 0).astype(np.int64) == y).astype(np.float64)
+
     def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
-        return float(((self.decision(x) > 0).astype(np.int64) == y).mean())
+        return float(self.correct(x, y).mean())
 
 
 @functools.lru_cache(maxsize=1)

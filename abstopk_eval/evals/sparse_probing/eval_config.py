@@ -19,5 +19,7 @@ class SparseProbingConfig(ClassProbingConfig):
     probe_C: float = Field(default=1.0, title="Probe C", description="Inverse L2 strength of the logistic regression "
                                                                          "(on standardised features)")
     probe_max_iter: int = Field(default=1000, title="Probe max iterations", description="lbfgs iterations")
+    n_bootstrap: int = Field(default=1000, ge=100, title="Bootstrap resamples",
+                             description="Resamples of each task's test texts for the 95% intervals of the top-k accuracies")
     probe_all_latents: bool = Field(default=False, title="Probe on all latents",
                                     description="Also fit a probe on every latent (sae_test_accuracy; slow for wide SAEs)")

@@ -20,6 +20,7 @@ from dataclasses import fields
 from typing import Any
 
 import numpy as np
+import torch
 from sae_bench.evals.sparse_probing.eval_output import (
     SparseProbingLlmMetrics,
     SparseProbingMetricCategories,
@@ -30,6 +31,7 @@ from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from abstopk_eval.errors import UserError
+from abstopk_eval.evals.bootstrap import percentile_interval, resample_counts, weighted_sums
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.pooled import pooled_activations
 from abstopk_eval.evals.common import output_common, resolve_config
@@ -52,9 +54,11 @@ N_TOP_LATENTS_RECORDED = 5
 
 
 def probe_accuracies(features: np.ndarray, tasks: list[BinaryTask], cfg: SparseProbingConfig, prefix: str, full: bool,
+                     correct: dict[str, dict[str, np.ndarray]] | None = None,
                      ) -> tuple[dict[str, dict[str, float]], dict[str, list[int]]]:
     """{metric key: {task: test accuracy}} for the all-feature probe (if `full`) and each top-k probe, and the
-    top features of each task (largest |mean difference| first)."""
+    top features of each task (largest |mean difference| first). `correct`, when given, receives the top-k
+    probes' per-test-example correctness ({metric key: {task: 0/1 array}}) for the bootstrap."""
     results: dict[str, dict[str, float]] = {}
     top: dict[str, list[int]] = {}
     if full:
@@ -72,8 +76,29 @@ def probe_accuracies(features: np.ndarray, tasks: list[BinaryTask], cfg: SparseP
         for k in cfg.k_values:
             sel = order[:k]
             probe = fit_probe(x_tr[:, sel], task.train_y, C=cfg.probe_C, max_iter=cfg.probe_max_iter)
-            results[f"{prefix}_top_{k}_test_accuracy"][task.name] = probe.accuracy(x_te[:, sel], task.test_y)
+            hits = probe.correct(x_te[:, sel], task.test_y)
+            results[f"{prefix}_top_{k}_test_accuracy"][task.name] = float(hits.mean())
+            if correct is not None:
+                correct.setdefault(f"{prefix}_top_{k}_test_accuracy", {})[task.name] = hits
     return results, top
+
+
+def bootstrap_accuracy_intervals(correct: dict[str, dict[str, dict[str, np.ndarray]]], n_resamples: int, seed: int
+                                 ) -> dict[str, list[float]]:
+    """95% interval of each metric (mean over datasets of the mean over tasks of test accuracy), resampling every
+    task's test examples with replacement; the resamples depend only on (dataset, task, size), so every SAE is
+    resampled alike (paired)."""
+    intervals: dict[str, list[float]] = {}
+    keys = next(iter(correct.values())).keys()
+    for key in keys:
+        per_dataset = []
+        for d_index, (dataset, by_key) in enumerate(sorted(correct.items())):
+            per_task = [weighted_sums(resample_counts(len(hits), n_resamples, seed + 1000 * d_index + t_index),
+                                      torch.as_tensor(hits)) / len(hits)
+                        for t_index, (_, hits) in enumerate(sorted(by_key[key].items()))]
+            per_dataset.append(torch.stack(per_task).mean(0))
+        intervals[key] = list(percentile_interval(torch.stack(per_dataset).mean(0)))
+    return intervals
 
 
 def _mean(per_task: dict[str, float]) -> float:
@@ -100,6 +125,7 @@ def run_sparse_probing(ctx: EvalContext, saes: dict[str, SAE], config: SparsePro
     llm_by_ds: dict[str, dict[str, float]] = {}
     sae_by_ds: dict[str, dict[str, dict[str, float]]] = {sid: {} for sid in saes}
     unstructured: dict[str, dict[str, Any]] = {sid: {"per_class": {}, "top_latents": {}, "n_texts": {}} for sid in saes}
+    correct: dict[str, dict[str, dict[str, dict[str, np.ndarray]]]] = {sid: {} for sid in saes}
     for name in tqdm(cfg.dataset_names, desc="sparse_probing: datasets", unit="dataset"):
         ds = datasets.get(name) or load_dataset(name, cfg.dataset_source, max_per_class=cfg.train_per_class + cfg.test_per_class,
                                                 seed=cfg.random_seed)
@@ -115,7 +141,8 @@ def run_sparse_probing(ctx: EvalContext, saes: dict[str, SAE], config: SparsePro
         counts = {"train": int(len(train_idx)), "test": int(len(test_idx)), "truncated": pooled.n_truncated,
                   "mean_tokens": float(pooled.n_tokens.float().mean())}
         for sid in tqdm(saes, desc=f"sparse_probing: {name} probes", unit="sae", leave=False):
-            results, top = probe_accuracies(pooled.latents[sid].numpy(), tasks, cfg, "sae", full=cfg.probe_all_latents)
+            results, top = probe_accuracies(pooled.latents[sid].numpy(), tasks, cfg, "sae", full=cfg.probe_all_latents,
+                                            correct=correct[sid].setdefault(name, {}))
             sae_by_ds[sid][name] = {key: _mean(v) for key, v in results.items()}
             unstructured[sid]["per_class"][name] = {**results, **llm_results}
             unstructured[sid]["top_latents"][name] = top
@@ -135,6 +162,8 @@ def run_sparse_probing(ctx: EvalContext, saes: dict[str, SAE], config: SparsePro
                 sae=SparseProbingSaeMetrics(**_keep(SparseProbingSaeMetrics, sae_mean))),
             eval_result_details=details,
             eval_result_unstructured={**unstructured[sid], "dataset_means": {d: {**llm_by_ds[d], **sae_by_ds[sid][d]} for d in cfg.dataset_names},
+                                      "bootstrap_ci95": bootstrap_accuracy_intervals(correct[sid], cfg.n_bootstrap, cfg.random_seed),
+                                      "bootstrap_unit": "test texts of each task (resampled within the task)",
                                       "eval_seconds_all_saes": seconds},
             dataset_cards=cards,
             **output_common(ctx, sid, sae),
