@@ -93,9 +93,10 @@ def reconstruction_stats(sae: SAE, activations: torch.Tensor, batch_size: int = 
         x_hat = sae.decode(z)
         active = z != 0
         err = (x_hat - x).pow(2).sum(-1)
+        sq_norm = x.pow(2).sum(-1)
         tot.n += x.shape[0]
         tot.sq_err += float(err.sum())
-        tot.sq_norm += float(x.pow(2).sum())
+        tot.sq_norm += float(sq_norm.sum())
         tot.sum_x = x.sum(0).double().cpu() if tot.sum_x is None else tot.sum_x + x.sum(0).double().cpu()
         tot.cos += float(F.cosine_similarity(x_hat, x, dim=-1).sum())
         tot.norm_in += float(x.norm(dim=-1).sum())
@@ -107,7 +108,7 @@ def reconstruction_stats(sae: SAE, activations: torch.Tensor, batch_size: int = 
         tot.n_negative += float((z < 0).sum())
         tot.fires += active.sum(0).double().cpu()
         tot.err_rows.append(err.double().cpu())
-        tot.norm_rows.append(x.pow(2).sum(-1).double().cpu())
+        tot.norm_rows.append(sq_norm.double().cpu())
         tot.x_blocks.append(block_sums(x.double().cpu(), block))
     return tot
 
