@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from abstopk_eval.evals.context import EvalContext
-from abstopk_eval.evals.pooled import _special_ids, _tokenize, clear_pooled_cache
+from abstopk_eval.evals.pooled import clear_pooled_cache, special_token_ids, tokenize_texts
 from abstopk_eval.evals.probes import load_dataset, split_per_class
 from abstopk_eval.evals.sparse_probing.eval_config import SparseProbingConfig
 from abstopk_eval.evals.sparse_probing.main import run_sparse_probing
@@ -59,8 +59,8 @@ log = logging.getLogger("sae_bench_reference")
 @torch.no_grad()
 def token_activations(adapter: ModelAdapter, layer: int, texts: list[str], context_length: int, batch: int = 32) -> torch.Tensor:
     """[n, L, d] residual activations per token, zero at BOS / EOS / padding (sae_bench's masking convention)."""
-    ids, _ = _tokenize(adapter.tokenizer, texts, context_length)
-    special = torch.tensor(_special_ids(adapter), dtype=torch.long)
+    ids, _ = tokenize_texts(adapter.tokenizer, texts, context_length)
+    special = torch.tensor(special_token_ids(adapter), dtype=torch.long)
     pad_id = adapter.tokenizer.pad_token_id or 0
     width = max(len(i) for i in ids)
     out = torch.zeros(len(ids), width, adapter.d_model)

@@ -94,7 +94,8 @@ def texts_digest(texts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def _tokenize(tokenizer: Any, texts: Sequence[str], context_length: int) -> tuple[list[list[int]], int]:
+def tokenize_texts(tokenizer: Any, texts: Sequence[str], context_length: int) -> tuple[list[list[int]], int]:
+    """Token ids of each text (special tokens added, first `context_length` kept) and how many were truncated."""
     clipped = [t[: context_length * _CHARS_PER_TOKEN] for t in texts]
     try:
         from transformers import PreTrainedTokenizerBase
@@ -110,7 +111,8 @@ def _tokenize(tokenizer: Any, texts: Sequence[str], context_length: int) -> tupl
     return [list(i[:context_length]) for i in ids], n_truncated
 
 
-def _special_ids(adapter: Any) -> list[int]:
+def special_token_ids(adapter: Any) -> list[int]:
+    """BOS / EOS / padding ids: positions that are never pooled."""
     tok = adapter.tokenizer
     ids = {getattr(adapter, "bos_token_id", None), getattr(tok, "bos_token_id", None),
            getattr(tok, "eos_token_id", None), getattr(tok, "pad_token_id", None)}
@@ -183,8 +185,8 @@ def _run_pass(ctx: EvalContext, saes: dict[str, SAE], texts: Sequence[str], cont
     adapter = ctx.adapter
     if len(texts) == 0:
         raise UserError(f"dataset {dataset!r} has no texts to evaluate on")
-    ids, n_truncated = _tokenize(adapter.tokenizer, texts, context_length)
-    special = torch.tensor(_special_ids(adapter), dtype=torch.long)
+    ids, n_truncated = tokenize_texts(adapter.tokenizer, texts, context_length)
+    special = torch.tensor(special_token_ids(adapter), dtype=torch.long)
     pad_id = getattr(adapter.tokenizer, "pad_token_id", None)
     pad_id = 0 if pad_id is None else int(pad_id)
     n = len(texts)
