@@ -53,16 +53,32 @@ class ExternalJob:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m abstopk_eval.compare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m abstopk_eval.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="SAE checkpoints (folders or files)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model key ({', '.join(MODEL_REGISTRY)}); default %(default)s")
-    p.add_argument("--layer", type=int, default=None, help="residual-stream layer the SAEs read; default: the model's default layer")
-    p.add_argument("--evals", nargs="+", default=None, metavar="E", help="evaluations to run (default: every registered one)")
-    p.add_argument("--activation", default=None, help=f"activation for checkpoints that do not name one ({', '.join(ACTIVATIONS)})")
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"model key ({', '.join(MODEL_REGISTRY)}); default %(default)s"
+    )
+    p.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help="residual-stream layer the SAEs read; default: the model's default layer",
+    )
+    p.add_argument(
+        "--evals", nargs="+", default=None, metavar="E", help="evaluations to run (default: every registered one)"
+    )
+    p.add_argument(
+        "--activation", default=None, help=f"activation for checkpoints that do not name one ({', '.join(ACTIVATIONS)})"
+    )
     p.add_argument("--k", type=int, default=None, help="k for k-sparse checkpoints that do not state it")
     p.add_argument("--name", default=None, help="result name for a single PATH (default ext-<folder or file name>)")
-    p.add_argument("--preset", default="quick", help=f"held-out data of this preset, as the trained variants used ({', '.join(PRESETS)})")
+    p.add_argument(
+        "--preset",
+        default="quick",
+        help=f"held-out data of this preset, as the trained variants used ({', '.join(PRESETS)})",
+    )
     p.add_argument("--corpus", default="wiki-en", help="held-out text (as for `abstopk_eval.run`)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--model-path", default=None, help="load the model from this local folder")
@@ -86,9 +102,17 @@ def _write_checkpoint(ext: ExternalSAE, job: ExternalJob, spec_key: str, layer: 
         except (OSError, ValueError):
             pass
     sae = ext.sae
-    metadata = {"model": spec_key, "layer": layer, "hook_name": f"blocks.{layer}.hook_resid_post",
-                "variant": job.sae_id, "k": ext.k, "seed": None, "preset": None, "sae_id": job.sae_id,
-                "external": ext.provenance}
+    metadata = {
+        "model": spec_key,
+        "layer": layer,
+        "hook_name": f"blocks.{layer}.hook_resid_post",
+        "variant": job.sae_id,
+        "k": ext.k,
+        "seed": None,
+        "preset": None,
+        "sae_id": job.sae_id,
+        "external": ext.provenance,
+    }
     for key, value in metadata.items():
         sae.cfg.metadata[key] = value
     job.out_dir.mkdir(parents=True, exist_ok=True)
@@ -112,8 +136,15 @@ def _stamp_provenance(path: Path, ext: ExternalSAE) -> None:
     """Record the source checkpoint in a written result's provenance."""
     data = json.loads(path.read_text())
     prov = data.setdefault("provenance", {})
-    prov.update({"source_path": str(ext.source_path), "source_format": ext.format, "source_sha256": ext.sha256,
-                 "external": ext.provenance, "variant": prov.get("variant") or path.parent.name})
+    prov.update(
+        {
+            "source_path": str(ext.source_path),
+            "source_format": ext.format,
+            "source_sha256": ext.sha256,
+            "external": ext.provenance,
+            "variant": prov.get("variant") or path.parent.name,
+        }
+    )
     atomic_write_json(path, data)
 
 
@@ -137,24 +168,49 @@ def compare(args: argparse.Namespace) -> dict[str, Path]:
         if not name.startswith("ext-"):
             name = f"ext-{name}"
         if name in loaded:
-            raise UserError(f"{path} and {loaded[name].source_path} both map to the result name {name}; "
-                            "compare them in separate calls with --name")
+            raise UserError(
+                f"{path} and {loaded[name].source_path} both map to the result name {name}; "
+                "compare them in separate calls with --name"
+            )
         loaded[name] = load_external(path, spec=spec, layer=layer, activation=args.activation, k=args.k)
         ext = loaded[name]
-        log.info("%s: %s checkpoint, %s (%s), d_sae %d%s", name, ext.format, ext.activation, ext.architecture,
-                 ext.sae.cfg.d_sae, ", signed latents" if ext.signed else "")
-    plan = RunPlan(model=spec, layer=layer, variants=[], ks=[spec.paper_k], seeds=[0], preset=get_preset(args.preset),
-                   evals=eval_names, corpus=args.corpus, device=args.device, model_path=args.model_path,
-                   results_dir=args.results_dir, runs_dir=args.runs_dir, reports_dir=args.reports_dir,
-                   cache_dir=args.cache_dir, write_report=not args.no_report)
+        log.info(
+            "%s: %s checkpoint, %s (%s), d_sae %d%s",
+            name,
+            ext.format,
+            ext.activation,
+            ext.architecture,
+            ext.sae.cfg.d_sae,
+            ", signed latents" if ext.signed else "",
+        )
+    plan = RunPlan(
+        model=spec,
+        layer=layer,
+        variants=[],
+        ks=[spec.paper_k],
+        seeds=[0],
+        preset=get_preset(args.preset),
+        evals=eval_names,
+        corpus=args.corpus,
+        device=args.device,
+        model_path=args.model_path,
+        results_dir=args.results_dir,
+        runs_dir=args.runs_dir,
+        reports_dir=args.reports_dir,
+        cache_dir=args.cache_dir,
+        write_report=not args.no_report,
+    )
     jobs = {name: ExternalJob(name, args.runs_dir / spec.key / f"layer_{layer}" / name) for name in loaded}
     for name, job in jobs.items():
         _write_checkpoint(loaded[name], job, spec.key, layer)
     digests = {name: sha256_file(job.sae_dir / "sae_weights.safetensors") for name, job in jobs.items()}
     pending: dict[str, list[Any]] = {}
     for eval_name in eval_names:
-        todo = [job for name, job in jobs.items()
-                if not _is_current(result_path(args.results_dir, spec.key, layer, name, eval_name), digests[name])]
+        todo = [
+            job
+            for name, job in jobs.items()
+            if not _is_current(result_path(args.results_dir, spec.key, layer, name, eval_name), digests[name])
+        ]
         if todo:
             pending[eval_name] = todo
     if pending:
@@ -176,8 +232,11 @@ def compare(args: argparse.Namespace) -> dict[str, Path]:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for name, folder in compare(args).items():
         print(f"{name}\t{folder}")
 

@@ -58,26 +58,61 @@ class TrainPreset:
 
 
 # Calibrated on gemma-3-270m layer 9 (quick preset) so ReLU and JumpReLU end near L0 = k = 64.
-CALIBRATED_SPARSITY = SparsityHyperparams(l1_coefficient=3.0, l0_coefficient=0.5, jumprelu_init_threshold=1.0,
-                                          jumprelu_ste_to_input=True)
+CALIBRATED_SPARSITY = SparsityHyperparams(
+    l1_coefficient=3.0, l0_coefficient=0.5, jumprelu_init_threshold=1.0, jumprelu_ste_to_input=True
+)
 
 PRESETS: Registry[TrainPreset] = Registry("preset")
-PRESETS.update({
-    # The paper's setting. Offline, the corpus is far smaller than 30k x 4096 = 123M tokens, so the
-    # cache is revisited for many epochs (recorded in provenance); with network use --corpus pile.
-    "paper": TrainPreset(name="paper", expansion=16, lr=3e-4, betas=(0.9, 0.99), batch_size=4096,
-                         train_tokens=30_000 * 4096, cache_tokens=2_000_000, eval_tokens=65_536, heldout_tokens=200_000,
-                         sparsity=CALIBRATED_SPARSITY, checkpoint_every_steps=1000),
-    # CPU default: all six variants + core metrics within ~20 minutes on 2 cores with a warm cache.
-    "quick": TrainPreset(name="quick", expansion=8, lr=1e-3, betas=(0.9, 0.99), batch_size=1024,
-                         train_tokens=262_144, cache_tokens=262_144, eval_tokens=4_096, heldout_tokens=49_152,
-                         sparsity=CALIBRATED_SPARSITY, dead_window_tokens=200_000, checkpoint_every_steps=64),
-    # Seconds: for tests and smoke checks.
-    "smoke": TrainPreset(name="smoke", expansion=2, lr=1e-3, betas=(0.9, 0.99), batch_size=64,
-                         train_tokens=2_048, cache_tokens=2_048, eval_tokens=256, heldout_tokens=1_024,
-                         sparsity=SparsityHyperparams(l1_coefficient=2.0, l0_coefficient=0.5), dead_window_tokens=1_024,
-                         checkpoint_every_steps=8, log_every_steps=2),
-})
+PRESETS.update(
+    {
+        # The paper's setting. Offline, the corpus is far smaller than 30k x 4096 = 123M tokens, so the
+        # cache is revisited for many epochs (recorded in provenance); with network use --corpus pile.
+        "paper": TrainPreset(
+            name="paper",
+            expansion=16,
+            lr=3e-4,
+            betas=(0.9, 0.99),
+            batch_size=4096,
+            train_tokens=30_000 * 4096,
+            cache_tokens=2_000_000,
+            eval_tokens=65_536,
+            heldout_tokens=200_000,
+            sparsity=CALIBRATED_SPARSITY,
+            checkpoint_every_steps=1000,
+        ),
+        # CPU default: all six variants + core metrics within ~20 minutes on 2 cores with a warm cache.
+        "quick": TrainPreset(
+            name="quick",
+            expansion=8,
+            lr=1e-3,
+            betas=(0.9, 0.99),
+            batch_size=1024,
+            train_tokens=262_144,
+            cache_tokens=262_144,
+            eval_tokens=4_096,
+            heldout_tokens=49_152,
+            sparsity=CALIBRATED_SPARSITY,
+            dead_window_tokens=200_000,
+            checkpoint_every_steps=64,
+        ),
+        # Seconds: for tests and smoke checks.
+        "smoke": TrainPreset(
+            name="smoke",
+            expansion=2,
+            lr=1e-3,
+            betas=(0.9, 0.99),
+            batch_size=64,
+            train_tokens=2_048,
+            cache_tokens=2_048,
+            eval_tokens=256,
+            heldout_tokens=1_024,
+            sparsity=SparsityHyperparams(l1_coefficient=2.0, l0_coefficient=0.5),
+            dead_window_tokens=1_024,
+            checkpoint_every_steps=8,
+            log_every_steps=2,
+        ),
+    }
+)
 
 
 def get_preset(name: str) -> TrainPreset:

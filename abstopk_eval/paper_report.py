@@ -53,11 +53,15 @@ TABLE2_TASKS: tuple[Task, ...] = (
     Task("RAVEL", "ravel", ("ravel", "disentanglement_score"), "ravel"),
     Task("Sparse probing top-1", "sparse_probing", ("sae", "sae_top_1_test_accuracy"), "sparse_probing"),
 )
-CORE = {"nMSE": ("normalised_reconstruction", "nmse"), "loss recovered": ("normalised_reconstruction", "loss_recovered")}
+CORE = {
+    "nMSE": ("normalised_reconstruction", "nmse"),
+    "loss recovered": ("normalised_reconstruction", "loss_recovered"),
+}
 
 
 def _table2_tasks() -> tuple[Task, ...]:
-    """TABLE2_TASKS, with the metric path of report.COLUMNS where that lists the same evaluation (one source of truth)."""
+    """TABLE2_TASKS, with the metric path of report.COLUMNS where that lists the same evaluation
+    (one source of truth)."""
     try:
         from abstopk_eval.report import COLUMNS
     except ImportError:
@@ -65,8 +69,10 @@ def _table2_tasks() -> tuple[Task, ...]:
     by_eval: dict[str, Any] = {}
     for col in COLUMNS:
         by_eval.setdefault(col.eval, col)
-    return tuple(Task(t.label, t.eval, tuple(by_eval[t.eval].path) if t.eval in by_eval else t.path, t.paper_task)
-                 for t in TABLE2_TASKS)
+    return tuple(
+        Task(t.label, t.eval, tuple(by_eval[t.eval].path) if t.eval in by_eval else t.path, t.paper_task)
+        for t in TABLE2_TASKS
+    )
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -82,8 +88,15 @@ def load_results(results_dir: Path) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             log.warning("skipping unreadable result %s", path)
             continue
-        rows.append({"model": path.parts[-4], "layer": int(path.parts[-3].removeprefix("layer_")),
-                     "sae": path.parts[-2], "eval": path.stem, "data": data})
+        rows.append(
+            {
+                "model": path.parts[-4],
+                "layer": int(path.parts[-3].removeprefix("layer_")),
+                "sae": path.parts[-2],
+                "eval": path.stem,
+                "data": data,
+            }
+        )
     return rows
 
 
@@ -103,8 +116,13 @@ def sae_frame(group: list[dict[str, Any]]) -> pd.DataFrame:
     tasks = _table2_tasks()
     for sae, evals in sorted(by_sae.items()):
         prov = next((d.get("provenance") or {} for d in evals.values() if d.get("provenance")), {})
-        row: dict[str, Any] = {"sae": sae, "variant": prov.get("variant") or sae.split("_")[0], "k": prov.get("k"),
-                               "seed": prov.get("seed"), "preset": prov.get("preset")}
+        row: dict[str, Any] = {
+            "sae": sae,
+            "variant": prov.get("variant") or sae.split("_")[0],
+            "k": prov.get("k"),
+            "seed": prov.get("seed"),
+            "preset": prov.get("preset"),
+        }
         for task in tasks:
             row[task.label] = _metric(evals.get(task.eval), task.path)
         for label, path in CORE.items():
@@ -150,14 +168,23 @@ def _cell(value: Any, ci: Any = None, fmt: str = "{:.3f}", pm: str = " ± ") -> 
 
 
 def _tex_escape(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("_", r"\_"),
-                 ("{", r"\{"), ("}", r"\}"), ("±", r"$\pm$")):
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("#", r"\#"),
+        ("_", r"\_"),
+        ("{", r"\{"),
+        ("}", r"\}"),
+        ("±", r"$\pm$"),
+    ):
         text = text.replace(a, b)
     return text
 
 
-def _write_table(out_dir: Path, stem: str, shown: pd.DataFrame, numeric: pd.DataFrame, title: str,
-                 notes: list[str]) -> list[Path]:
+def _write_table(
+    out_dir: Path, stem: str, shown: pd.DataFrame, numeric: pd.DataFrame, title: str, notes: list[str]
+) -> list[Path]:
     """`shown` (strings) as markdown and LaTeX, `numeric` as CSV."""
     out_dir.mkdir(parents=True, exist_ok=True)
     md = "\n".join([f"# {title}", "", shown.to_markdown(index=False, disable_numparse=True), "", *notes]) + "\n"
@@ -202,9 +229,19 @@ def _curve_frame(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in frame.iterrows():
         for point in r["curve"]:
-            rows.append({"sae": r["sae"], "variant": r["variant"], "k": r["k"], "seed": r["seed"],
-                         "step": point.get("step"), "tokens": point.get("tokens"), "mse": point.get("mse"),
-                         "fvu": point.get("fvu"), "l0": point.get("l0")})
+            rows.append(
+                {
+                    "sae": r["sae"],
+                    "variant": r["variant"],
+                    "k": r["k"],
+                    "seed": r["seed"],
+                    "step": point.get("step"),
+                    "tokens": point.get("tokens"),
+                    "mse": point.get("mse"),
+                    "fvu": point.get("fvu"),
+                    "l0": point.get("l0"),
+                }
+            )
     return pd.DataFrame(rows, columns=["sae", "variant", "k", "seed", "step", "tokens", "mse", "fvu", "l0"])
 
 
@@ -222,8 +259,10 @@ def _plot(path: Path, draw) -> Path:
     return path
 
 
-FIGURE_NOTE = ("The paper gives Figures 2-4 only as plots, so there is no published number to show beside ours "
-               "(see `abstopk_eval/paper_values.py`).")
+FIGURE_NOTE = (
+    "The paper gives Figures 2-4 only as plots, so there is no published number to show beside ours "
+    "(see `abstopk_eval/paper_values.py`)."
+)
 
 
 def figures(frame: pd.DataFrame, out_dir: Path, stem: str, label: str) -> list[Path]:
@@ -234,18 +273,32 @@ def figures(frame: pd.DataFrame, out_dir: Path, stem: str, label: str) -> list[P
         final_frame = frame[["sae", "variant", "k", "seed"]].merge(final[["sae", "mse"]], on="sae")
         summary = summarise(final_frame.rename(columns={"mse": "final training MSE"}), ["final training MSE"])
         shown = summary[["variant", "k", "seeds"]].assign(k=summary["k"].map(_k_text), seeds=summary["seeds"].map(str))
-        shown["final training MSE"] = [_cell(v, c, "{:.4g}") for v, c in
-                                       zip(summary["final training MSE"], summary["final training MSE ci95"])]
+        shown["final training MSE"] = [
+            _cell(v, c, "{:.4g}") for v, c in zip(summary["final training MSE"], summary["final training MSE ci95"])
+        ]
         name = f"{stem}_fig2_training_mse"
-        paths = _write_table(out_dir, name, shown, curves, f"Figure 2 data: training MSE, {label}",
-                             ["Per-dimension training MSE on the (normalised) training batches; the CSV holds every "
-                              "logged point of every SAE.", "", FIGURE_NOTE])
+        paths = _write_table(
+            out_dir,
+            name,
+            shown,
+            curves,
+            f"Figure 2 data: training MSE, {label}",
+            [
+                "Per-dimension training MSE on the (normalised) training batches; the CSV holds every "
+                "logged point of every SAE.",
+                "",
+                FIGURE_NOTE,
+            ],
+        )
 
         def draw_curves(ax):
             for sae, g in curves.groupby("sae"):
                 ax.plot(g["tokens"], g["mse"], label=sae)
-            ax.set_xlabel("training tokens"); ax.set_ylabel("training MSE"); ax.set_yscale("log")
-            ax.set_title(f"Training MSE ({label})"); ax.legend(fontsize=6)
+            ax.set_xlabel("training tokens")
+            ax.set_ylabel("training MSE")
+            ax.set_yscale("log")
+            ax.set_title(f"Training MSE ({label})")
+            ax.legend(fontsize=6)
 
         written += [*paths, _plot(out_dir / f"{name}.png", draw_curves)]
     swept = frame[frame["k"].notna()]
@@ -257,16 +310,26 @@ def figures(frame: pd.DataFrame, out_dir: Path, stem: str, label: str) -> list[P
         shown[metric] = [_cell(v, c, "{:.4f}") for v, c in zip(summary[metric], summary[f"{metric} ci95"])]
         name = f"{stem}_fig{number}_{slug}"
         numeric = summary[["variant", "k", "seeds", metric, f"{metric} ci95"]]
-        note = ("nMSE = sum||x - x_hat||^2 / sum||x||^2 on held-out raw residuals." if metric == "nMSE" else
-                "Loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean) on held-out text.")
-        written += _write_table(out_dir, name, shown, numeric, f"Figure {number} data: {metric} vs k, {label}",
-                                [note, "Only SAEs with a k (k-sparse variants, external checkpoints that state one).",
-                                 "", FIGURE_NOTE])
+        note = (
+            "nMSE = sum||x - x_hat||^2 / sum||x||^2 on held-out raw residuals."
+            if metric == "nMSE"
+            else "Loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean) on held-out text."
+        )
+        written += _write_table(
+            out_dir,
+            name,
+            shown,
+            numeric,
+            f"Figure {number} data: {metric} vs k, {label}",
+            [note, "Only SAEs with a k (k-sparse variants, external checkpoints that state one).", "", FIGURE_NOTE],
+        )
 
         def draw_k(ax, summary=summary, metric=metric, number=number):
             for variant, g in summary.groupby("variant"):
                 ax.errorbar(g["k"], g[metric], yerr=g[f"{metric} ci95"].fillna(0), marker="o", label=variant, capsize=2)
-            ax.set_xlabel("k"); ax.set_ylabel(metric); ax.set_title(f"Figure {number}: {metric} vs k ({label})")
+            ax.set_xlabel("k")
+            ax.set_ylabel(metric)
+            ax.set_title(f"Figure {number}: {metric} vs k ({label})")
             ax.legend(fontsize=7)
 
         written.append(_plot(out_dir / f"{name}.png", draw_k))
@@ -298,9 +361,17 @@ def _table1(results_dir: Path, out_dir: Path) -> tuple[list[Path], str]:
             continue
         if isinstance(item, pd.DataFrame):
             shown = item.astype(object).where(item.notna(), "").astype(str)
-            written += _write_table(out_dir, stem, shown, item, "Table 1: steering (safety vs ability)",
-                                    ["Rendered by `abstopk_eval.evals.steering.table.render_table1`.",
-                                     "Published values: see paper_values.md."])
+            written += _write_table(
+                out_dir,
+                stem,
+                shown,
+                item,
+                "Table 1: steering (safety vs ability)",
+                [
+                    "Rendered by `abstopk_eval.evals.steering.table.render_table1`.",
+                    "Published values: see paper_values.md.",
+                ],
+            )
         elif isinstance(item, (str, bytes)):
             text = item.decode() if isinstance(item, bytes) else item
             path = out_dir / f"{stem}.md"
@@ -314,10 +385,19 @@ def _table1(results_dir: Path, out_dir: Path) -> tuple[list[Path], str]:
 
 
 def paper_values_markdown() -> str:
-    lines = ["# Published values recorded in this project", "", f"Paper: {PAPER}.", "",
-             "Recorded in `abstopk_eval/paper_values.py` (whose docstring lists what could not be sourced). Each value "
-             "is shown beside our variants: " + "; ".join(f"paper {m} -> {', '.join(v)}" for m, v in METHOD_VARIANTS.items())
-             + ".", "", "| table | model | layer | method | task | value | source |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Published values recorded in this project",
+        "",
+        f"Paper: {PAPER}.",
+        "",
+        "Recorded in `abstopk_eval/paper_values.py` (whose docstring lists what could not be sourced). Each value "
+        "is shown beside our variants: "
+        + "; ".join(f"paper {m} -> {', '.join(v)}" for m, v in METHOD_VARIANTS.items())
+        + ".",
+        "",
+        "| table | model | layer | method | task | value | source |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for v in ALL_VALUES:
         lines.append(f"| {v.table} | {v.model} | {v.layer} | {v.method} | {v.task} | {v.value:g} | {v.source} |")
     return "\n".join(lines) + "\n"
@@ -338,25 +418,47 @@ def _facts(group: list[dict[str, Any]]) -> list[str]:
     model = group[0]["model"]
     core = [r["data"] for r in group if r["eval"] == "core"]
     prov = next((d.get("provenance") or {} for d in core), None) or next(
-        (r["data"].get("provenance") or {} for r in group), {})
+        (r["data"].get("provenance") or {} for r in group), {}
+    )
     lines = []
     proxy_model = model not in PAPER_MODELS
-    lines.append(f"- Model: `{model}` ({prov.get('model_hf_id', '?')}); weights: {prov.get('model_source', '?')}"
-                 + (" — **PROXY**: a small offline stand-in; the paper uses GPT-2 small, Pythia-70M, Gemma-2-2B, Qwen3-4B"
-                    if proxy_model else ""))
-    presets = sorted({str((r["data"].get("provenance") or {}).get("preset")) for r in group
-                      if (r["data"].get("provenance") or {}).get("preset")})
-    lines.append(f"- Preset(s): {', '.join(presets) or 'n/a'}"
-                 + ("" if presets == ["paper"] else " — **PROXY** training budget (the paper's is `paper`: 30k steps x 4096)"))
+    lines.append(
+        f"- Model: `{model}` ({prov.get('model_hf_id', '?')}); weights: {prov.get('model_source', '?')}"
+        + (
+            " — **PROXY**: a small offline stand-in; the paper uses GPT-2 small, Pythia-70M, Gemma-2-2B, Qwen3-4B"
+            if proxy_model
+            else ""
+        )
+    )
+    presets = sorted(
+        {
+            str((r["data"].get("provenance") or {}).get("preset"))
+            for r in group
+            if (r["data"].get("provenance") or {}).get("preset")
+        }
+    )
+    lines.append(
+        f"- Preset(s): {', '.join(presets) or 'n/a'}"
+        + ("" if presets == ["paper"] else " — **PROXY** training budget (the paper's is `paper`: 30k steps x 4096)")
+    )
     seeds: dict[str, set] = {}
     for r in group:
         p = r["data"].get("provenance") or {}
         seeds.setdefault(str(p.get("variant") or r["sae"].split("_")[0]), set()).add(p.get("seed"))
-    lines.append("- Seeds: " + "; ".join(f"{v}: {', '.join(str(s) for s in sorted(x, key=str))}" for v, x in sorted(seeds.items())))
+    lines.append(
+        "- Seeds: "
+        + "; ".join(f"{v}: {', '.join(str(s) for s in sorted(x, key=str))}" for v, x in sorted(seeds.items()))
+    )
     corpus = prov.get("corpus")
     if corpus:
-        lines.append(f"- Training / held-out text: `{corpus}`" + ("" if corpus == "pile" else
-                     " — **PROXY**: offline text instead of the paper's monology/pile-uncopyrighted"))
+        lines.append(
+            f"- Training / held-out text: `{corpus}`"
+            + (
+                ""
+                if corpus == "pile"
+                else " — **PROXY**: offline text instead of the paper's monology/pile-uncopyrighted"
+            )
+        )
     by_eval: dict[str, dict[str, Any]] = {}
     for r in group:
         by_eval.setdefault(r["eval"], r["data"])
@@ -367,7 +469,10 @@ def _facts(group: list[dict[str, Any]]) -> list[str]:
         if cards:
             what = "; ".join(f"{c.get('name')} ({c.get('source', '?')})" for c in cards)
         else:
-            what = "; ".join(f"{k}: {v}" for k, v in cfg.items() if "dataset" in k and v not in (None, "", [])) or "see the result's eval_config"
+            what = (
+                "; ".join(f"{k}: {v}" for k, v in cfg.items() if "dataset" in k and v not in (None, "", []))
+                or "see the result's eval_config"
+            )
         proxy = "" if source == "sae_bench" else " — **PROXY** of the paper's SAEBench data" if name != "core" else ""
         lines.append(f"- `{name}` data: {what}{proxy}")
     external = sorted({r["sae"] for r in group if (r["data"].get("provenance") or {}).get("source_path")})
@@ -396,14 +501,30 @@ def index_lines(results_dir: Path, reports_dir: Path) -> list[str]:
             lines.append(f"- [{path.relative_to(reports_dir).as_posix()}]({path.relative_to(reports_dir).as_posix()})")
         lines.append("")
     paper_dir = reports_dir / PAPER_DIR
-    extra = sorted(p for p in paper_dir.glob("*") if p.is_file() and not any(
-        p.name.startswith(f"{m}_layer{layer}_") for m, layer in _groups(results)) and p.name != "index.md") \
-        if paper_dir.is_dir() else []
+    extra = (
+        sorted(
+            p
+            for p in paper_dir.glob("*")
+            if p.is_file()
+            and not any(p.name.startswith(f"{m}_layer{layer}_") for m, layer in _groups(results))
+            and p.name != "index.md"
+        )
+        if paper_dir.is_dir()
+        else []
+    )
     if extra:
-        lines += ["### Paper-wide", ""] + [f"- [{p.relative_to(reports_dir).as_posix()}]({p.relative_to(reports_dir).as_posix()})"
-                                            for p in extra] + [""]
-    others = sorted(p for p in reports_dir.glob("*") if p.is_file() and p.name != "index.md"
-                    and not any(p.name.startswith(f"{m}_layer{layer}") for m, layer in _groups(results)))
+        lines += (
+            ["### Paper-wide", ""]
+            + [f"- [{p.relative_to(reports_dir).as_posix()}]({p.relative_to(reports_dir).as_posix()})" for p in extra]
+            + [""]
+        )
+    others = sorted(
+        p
+        for p in reports_dir.glob("*")
+        if p.is_file()
+        and p.name != "index.md"
+        and not any(p.name.startswith(f"{m}_layer{layer}") for m, layer in _groups(results))
+    )
     if others:
         lines += ["### Other reports", ""] + [f"- [{p.name}]({p.name})" for p in others] + [""]
     return lines
@@ -428,14 +549,18 @@ def build_paper_report(results_dir: Path, reports_dir: Path) -> list[Path]:
             "Mean over seeds ± half-width of a 95% t-interval (two or more seeds). `(paper)` columns: the published "
             "value of arXiv 2510.00404 Table 2 for the same model, layer and method (paper TopK beside our batchtopk "
             "and topk, paper AbsTopK beside batch-abstopk and abstopk), with its source in paper_values.md.",
-            f"{n_paper} published cell(s) apply here." if n_paper else
-            "No published Table 2 value is recorded for this model and layer (see paper_values.md).",
-            "Our datasets are offline proxies of SAEBench's unless a result's eval_config says dataset_source=sae_bench; "
+            f"{n_paper} published cell(s) apply here."
+            if n_paper
+            else "No published Table 2 value is recorded for this model and layer (see paper_values.md).",
+            "Our datasets are offline proxies of SAEBench's unless a result's eval_config says "
+            "dataset_source=sae_bench; "
             "absolute numbers are comparable between our SAEs, not with the paper's.",
         ]
         if not has_values:
             table_notes.append("None of the six Table 2 evaluations has results for this model and layer yet.")
-        written += _write_table(out_dir, f"{stem}_table2", shown, numeric, f"Table 2: SAEBench tasks, {label}", table_notes)
+        written += _write_table(
+            out_dir, f"{stem}_table2", shown, numeric, f"Table 2: SAEBench tasks, {label}", table_notes
+        )
         written += figures(frame, out_dir, stem, label)
     table1_paths, note = _table1(Path(results_dir), out_dir)
     written += table1_paths
@@ -445,9 +570,15 @@ def build_paper_report(results_dir: Path, reports_dir: Path) -> list[Path]:
     values = out_dir / "paper_values.md"
     atomic_write_bytes(values, paper_values_markdown().encode())
     written.append(values)
-    index = ["# Paper tables and figures (arXiv 2510.00404)", "",
-             "Generated by `python -m abstopk_eval.report --paper` from results/.", "",
-             *[f"- {n}" for n in notes], "", *_relative(index_lines(results_dir, reports_dir), PAPER_DIR)]
+    index = [
+        "# Paper tables and figures (arXiv 2510.00404)",
+        "",
+        "Generated by `python -m abstopk_eval.report --paper` from results/.",
+        "",
+        *[f"- {n}" for n in notes],
+        "",
+        *_relative(index_lines(results_dir, reports_dir), PAPER_DIR),
+    ]
     atomic_write_bytes(out_dir / "index.md", ("\n".join(index) + "\n").encode())
     written.append(out_dir / "index.md")
     log.info("wrote %d paper report files to %s (Table 1 values recorded: %d)", len(written), out_dir, len(TABLE1))
@@ -459,8 +590,8 @@ def _relative(lines: list[str], subdir: str) -> list[str]:
     out = []
     for line in lines:
         if line.startswith("- [") and "](" in line:
-            target = line[line.index("](") + 2:-1]
-            new = target[len(subdir) + 1:] if target.startswith(f"{subdir}/") else f"../{target}"
-            line = line[:line.index("](") + 2] + new + ")"
+            target = line[line.index("](") + 2 : -1]
+            new = target[len(subdir) + 1 :] if target.startswith(f"{subdir}/") else f"../{target}"
+            line = line[: line.index("](") + 2] + new + ")"
         out.append(line)
     return out

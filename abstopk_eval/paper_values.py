@@ -28,9 +28,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PAPER = "Zhu, Khalili, Zhu. AbsTopK: Rethinking Sparse Autoencoders For Bidirectional Features. arXiv 2510.00404v2 (ICLR 2026)"
-_VIA_NOTE = ("as quoted by a public paper-reading note of arXiv 2510.00404 (search index file id 55688362293); "
-             "secondary source, not checked against the PDF")
+PAPER = (
+    "Zhu, Khalili, Zhu. AbsTopK: Rethinking Sparse Autoencoders For Bidirectional Features. "
+    "arXiv 2510.00404v2 (ICLR 2026)"
+)
+_VIA_NOTE = (
+    "as quoted by a public paper-reading note of arXiv 2510.00404 (search index file id 55688362293); "
+    "secondary source, not checked against the PDF"
+)
 
 PAPER_MODELS = ("gpt2", "pythia-70m", "gemma-2-2b", "qwen3-4b")
 """Our registry keys of the paper's four models (GPT-2 small, Pythia-70M, Gemma-2-2B, Qwen3-4B)."""
@@ -61,13 +66,27 @@ class PaperValue:
 
 
 def _t2(model: str, layer: int, method: str, task: str, value: float) -> PaperValue:
-    return PaperValue("Table 2", model, layer, method, task, value,
-                      f"arXiv 2510.00404 Table 2 ({model} L{layer}, {method}, {task}), {_VIA_NOTE}")
+    return PaperValue(
+        "Table 2",
+        model,
+        layer,
+        method,
+        task,
+        value,
+        f"arXiv 2510.00404 Table 2 ({model} L{layer}, {method}, {task}), {_VIA_NOTE}",
+    )
 
 
 def _t1(model: str, layer: int, method: str, task: str, value: float) -> PaperValue:
-    return PaperValue("Table 1", model, layer, method, task, value,
-                      f"arXiv 2510.00404 Table 1 ({model} L{layer}, {method}, {task}), {_VIA_NOTE}")
+    return PaperValue(
+        "Table 1",
+        model,
+        layer,
+        method,
+        task,
+        value,
+        f"arXiv 2510.00404 Table 1 ({model} L{layer}, {method}, {task}), {_VIA_NOTE}",
+    )
 
 
 TABLE2: tuple[PaperValue, ...] = (
@@ -104,7 +123,11 @@ ALL_VALUES: tuple[PaperValue, ...] = TABLE2 + TABLE1
 def paper_value(table: str, model: str, layer: int, variant: str, task: str) -> PaperValue | None:
     """The published value shown beside our `variant` (a registry variant name), or None."""
     for value in TABLE2 + TABLE1:
-        if (value.table, value.model, value.layer, value.task) == (table, model, layer, task) \
-                and variant in METHOD_VARIANTS.get(value.method, ()):
+        if (value.table, value.model, value.layer, value.task) == (
+            table,
+            model,
+            layer,
+            task,
+        ) and variant in METHOD_VARIANTS.get(value.method, ()):
             return value
     return None

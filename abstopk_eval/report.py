@@ -20,6 +20,7 @@ from abstopk_eval.training.checkpoint import atomic_write_bytes
 
 log = logging.getLogger("abstopk_eval.report")
 
+
 @dataclass(frozen=True)
 class Column:
     """One report column: a metric of one evaluation's `eval_result_metrics`."""
@@ -40,13 +41,27 @@ COLUMNS: list[Column] = [
     Column("nMSE", "core", ("normalised_reconstruction", "nmse"), "{:.4f}", False, "nmse"),
     Column("FVU", "core", ("normalised_reconstruction", "fvu"), "{:.3f}", False, "fvu"),
     Column("loss recovered", "core", ("normalised_reconstruction", "loss_recovered"), "{:.3f}", True, "loss_recovered"),
-    Column("CE with SAE", "core", ("model_performance_preservation", "ce_loss_with_sae"), "{:.3f}", False, "ce_loss_with_sae"),
+    Column(
+        "CE with SAE",
+        "core",
+        ("model_performance_preservation", "ce_loss_with_sae"),
+        "{:.3f}",
+        False,
+        "ce_loss_with_sae",
+    ),
     Column("KL", "core", ("model_behavior_preservation", "kl_div_with_sae"), "{:.3f}", False, "kl_div_with_sae"),
     Column("L0", "core", ("sparsity", "l0"), "{:.1f}"),
     Column("dead frac", "core", ("sparsity", "dead_fraction"), "{:.3f}"),
     Column("negative frac", "core", ("sparsity", "frac_negative"), "{:.3f}"),
     # the paper's Table 2 (SAEBench tasks); offline proxies of sae_bench's datasets, see each result's dataset cards
-    Column("sparse probing top-1", "sparse_probing", ("sae", "sae_top_1_test_accuracy"), "{:.3f}", True, "sae_top_1_test_accuracy"),
+    Column(
+        "sparse probing top-1",
+        "sparse_probing",
+        ("sae", "sae_top_1_test_accuracy"),
+        "{:.3f}",
+        True,
+        "sae_top_1_test_accuracy",
+    ),
     Column("SCR@20", "scr", ("scr_metrics", "scr_metric_threshold_20"), "{:.3f}", True),
     Column("TPP@20", "tpp", ("tpp_metrics", "tpp_threshold_20_total_metric"), "{:.3f}", True),
     Column("1 - absorption", "absorption", ("mean", "one_minus_absorption"), "{:.3f}", True),
@@ -70,16 +85,27 @@ def _load_results(results_dir: Path) -> list[dict[str, Any]]:
         except (OSError, json.JSONDecodeError):
             log.warning("skipping unreadable result %s", path)
             continue
-        rows.append({"model": path.parts[-4], "layer": int(path.parts[-3].removeprefix("layer_")),
-                     "sae": path.parts[-2], "eval": path.stem, "data": data})
+        rows.append(
+            {
+                "model": path.parts[-4],
+                "layer": int(path.parts[-3].removeprefix("layer_")),
+                "sae": path.parts[-2],
+                "eval": path.stem,
+                "data": data,
+            }
+        )
     return rows
 
 
 def _sae_row(sae: str, evals: dict[str, dict[str, Any]]) -> dict[str, Any]:
     core = evals.get("core", {})
     prov = core.get("provenance", {})
-    row: dict[str, Any] = {"sae": sae, "variant": prov.get("variant", sae.split("_")[0]), "k": prov.get("k"),
-                           "seed": prov.get("seed")}
+    row: dict[str, Any] = {
+        "sae": sae,
+        "variant": prov.get("variant", sae.split("_")[0]),
+        "k": prov.get("k"),
+        "seed": prov.get("seed"),
+    }
     for col in COLUMNS:
         data = evals.get(col.eval, {})
         metrics = data.get("eval_result_metrics", {})
@@ -108,7 +134,9 @@ def layer_table(results: list[dict[str, Any]]) -> pd.DataFrame:
         by_sae.setdefault(r["sae"], {})[r["eval"]] = r["data"]
     # folders without core.json (steering's 'dim' and 'original' baselines) are not SAEs; Table 1 shows them
     frame = pd.DataFrame([_sae_row(sae, evals) for sae, evals in sorted(by_sae.items()) if "core" in evals])
-    return frame.sort_values(["variant", "k", "seed"], na_position="first", key=lambda s: s.astype(str)).reset_index(drop=True)
+    return frame.sort_values(["variant", "k", "seed"], na_position="first", key=lambda s: s.astype(str)).reset_index(
+        drop=True
+    )
 
 
 def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
@@ -129,9 +157,16 @@ def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
             if len(values) > 1:
                 half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / len(values) ** 0.5)
                 row[f"{col} low"], row[f"{col} high"], row[f"{col} interval"] = mean - half, mean + half, "t"
-            elif len(values) == 1 and f"{col} boot low" in group and pd.notna(group.at[values.index[0], f"{col} boot low"]):
+            elif (
+                len(values) == 1
+                and f"{col} boot low" in group
+                and pd.notna(group.at[values.index[0], f"{col} boot low"])
+            ):
                 only = values.index[0]  # the one SAE (seed) this metric was measured on
-                row[f"{col} low"], row[f"{col} high"] = float(group.at[only, f"{col} boot low"]), float(group.at[only, f"{col} boot high"])
+                row[f"{col} low"], row[f"{col} high"] = (
+                    float(group.at[only, f"{col} boot low"]),
+                    float(group.at[only, f"{col} boot high"]),
+                )
                 row[f"{col} interval"] = "bootstrap"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -176,8 +211,12 @@ def _markdown(summary: pd.DataFrame) -> str:
     for col, fmt in FORMATS.items():
         if col not in summary or summary[col].isna().all():
             continue
-        cells = [_cell(*values, fmt) for values in
-                 zip(*(summary[f"{col}{end}"] for end in ("", " low", " high", " interval", " n")), summary["seeds"])]
+        cells = [
+            _cell(*values, fmt)
+            for values in zip(
+                *(summary[f"{col}{end}"] for end in ("", " low", " high", " interval", " n")), summary["seeds"]
+            )
+        ]
         shown[col] = [f"**{text}**" if text and leaders.get(col) == i else text for i, text in enumerate(cells)]
     return shown.to_markdown(index=False, disable_numparse=True)
 
@@ -193,7 +232,9 @@ def _provenance_lines(results: list[dict[str, Any]]) -> list[str]:
     tokens = sorted({(d.get("eval_result_unstructured") or {}).get("train_tokens") for d in train} - {None})
     versions = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
     perf = core.get("eval_result_metrics", {}).get("model_performance_preservation", {})
-    training_paths = sorted({(d.get("sae_cfg_dict") or {}).get("metadata", {}).get("training_path") for d in train} - {None})
+    training_paths = sorted(
+        {(d.get("sae_cfg_dict") or {}).get("metadata", {}).get("training_path") for d in train} - {None}
+    )
     return [
         f"- Model: `{prov.get('model')}` ({prov.get('model_hf_id')}); weights: {prov.get('model_source')}",
         f"- Layer {prov.get('layer')} (`{prov.get('hook_name')}`), preset `{prov.get('preset')}`",
@@ -201,7 +242,8 @@ def _provenance_lines(results: list[dict[str, Any]]) -> list[str]:
         "(offline substitute for the paper's Pile)",
         f"- Held-out text: {cfg.get('dataset')}; {held.get('n_tokens')} tokens; CE/KL on {cfg.get('n_ce_tokens')} "
         f"predicted tokens, reconstruction/sparsity on {cfg.get('n_sparsity_tokens')} activations (BOS excluded)",
-        f"- Reference losses on those tokens: clean model {perf.get('ce_loss_without_sae', float('nan')):.3f} nats/token, "
+        f"- Reference losses on those tokens: clean model {perf.get('ce_loss_without_sae', float('nan')):.3f} "
+        "nats/token, "
         f"layer output zero-ablated {perf.get('ce_loss_with_ablation', float('nan')):.3f}",
         *([f"- Training path: {', '.join(training_paths)}"] if training_paths else []),
         f"- Versions: {versions}",
@@ -219,8 +261,9 @@ to this file.
 
 Task notes: sparse probing, SCR, TPP use offline labelled data (data cards in docs/data_cards), proxies for
 sae_bench's hub datasets; SCR on amazon-vs-movie x sentiment stays small for every SAE (the biased probe follows
-the domain label, which is spread over many latents). SCR and TPP probes use sae_bench's recipe (AdamW + L1). RAVEL and unlearning show the model's base accuracy beside the score; unlearning's forget set is
-country capitals (the MMLU biology/medicine proxy is near chance on this model), not WMDP-bio.
+the domain label, which is spread over many latents). SCR and TPP probes use sae_bench's recipe (AdamW + L1). RAVEL and
+unlearning show the model's base accuracy beside the score; unlearning's forget set is country capitals
+(the MMLU biology/medicine proxy is near chance on this model), not WMDP-bio.
 
 Metric notes: nMSE = sum||x - x_hat||^2 / sum||x||^2 on raw residuals (small on this model because the mean
 residual carries most of the norm; FVU, which centres x, is the informative one). L0 and the dead fraction count
@@ -238,16 +281,25 @@ def _figures(frame: pd.DataFrame, results: list[dict[str, Any]], out_dir: Path, 
     import matplotlib.pyplot as plt
 
     made = []
-    curves = {r["sae"]: (r["data"].get("eval_result_unstructured") or {}).get("training_curve") for r in results if r["eval"] == "core"}
+    curves = {
+        r["sae"]: (r["data"].get("eval_result_unstructured") or {}).get("training_curve")
+        for r in results
+        if r["eval"] == "core"
+    }
     curves = {k: v for k, v in curves.items() if v}
     if curves:
         fig, ax = plt.subplots(figsize=(6, 4))
         for sae, curve in sorted(curves.items()):
             ax.plot([c["tokens"] for c in curve], [c["fvu"] for c in curve], label=sae)
-        ax.set_xlabel("training tokens"); ax.set_ylabel("training FVU (normalised MSE)"); ax.set_yscale("log")
-        ax.legend(fontsize=7); ax.set_title("Training curves")
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel("training FVU (normalised MSE)")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+        ax.set_title("Training curves")
         name = f"{stem}_training_curves.png"
-        fig.tight_layout(); fig.savefig(out_dir / name, dpi=120); plt.close(fig)
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=120)
+        plt.close(fig)
         made.append(name)
     sweep = frame.dropna(subset=["k"])
     if not sweep.empty and sweep.groupby("variant")["k"].nunique().max() > 1:
@@ -256,14 +308,23 @@ def _figures(frame: pd.DataFrame, results: list[dict[str, Any]], out_dir: Path, 
             g = group.groupby("k")[["nMSE", "FVU", "loss recovered"]].mean().sort_index()
             axes[0].plot(g.index, g["FVU"], marker="o", label=variant)
             axes[1].plot(g.index, g["loss recovered"], marker="o", label=variant)
-        axes[0].set_xlabel("k"); axes[0].set_ylabel("FVU"); axes[1].set_xlabel("k"); axes[1].set_ylabel("loss recovered")
-        axes[0].legend(); fig.tight_layout()
+        axes[0].set_xlabel("k")
+        axes[0].set_ylabel("FVU")
+        axes[1].set_xlabel("k")
+        axes[1].set_ylabel("loss recovered")
+        axes[0].legend()
+        fig.tight_layout()
         name = f"{stem}_k_sweep.png"
-        fig.savefig(out_dir / name, dpi=120); plt.close(fig)
+        fig.savefig(out_dir / name, dpi=120)
+        plt.close(fig)
         made.append(name)
     from abstopk_eval.bidirectional_figures import bidirectional_figure, fragmentation_histogram
 
-    made += [name for name in (bidirectional_figure(results, out_dir, stem), fragmentation_histogram(results, out_dir, stem)) if name]
+    made += [
+        name
+        for name in (bidirectional_figure(results, out_dir, stem), fragmentation_histogram(results, out_dir, stem))
+        if name
+    ]
     return made
 
 
@@ -272,7 +333,10 @@ def build_reports(results_dir: Path, reports_dir: Path) -> list[Path]:
     results = _load_results(results_dir)
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
-    written, index = [], ["# abstopk-eval reports", "", "Generated by `python -m abstopk_eval.report` from `results/`.", ""]
+    written, index = (
+        [],
+        ["# abstopk-eval reports", "", "Generated by `python -m abstopk_eval.report` from `results/`.", ""],
+    )
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault((r["model"], r["layer"]), []).append(r)
@@ -280,7 +344,15 @@ def build_reports(results_dir: Path, reports_dir: Path) -> list[Path]:
         stem = f"{model}_layer{layer}"
         frame = layer_table(group)
         figures = _figures(frame, group, reports_dir, stem)
-        lines = [f"# {model}, layer {layer}", "", *_provenance_lines(group), "", _markdown(seed_summary(frame)), "", NOTES]
+        lines = [
+            f"# {model}, layer {layer}",
+            "",
+            *_provenance_lines(group),
+            "",
+            _markdown(seed_summary(frame)),
+            "",
+            NOTES,
+        ]
         lines += [f"![{name}]({name})" for name in figures]
         atomic_write_bytes(reports_dir / f"{stem}.md", ("\n".join(lines) + "\n").encode())
         atomic_write_bytes(reports_dir / f"{stem}.csv", frame.to_csv(index=False).encode())
@@ -301,8 +373,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m abstopk_eval.report", description=__doc__)
     parser.add_argument("--results-dir", type=Path, default=Path("results"))
     parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
-    parser.add_argument("--paper", action="store_true",
-                        help="also write the paper's Tables 1-2 and Figures 2-4 data beside its published values (reports/paper/)")
+    parser.add_argument(
+        "--paper",
+        action="store_true",
+        help="also write the paper's Tables 1-2 and Figures 2-4 data beside its published values (reports/paper/)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     if not args.results_dir.is_dir():

@@ -43,7 +43,19 @@ from abstopk_eval.saes.variants import ALL_VARIANTS, get_variant, sae_id
 
 log = logging.getLogger("abstopk_eval.sweep")
 
-SPEC_KEYS = {"models", "layers", "variants", "k", "seeds", "evals", "preset", "corpus", "device", "bf16", "dense_training"}
+SPEC_KEYS = {
+    "models",
+    "layers",
+    "variants",
+    "k",
+    "seeds",
+    "evals",
+    "preset",
+    "corpus",
+    "device",
+    "bf16",
+    "dense_training",
+}
 MODEL_KEYS = {"model", "layers", "k", "model_path"}
 
 
@@ -105,8 +117,10 @@ def load_spec_file(path: Path) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except Exception as err:  # yaml / json syntax errors
-        raise UserError(f"sweep spec {path} is not valid {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'} "
-                        f"({err.__class__.__name__}: {str(err).splitlines()[0][:100]})") from None
+        raise UserError(
+            f"sweep spec {path} is not valid {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'} "
+            f"({err.__class__.__name__}: {str(err).splitlines()[0][:100]})"
+        ) from None
     if not isinstance(data, dict):
         raise UserError(f"sweep spec {path} must be a mapping of keys ({', '.join(sorted(SPEC_KEYS))})")
     return data
@@ -116,11 +130,15 @@ def expand(spec: dict[str, Any]) -> list[SweepJob]:
     """Every job of the sweep, in a fixed order (models and variants as listed, then layer, k, seed)."""
     unknown = set(spec) - SPEC_KEYS
     if unknown:
-        raise UserError(f"sweep spec: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(SPEC_KEYS))}")
+        raise UserError(
+            f"sweep spec: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(SPEC_KEYS))}"
+        )
     models = _as_list(spec.get("models"), "models")
     if not models:
         raise UserError("sweep spec: `models` must list at least one model")
-    variants = [get_variant(v).name for v in dict.fromkeys(_as_list(spec.get("variants"), "variants") or list(ALL_VARIANTS))]
+    variants = [
+        get_variant(v).name for v in dict.fromkeys(_as_list(spec.get("variants"), "variants") or list(ALL_VARIANTS))
+    ]
     evals = tuple(get_eval(e).name for e in dict.fromkeys(_as_list(spec.get("evals"), "evals") or default_evals()))
     seeds_value = spec.get("seeds", 1)
     if isinstance(seeds_value, int) and not isinstance(seeds_value, bool):
@@ -128,9 +146,14 @@ def expand(spec: dict[str, Any]) -> list[SweepJob]:
     else:
         seeds = sorted(set(_ints(_as_list(seeds_value, "seeds"), "seeds", 0)))
     preset = get_preset(str(spec.get("preset", "quick"))).name
-    shared = {"preset": preset, "evals": evals, "corpus": str(spec.get("corpus", "wiki-en")),
-              "device": str(spec.get("device", "cpu")), "bf16": bool(spec.get("bf16", False)),
-              "dense_training": bool(spec.get("dense_training", False))}
+    shared = {
+        "preset": preset,
+        "evals": evals,
+        "corpus": str(spec.get("corpus", "wiki-en")),
+        "device": str(spec.get("device", "cpu")),
+        "bf16": bool(spec.get("bf16", False)),
+        "dense_training": bool(spec.get("dense_training", False)),
+    }
     jobs: list[SweepJob] = []
     seen: set[str] = set()
     for entry in models:
@@ -153,10 +176,17 @@ def expand(spec: dict[str, Any]) -> list[SweepJob]:
         for layer in dict.fromkeys(layers):
             for variant in variants:
                 # variants without k train once per seed, with the smallest k (as `abstopk_eval.run` does)
-                for k in (ks if get_variant(variant).uses_k else ks[:1]):
+                for k in ks if get_variant(variant).uses_k else ks[:1]:
                     for seed in seeds:
-                        job = SweepJob(model=model.key, layer=layer, variant=variant, k=k, seed=seed,
-                                       model_path=entry.get("model_path"), **shared)
+                        job = SweepJob(
+                            model=model.key,
+                            layer=layer,
+                            variant=variant,
+                            k=k,
+                            seed=seed,
+                            model_path=entry.get("model_path"),
+                            **shared,
+                        )
                         if job.job_id not in seen:
                             seen.add(job.job_id)
                             jobs.append(job)
@@ -187,25 +217,44 @@ def run_job(job: SweepJob, *, results_dir: Path, runs_dir: Path, reports_dir: Pa
 
     if job.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"job {job.job_id} asks for device {job.device} but no CUDA device is available")
-    plan = RunPlan(model=get_model_spec(job.model), layer=job.layer, variants=[job.variant], ks=[job.k],
-                   seeds=[job.seed], preset=get_preset(job.preset), evals=list(job.evals), corpus=job.corpus,
-                   device=job.device, model_path=job.model_path, results_dir=results_dir, runs_dir=runs_dir,
-                   reports_dir=reports_dir, cache_dir=cache_dir, write_report=False,
-                   sparse_training=not job.dense_training, bf16_training=job.bf16)
+    plan = RunPlan(
+        model=get_model_spec(job.model),
+        layer=job.layer,
+        variants=[job.variant],
+        ks=[job.k],
+        seeds=[job.seed],
+        preset=get_preset(job.preset),
+        evals=list(job.evals),
+        corpus=job.corpus,
+        device=job.device,
+        model_path=job.model_path,
+        results_dir=results_dir,
+        runs_dir=runs_dir,
+        reports_dir=reports_dir,
+        cache_dir=cache_dir,
+        write_report=False,
+        sparse_training=not job.dense_training,
+        bf16_training=job.bf16,
+    )
     execute(plan)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m abstopk_eval.sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m abstopk_eval.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("spec", type=Path, help="sweep spec (.yaml / .yml / .json)")
     p.add_argument("--shard", default="0/1", help="run share i of n (0 <= i < n); default 0/1, the whole sweep")
     p.add_argument("--list", action="store_true", help="print the jobs (of this shard) and exit")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.add_argument("--reports-dir", type=Path, default=Path("reports"))
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="model copies and activation caches; on a cluster use node-local scratch per job")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="model copies and activation caches; on a cluster use node-local scratch per job",
+    )
     p.add_argument("-q", "--quiet", action="store_true")
     return p
 
@@ -213,8 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     index, count = parse_shard(args.shard)
     jobs = expand(load_spec_file(args.spec))
     mine = shard_jobs(jobs, index, count)
@@ -227,8 +279,13 @@ def main(argv: list[str] | None = None) -> None:
     began = time.perf_counter()
     for number, job in enumerate(mine, 1):
         log.info("job %d/%d: %s", number, len(mine), job.job_id)
-        run_job(job, results_dir=args.results_dir, runs_dir=args.runs_dir, reports_dir=args.reports_dir,
-                cache_dir=args.cache_dir)
+        run_job(
+            job,
+            results_dir=args.results_dir,
+            runs_dir=args.runs_dir,
+            reports_dir=args.reports_dir,
+            cache_dir=args.cache_dir,
+        )
     log.info("shard %d/%d finished %d jobs in %.0fs", index, count, len(mine), time.perf_counter() - began)
 
 

@@ -84,10 +84,14 @@ class Recovery:
 
 
 @torch.no_grad()
-def recovery(true_atoms: torch.Tensor, bipolar: torch.Tensor, learned: torch.Tensor, signed: bool,
-             threshold: float = 0.9) -> Recovery:
+def recovery(
+    true_atoms: torch.Tensor, bipolar: torch.Tensor, learned: torch.Tensor, signed: bool, threshold: float = 0.9
+) -> Recovery:
     """Score a learned decoder [m, d] against the true atoms [n, d] (see the module docstring)."""
-    cos = torch.nn.functional.normalize(true_atoms.float(), dim=-1) @ torch.nn.functional.normalize(learned.float(), dim=-1).T
+    cos = (
+        torch.nn.functional.normalize(true_atoms.float(), dim=-1)
+        @ torch.nn.functional.normalize(learned.float(), dim=-1).T
+    )
     if signed:
         score = cos.abs().max(dim=1).values
     else:
@@ -97,9 +101,14 @@ def recovery(true_atoms: torch.Tensor, bipolar: torch.Tensor, learned: torch.Ten
     hit = score >= threshold
     split = (cos.abs() >= threshold).sum(dim=1).float()
     mean = lambda t: float(t.float().mean()) if t.numel() else float("nan")  # noqa: E731
-    return Recovery(mean_max_cosine=mean(score), frac_recovered=mean(hit), frac_unipolar_recovered=mean(hit[~bipolar]),
-                    frac_bipolar_recovered=mean(hit[bipolar]), mean_split_count_bipolar=mean(split[bipolar]),
-                    threshold=threshold)
+    return Recovery(
+        mean_max_cosine=mean(score),
+        frac_recovered=mean(hit),
+        frac_unipolar_recovered=mean(hit[~bipolar]),
+        frac_bipolar_recovered=mean(hit[bipolar]),
+        mean_split_count_bipolar=mean(split[bipolar]),
+        threshold=threshold,
+    )
 
 
 def mean_and_interval(values: list[float]) -> dict[str, float]:

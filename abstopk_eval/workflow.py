@@ -82,8 +82,13 @@ def _pending_evals(plan: RunPlan, jobs: list[TrainJob]) -> dict[str, list[TrainJ
     digests = {job.sae_id: checkpoint_digest(job) for job in jobs}
     pending = {}
     for name in plan.evals:
-        todo = [j for j in jobs if not _result_is_current(
-            result_path(plan.results_dir, plan.model.key, plan.layer, j.sae_id, name), digests[j.sae_id])]
+        todo = [
+            j
+            for j in jobs
+            if not _result_is_current(
+                result_path(plan.results_dir, plan.model.key, plan.layer, j.sae_id, name), digests[j.sae_id]
+            )
+        ]
         if todo:
             pending[name] = todo
     return pending
@@ -94,7 +99,7 @@ class _Session:
 
     def __init__(self, plan: RunPlan):
         self.plan = plan
-        self.cache_root = (plan.cache_dir or default_cache_dir())
+        self.cache_root = plan.cache_dir or default_cache_dir()
         self._adapter: ModelAdapter | None = None
         self.model_source = ""
 
@@ -102,21 +107,32 @@ class _Session:
     def adapter(self) -> ModelAdapter:
         if self._adapter is None:
             log.info("loading model %s", self.plan.model.key)
-            loaded = load_model(self.plan.model.key, model_path=self.plan.model_path, cache_dir=self.cache_root,
-                                device=self.plan.device)
+            loaded = load_model(
+                self.plan.model.key, model_path=self.plan.model_path, cache_dir=self.cache_root, device=self.plan.device
+            )
             self.model_source = loaded.source_description
             self._adapter = ModelAdapter.from_loaded(loaded)
         return self._adapter
 
     def tokens(self, split: str, max_tokens: int | None) -> PackedTokens:
-        return build_token_sequences(self.plan.corpus, self.adapter.tokenizer, self.plan.model.context_size, split, max_tokens)
+        return build_token_sequences(
+            self.plan.corpus, self.adapter.tokenizer, self.plan.model.context_size, split, max_tokens
+        )
 
     def cache(self, packed: PackedTokens, n_tokens: int) -> ActivationCache:
-        key = CacheKey(model=self.plan.model.key, layer=self.plan.layer, corpus=self.plan.corpus, n_tokens=n_tokens,
-                       seq_len=self.plan.model.context_size, split=packed.split)
+        key = CacheKey(
+            model=self.plan.model.key,
+            layer=self.plan.layer,
+            corpus=self.plan.corpus,
+            n_tokens=n_tokens,
+            seq_len=self.plan.model.context_size,
+            split=packed.split,
+        )
+
         def build_or_load() -> ActivationCache:
-            return ActivationCache.build_or_load(self.cache_root / "activations", key, self.adapter, packed,
-                                                 d_in=self.plan.model.d_model)
+            return ActivationCache.build_or_load(
+                self.cache_root / "activations", key, self.adapter, packed, d_in=self.plan.model.d_model
+            )
 
         if distributed.is_main():  # one LM pass; the other ranks wait, then load what it wrote
             cache = build_or_load()
@@ -125,25 +141,49 @@ class _Session:
 
     def provenance(self) -> dict[str, Any]:
         plan = self.plan
-        return {"model": plan.model.key, "model_hf_id": plan.model.hf_id, "model_source": self.model_source,
-                "layer": plan.layer, "hook_name": hook_name(plan.layer), "preset": plan.preset.name,
-                "corpus": plan.corpus, "versions": package_versions()}
+        return {
+            "model": plan.model.key,
+            "model_hf_id": plan.model.hf_id,
+            "model_source": self.model_source,
+            "layer": plan.layer,
+            "hook_name": hook_name(plan.layer),
+            "preset": plan.preset.name,
+            "corpus": plan.corpus,
+            "versions": package_versions(),
+        }
 
 
 def train_missing(session: _Session, jobs: list[TrainJob]) -> None:
     plan, preset = session.plan, session.plan.preset
     packed = session.tokens("train", preset.cache_tokens)
     cache = session.cache(packed, preset.cache_tokens)
-    metadata = {**session.provenance(), "model_name": plan.model.hf_id, "hook_name": hook_name(plan.layer),
-                "train_corpus": packed.provenance(), "activation_cache": cache.provenance(),
-                "train_tokens": preset.train_tokens, "epochs_over_cache": preset.train_tokens / max(cache.n_rows, 1)}
+    metadata = {
+        **session.provenance(),
+        "model_name": plan.model.hf_id,
+        "hook_name": hook_name(plan.layer),
+        "train_corpus": packed.provenance(),
+        "activation_cache": cache.provenance(),
+        "train_tokens": preset.train_tokens,
+        "epochs_over_cache": preset.train_tokens / max(cache.n_rows, 1),
+    }
 
     def stream_for_seed(seed: int):
-        return lambda start_step: cache.iter_batches(preset.batch_size, n_tokens=preset.train_tokens, seed=seed,
-                                                     start_token=start_step * preset.batch_size)
+        return lambda start_step: cache.iter_batches(
+            preset.batch_size, n_tokens=preset.train_tokens, seed=seed, start_token=start_step * preset.batch_size
+        )
 
-    train_jobs(jobs, stream_for_seed, d_in=cache.d_in, preset=preset, mean=cache.mean, scale=cache.scale,
-               metadata=metadata, device=plan.device, sparse=plan.sparse_training, bf16=plan.bf16_training)
+    train_jobs(
+        jobs,
+        stream_for_seed,
+        d_in=cache.d_in,
+        preset=preset,
+        mean=cache.mean,
+        scale=cache.scale,
+        metadata=metadata,
+        device=plan.device,
+        sparse=plan.sparse_training,
+        bf16=plan.bf16_training,
+    )
 
 
 def evaluate_missing(session: _Session, pending: dict[str, list[TrainJob]]) -> None:
@@ -160,11 +200,16 @@ def evaluate_missing(session: _Session, pending: dict[str, list[TrainJob]]) -> N
             path = job.out_dir / TRAINING_JSON
             info[job.sae_id] = json.loads(path.read_text()) if path.is_file() else {}
         ctx = EvalContext(
-            adapter=session.adapter, model_key=plan.model.key, model_name=plan.model.hf_id, layer=plan.layer,
+            adapter=session.adapter,
+            model_key=plan.model.key,
+            model_name=plan.model.hf_id,
+            layer=plan.layer,
             eval_tokens=heldout.tokens[:n_ce_seqs],
             heldout_activations=lambda: torch.from_numpy(np.array(heldout_cache.activations)),
             dataset=f"{heldout.info.name} held-out split ({heldout.info.source})",
-            provenance=provenance, training_info=info, device=plan.device,
+            provenance=provenance,
+            training_info=info,
+            device=plan.device,
         )
         log.info("evaluation %s on %d SAEs", eval_name, len(saes))
         digests = {job.sae_id: checkpoint_digest(job) for job in jobs}

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from train_throughput import _cache  # same directory (scripts run as files)
 
 from abstopk_eval.config import get_preset
 from abstopk_eval.models.registry import get_model_spec
@@ -31,23 +32,33 @@ from abstopk_eval.results import package_versions
 from abstopk_eval.saes.variants import ALL_VARIANTS
 from abstopk_eval.training.checkpoint import atomic_write_json
 from abstopk_eval.training.trainer import TrainJob, train_jobs
-from train_throughput import _cache  # same directory (scripts run as files)
 
 OUT = Path(__file__).parent / "results" / "one_pass_training.json"
 
 
 def _train(variant_groups: list[list[str]], cache, preset, k: int, sparse: bool, bf16: bool = False) -> float:
     """Wall seconds to train every group, each group as one train_jobs call (one pass over the cache)."""
+
     def stream_for_seed(seed: int):
-        return lambda start: cache.iter_batches(preset.batch_size, n_tokens=preset.train_tokens, seed=seed,
-                                                start_token=start * preset.batch_size)
+        return lambda start: cache.iter_batches(
+            preset.batch_size, n_tokens=preset.train_tokens, seed=seed, start_token=start * preset.batch_size
+        )
 
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for group in variant_groups:
             jobs = [TrainJob(v, k, 0, preset.name, Path(tmp) / v) for v in group]
-            train_jobs(jobs, stream_for_seed, d_in=cache.d_in, preset=preset, mean=cache.mean, scale=cache.scale,
-                       metadata={"benchmark": "one_pass_training"}, sparse=sparse, bf16=bf16)
+            train_jobs(
+                jobs,
+                stream_for_seed,
+                d_in=cache.d_in,
+                preset=preset,
+                mean=cache.mean,
+                scale=cache.scale,
+                metadata={"benchmark": "one_pass_training"},
+                sparse=sparse,
+                bf16=bf16,
+            )
     return time.perf_counter() - began
 
 
@@ -58,8 +69,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=48)
     args = p.parse_args()
     quick = get_preset("quick")
-    preset = dataclasses.replace(quick, train_tokens=args.steps * quick.batch_size,
-                                 checkpoint_every_steps=10**9)
+    preset = dataclasses.replace(quick, train_tokens=args.steps * quick.batch_size, checkpoint_every_steps=10**9)
     k = get_model_spec(args.model).paper_k
     train, _ = _cache(args.model, args.layer)
     variants = list(ALL_VARIANTS)
@@ -77,20 +87,31 @@ def main() -> None:
         print(f"{name}: {seconds[name]:.1f} s for {len(variants)} variants x {args.steps} steps")
     per_step = {name: s / args.steps for name, s in seconds.items()}
     result = {
-        "setup": {"model": args.model, "layer": args.layer, "variants": variants, "k": k, "steps": args.steps,
-                  "batch_size": preset.batch_size, "d_sae": preset.expansion * train.d_in,
-                  "threads": torch.get_num_threads(), "cache": str(train.directory)},
+        "setup": {
+            "model": args.model,
+            "layer": args.layer,
+            "variants": variants,
+            "k": k,
+            "steps": args.steps,
+            "batch_size": preset.batch_size,
+            "d_sae": preset.expansion * train.d_in,
+            "threads": torch.get_num_threads(),
+            "cache": str(train.directory),
+        },
         "seconds": seconds,
         "one_pass_over_separate": seconds["one_pass"] / seconds["separate"],
         "separate_dense_over_one_pass": seconds["separate_dense"] / seconds["one_pass"],
         "quick_run_training_s_estimate": {
             "note": f"extrapolation: measured seconds per step x the quick preset's {quick.total_steps} steps",
-            **{name: s * quick.total_steps for name, s in per_step.items()}},
+            **{name: s * quick.total_steps for name, s in per_step.items()},
+        },
         "versions": package_versions(),
     }
     atomic_write_json(OUT, result)
-    print(f"one pass / separate = {result['one_pass_over_separate']:.3f}; "
-          f"dense separate / one pass = {result['separate_dense_over_one_pass']:.2f}; wrote {OUT}")
+    print(
+        f"one pass / separate = {result['one_pass_over_separate']:.3f}; "
+        f"dense separate / one pass = {result['separate_dense_over_one_pass']:.2f}; wrote {OUT}"
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ them is `sae_bench_setup_token_activations_s`) and then costs `sae_bench_<eval>_
 are retrained in every call). Ours scores all SAEs in one call that includes its one model pass
 (`ours_<eval>_all_saes_s`; TPP reuses sparse probing's memoised pass), keeping only pooled vectors.
 
-    python benchmarks/sae_bench_reference.py [--saes topk_k64_s0 abstopk_k64_s0] [--datasets sentiment language code topic]
+    python benchmarks/sae_bench_reference.py [--saes topk_k64_s0 abstopk_k64_s0] \
+        [--datasets sentiment language code topic]
 
 Writes benchmarks/results/sae_bench_reference.json.
 """
@@ -57,7 +58,9 @@ log = logging.getLogger("sae_bench_reference")
 
 
 @torch.no_grad()
-def token_activations(adapter: ModelAdapter, layer: int, texts: list[str], context_length: int, batch: int = 32) -> torch.Tensor:
+def token_activations(
+    adapter: ModelAdapter, layer: int, texts: list[str], context_length: int, batch: int = 32
+) -> torch.Tensor:
     """[n, L, d] residual activations per token, zero at BOS / EOS / padding (sae_bench's masking convention)."""
     ids, _ = tokenize_texts(adapter.tokenizer, texts, context_length)
     special = torch.tensor(special_token_ids(adapter), dtype=torch.long)
@@ -65,15 +68,15 @@ def token_activations(adapter: ModelAdapter, layer: int, texts: list[str], conte
     width = max(len(i) for i in ids)
     out = torch.zeros(len(ids), width, adapter.d_model)
     for start in range(0, len(ids), batch):
-        chunk = ids[start:start + batch]
+        chunk = ids[start : start + batch]
         input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         mask = torch.zeros(len(chunk), width, dtype=torch.long)
         for row, seq in enumerate(chunk):
-            input_ids[row, :len(seq)] = torch.tensor(seq)
-            mask[row, :len(seq)] = 1
+            input_ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
         acts = adapter.activations(input_ids, layer, attention_mask=mask).float().cpu()
         valid = mask.bool() & ~torch.isin(input_ids, special)
-        out[start:start + len(chunk)] = acts * valid[..., None]
+        out[start : start + len(chunk)] = acts * valid[..., None]
     return out
 
 
@@ -90,21 +93,35 @@ def class_dicts(ds: Any, acts: torch.Tensor, train_idx: np.ndarray, test_idx: np
 class _NoModel:
     """Stands in for sae_bench's HookedTransformer: activations are supplied, the model is never called."""
 
-    def to(self, *_: Any, **__: Any) -> "_NoModel":
+    def to(self, *_: Any, **__: Any) -> _NoModel:
         return self
 
 
-def sae_bench_sparse_probing(name: str, train: dict, test: dict, sae: Any, k_values: list[int], layer: int) -> dict[str, float]:
+def sae_bench_sparse_probing(
+    name: str, train: dict, test: dict, sae: Any, k_values: list[int], layer: int
+) -> dict[str, float]:
     from sae_bench.evals.sparse_probing import main as sp
     from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
 
     cfg = SparseProbingEvalConfig(k_values=k_values, lower_vram_usage=True, sae_batch_size=32)
     original = sp.get_dataset_activations
-    sp.get_dataset_activations = lambda *a, **kw: ({k: v.clone() for k, v in train.items()}, {k: v.clone() for k, v in test.items()})
+    sp.get_dataset_activations = lambda *a, **kw: (
+        {k: v.clone() for k, v in train.items()},
+        {k: v.clone() for k, v in test.items()},
+    )
     try:
         with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stdout(io.StringIO()):
-            results, _ = sp.run_eval_single_dataset(name, cfg, sae, _NoModel(), layer, f"blocks.{layer}.hook_resid_post", "cpu",
-                                                    folder, save_activations=False)
+            results, _ = sp.run_eval_single_dataset(
+                name,
+                cfg,
+                sae,
+                _NoModel(),
+                layer,
+                f"blocks.{layer}.hook_resid_post",
+                "cpu",
+                folder,
+                save_activations=False,
+            )
     finally:
         sp.get_dataset_activations = original
     return results
@@ -117,14 +134,25 @@ def sae_bench_tpp(name: str, train: dict, test: dict, sae: Any, n_values: list[i
 
     cfg = ScrAndTppEvalConfig(perform_scr=False, n_values=n_values, lower_vram_usage=True, sae_batch_size=32)
     patched = {"get_dataset_activations": st.get_dataset_activations}
-    st.get_dataset_activations = lambda *a, **kw: ({k: v.clone() for k, v in train.items()}, {k: v.clone() for k, v in test.items()})
+    st.get_dataset_activations = lambda *a, **kw: (
+        {k: v.clone() for k, v in train.items()},
+        {k: v.clone() for k, v in test.items()},
+    )
     st.COLUMN2_VALS_LOOKUP[name] = ("-", "-")
     dataset_info.chosen_classes_per_dataset[name] = list(train)
     try:
         with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stdout(io.StringIO()):
-            accuracies, llm_accuracies = st.run_eval_single_dataset(name, cfg, sae, _NoModel(), layer,
-                                                                    f"blocks.{layer}.hook_resid_post", "cpu", folder,
-                                                                    save_activations=False)
+            accuracies, llm_accuracies = st.run_eval_single_dataset(
+                name,
+                cfg,
+                sae,
+                _NoModel(),
+                layer,
+                f"blocks.{layer}.hook_resid_post",
+                "cpu",
+                folder,
+                save_activations=False,
+            )
         metrics, _ = st.create_tpp_plotting_dict(accuracies, llm_accuracies)
     finally:
         st.get_dataset_activations = patched["get_dataset_activations"]
@@ -146,16 +174,36 @@ def main() -> None:
     spec = get_model_spec(args.model)
     layer = spec.default_layer if args.layer is None else spec.check_layer(args.layer)
     adapter = ModelAdapter.from_loaded(load_model(spec.key))
-    saes = {sid: load_sae(args.runs_dir / spec.key / f"layer_{layer}" / sid / SAE_DIRNAME, expected_d_in=spec.d_model) for sid in args.saes}
-    ctx = EvalContext(adapter=adapter, model_key=spec.key, model_name=spec.hf_id, layer=layer,
-                      eval_tokens=torch.zeros(1, 2, dtype=torch.long), heldout_activations=lambda: torch.zeros(1, spec.d_model),
-                      dataset="-")
+    saes = {
+        sid: load_sae(args.runs_dir / spec.key / f"layer_{layer}" / sid / SAE_DIRNAME, expected_d_in=spec.d_model)
+        for sid in args.saes
+    }
+    ctx = EvalContext(
+        adapter=adapter,
+        model_key=spec.key,
+        model_name=spec.hf_id,
+        layer=layer,
+        eval_tokens=torch.zeros(1, 2, dtype=torch.long),
+        heldout_activations=lambda: torch.zeros(1, spec.d_model),
+        dataset="-",
+    )
     sp_cfg, tpp_cfg = SparseProbingConfig(), TppConfig()
-    report: dict[str, Any] = {"model": spec.key, "layer": layer, "saes": args.saes, "datasets": {}, "versions": package_versions(),
-                              "sparse_probing_k_values": sp_cfg.k_values, "tpp_n_values": tpp_cfg.n_values}
+    report: dict[str, Any] = {
+        "model": spec.key,
+        "layer": layer,
+        "saes": args.saes,
+        "datasets": {},
+        "versions": package_versions(),
+        "sparse_probing_k_values": sp_cfg.k_values,
+        "tpp_n_values": tpp_cfg.n_values,
+    }
     for name in args.datasets:
-        ds = load_dataset(name, "offline", max_per_class=sp_cfg.train_per_class + sp_cfg.test_per_class, seed=sp_cfg.random_seed)
-        train_idx, test_idx = split_per_class(ds.labels, sp_cfg.train_per_class, sp_cfg.test_per_class, sp_cfg.random_seed)
+        ds = load_dataset(
+            name, "offline", max_per_class=sp_cfg.train_per_class + sp_cfg.test_per_class, seed=sp_cfg.random_seed
+        )
+        train_idx, test_idx = split_per_class(
+            ds.labels, sp_cfg.train_per_class, sp_cfg.test_per_class, sp_cfg.random_seed
+        )
         entry: dict[str, Any] = {"n_texts": len(ds.texts), "classes": list(ds.class_names), "saes": {}}
         t0 = time.perf_counter()
         acts = token_activations(adapter, layer, list(ds.texts), sp_cfg.context_length)
@@ -186,36 +234,64 @@ def main() -> None:
                 theirs = sae_bench_sparse_probing(name, train, test, sae, sp_cfg.k_values, layer)
                 row["sae_bench_sparse_probing_s"] = time.perf_counter() - t0
                 mine = ours_sp[sid]
-                row["sparse_probing"] = {f"top_{k}": {"sae_bench": theirs[f"sae_top_{k}_test_accuracy"],
-                                                      "ours": mine[f"sae_top_{k}_test_accuracy"]} for k in sp_cfg.k_values}
-                row["sparse_probing"]["llm_top_1"] = {"sae_bench": theirs.get("llm_top_1_test_accuracy"),
-                                                      "ours": mine.get("llm_top_1_test_accuracy")}
+                row["sparse_probing"] = {
+                    f"top_{k}": {
+                        "sae_bench": theirs[f"sae_top_{k}_test_accuracy"],
+                        "ours": mine[f"sae_top_{k}_test_accuracy"],
+                    }
+                    for k in sp_cfg.k_values
+                }
+                row["sparse_probing"]["llm_top_1"] = {
+                    "sae_bench": theirs.get("llm_top_1_test_accuracy"),
+                    "ours": mine.get("llm_top_1_test_accuracy"),
+                }
             if run_tpp_here:
                 torch.manual_seed(0)
                 t0 = time.perf_counter()
                 theirs = sae_bench_tpp(name, train, test, sae, tpp_cfg.n_values, layer)
                 row["sae_bench_tpp_s"] = time.perf_counter() - t0
-                row["tpp"] = {f"n_{n}": {"sae_bench": theirs[f"tpp_threshold_{n}_total_metric"],
-                                         "ours": getattr(ours_tpp[sid], f"tpp_threshold_{n}_total_metric")} for n in tpp_cfg.n_values}
+                row["tpp"] = {
+                    f"n_{n}": {
+                        "sae_bench": theirs[f"tpp_threshold_{n}_total_metric"],
+                        "ours": getattr(ours_tpp[sid], f"tpp_threshold_{n}_total_metric"),
+                    }
+                    for n in tpp_cfg.n_values
+                }
             entry["saes"][sid] = row
             log.info("%s %s: %s", name, sid, {k: v for k, v in row.items() if k.endswith("_s")})
             for metric in ("sparse_probing", "tpp"):
                 for key, pair in row.get(metric, {}).items():
-                    print(f"{name:10s} {sid:16s} {metric:14s} {key:10s} sae_bench {pair['sae_bench']:.3f}  ours {pair['ours']:.3f}")
+                    print(
+                        f"{name:10s} {sid:16s} {metric:14s} {key:10s} sae_bench {pair['sae_bench']:.3f}  ours "
+                        f"{pair['ours']:.3f}"
+                    )
         report["datasets"][name] = entry
         atomic_write_json(args.out, report)  # after every dataset: an interrupted run keeps what it measured
     summary: dict[str, Any] = {}
-    for metric, keys in (("sparse_probing", [f"top_{k}" for k in sp_cfg.k_values]), ("tpp", [f"n_{n}" for n in tpp_cfg.n_values])):
+    for metric, keys in (
+        ("sparse_probing", [f"top_{k}" for k in sp_cfg.k_values]),
+        ("tpp", [f"n_{n}" for n in tpp_cfg.n_values]),
+    ):
         for sid in args.saes:
-            diffs = [entry["saes"][sid][metric][key]["ours"] - entry["saes"][sid][metric][key]["sae_bench"]
-                     for entry in report["datasets"].values() if metric in entry["saes"][sid] for key in keys]
+            diffs = [
+                entry["saes"][sid][metric][key]["ours"] - entry["saes"][sid][metric][key]["sae_bench"]
+                for entry in report["datasets"].values()
+                if metric in entry["saes"][sid]
+                for key in keys
+            ]
             if diffs:
-                summary[f"{metric}/{sid}"] = {"mean_diff_ours_minus_sae_bench": float(np.mean(diffs)),
-                                              "max_abs_diff": float(np.max(np.abs(diffs))), "n": len(diffs)}
+                summary[f"{metric}/{sid}"] = {
+                    "mean_diff_ours_minus_sae_bench": float(np.mean(diffs)),
+                    "max_abs_diff": float(np.max(np.abs(diffs))),
+                    "n": len(diffs),
+                }
     report["summary"] = summary
     atomic_write_json(args.out, report)
     for key, value in summary.items():
-        print(f"{key}: mean diff {value['mean_diff_ours_minus_sae_bench']:+.3f}, max |diff| {value['max_abs_diff']:.3f} over {value['n']}")
+        print(
+            f"{key}: mean diff {value['mean_diff_ours_minus_sae_bench']:+.3f}, max |diff| "
+            f"{value['max_abs_diff']:.3f} over {value['n']}"
+        )
     print(f"wrote {args.out}")
 
 

@@ -36,8 +36,15 @@ from abstopk_eval.training.trainer import TrainJob, train_jobs
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "synthetic_ground_truth.json"
 REPORT = ROOT / "reports" / "synthetic_ground_truth"
-METRICS = ["frac_recovered", "frac_bipolar_recovered", "frac_unipolar_recovered", "mean_max_cosine",
-           "mean_split_count_bipolar", "l0", "fvu"]
+METRICS = [
+    "frac_recovered",
+    "frac_bipolar_recovered",
+    "frac_unipolar_recovered",
+    "mean_max_cosine",
+    "mean_split_count_bipolar",
+    "l0",
+    "fvu",
+]
 
 
 def train_seed(seed: int, steps: int, k: int, work: Path, sparsity: SparsityHyperparams) -> list[dict]:
@@ -46,19 +53,33 @@ def train_seed(seed: int, steps: int, k: int, work: Path, sparsity: SparsityHype
     mean = probe.mean(0)
     scale = float((probe - mean).pow(2).sum(-1).mean().div(probe.shape[1]).sqrt())
     quick = get_preset("quick")
-    preset = dataclasses.replace(quick, name="synthetic", expansion=8, train_tokens=steps * quick.batch_size,
-                                 checkpoint_every_steps=10**9, sparsity=sparsity)
+    preset = dataclasses.replace(
+        quick,
+        name="synthetic",
+        expansion=8,
+        train_tokens=steps * quick.batch_size,
+        checkpoint_every_steps=10**9,
+        sparsity=sparsity,
+    )
 
     def stream_for_seed(job_seed: int):
         def stream(start: int):
             for step in range(start, preset.total_steps):
                 g = torch.Generator().manual_seed(1_000_003 * seed + step)
                 yield (data.sample(preset.batch_size, g) - mean) / scale
+
         return stream
 
     jobs = [TrainJob(v, k, seed, preset.name, work / f"{v}_s{seed}") for v in ALL_VARIANTS]
-    train_jobs(jobs, stream_for_seed, d_in=data.atoms.shape[1], preset=preset, mean=mean, scale=scale,
-               metadata={"benchmark": "synthetic_ground_truth", "synthetic": dataclasses.asdict(data.config)})
+    train_jobs(
+        jobs,
+        stream_for_seed,
+        d_in=data.atoms.shape[1],
+        preset=preset,
+        mean=mean,
+        scale=scale,
+        metadata={"benchmark": "synthetic_ground_truth", "synthetic": dataclasses.asdict(data.config)},
+    )
     held = data.sample(8192, torch.Generator().manual_seed(2 * 10**6 + seed))
     rows = []
     for job in jobs:
@@ -67,8 +88,15 @@ def train_seed(seed: int, steps: int, k: int, work: Path, sparsity: SparsityHype
             z = sae.encode(held)
             err = (sae.decode(z) - held).pow(2).sum()
         rec = recovery(data.atoms, data.bipolar, sae.W_dec.detach(), signed=has_signed_latents(sae))
-        rows.append({"variant": job.variant, "seed": seed, **rec.to_dict(), "l0": float((z != 0).sum(-1).float().mean()),
-                     "fvu": float(err / (held - held.mean(0)).pow(2).sum())})
+        rows.append(
+            {
+                "variant": job.variant,
+                "seed": seed,
+                **rec.to_dict(),
+                "l0": float((z != 0).sum(-1).float().mean()),
+                "fvu": float(err / (held - held.mean(0)).pow(2).sum()),
+            }
+        )
     return rows
 
 
@@ -79,13 +107,19 @@ def figure(summary: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric, label in ((axes[0], "frac_bipolar_recovered", "bipolar atoms recovered (both poles)"),
-                              (axes[1], "mean_split_count_bipolar", "learned atoms per bipolar atom")):
+    for ax, metric, label in (
+        (axes[0], "frac_bipolar_recovered", "bipolar atoms recovered (both poles)"),
+        (axes[1], "mean_split_count_bipolar", "learned atoms per bipolar atom"),
+    ):
         ax.bar(summary.index, summary[(metric, "mean")], yerr=summary[(metric, "ci95")].fillna(0), capsize=4)
-        ax.set_ylabel(label); ax.tick_params(axis="x", rotation=30)
-    axes[1].axhline(1, color="grey", lw=0.8, ls="--"); axes[1].axhline(2, color="grey", lw=0.8, ls=":")
+        ax.set_ylabel(label)
+        ax.tick_params(axis="x", rotation=30)
+    axes[1].axhline(1, color="grey", lw=0.8, ls="--")
+    axes[1].axhline(2, color="grey", lw=0.8, ls=":")
     fig.suptitle("Synthetic ground truth (mean and 95% interval over seeds)")
-    fig.tight_layout(); fig.savefig(path, dpi=120); plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -97,10 +131,16 @@ def main() -> None:
     # initial pre-activations are ~0.1, so JumpReLU's threshold 1.0 would start (and stay) dead.
     p.add_argument("--l1", type=float, default=CALIBRATED_SPARSITY.l1_coefficient, help="ReLU l1 coefficient")
     p.add_argument("--jumprelu-threshold", type=float, default=0.05, help="JumpReLU initial threshold")
-    p.add_argument("--l0-coefficient", type=float, default=CALIBRATED_SPARSITY.l0_coefficient, help="JumpReLU l0 coefficient")
+    p.add_argument(
+        "--l0-coefficient", type=float, default=CALIBRATED_SPARSITY.l0_coefficient, help="JumpReLU l0 coefficient"
+    )
     args = p.parse_args()
-    sparsity = dataclasses.replace(CALIBRATED_SPARSITY, l1_coefficient=args.l1, l0_coefficient=args.l0_coefficient,
-                                   jumprelu_init_threshold=args.jumprelu_threshold)
+    sparsity = dataclasses.replace(
+        CALIBRATED_SPARSITY,
+        l1_coefficient=args.l1,
+        l0_coefficient=args.l0_coefficient,
+        jumprelu_init_threshold=args.jumprelu_threshold,
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     began = time.perf_counter()
     rows = []
@@ -111,18 +151,41 @@ def main() -> None:
     summary = {v: {m: mean_and_interval(g[m].tolist()) for m in METRICS} for v, g in frame.groupby("variant")}
     table = pd.DataFrame({(m, s): {v: summary[v][m][s] for v in summary} for m in METRICS for s in ("mean", "ci95")})
     table = table.loc[[v for v in ALL_VARIANTS if v in table.index]]
-    atomic_write_json(OUT, {"config": dataclasses.asdict(SyntheticConfig()), "steps": args.steps, "k": args.k,
-                            "sparsity": dataclasses.asdict(sparsity),
-                            "seeds": args.seeds, "seconds": time.perf_counter() - began, "per_run": rows,
-                            "summary": summary, "versions": package_versions()})
+    atomic_write_json(
+        OUT,
+        {
+            "config": dataclasses.asdict(SyntheticConfig()),
+            "steps": args.steps,
+            "k": args.k,
+            "sparsity": dataclasses.asdict(sparsity),
+            "seeds": args.seeds,
+            "seconds": time.perf_counter() - began,
+            "per_run": rows,
+            "summary": summary,
+            "versions": package_versions(),
+        },
+    )
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     figure(table, REPORT.with_suffix(".png"))
-    shown = pd.DataFrame({m: [f"{table.loc[v, (m, 'mean')]:.3f} ± {table.loc[v, (m, 'ci95')]:.3f}" for v in table.index]
-                          for m in METRICS}, index=table.index)
-    lines = ["# Synthetic ground truth", "", f"`benchmarks/synthetic_ground_truth.py --seeds {args.seeds} --steps {args.steps}` "
-             f"(k {args.k}, ReLU l1 {args.l1}, JumpReLU initial threshold {args.jumprelu_threshold}); mean ± 95% t-interval over seeds. Synthetic data with a known dictionary "
-             "(not language-model activations): see the script's docstring.", "", shown.to_markdown(), "",
-             f"![figure]({REPORT.with_suffix('.png').name})"]
+    shown = pd.DataFrame(
+        {
+            m: [f"{table.loc[v, (m, 'mean')]:.3f} ± {table.loc[v, (m, 'ci95')]:.3f}" for v in table.index]
+            for m in METRICS
+        },
+        index=table.index,
+    )
+    lines = [
+        "# Synthetic ground truth",
+        "",
+        f"`benchmarks/synthetic_ground_truth.py --seeds {args.seeds} --steps {args.steps}` "
+        f"(k {args.k}, ReLU l1 {args.l1}, JumpReLU initial threshold {args.jumprelu_threshold}); mean ± 95% "
+        "t-interval over seeds. Synthetic data with a known dictionary "
+        "(not language-model activations): see the script's docstring.",
+        "",
+        shown.to_markdown(),
+        "",
+        f"![figure]({REPORT.with_suffix('.png').name})",
+    ]
     atomic_write_bytes(REPORT.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
     print(shown.to_markdown())
     print(f"wrote {OUT} and {REPORT}.md/.png in {time.perf_counter() - began:.0f}s")

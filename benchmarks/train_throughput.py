@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import threading
 import time
@@ -62,8 +61,12 @@ class PeakRSS:
 def _cache(model: str, layer: int) -> tuple[ActivationCache, ActivationCache]:
     quick = get_preset("quick")
     root = default_cache_dir() / "activations"
-    train = ActivationCache.load(root / CacheKey(model, layer, "wiki-en", quick.cache_tokens, 128).dirname, verify=False)
-    held = ActivationCache.load(root / CacheKey(model, layer, "wiki-en", quick.heldout_tokens, 128, split="eval").dirname, verify=False)
+    train = ActivationCache.load(
+        root / CacheKey(model, layer, "wiki-en", quick.cache_tokens, 128).dirname, verify=False
+    )
+    held = ActivationCache.load(
+        root / CacheKey(model, layer, "wiki-en", quick.heldout_tokens, 128, split="eval").dirname, verify=False
+    )
     return train, held
 
 
@@ -81,7 +84,9 @@ def _nmse(sae, x: torch.Tensor) -> float:
 
 def bench_ours(variant, batches, d_in, d_sae, k, preset, sparse=True, bf16=False) -> tuple[dict, object]:
     preset = dataclasses.replace(preset, expansion=d_sae // d_in)
-    state = _new_state(TrainJob(variant, k, 0, preset.name, Path("/nonexistent")), d_in, preset, "cpu")  # same init as _build(seed=0)
+    state = _new_state(
+        TrainJob(variant, k, 0, preset.name, Path("/nonexistent")), d_in, preset, "cpu"
+    )  # same init as _build(seed=0)
     sae = state.sae
     times = []
     with PeakRSS() as mem:
@@ -90,7 +95,10 @@ def bench_ours(variant, batches, d_in, d_sae, k, preset, sparse=True, bf16=False
             _train_step(state, batch, preset, sparse=sparse, bf16=bf16)
             times.append(time.perf_counter() - began)
     steady = times[1:]  # first step includes allocator warm-up
-    return {"tokens_per_s": len(steady) * batches[0].shape[0] / sum(steady), "peak_mem_mb": mem.peak_above_start_mb}, sae
+    return {
+        "tokens_per_s": len(steady) * batches[0].shape[0] / sum(steady),
+        "peak_mem_mb": mem.peak_above_start_mb,
+    }, sae
 
 
 def bench_sae_lens(variant, batches, d_in, d_sae, k, preset) -> tuple[dict, object]:
@@ -99,9 +107,16 @@ def bench_sae_lens(variant, batches, d_in, d_sae, k, preset) -> tuple[dict, obje
 
     sae = _build(variant, d_in, d_sae, k, seed=0)
     bs = batches[0].shape[0]
-    cfg = SAETrainerConfig(total_training_samples=len(batches) * bs, train_batch_size_samples=bs, lr=preset.lr,
-                           lr_end=preset.lr, adam_beta1=preset.betas[0], adam_beta2=preset.betas[1],
-                           dead_feature_window=preset.dead_window_steps(), logger=LoggingConfig(log_to_wandb=False))
+    cfg = SAETrainerConfig(
+        total_training_samples=len(batches) * bs,
+        train_batch_size_samples=bs,
+        lr=preset.lr,
+        lr_end=preset.lr,
+        adam_beta1=preset.betas[0],
+        adam_beta2=preset.betas[1],
+        dead_feature_window=preset.dead_window_steps(),
+        logger=LoggingConfig(log_to_wandb=False),
+    )
     stamps: list[float] = []
 
     def provider():
@@ -123,7 +138,10 @@ def bench_roofline(batch: torch.Tensor, d_sae: int, repeats: int = 10) -> dict:
     W = torch.randn(batch.shape[1], d_sae) * 0.01
     out = torch.mm(batch, W)
     timings = {}
-    for name, fn in (("preallocated", lambda: torch.mm(batch, W, out=out)), ("fresh_output", lambda: torch.mm(batch, W))):
+    for name, fn in (
+        ("preallocated", lambda: torch.mm(batch, W, out=out)),
+        ("fresh_output", lambda: torch.mm(batch, W)),
+    ):
         fn()
         began = time.perf_counter()
         for _ in range(repeats):
@@ -131,8 +149,11 @@ def bench_roofline(batch: torch.Tensor, d_sae: int, repeats: int = 10) -> dict:
         timings[name] = (time.perf_counter() - began) / repeats
     flops = 2 * batch.shape[0] * batch.shape[1] * d_sae
     per = timings["preallocated"]
-    return {"tokens_per_s": batch.shape[0] / per, "gflops": flops / per / 1e9,
-            "tokens_per_s_fresh_output": batch.shape[0] / timings["fresh_output"]}
+    return {
+        "tokens_per_s": batch.shape[0] / per,
+        "gflops": flops / per / 1e9,
+        "tokens_per_s_fresh_output": batch.shape[0] / timings["fresh_output"],
+    }
 
 
 def main() -> None:
@@ -151,43 +172,82 @@ def main() -> None:
     d_in, d_sae = train.d_in, args.expansion * train.d_in
     batches = list(train.iter_batches(args.batch_size, n_tokens=args.steps * args.batch_size, seed=0))
     heldout = (torch.from_numpy(np.array(held.activations[:8192])) - train.mean) / train.scale
-    preset = dataclasses.replace(get_preset("paper"), batch_size=args.batch_size, train_tokens=args.steps * args.batch_size,
-                                 lr=3e-4, betas=(0.9, 0.99), warmup_frac=0.0, decay_frac=0.0)
+    preset = dataclasses.replace(
+        get_preset("paper"),
+        batch_size=args.batch_size,
+        train_tokens=args.steps * args.batch_size,
+        lr=3e-4,
+        betas=(0.9, 0.99),
+        warmup_frac=0.0,
+        decay_frac=0.0,
+    )
     roof = bench_roofline(batches[0], d_sae)
     print(f"encoder matmul roofline: {roof['tokens_per_s']:.0f} tokens/s ({roof['gflops']:.0f} GFLOP/s)")
     results = {}
     for variant in args.variants:
-        assert torch.equal(_new_state(TrainJob(variant, args.k, 0, "paper", Path("/x")), d_in, dataclasses.replace(
-            preset, expansion=args.expansion), "cpu").sae.W_enc, _build(variant, d_in, d_sae, args.k, seed=0).W_enc)
+        assert torch.equal(
+            _new_state(
+                TrainJob(variant, args.k, 0, "paper", Path("/x")),
+                d_in,
+                dataclasses.replace(preset, expansion=args.expansion),
+                "cpu",
+            ).sae.W_enc,
+            _build(variant, d_in, d_sae, args.k, seed=0).W_enc,
+        )
         ours, sae_ours = bench_ours(variant, batches, d_in, d_sae, args.k, preset)
         lens, sae_lens_trained = bench_sae_lens(variant, batches, d_in, d_sae, args.k, preset)
         row = {
-            "ours_tokens_per_s": ours["tokens_per_s"], "sae_lens_tokens_per_s": lens["tokens_per_s"],
+            "ours_tokens_per_s": ours["tokens_per_s"],
+            "sae_lens_tokens_per_s": lens["tokens_per_s"],
             "ratio_to_sae_lens": ours["tokens_per_s"] / lens["tokens_per_s"],
             "fraction_of_roofline": ours["tokens_per_s"] / roof["tokens_per_s"],
-            "ours_peak_mem_mb": ours["peak_mem_mb"], "sae_lens_peak_mem_mb": lens["peak_mem_mb"],
-            "ours_final_nmse": _nmse(sae_ours, heldout), "sae_lens_final_nmse": _nmse(sae_lens_trained, heldout),
+            "ours_peak_mem_mb": ours["peak_mem_mb"],
+            "sae_lens_peak_mem_mb": lens["peak_mem_mb"],
+            "ours_final_nmse": _nmse(sae_ours, heldout),
+            "sae_lens_final_nmse": _nmse(sae_lens_trained, heldout),
         }
-        row["nmse_relative_difference"] = abs(row["ours_final_nmse"] - row["sae_lens_final_nmse"]) / row["sae_lens_final_nmse"]
+        row["nmse_relative_difference"] = (
+            abs(row["ours_final_nmse"] - row["sae_lens_final_nmse"]) / row["sae_lens_final_nmse"]
+        )
         if not args.no_bf16:  # the documented accuracy check of the --bf16 option: same batches, same init
             low, sae_low = bench_ours(variant, batches, d_in, d_sae, args.k, preset, bf16=True)
             row["bf16_tokens_per_s"] = low["tokens_per_s"]
             row["bf16_final_nmse"] = _nmse(sae_low, heldout)
-            row["bf16_nmse_relative_difference"] = abs(row["bf16_final_nmse"] - row["ours_final_nmse"]) / row["ours_final_nmse"]
-            print(f"{variant} bf16 encoder: {low['tokens_per_s']:.0f} tok/s, nMSE {row['bf16_final_nmse']:.4f} "
-                  f"({100 * row['bf16_nmse_relative_difference']:.2f}% from fp32)")
+            row["bf16_nmse_relative_difference"] = (
+                abs(row["bf16_final_nmse"] - row["ours_final_nmse"]) / row["ours_final_nmse"]
+            )
+            print(
+                f"{variant} bf16 encoder: {low['tokens_per_s']:.0f} tok/s, nMSE {row['bf16_final_nmse']:.4f} "
+                f"({100 * row['bf16_nmse_relative_difference']:.2f}% from fp32)"
+            )
         results[variant] = row
-        print(f"{variant}: ours {row['ours_tokens_per_s']:.0f} tok/s, sae_lens {row['sae_lens_tokens_per_s']:.0f} tok/s "
-              f"(x{row['ratio_to_sae_lens']:.2f}), {100 * row['fraction_of_roofline']:.0f}% of roofline, "
-              f"peak mem {row['ours_peak_mem_mb']:.0f} vs {row['sae_lens_peak_mem_mb']:.0f} MB, "
-              f"nMSE {row['ours_final_nmse']:.4f} vs {row['sae_lens_final_nmse']:.4f}")
-    atomic_write_json(OUT, {
-        "setup": {"model": args.model, "layer": args.layer, "d_in": d_in, "d_sae": d_sae, "k": args.k,
-                  "batch_size": args.batch_size, "steps": args.steps, "tokens": args.steps * args.batch_size,
-                  "threads": torch.get_num_threads(), "cache": str(train.directory),
-                  "nmse": "held-out activations (8,192 rows), normalised like training, sum||x-x_hat||^2/sum||x||^2"},
-        "roofline": roof, "variants": results, "versions": package_versions(),
-    })
+        print(
+            f"{variant}: ours {row['ours_tokens_per_s']:.0f} tok/s, sae_lens {row['sae_lens_tokens_per_s']:.0f} tok/s "
+            f"(x{row['ratio_to_sae_lens']:.2f}), {100 * row['fraction_of_roofline']:.0f}% of roofline, "
+            f"peak mem {row['ours_peak_mem_mb']:.0f} vs {row['sae_lens_peak_mem_mb']:.0f} MB, "
+            f"nMSE {row['ours_final_nmse']:.4f} vs {row['sae_lens_final_nmse']:.4f}"
+        )
+    atomic_write_json(
+        OUT,
+        {
+            "setup": {
+                "model": args.model,
+                "layer": args.layer,
+                "d_in": d_in,
+                "d_sae": d_sae,
+                "k": args.k,
+                "batch_size": args.batch_size,
+                "steps": args.steps,
+                "tokens": args.steps * args.batch_size,
+                "threads": torch.get_num_threads(),
+                "cache": str(train.directory),
+                "nmse": "held-out activations (8,192 rows), normalised like training, sum||x-x_hat||^2/sum||x||^2",
+            },
+            "roofline": roof,
+            "variants": results,
+            "versions": package_versions(),
+        },
+    )
     print(f"wrote {OUT}")
 
 

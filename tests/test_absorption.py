@@ -63,9 +63,16 @@ def _tokenizer():
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    lines = [f"{w} has the first letter: {w[1].upper()}\n" for w in WORDS] + [f" has the first letter: {c.upper()}\n" for c in LETTERS]
-    trainer = trainers.BpeTrainer(vocab_size=4000, min_frequency=1, special_tokens=["<pad>", "<bos>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    lines = [f"{w} has the first letter: {w[1].upper()}\n" for w in WORDS] + [
+        f" has the first letter: {c.upper()}\n" for c in LETTERS
+    ]
+    trainer = trainers.BpeTrainer(
+        vocab_size=4000,
+        min_frequency=1,
+        special_tokens=["<pad>", "<bos>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     core.train_from_iterator(lines * 3, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
 
@@ -77,28 +84,52 @@ def spelling_model():
 
     tok = _tokenizer()
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=D_MODEL, intermediate_size=64, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=D_MODEL,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     model = LlamaForCausalLM(config).eval()
     letter_dirs = torch.nn.functional.normalize(torch.randn(26, D_MODEL), dim=-1)
     with torch.no_grad():
         emb = model.model.embed_tokens.weight
         for word in WORDS:
             (idx,) = tok.encode(word, add_special_tokens=False)
-            emb[idx] = 3.0 * letter_dirs[LETTERS.index(word[1])] + 0.5 * torch.randn(D_MODEL) / D_MODEL ** 0.5
+            emb[idx] = 3.0 * letter_dirs[LETTERS.index(word[1])] + 0.5 * torch.randn(D_MODEL) / D_MODEL**0.5
     return ModelAdapter(model, tok), letter_dirs
 
 
 def _ctx(adapter) -> EvalContext:
-    return EvalContext(adapter=adapter, model_key="tiny-spelling", model_name="tiny", layer=1,
-                       eval_tokens=torch.zeros(1, 4, dtype=torch.long), heldout_activations=lambda: torch.zeros(1, D_MODEL),
-                       dataset="none", provenance={"model": "tiny-spelling", "versions": {"sae-lens": "x"}})
+    return EvalContext(
+        adapter=adapter,
+        model_key="tiny-spelling",
+        model_name="tiny",
+        layer=1,
+        eval_tokens=torch.zeros(1, 4, dtype=torch.long),
+        heldout_activations=lambda: torch.zeros(1, D_MODEL),
+        dataset="none",
+        provenance={"model": "tiny-spelling", "versions": {"sae-lens": "x"}},
+    )
 
 
 def _cfg(**kw) -> AbsorptionEvalConfig:
-    base = dict(words=WORDS, min_words=50, max_icl_examples=4, queries_per_sequence=8, llm_batch_size=8,
-                min_feats_for_eval=len(SPELLED), probe_batch_size=16, max_k_value=4)
+    base = dict(
+        words=WORDS,
+        min_words=50,
+        max_icl_examples=4,
+        queries_per_sequence=8,
+        llm_batch_size=8,
+        min_feats_for_eval=len(SPELLED),
+        probe_batch_size=16,
+        max_k_value=4,
+    )
     return AbsorptionEvalConfig(**{**base, **kw})
 
 
@@ -246,13 +277,15 @@ def test_absorption_scores_on_hand_built_latents():
     # 3: off-probe latent
     dec_proj = torch.tensor([1.0, 0.8, -0.9, 0.05])
     dec_cos = torch.tensor([1.0, 0.8, -0.9, 0.05])
-    z = torch.tensor([
-        [2.0, 0.0, 0.0, 1.0],   # main carries everything: 0
-        [0.0, 2.5, 0.0, 1.0],   # main silent, absorber carries 2.0 of 2.0: fraction 1, full absorption
-        [1.0, 0.0, -10 / 9, 0.0],  # main 1.0, negative latent contributes +1.0 along p: fraction 0.5
-        [0.0, 0.0, -2.5, 0.0],  # the signed absorber alone: fraction 1 and full absorption
-        [0.0, 0.0, 2.5, 0.0],   # same latent, wrong sign: points away from p, no absorption
-    ])
+    z = torch.tensor(
+        [
+            [2.0, 0.0, 0.0, 1.0],  # main carries everything: 0
+            [0.0, 2.5, 0.0, 1.0],  # main silent, absorber carries 2.0 of 2.0: fraction 1, full absorption
+            [1.0, 0.0, -10 / 9, 0.0],  # main 1.0, negative latent contributes +1.0 along p: fraction 0.5
+            [0.0, 0.0, -2.5, 0.0],  # the signed absorber alone: fraction 1 and full absorption
+            [0.0, 0.0, 2.5, 0.0],  # same latent, wrong sign: points away from p, no absorption
+        ]
+    )
     act_proj = torch.tensor([2.0, 2.0, 2.0, 2.25, 2.0])
     fraction, full = absorption_scores(z, act_proj, dec_proj, dec_cos, [0], cfg)
     assert fraction.tolist() == pytest.approx([0.0, 1.0, 0.5, 1.0, 0.0])
@@ -297,9 +330,14 @@ def test_scores_match_sae_bench_for_non_negative_latents():
         sae.b_dec.zero_()
     x = torch.randn(n, d, generator=g) * 0.5 + p * torch.rand(n, 1, generator=g) * 3
     words = [f"w{i}" for i in range(n)]
-    calc = FeatureAbsorptionCalculator(model=_StubModel(dict(zip(words, x)), "blocks.0.hook_resid_post"),
-                                       icl_word_list=["zz"], max_icl_examples=1, base_template="{word}:",
-                                       word_token_pos=-2, batch_size=64)
+    calc = FeatureAbsorptionCalculator(
+        model=_StubModel(dict(zip(words, x)), "blocks.0.hook_resid_post"),
+        icl_word_list=["zz"],
+        max_icl_examples=1,
+        base_template="{word}:",
+        word_token_pos=-2,
+        batch_size=64,
+    )
     main = [0, 1]
     ref = calc.calculate_absorption(sae, words, probe_direction=p, main_feature_ids=main, layer=0, show_progress=False)
     z = sae.encode(x).detach()
@@ -323,8 +361,13 @@ def test_feature_split_rule_matches_sae_bench():
         if letter in "abc":
             f1 = sorted(f1)
         feats = [list(range(k)) for k in range(1, 6)]
-        rows.append({"letter": letter, **{f"f1_sparse_sae_{k}": f1[k - 1] for k in range(1, 6)},
-                     **{f"sparse_sae_k_{k}_feats": torch.tensor(feats[k - 1]).numpy() for k in range(1, 6)}})
+        rows.append(
+            {
+                "letter": letter,
+                **{f"f1_sparse_sae_{k}": f1[k - 1] for k in range(1, 6)},
+                **{f"sparse_sae_k_{k}_feats": torch.tensor(feats[k - 1]).numpy() for k in range(1, 6)},
+            }
+        )
         mine[letter] = feature_splits(f1, feats, 0.03)[0]
     df = pd.DataFrame(rows)
     add_feature_splits_to_metrics_df(df, max_k_value=5, f1_jump_threshold=0.03)
@@ -348,8 +391,11 @@ def test_vocabulary_filter_finds_the_words():
     found = dict(vocabulary_words(tok, AbsorptionEvalConfig()))
     assert set(WORDS) <= set(found)
     assert all(w.startswith(" ") and w[1:].isalpha() and w[1:].islower() and len(w) >= 3 for w in found)
-    loose = dict(vocabulary_words(tok, AbsorptionEvalConfig(require_leading_space=False, lowercase_only=False,
-                                                            min_word_letters=1)))
+    loose = dict(
+        vocabulary_words(
+            tok, AbsorptionEvalConfig(require_leading_space=False, lowercase_only=False, min_word_letters=1)
+        )
+    )
     assert set(found) < set(loose) and any(not w.startswith(" ") for w in loose)
     explicit = vocabulary_words(tok, AbsorptionEvalConfig(words=[" zzzzqqqx", WORDS[0], "Capital", WORDS[0] + "zzzq"]))
     assert [w for w, _ in explicit] == [WORDS[0]]  # unknown multi-token words and capitals are dropped

@@ -62,7 +62,9 @@ def built(tmp_path: Path) -> tuple[ActivationCache, FakeAdapter, PackedTokens, P
 def test_key_dirname():
     key = CacheKey("gemma-3-270m", 9, "wiki-en", 500000, 128)
     assert key.dirname == "gemma-3-270m/layer_9/wiki-en_T500000_L128"
-    assert CacheKey("gemma-3-270m", 9, "wiki-en", 500000, 128, split="eval").dirname.endswith("wiki-en-eval_T500000_L128")
+    assert CacheKey("gemma-3-270m", 9, "wiki-en", 500000, 128, split="eval").dirname.endswith(
+        "wiki-en-eval_T500000_L128"
+    )
 
 
 def test_build_writes_rows_without_bos(built):
@@ -152,7 +154,9 @@ def test_corrupt_cache_is_a_user_error(built, how):
     cache, _, packed, root = built
     _corrupt(cache.directory, how)
     adapter = FakeAdapter()
-    with pytest.raises(UserError, match=r"activation cache at .* is corrupt \(.*\); delete it and rerun to rebuild") as err:
+    with pytest.raises(
+        UserError, match=r"activation cache at .* is corrupt \(.*\); delete it and rerun to rebuild"
+    ) as err:
         ActivationCache.build_or_load(root, KEY, adapter, packed)
     assert "\n" not in str(err.value) and adapter.calls == 0
 

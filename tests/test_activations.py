@@ -59,7 +59,10 @@ def test_inference_checkpoint_activation_matches_hand_rule(variant, tmp_path):
     d = 4
     sae = get_variant(variant).build(d, d, SparsityHyperparams(k=2, l1_coefficient=1.0, l0_coefficient=1.0))
     with torch.no_grad():
-        sae.W_enc.copy_(torch.eye(d)); sae.W_dec.copy_(torch.eye(d)); sae.b_enc.zero_(); sae.b_dec.zero_()
+        sae.W_enc.copy_(torch.eye(d))
+        sae.W_dec.copy_(torch.eye(d))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
         if hasattr(sae, "threshold"):
             sae.threshold.fill_(1.5)
         if hasattr(sae, "topk_threshold"):

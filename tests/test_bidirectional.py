@@ -52,8 +52,15 @@ class StubAdapter:
 
 
 def _ctx(direction: torch.Tensor) -> EvalContext:
-    return EvalContext(adapter=StubAdapter(direction), model_key="stub", model_name="stub", layer=0,
-                       eval_tokens=torch.zeros(1, 2, dtype=torch.long), heldout_activations=lambda: torch.zeros(1, D), dataset="-")
+    return EvalContext(
+        adapter=StubAdapter(direction),
+        model_key="stub",
+        model_name="stub",
+        layer=0,
+        eval_tokens=torch.zeros(1, 2, dtype=torch.long),
+        heldout_activations=lambda: torch.zeros(1, D),
+        dataset="-",
+    )
 
 
 def _sae(cls, cfg_cls, atoms: torch.Tensor):
@@ -87,7 +94,9 @@ def test_one_signed_latent_is_bidirectional_and_split_atoms_are_split():
     assert abs_axis.category == "bidirectional" and abs_axis.top_latent == 0 and abs_axis.n_pairs == 8
     assert abs_axis.top_mean_a > 0 > abs_axis.top_mean_b
     assert topk_axis.category == "split" and {topk_axis.top_latent, topk_axis.partner_latent} == {0, 1}
-    assert min(topk_axis.top_mean_a, topk_axis.top_mean_b) == 0 < max(topk_axis.top_mean_a, topk_axis.top_mean_b)  # raw, >= 0
+    assert (
+        min(topk_axis.top_mean_a, topk_axis.top_mean_b) == 0 < max(topk_axis.top_mean_a, topk_axis.top_mean_b)
+    )  # raw, >= 0
     assert out["abs"].eval_result_metrics.bidirectional.frac_axes_bidirectional == 1.0
     assert out["topk"].eval_result_metrics.bidirectional.frac_axes_split == 1.0
 

@@ -23,15 +23,30 @@ DICT_CLASS = {"abstopk": "AbsTopKSAE", "batch_abstopk": "BatchAbsTopKSAE"}
 
 
 def _dirs(tmp: Path) -> list[str]:
-    return ["--results-dir", str(tmp / "results"), "--runs-dir", str(tmp / "runs"),
-            "--reports-dir", str(tmp / "reports"), "--cache-dir", str(tmp / "cache")]
+    return [
+        "--results-dir",
+        str(tmp / "results"),
+        "--runs-dir",
+        str(tmp / "runs"),
+        "--reports-dir",
+        str(tmp / "reports"),
+        "--cache-dir",
+        str(tmp / "cache"),
+    ]
 
 
 def _raw(sae, activation: str) -> RawSAE:
     threshold = sae.threshold.detach().clone() if hasattr(sae, "threshold") else None
     k = getattr(sae.cfg, "k", None)
-    return RawSAE(W_enc=sae.W_enc.detach().clone(), W_dec=sae.W_dec.detach().clone(), b_enc=sae.b_enc.detach().clone(),
-                  b_dec=sae.b_dec.detach().clone(), activation=activation, k=k, threshold=threshold)
+    return RawSAE(
+        W_enc=sae.W_enc.detach().clone(),
+        W_dec=sae.W_dec.detach().clone(),
+        b_enc=sae.b_enc.detach().clone(),
+        b_dec=sae.b_dec.detach().clone(),
+        activation=activation,
+        k=k,
+        threshold=threshold,
+    )
 
 
 def write_formats(raw: RawSAE, folder: Path, tag: str) -> dict[str, Path]:
@@ -48,7 +63,9 @@ def write_formats(raw: RawSAE, folder: Path, tag: str) -> dict[str, Path]:
     paths["sae_lens"] = folder / f"{tag}-saelens"
     sae.save_model(paths["sae_lens"])
     # (b) sae_bench: a custom SAE's state dict with its CustomSAEConfig
-    cfg = CustomSAEConfig(TINY.key, d_in=d_in, d_sae=d_sae, hook_layer=LAYER, hook_name=f"blocks.{LAYER}.hook_resid_post")
+    cfg = CustomSAEConfig(
+        TINY.key, d_in=d_in, d_sae=d_sae, hook_layer=LAYER, hook_name=f"blocks.{LAYER}.hook_resid_post"
+    )
     cfg.architecture = raw.activation
     state = {"W_enc": raw.W_enc, "W_dec": raw.W_dec, "b_enc": raw.b_enc, "b_dec": raw.b_dec}
     if raw.k is not None:
@@ -60,15 +77,32 @@ def write_formats(raw: RawSAE, folder: Path, tag: str) -> dict[str, Path]:
     # (c) dictionary_learning: nn.Linear layouts in ae.pt, trainer config in config.json
     paths["dictionary_learning"] = folder / f"{tag}-dictlearn"
     paths["dictionary_learning"].mkdir()
-    ae = {"encoder.weight": raw.W_enc.T.contiguous(), "encoder.bias": raw.b_enc,
-          "decoder.weight": raw.W_dec.T.contiguous(), "b_dec": raw.b_dec,
-          "k": torch.tensor(raw.k or 0, dtype=torch.int),
-          "threshold": raw.threshold if raw.threshold is not None else torch.tensor(-1.0)}
+    ae = {
+        "encoder.weight": raw.W_enc.T.contiguous(),
+        "encoder.bias": raw.b_enc,
+        "decoder.weight": raw.W_dec.T.contiguous(),
+        "b_dec": raw.b_dec,
+        "k": torch.tensor(raw.k or 0, dtype=torch.int),
+        "threshold": raw.threshold if raw.threshold is not None else torch.tensor(-1.0),
+    }
     torch.save(ae, paths["dictionary_learning"] / "ae.pt")
-    (paths["dictionary_learning"] / "config.json").write_text(json.dumps({"trainer": {
-        "trainer_class": "CustomTrainer", "dict_class": DICT_CLASS[raw.activation], "activation_dim": d_in,
-        "dict_size": d_sae, "k": raw.k, "layer": LAYER, "lm_name": TINY.hf_id,
-        "submodule_name": f"resid_post_layer_{LAYER}"}, "buffer": {"d_submodule": d_in}}))
+    (paths["dictionary_learning"] / "config.json").write_text(
+        json.dumps(
+            {
+                "trainer": {
+                    "trainer_class": "CustomTrainer",
+                    "dict_class": DICT_CLASS[raw.activation],
+                    "activation_dim": d_in,
+                    "dict_size": d_sae,
+                    "k": raw.k,
+                    "layer": LAYER,
+                    "lm_name": TINY.hf_id,
+                    "submodule_name": f"resid_post_layer_{LAYER}",
+                },
+                "buffer": {"d_submodule": d_in},
+            }
+        )
+    )
     # (d) plain safetensors naming its activation in the metadata
     tensors = {"W_enc": raw.W_enc, "W_dec": raw.W_dec, "b_enc": raw.b_enc, "b_dec": raw.b_dec}
     if raw.threshold is not None:
@@ -86,8 +120,20 @@ def compared(tiny_model_dir, tmp_path_factory):
     """Train an AbsTopK and a batch-level AbsTopK SAE, write each in four formats, compare all eight."""
     MODEL_REGISTRY[TINY.key] = TINY
     tmp = tmp_path_factory.mktemp("compare")
-    common = ["--model", TINY.key, "--layer", str(LAYER), "--model-path", str(tiny_model_dir), "--preset", "smoke",
-              "--evals", "core", "-q", *_dirs(tmp)]
+    common = [
+        "--model",
+        TINY.key,
+        "--layer",
+        str(LAYER),
+        "--model-path",
+        str(tiny_model_dir),
+        "--preset",
+        "smoke",
+        "--evals",
+        "core",
+        "-q",
+        *_dirs(tmp),
+    ]
     run.main([*common, "--variants", "abstopk", "batch-abstopk", "--no-report"])
     layer_runs = tmp / "runs" / TINY.key / f"layer_{LAYER}"
     trained = {"abstopk": "abstopk_k4_s0_smoke", "batch_abstopk": "batch-abstopk_k4_s0_smoke"}
@@ -146,8 +192,24 @@ def test_rerun_skips_current_results(compared, tiny_model_dir, tiny_registered, 
     monkeypatch.setattr(workflow, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
     path = next(iter(paths.values()))
     before = _metrics(tmp, default_name(path))["eval_id"]
-    compare.main([str(path), "--model", TINY.key, "--layer", str(LAYER), "--model-path", str(tiny_model_dir),
-                  "--preset", "smoke", "--evals", "core", "-q", "--no-report", *_dirs(tmp)])
+    compare.main(
+        [
+            str(path),
+            "--model",
+            TINY.key,
+            "--layer",
+            str(LAYER),
+            "--model-path",
+            str(tiny_model_dir),
+            "--preset",
+            "smoke",
+            "--evals",
+            "core",
+            "-q",
+            "--no-report",
+            *_dirs(tmp),
+        ]
+    )
     assert _metrics(tmp, default_name(path))["eval_id"] == before
 
 
@@ -157,8 +219,14 @@ def test_rerun_skips_current_results(compared, tiny_model_dir, tiny_registered, 
 def _random_raw(d_in=32, d_sae=64, activation="abstopk", k=4) -> RawSAE:
     g = torch.Generator().manual_seed(0)
     W_dec = torch.randn(d_sae, d_in, generator=g)
-    return RawSAE(W_enc=torch.randn(d_in, d_sae, generator=g), W_dec=W_dec / W_dec.norm(dim=-1, keepdim=True),
-                  b_enc=torch.zeros(d_sae), b_dec=torch.zeros(d_in), activation=activation, k=k)
+    return RawSAE(
+        W_enc=torch.randn(d_in, d_sae, generator=g),
+        W_dec=W_dec / W_dec.norm(dim=-1, keepdim=True),
+        b_enc=torch.zeros(d_sae),
+        b_dec=torch.zeros(d_in),
+        activation=activation,
+        k=k,
+    )
 
 
 def _safetensors(path: Path, raw: RawSAE, **meta: str) -> Path:
@@ -166,15 +234,18 @@ def _safetensors(path: Path, raw: RawSAE, **meta: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("meta, message", [
-    ({"activation": "abstopk", "k": "4", "model": "gpt2"}, "is for model 'gpt2', not tiny-test"),
-    ({"activation": "abstopk", "k": "4", "layer": "2"}, "is for layer 2, not --layer 1"),
-    ({"activation": "abstopk", "k": "4", "hook_name": "blocks.1.hook_mlp_out"}, "not the residual stream"),
-    ({"activation": "sigmoid"}, "unknown SAE activation 'sigmoid'"),
-    ({"k": "4"}, "does not name its activation"),
-    ({"activation": "topk"}, "needs k"),
-    ({"activation": "batchtopk"}, "needs an inference threshold"),
-])
+@pytest.mark.parametrize(
+    "meta, message",
+    [
+        ({"activation": "abstopk", "k": "4", "model": "gpt2"}, "is for model 'gpt2', not tiny-test"),
+        ({"activation": "abstopk", "k": "4", "layer": "2"}, "is for layer 2, not --layer 1"),
+        ({"activation": "abstopk", "k": "4", "hook_name": "blocks.1.hook_mlp_out"}, "not the residual stream"),
+        ({"activation": "sigmoid"}, "unknown SAE activation 'sigmoid'"),
+        ({"k": "4"}, "does not name its activation"),
+        ({"activation": "topk"}, "needs k"),
+        ({"activation": "batchtopk"}, "needs an inference threshold"),
+    ],
+)
 def test_bad_checkpoints_are_one_line_errors(tmp_path, tiny_registered, capsys, meta, message):
     path = _safetensors(tmp_path / "sae.safetensors", _random_raw(), **meta)
     with pytest.raises(SystemExit) as exit_info:
@@ -189,8 +260,16 @@ def test_wrong_d_in_and_ambiguous_sae_bench_are_refused(tmp_path, tiny_registere
     with pytest.raises(UserError, match="d_in=16 but tiny-test has d_model=32"):
         load_external(narrow, spec=TINY, layer=1)
     raw = _random_raw()
-    torch.save({"W_enc": raw.W_enc, "W_dec": raw.W_dec, "b_enc": raw.b_enc, "b_dec": raw.b_dec,
-                "k": torch.tensor(4, dtype=torch.int)}, tmp_path / "bare.pt")
+    torch.save(
+        {
+            "W_enc": raw.W_enc,
+            "W_dec": raw.W_dec,
+            "b_enc": raw.b_enc,
+            "b_dec": raw.b_dec,
+            "k": torch.tensor(4, dtype=torch.int),
+        },
+        tmp_path / "bare.pt",
+    )
     with pytest.raises(UserError, match="pass --activation"):
         load_external(tmp_path / "bare.pt", spec=TINY, layer=1)
     ext = load_external(tmp_path / "bare.pt", spec=TINY, layer=1, activation="abstopk")
@@ -204,11 +283,20 @@ def test_dictionary_learning_topk_and_jumprelu_layouts(tmp_path, tiny_registered
     raw = _random_raw(activation="topk")
     folder = tmp_path / "topk"
     folder.mkdir()
-    torch.save({"encoder.weight": raw.W_enc.T, "encoder.bias": raw.b_enc, "decoder.weight": raw.W_dec.T,
-                "b_dec": raw.b_dec + 1.0, "k": torch.tensor(4, dtype=torch.int), "threshold": torch.tensor(-1.0)},
-               folder / "ae.pt")
-    (folder / "config.json").write_text(json.dumps({"trainer": {"dict_class": "AutoEncoderTopK", "k": 4, "layer": 1,
-                                                                 "lm_name": "local/tiny-llama"}}))
+    torch.save(
+        {
+            "encoder.weight": raw.W_enc.T,
+            "encoder.bias": raw.b_enc,
+            "decoder.weight": raw.W_dec.T,
+            "b_dec": raw.b_dec + 1.0,
+            "k": torch.tensor(4, dtype=torch.int),
+            "threshold": torch.tensor(-1.0),
+        },
+        folder / "ae.pt",
+    )
+    (folder / "config.json").write_text(
+        json.dumps({"trainer": {"dict_class": "AutoEncoderTopK", "k": 4, "layer": 1, "lm_name": "local/tiny-llama"}})
+    )
     assert detect_format(folder) == ("dictionary_learning", folder / "ae.pt")
     ext = load_external(folder, spec=TINY, layer=1)
     assert (ext.activation, ext.architecture, ext.k, ext.signed) == ("topk", "topk", 4, False)
@@ -220,8 +308,10 @@ def test_dictionary_learning_topk_and_jumprelu_layouts(tmp_path, tiny_registered
     jr = tmp_path / "jumprelu"
     jr.mkdir()
     threshold = torch.full((64,), 0.5)
-    torch.save({"W_enc": raw.W_enc, "b_enc": raw.b_enc, "W_dec": raw.W_dec, "b_dec": raw.b_dec + 1.0,
-                "threshold": threshold}, jr / "ae.pt")
+    torch.save(
+        {"W_enc": raw.W_enc, "b_enc": raw.b_enc, "W_dec": raw.W_dec, "b_dec": raw.b_dec + 1.0, "threshold": threshold},
+        jr / "ae.pt",
+    )
     (jr / "config.json").write_text(json.dumps({"trainer": {"dict_class": "JumpReluAutoEncoder", "layer": 1}}))
     ext = load_external(jr, spec=TINY, layer=1)
     pre = x @ raw.W_enc + raw.b_enc

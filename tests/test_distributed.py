@@ -10,8 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from sae_lens import SAE
 
-from tests.test_training import MEAN, SCALE, D_IN, PRESET, _stream_factory
 from abstopk_eval.training.trainer import TrainJob, train_jobs
+from tests.test_training import D_IN, MEAN, PRESET, SCALE, _stream_factory
 
 VARIANTS = ("relu", "jumprelu", "topk", "abstopk")
 
@@ -43,4 +43,8 @@ def test_two_process_gloo_training_matches_one_process(tmp_path):
         one = SAE.load_from_disk(tmp_path / "single" / variant / "sae").state_dict()
         two = SAE.load_from_disk(tmp_path / "ddp" / variant / "sae").state_dict()
         for name, value in one.items():
-            assert torch.allclose(two[name], value, atol=1e-4, rtol=1e-4), (variant, name, (two[name] - value).abs().max())
+            assert torch.allclose(two[name], value, atol=1e-4, rtol=1e-4), (
+                variant,
+                name,
+                (two[name] - value).abs().max(),
+            )

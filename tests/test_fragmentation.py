@@ -32,8 +32,15 @@ def _decoder() -> torch.Tensor:
 
 def _ctx() -> EvalContext:
     acts = torch.randn(512, D, generator=torch.Generator().manual_seed(1))
-    return EvalContext(adapter=None, model_key="tiny", model_name="tiny", layer=0, eval_tokens=torch.zeros(1, 2, dtype=torch.long),
-                       heldout_activations=lambda: acts, dataset="synthetic")
+    return EvalContext(
+        adapter=None,
+        model_key="tiny",
+        model_name="tiny",
+        layer=0,
+        eval_tokens=torch.zeros(1, 2, dtype=torch.long),
+        heldout_activations=lambda: acts,
+        dataset="synthetic",
+    )
 
 
 CFG = FragmentationEvalConfig(model_name="tiny", layer=0, alive_only=False)

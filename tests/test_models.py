@@ -16,12 +16,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import TINY_BUILDERS, TinyTokenizer, save_tiny_pretrained, tiny_batch, tiny_llama  # noqa: E402
+from tiny_models import TINY_BUILDERS, TinyTokenizer, save_tiny_pretrained, tiny_batch, tiny_llama
 
-from abstopk_eval.errors import UserError  # noqa: E402
-from abstopk_eval.models import loading  # noqa: E402
-from abstopk_eval.models.adapter import ModelAdapter, lm_loss_per_token, per_token_cross_entropy  # noqa: E402
-from abstopk_eval.models.registry import MODEL_REGISTRY, ModelSpec  # noqa: E402
+from abstopk_eval.errors import UserError
+from abstopk_eval.models import loading
+from abstopk_eval.models.adapter import ModelAdapter, lm_loss_per_token, per_token_cross_entropy
+from abstopk_eval.models.registry import MODEL_REGISTRY, ModelSpec
 
 ARCHS = sorted(TINY_BUILDERS)
 
@@ -58,7 +58,7 @@ def _hook_count(adapter: ModelAdapter) -> int:
 
 def test_activations_match_hidden_states(tiny):
     adapter, batch = tiny
-    ids, mask = batch["input_ids"], batch["attention_mask"]
+    ids, _mask = batch["input_ids"], batch["attention_mask"]
     assert adapter.n_layers == 3 and adapter.d_model == 32 and adapter.bos_token_id == 1
     with torch.no_grad():
         full = adapter.model(input_ids=ids, output_hidden_states=True, use_cache=False)
@@ -91,7 +91,9 @@ def test_left_padding_does_not_shift_activations(tiny):
     padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), seq], dim=1)
     mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones_like(seq)], dim=1)
     for layer in range(adapter.n_layers):
-        torch.testing.assert_close(adapter.activations(padded, layer, mask)[:, 3:], adapter.activations(seq, layer), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            adapter.activations(padded, layer, mask)[:, 3:], adapter.activations(seq, layer), atol=1e-5, rtol=0
+        )
     torch.testing.assert_close(adapter.logits(padded, mask)[:, 3:], adapter.logits(seq), atol=1e-5, rtol=0)
 
 
@@ -131,11 +133,11 @@ def test_replacement_changes_only_from_its_layer(tiny):
 def test_hooks_removed_on_exception(tiny):
     adapter, batch = tiny
     base = adapter.logits(batch["input_ids"])
-    with pytest.raises(RuntimeError, match="boom"):
-        with adapter.replace_output([0, 2], lambda h: h * 0):
-            assert _hook_count(adapter) == 2
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), adapter.replace_output([0, 2], lambda h: h * 0):
+        assert _hook_count(adapter) == 2
+        raise RuntimeError("boom")
     assert _hook_count(adapter) == 0
+
     def failing(h: torch.Tensor) -> torch.Tensor:
         raise ZeroDivisionError("inside the hook")
 
@@ -278,8 +280,15 @@ def test_model_path_dims_mismatch(tmp_path):
 
 
 TINY_SPEC = ModelSpec(
-    key="tiny-test", source="gguf_package", hf_id="test/tiny", n_layers=3, d_model=32, context_size=16,
-    paper_k=4, package="tiny-test-gguf", extra={"gguf_file": "tiny-Q4_K_M.gguf"},
+    key="tiny-test",
+    source="gguf_package",
+    hf_id="test/tiny",
+    n_layers=3,
+    d_model=32,
+    context_size=16,
+    paper_k=4,
+    package="tiny-test-gguf",
+    extra={"gguf_file": "tiny-Q4_K_M.gguf"},
 )
 
 
@@ -354,7 +363,9 @@ PARAGRAPH = (
 )
 
 
-@pytest.mark.skipif(os.environ.get("ABSTOPK_REAL_MODELS") != "1", reason="set ABSTOPK_REAL_MODELS=1 to load gemma-3-270m")
+@pytest.mark.skipif(
+    os.environ.get("ABSTOPK_REAL_MODELS") != "1", reason="set ABSTOPK_REAL_MODELS=1 to load gemma-3-270m"
+)
 def test_real_gemma_loss():
     loaded = loading.load_model("gemma-3-270m")
     adapter = ModelAdapter.from_loaded(loaded)

@@ -15,26 +15,58 @@ from abstopk_eval.paper_values import ALL_VALUES, paper_value
 def _write(results: Path, model: str, layer: int, sae: str, eval_name: str, metrics: dict, prov: dict, **extra) -> None:
     path = results / model / f"layer_{layer}" / sae / f"{eval_name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"eval_type_id": eval_name, "eval_result_metrics": metrics, "provenance": prov, **extra}))
+    path.write_text(
+        json.dumps({"eval_type_id": eval_name, "eval_result_metrics": metrics, "provenance": prov, **extra})
+    )
 
 
 def _fabricate(results: Path) -> None:
     versions = {"torch": "2.13.0", "sae-lens": "6.54.12"}
     for variant, base in (("batch-abstopk", 0.30), ("topk", 0.25), ("jumprelu", 0.27)):
-        for k in ((128, 256) if variant != "jumprelu" else (256,)):
+        for k in (128, 256) if variant != "jumprelu" else (256,):
             for seed in (0, 1):
                 sae = f"{variant}_k{k}_s{seed}_paper" if variant != "jumprelu" else f"{variant}_s{seed}_paper"
-                prov = {"model": "qwen3-4b", "model_hf_id": "Qwen/Qwen3-4B", "model_source": "hub", "preset": "paper",
-                        "corpus": "pile", "variant": variant, "k": k if variant != "jumprelu" else None, "seed": seed,
-                        "versions": versions}
+                prov = {
+                    "model": "qwen3-4b",
+                    "model_hf_id": "Qwen/Qwen3-4B",
+                    "model_source": "hub",
+                    "preset": "paper",
+                    "corpus": "pile",
+                    "variant": variant,
+                    "k": k if variant != "jumprelu" else None,
+                    "seed": seed,
+                    "versions": versions,
+                }
                 curve = [{"step": s, "tokens": s * 4096, "mse": 1.0 / s, "fvu": 0.5 / s, "l0": k} for s in (1, 2, 3)]
-                _write(results, "qwen3-4b", 18, sae, "core",
-                       {"normalised_reconstruction": {"nmse": 0.1 / k + seed * 1e-4, "fvu": 0.2, "loss_recovered": 0.9 + k / 1e4},
-                        "sparsity": {"l0": k}}, prov, eval_result_unstructured={"training_curve": curve},
-                       eval_config={"dataset": "pile held-out"})
-                _write(results, "qwen3-4b", 18, sae, "scr", {"scr_metrics": {"scr_metric_threshold_20": base + 0.01 * seed}},
-                       prov, eval_config={"dataset_source": "offline"},
-                       dataset_cards=[{"name": "domain-sentiment", "source": "vaderSentiment 3.3.2"}])
+                _write(
+                    results,
+                    "qwen3-4b",
+                    18,
+                    sae,
+                    "core",
+                    {
+                        "normalised_reconstruction": {
+                            "nmse": 0.1 / k + seed * 1e-4,
+                            "fvu": 0.2,
+                            "loss_recovered": 0.9 + k / 1e4,
+                        },
+                        "sparsity": {"l0": k},
+                    },
+                    prov,
+                    eval_result_unstructured={"training_curve": curve},
+                    eval_config={"dataset": "pile held-out"},
+                )
+                _write(
+                    results,
+                    "qwen3-4b",
+                    18,
+                    sae,
+                    "scr",
+                    {"scr_metrics": {"scr_metric_threshold_20": base + 0.01 * seed}},
+                    prov,
+                    eval_config={"dataset_source": "offline"},
+                    dataset_cards=[{"name": "domain-sentiment", "source": "vaderSentiment 3.3.2"}],
+                )
 
 
 def test_paper_tables_figures_and_index(tmp_path, capsys):

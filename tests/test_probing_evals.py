@@ -34,8 +34,13 @@ GROUPS = ["abcdef", "ghijkl", "mnopqr", "stuvwx"]
 
 
 def _card(name: str, labels: list[int], classes: list[str]) -> DataCard:
-    return DataCard(name=name, source="hand-built test data", license="CC0", derivation="random strings",
-                    counts={c: labels.count(i) for i, c in enumerate(classes)})
+    return DataCard(
+        name=name,
+        source="hand-built test data",
+        license="CC0",
+        derivation="random strings",
+        counts={c: labels.count(i) for i, c in enumerate(classes)},
+    )
 
 
 def _random_texts(rng: np.random.Generator, letters: str, n: int, markers: str = "") -> list[str]:
@@ -57,7 +62,9 @@ def multiclass(name: str = "letters", n_classes: int = 3, per_class: int = 32, s
         texts += _random_texts(rng, GROUPS[c], per_class)
         labels += [c] * per_class
     classes = [f"group{c}" for c in range(n_classes)]
-    return LabelledDataset(name=name, texts=texts, labels=labels, class_names=classes, card=_card(name, labels, classes))
+    return LabelledDataset(
+        name=name, texts=texts, labels=labels, class_names=classes, card=_card(name, labels, classes)
+    )
 
 
 def two_label(name: str = "dom-sent", per_cell: int = 40, seed: int = 0) -> LabelledDataset:
@@ -70,8 +77,15 @@ def two_label(name: str = "dom-sent", per_cell: int = 40, seed: int = 0) -> Labe
             labels += [d] * per_cell
             sent += [s] * per_cell
     classes = ["A", "B"]
-    return LabelledDataset(name=name, texts=texts, labels=labels, class_names=classes, card=_card(name, labels, classes),
-                           attributes={"sentiment": sent}, attribute_names={"sentiment": ["negative", "positive"]})
+    return LabelledDataset(
+        name=name,
+        texts=texts,
+        labels=labels,
+        class_names=classes,
+        card=_card(name, labels, classes),
+        attributes={"sentiment": sent},
+        attribute_names={"sentiment": ["negative", "positive"]},
+    )
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -94,9 +108,17 @@ def adapter():
 
 
 def _ctx(adapter, **options) -> EvalContext:
-    return EvalContext(adapter=adapter, model_key="tiny", model_name="tiny", layer=1, eval_tokens=torch.zeros(1, 2, dtype=torch.long),
-                       heldout_activations=lambda: torch.zeros(1, D_MODEL), dataset="none",
-                       provenance={"model": "tiny", "versions": {"sae-lens": "test"}}, eval_options=options)
+    return EvalContext(
+        adapter=adapter,
+        model_key="tiny",
+        model_name="tiny",
+        layer=1,
+        eval_tokens=torch.zeros(1, 2, dtype=torch.long),
+        heldout_activations=lambda: torch.zeros(1, D_MODEL),
+        dataset="none",
+        provenance={"model": "tiny", "versions": {"sae-lens": "test"}},
+        eval_options=options,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -152,7 +174,10 @@ def test_all_three_end_to_end_share_one_model_pass_per_dataset(adapter):
     t = _json_roundtrip(tpp["topk"])["eval_result_metrics"]["tpp_metrics"]
     assert all(t[f"tpp_threshold_{n}_total_metric"] is not None for n in (2, 5))
     s = _json_roundtrip(scr["topk"])
-    assert s["eval_config"]["column1_pairs"] == [["A", "B"]] and s["eval_config"]["column2_values"] == ["positive", "negative"]
+    assert s["eval_config"]["column1_pairs"] == [["A", "B"]] and s["eval_config"]["column2_values"] == [
+        "positive",
+        "negative",
+    ]
     assert s["eval_result_metrics"]["scr_metrics"]["scr_metric_threshold_2"] is not None
     assert s["eval_result_unstructured"]["pairs"][0]["biased_set"] == "(A, positive) vs (B, negative)"
 
@@ -161,8 +186,15 @@ def test_options_come_from_the_context(adapter):
     ctx = _ctx(adapter, sparse_probing={"dataset_names": ["letters"], **SMALL, "k_values": [1]})
     out = run_sparse_probing(ctx, {"s": _topk_sae()}, datasets={"letters": multiclass()})
     assert out["s"].eval_config.k_values == [1] and out["s"].eval_config.layer == 1
-    given = run_sparse_probing(ctx, {"s": _topk_sae()}, SparseProbingConfig(dataset_names=["letters"], **SMALL), datasets={"letters": multiclass()})
-    assert given["s"].eval_config.model_name == "tiny" and given["s"].eval_config.hook_name == "blocks.1.hook_resid_post"
+    given = run_sparse_probing(
+        ctx,
+        {"s": _topk_sae()},
+        SparseProbingConfig(dataset_names=["letters"], **SMALL),
+        datasets={"letters": multiclass()},
+    )
+    assert (
+        given["s"].eval_config.model_name == "tiny" and given["s"].eval_config.hook_name == "blocks.1.hook_resid_post"
+    )
     with pytest.raises(UserError, match="unknown option"):
         run_sparse_probing(_ctx(adapter, sparse_probing={"nope": 1}), {"s": _topk_sae()})
 
@@ -204,7 +236,10 @@ def test_tpp_invariant_to_negating_a_latent(adapter, kind):
     flipped, j = _flip_selected(sae, first.eval_result_unstructured["selected_latents"]["letters"]["group0"])
     out = run_tpp(_ctx(adapter), {"orig": sae, "flip": flipped}, cfg, datasets=ds)
     _metrics_equal(out["orig"], out["flip"])
-    assert out["flip"].eval_result_unstructured["selected_latents"] == out["orig"].eval_result_unstructured["selected_latents"]
+    assert (
+        out["flip"].eval_result_unstructured["selected_latents"]
+        == out["orig"].eval_result_unstructured["selected_latents"]
+    )
 
 
 @pytest.mark.parametrize("kind", ["abstopk", "batch-abstopk"])
@@ -276,9 +311,9 @@ class EmbeddingAdapter:
         basis, _ = torch.linalg.qr(torch.randn(D_MODEL, D_MODEL, generator=g))
         n = len(GROUPS)
         self.class_dirs = [basis[:, c] for c in range(n)]
-        self.u_label = (self.class_dirs[0] - self.class_dirs[1]) / 2 ** 0.5
+        self.u_label = (self.class_dirs[0] - self.class_dirs[1]) / 2**0.5
         self.u_sent = basis[:, n]
-        rest = basis[:, n + 1:]
+        rest = basis[:, n + 1 :]
         table = torch.randn(64, D_MODEL - n - 1, generator=g) @ rest.T
         shared = torch.randn(len(GROUPS[0]), D_MODEL - n - 1, generator=g) @ rest.T
         idx = {ch: 3 + ALPHABET.index(ch) for ch in ALPHABET}
@@ -314,9 +349,18 @@ def _planted_sae(directions: list[torch.Tensor], seed: int = 3, scale: float = 5
 
 def test_a_latent_on_the_label_direction_gives_high_top1_accuracy():
     adapter = EmbeddingAdapter()
-    ds = {"pair": LabelledDataset(name="pair", texts=(_random_texts(np.random.default_rng(1), GROUPS[0], 40)
-                                                      + _random_texts(np.random.default_rng(1), GROUPS[1], 40)),
-                                  labels=[0] * 40 + [1] * 40, class_names=["A", "B"], card=_card("pair", [0] * 40 + [1] * 40, ["A", "B"]))}
+    ds = {
+        "pair": LabelledDataset(
+            name="pair",
+            texts=(
+                _random_texts(np.random.default_rng(1), GROUPS[0], 40)
+                + _random_texts(np.random.default_rng(1), GROUPS[1], 40)
+            ),
+            labels=[0] * 40 + [1] * 40,
+            class_names=["A", "B"],
+            card=_card("pair", [0] * 40 + [1] * 40, ["A", "B"]),
+        )
+    }
     saes = {"planted": _planted_sae([adapter.u_label]), "blind": _planted_sae([adapter.u_label])}
     with torch.no_grad():  # the same SAE without its label latent: every latent is orthogonal to u_label
         saes["blind"].W_enc[:, 0] = 0.0
@@ -332,13 +376,22 @@ def test_a_latent_on_the_label_direction_gives_high_top1_accuracy():
 
 def test_ablating_the_spurious_latent_raises_scr():
     adapter = EmbeddingAdapter(c_label=0.3, c_sent=1.0)
-    saes = {"planted": _planted_sae([adapter.u_sent, adapter.u_label]), "blind": _planted_sae([adapter.u_sent, adapter.u_label])}
+    saes = {
+        "planted": _planted_sae([adapter.u_sent, adapter.u_label]),
+        "blind": _planted_sae([adapter.u_sent, adapter.u_label]),
+    }
     with torch.no_grad():
         saes["blind"].W_enc[:, :2] = 0.0
     # the known-answer checks test the SCR mechanics with the deterministic sklearn probe (the sae_bench recipe's
     # 160 AdamW steps do not converge on this weak planted label; it is tested on its own below)
-    cfg = ScrConfig(train_set_size=120, test_set_size=60, min_per_quadrant=5, n_values=[1, 2], context_length=32,
-                    probe_recipe="sklearn")
+    cfg = ScrConfig(
+        train_set_size=120,
+        test_set_size=60,
+        min_per_quadrant=5,
+        n_values=[1, 2],
+        context_length=32,
+        probe_recipe="sklearn",
+    )
     out = run_scr(_ctx(adapter), saes, cfg, dataset=two_label(per_cell=60))
     rec = out["planted"].eval_result_unstructured["pairs"][0]
     clean = rec["clean_accuracies"]
@@ -357,7 +410,9 @@ def test_tpp_planted_latent_hurts_only_its_own_class():
     saes = {"planted": _planted_sae(adapter.class_dirs[:3]), "blind": _planted_sae(adapter.class_dirs[:3])}
     with torch.no_grad():
         saes["blind"].W_enc[:, :3] = 0.0
-    cfg = TppConfig(dataset_names=["three"], train_per_class=25, test_per_class=15, n_values=[1, 2], probe_recipe="sklearn")
+    cfg = TppConfig(
+        dataset_names=["three"], train_per_class=25, test_per_class=15, n_values=[1, 2], probe_recipe="sklearn"
+    )
     out = run_tpp(_ctx(adapter), saes, cfg, datasets=ds)
     planted = out["planted"].eval_result_unstructured
     for c in range(3):
@@ -403,11 +458,18 @@ def test_unknown_dataset_is_a_user_error(adapter):
 def test_too_few_examples_is_a_user_error(adapter):
     tiny = {"letters": multiclass(per_class=6)}
     with pytest.raises(UserError, match="too few|only"):
-        run_sparse_probing(_ctx(adapter), {"s": _topk_sae()}, SparseProbingConfig(dataset_names=["letters"], **SMALL), datasets=tiny)
+        run_sparse_probing(
+            _ctx(adapter), {"s": _topk_sae()}, SparseProbingConfig(dataset_names=["letters"], **SMALL), datasets=tiny
+        )
     with pytest.raises(UserError, match="too few|only"):
         run_tpp(_ctx(adapter), {"s": _topk_sae()}, TppConfig(dataset_names=["letters"], **SMALL_TPP), datasets=tiny)
     with pytest.raises(UserError, match="too few"):
-        run_scr(_ctx(adapter), {"s": _topk_sae()}, ScrConfig(**{**SMALL_SCR, "min_per_quadrant": 30}), dataset=two_label(per_cell=40))
+        run_scr(
+            _ctx(adapter),
+            {"s": _topk_sae()},
+            ScrConfig(**{**SMALL_SCR, "min_per_quadrant": 30}),
+            dataset=two_label(per_cell=40),
+        )
     no_attr = multiclass(n_classes=2)
     with pytest.raises(UserError, match="attribute"):
         run_scr(_ctx(adapter), {"s": _topk_sae()}, ScrConfig(**SMALL_SCR), dataset=no_attr)
@@ -415,15 +477,23 @@ def test_too_few_examples_is_a_user_error(adapter):
 
 def test_bad_source_and_unreachable_hub_are_user_errors(adapter, monkeypatch):
     with pytest.raises(UserError, match="dataset_source"):
-        run_sparse_probing(_ctx(adapter), {"s": _topk_sae()}, SparseProbingConfig(dataset_names=["sentiment"], dataset_source="web"))
+        run_sparse_probing(
+            _ctx(adapter), {"s": _topk_sae()}, SparseProbingConfig(dataset_names=["sentiment"], dataset_source="web")
+        )
     from sae_bench.sae_bench_utils import dataset_utils
 
     def offline(*args, **kwargs):
-        raise ConnectionError("Couldn't reach 'canrager/amazon_reviews_mcauley_1and5' on the Hub\n(LocalEntryNotFoundError)")
+        raise ConnectionError(
+            "Couldn't reach 'canrager/amazon_reviews_mcauley_1and5' on the Hub\n(LocalEntryNotFoundError)"
+        )
 
     monkeypatch.setattr(dataset_utils, "get_multi_label_train_test_data", offline)
     with pytest.raises(UserError) as err:
-        run_sparse_probing(_ctx(adapter), {"s": _topk_sae()}, SparseProbingConfig(dataset_names=["sentiment"], dataset_source="sae_bench"))
+        run_sparse_probing(
+            _ctx(adapter),
+            {"s": _topk_sae()},
+            SparseProbingConfig(dataset_names=["sentiment"], dataset_source="sae_bench"),
+        )
     assert "\n" not in str(err.value) and "Hugging Face hub" in str(err.value)
     import datasets
 

@@ -39,8 +39,10 @@ def adapter() -> ModelAdapter:
 
 
 def _entities(n: int, offset: int) -> list[str]:
-    return [LETTERS[(i * 7 + offset) % 26] + LETTERS[(i * 11 + 3 * offset) % 26] + LETTERS[(i * 5 + offset) % 26]
-            for i in range(n)]
+    return [
+        LETTERS[(i * 7 + offset) % 26] + LETTERS[(i * 11 + 3 * offset) % 26] + LETTERS[(i * 5 + offset) % 26]
+        for i in range(n)
+    ]
 
 
 def _own_answers(adapter: ModelAdapter, name: str, attrs: dict[str, list[str]], entities: list[str]) -> EntityData:
@@ -59,15 +61,23 @@ def _own_answers(adapter: ModelAdapter, name: str, attrs: dict[str, list[str]], 
 @pytest.fixture(scope="module")
 def registered(adapter):
     """Tiny entity types and fact domains, registered for the module's tests and removed afterwards."""
-    things = _own_answers(adapter, "tiny_things", {
-        "Color": ['{"thing": "%s", "color": "', '%s has color "'],
-        "Shape": ['{"thing": "%s", "shape": "', '%s has shape "'],
-    }, sorted(set(_entities(32, 0))))
-    tools = _own_answers(adapter, "tiny_tools", {"Use": ['{"tool": "%s", "use": "', 'the %s is for "']},
-                         sorted(set(_entities(24, 5))))
+    things = _own_answers(
+        adapter,
+        "tiny_things",
+        {
+            "Color": ['{"thing": "%s", "color": "', '%s has color "'],
+            "Shape": ['{"thing": "%s", "shape": "', '%s has shape "'],
+        },
+        sorted(set(_entities(32, 0))),
+    )
+    tools = _own_answers(
+        adapter, "tiny_tools", {"Use": ['{"tool": "%s", "use": "', 'the %s is for "']}, sorted(set(_entities(24, 5)))
+    )
     added_types = {"tiny_things": lambda: things, "tiny_tools": lambda: tools}
-    added_domains = {"tiny-color": FactDomain("tiny-color", "tiny_things", "Color", "test"),
-                     "tiny-use": FactDomain("tiny-use", "tiny_tools", "Use", "test")}
+    added_domains = {
+        "tiny-color": FactDomain("tiny-color", "tiny_things", "Color", "test"),
+        "tiny-use": FactDomain("tiny-use", "tiny_tools", "Use", "test"),
+    }
     facts.ENTITY_TYPES.update(added_types)
     facts.FACT_DOMAINS.update(added_domains)
     yield
@@ -82,22 +92,52 @@ def _context(adapter: ModelAdapter) -> EvalContext:
     tokens = torch.randint(3, VOCAB, (8, 24), generator=g)
     tokens[:, 0] = adapter.bos_token_id
     acts = adapter.activations(tokens, LAYER)[:, 1:].reshape(-1, D_MODEL)
-    return EvalContext(adapter=adapter, model_key="tiny", model_name="tiny", layer=LAYER, eval_tokens=tokens,
-                       heldout_activations=lambda: acts, dataset="random tokens", provenance={"model": "tiny"})
+    return EvalContext(
+        adapter=adapter,
+        model_key="tiny",
+        model_name="tiny",
+        layer=LAYER,
+        eval_tokens=tokens,
+        heldout_activations=lambda: acts,
+        dataset="random tokens",
+        provenance={"model": "tiny"},
+    )
 
 
 def _ravel_config(**kw) -> RavelConfig:
-    base = dict(model_name="tiny", layer=LAYER, entity_attribute_selection={"tiny_things": ["Color", "Shape"]},
-                max_candidate_entities=32, top_n_entities=32, num_train_pairs_per_attribute=8, num_pairs_per_attribute=10,
-                min_pairs_per_attribute=2, n_latents_grid=[2, 8], llm_batch_size=16, chance_margin=0.0)
+    base = dict(
+        model_name="tiny",
+        layer=LAYER,
+        entity_attribute_selection={"tiny_things": ["Color", "Shape"]},
+        max_candidate_entities=32,
+        top_n_entities=32,
+        num_train_pairs_per_attribute=8,
+        num_pairs_per_attribute=10,
+        min_pairs_per_attribute=2,
+        n_latents_grid=[2, 8],
+        llm_batch_size=16,
+        chance_margin=0.0,
+    )
     return RavelConfig(**{**base, **kw})
 
 
 def _unlearning_config(**kw) -> UnlearningConfig:
-    base = dict(model_name="tiny", layer=LAYER, forget_set="facts", forget_domains=["tiny-color"],
-                retain_domains=["tiny-use"], max_entities_per_domain=32, min_forget_facts=4, max_forget_facts=16,
-                max_retain_facts_per_domain=12, retain_thresholds=[0.05, 0.5], n_features_list=[3],
-                multipliers=[1.0, 8.0], n_retain_tokens=512, llm_batch_size=16)
+    base = dict(
+        model_name="tiny",
+        layer=LAYER,
+        forget_set="facts",
+        forget_domains=["tiny-color"],
+        retain_domains=["tiny-use"],
+        max_entities_per_domain=32,
+        min_forget_facts=4,
+        max_forget_facts=16,
+        max_retain_facts_per_domain=12,
+        retain_thresholds=[0.05, 0.5],
+        n_features_list=[3],
+        multipliers=[1.0, 8.0],
+        n_retain_tokens=512,
+        llm_batch_size=16,
+    )
     return UnlearningConfig(**{**base, **kw})
 
 
@@ -137,8 +177,10 @@ def test_ravel_end_to_end_and_sign_flip_invariance(adapter, registered):
     assert _flat(out["orig"]) == _flat(first)
     a, b = _flat(out["orig"]), _flat(out["flip"])
     assert a == b
-    assert out["flip"].eval_result_unstructured["attributes"][0]["selected_latents"] == \
-        first.eval_result_unstructured["attributes"][0]["selected_latents"]
+    assert (
+        out["flip"].eval_result_unstructured["attributes"][0]["selected_latents"]
+        == first.eval_result_unstructured["attributes"][0]["selected_latents"]
+    )
 
 
 def test_unlearning_end_to_end_and_sign_flip_invariance(adapter, registered):
@@ -156,7 +198,9 @@ def test_unlearning_end_to_end_and_sign_flip_invariance(adapter, registered):
     j = chosen[0]
     out = run_unlearning(ctx, {"orig": sae, "flip": negate_latent(sae, j)}, cfg)
     assert _flat(out["flip"]) == _flat(out["orig"]) == _flat(first)
-    assert out["flip"].eval_result_unstructured["selected_latents"] == first.eval_result_unstructured["selected_latents"]
+    assert (
+        out["flip"].eval_result_unstructured["selected_latents"] == first.eval_result_unstructured["selected_latents"]
+    )
 
 
 def test_user_errors(adapter, registered):
@@ -185,8 +229,9 @@ def test_resumed_forward_matches_the_full_spliced_pass(builder):
     model, tok = TINY_BUILDERS[builder](seed=0)
     ad = ModelAdapter(model, tok)
     runner = PromptRunner(ad, LAYER)
-    ids, mask = pad_left([encode(tok, t, tok.bos_token_id) for t in ("hello there", "a b", "sparse autoencoders")],
-                         tok.pad_token_id)
+    ids, mask = pad_left(
+        [encode(tok, t, tok.bos_token_id) for t in ("hello there", "a b", "sparse autoencoders")], tok.pad_token_id
+    )
     resid = runner.residual(ids, mask) * 1.5  # an edited residual
     full = runner.logits(ids, mask, fn=lambda h: resid)
     fast = runner.logits_from_residual(resid, ids, mask)  # verifies on first use, keeps resuming if equal

@@ -15,19 +15,31 @@ def _core(variant: str, k: int | None, fvu: float, loss_recovered: float) -> dic
         "eval_config": {"dataset": "test text", "n_ce_tokens": 10, "n_sparsity_tokens": 20},
         "eval_result_metrics": {
             "normalised_reconstruction": {"nmse": fvu / 10, "fvu": fvu, "loss_recovered": loss_recovered},
-            "model_performance_preservation": {"ce_loss_with_sae": 3.0, "ce_loss_without_sae": 2.5, "ce_loss_with_ablation": 9.0},
+            "model_performance_preservation": {
+                "ce_loss_with_sae": 3.0,
+                "ce_loss_without_sae": 2.5,
+                "ce_loss_with_ablation": 9.0,
+            },
             "model_behavior_preservation": {"kl_div_with_sae": 0.1},
             "sparsity": {"l0": float(k or 50), "dead_fraction": 0.1, "frac_negative": 0.5 if "abs" in variant else 0.0},
         },
-        "eval_result_unstructured": {"training_curve": [{"tokens": 1, "fvu": 1.0}, {"tokens": 2, "fvu": fvu}],
-                                     "train_seconds": 1.0, "train_tokens": 2},
+        "eval_result_unstructured": {
+            "training_curve": [{"tokens": 1, "fvu": 1.0}, {"tokens": 2, "fvu": fvu}],
+            "train_seconds": 1.0,
+            "train_tokens": 2,
+        },
         "provenance": {"model": "m", "layer": 3, "variant": variant, "k": k, "seed": 0, "versions": {"torch": "x"}},
     }
 
 
 def test_report_table_and_k_sweep_figure(tmp_path):
-    rows = [("topk", 16, 0.3, 0.8), ("topk", 32, 0.2, 0.9), ("abstopk", 16, 0.28, 0.82), ("abstopk", 32, 0.19, 0.91),
-            ("relu", None, 0.4, 0.7)]
+    rows = [
+        ("topk", 16, 0.3, 0.8),
+        ("topk", 32, 0.2, 0.9),
+        ("abstopk", 16, 0.28, 0.82),
+        ("abstopk", 32, 0.19, 0.91),
+        ("relu", None, 0.4, 0.7),
+    ]
     for variant, k, fvu, lr in rows:
         name = f"{variant}_k{k}_s0" if k else f"{variant}_s0"
         path = tmp_path / "results" / "m" / "layer_3" / name / "core.json"
@@ -60,7 +72,9 @@ def _write_seeds(root, variant, fvus):
 def _fvu_cells(root):
     lines = (root / "reports" / "m_layer3.md").read_text().splitlines()
     header = [c.strip() for c in next(line for line in lines if line.startswith("| variant")).strip("|").split("|")]
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| topk") or line.startswith("| abstopk")]
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith(("| topk", "| abstopk"))
+    ]
     return {row[0]: row[header.index("FVU")] for row in rows}
 
 
@@ -107,14 +121,33 @@ def test_bidirectional_and_fragmentation_figures(tmp_path):
         folder.mkdir(parents=True)
         (folder / "core.json").write_text(json.dumps(_core(variant, k, 0.2, 0.9)))
         prov = {"variant": variant, "k": k, "seed": 0}
-        detail = {"axis": "gender", "poles": ["male", "female"], "category": "split", "top_mean_a": 3.0, "top_mean_b": 0.0,
-                  "partner_mean_a": 0.0, "partner_mean_b": 2.5}
-        (folder / "bidirectional.json").write_text(json.dumps({
-            "eval_result_metrics": {"bidirectional": {"frac_axes_bidirectional": 0.0}}, "eval_result_details": [detail],
-            "provenance": prov}))
-        (folder / "fragmentation.json").write_text(json.dumps({
-            "eval_config": {"threshold": 0.7}, "provenance": prov,
-            "eval_result_unstructured": {"histogram": {"bin_edges": [-1.0, -0.5, 0.0], "counts": [3, 7]}}}))
+        detail = {
+            "axis": "gender",
+            "poles": ["male", "female"],
+            "category": "split",
+            "top_mean_a": 3.0,
+            "top_mean_b": 0.0,
+            "partner_mean_a": 0.0,
+            "partner_mean_b": 2.5,
+        }
+        (folder / "bidirectional.json").write_text(
+            json.dumps(
+                {
+                    "eval_result_metrics": {"bidirectional": {"frac_axes_bidirectional": 0.0}},
+                    "eval_result_details": [detail],
+                    "provenance": prov,
+                }
+            )
+        )
+        (folder / "fragmentation.json").write_text(
+            json.dumps(
+                {
+                    "eval_config": {"threshold": 0.7},
+                    "provenance": prov,
+                    "eval_result_unstructured": {"histogram": {"bin_edges": [-1.0, -0.5, 0.0], "counts": [3, 7]}},
+                }
+            )
+        )
     names = {p.name for p in build_reports(tmp_path / "results", tmp_path / "reports")}
     assert {"m_layer3_bidirectional.png", "m_layer3_fragmentation_hist.png"} <= names
     assert "m_layer3_bidirectional.png" in (tmp_path / "reports" / "m_layer3.md").read_text()
@@ -122,8 +155,9 @@ def test_bidirectional_and_fragmentation_figures(tmp_path):
 
 def test_metric_on_fewer_seeds_than_trained_is_marked(tmp_path):
     _write_seeds(tmp_path, "topk", [0.30, 0.31, 0.29])
-    (tmp_path / "results" / "m" / "layer_3" / "topk_k16_s0" / "tpp.json").write_text(json.dumps(
-        {"eval_result_metrics": {"tpp_metrics": {"tpp_threshold_20_total_metric": 0.25}}}))
+    (tmp_path / "results" / "m" / "layer_3" / "topk_k16_s0" / "tpp.json").write_text(
+        json.dumps({"eval_result_metrics": {"tpp_metrics": {"tpp_threshold_20_total_metric": 0.25}}})
+    )
     build_reports(tmp_path / "results", tmp_path / "reports")
     text = (tmp_path / "reports" / "m_layer3.md").read_text()
     assert "0.250 (n=1)" in text and "0.300 ± 0.02" in text
@@ -131,8 +165,13 @@ def test_metric_on_fewer_seeds_than_trained_is_marked(tmp_path):
 
 def test_single_seed_task_metric_shows_its_bootstrap_interval(tmp_path):
     _write_seeds(tmp_path, "topk", [0.30, 0.31, 0.29])
-    (tmp_path / "results" / "m" / "layer_3" / "topk_k16_s0" / "sparse_probing.json").write_text(json.dumps(
-        {"eval_result_metrics": {"sae": {"sae_top_1_test_accuracy": 0.64}},
-         "eval_result_unstructured": {"bootstrap_ci95": {"sae_top_1_test_accuracy": [0.6, 0.68]}}}))
+    (tmp_path / "results" / "m" / "layer_3" / "topk_k16_s0" / "sparse_probing.json").write_text(
+        json.dumps(
+            {
+                "eval_result_metrics": {"sae": {"sae_top_1_test_accuracy": 0.64}},
+                "eval_result_unstructured": {"bootstrap_ci95": {"sae_top_1_test_accuracy": [0.6, 0.68]}},
+            }
+        )
+    )
     build_reports(tmp_path / "results", tmp_path / "reports")
     assert "0.640 [0.600, 0.680] (n=1)" in (tmp_path / "reports" / "m_layer3.md").read_text()

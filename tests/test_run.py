@@ -13,8 +13,6 @@ from abstopk_eval.saes.io import load_sae
 from abstopk_eval.saes.variants import ALL_VARIANTS
 from tests.conftest import TINY
 
-
-
 # The evaluations that apply to a 3-layer model with a 320-token vocabulary: the task evaluations need real
 # words and labelled text (absorption refuses fewer than 100 words), and have their own tests.
 TINY_EVALS = ("--evals", "core", "fragmentation")
@@ -22,9 +20,25 @@ TINY_EVALS = ("--evals", "core", "fragmentation")
 
 def _argv(tmp, model_dir, *extra):
     evals = () if "--evals" in extra else TINY_EVALS
-    return ["--model", TINY.key, "--model-path", str(model_dir), "--preset", "smoke", "-q",
-            "--results-dir", str(tmp / "results"), "--runs-dir", str(tmp / "runs"),
-            "--reports-dir", str(tmp / "reports"), "--cache-dir", str(tmp / "cache"), *evals, *extra]
+    return [
+        "--model",
+        TINY.key,
+        "--model-path",
+        str(model_dir),
+        "--preset",
+        "smoke",
+        "-q",
+        "--results-dir",
+        str(tmp / "results"),
+        "--runs-dir",
+        str(tmp / "runs"),
+        "--reports-dir",
+        str(tmp / "reports"),
+        "--cache-dir",
+        str(tmp / "cache"),
+        *evals,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +65,10 @@ def test_default_run_gives_core_results_for_all_six_variants_and_a_report(finish
         assert prov["model"] == TINY.key and prov["layer"] == 1 and prov["corpus"] == "wiki-en"
         assert prov["versions"]["torch"] and prov["variant"] == sae.split("_")[0]
         assert result["eval_result_unstructured"]["training_curve"]
-    signed = {s: json.loads((layer_dir / s / "core.json").read_text())["eval_result_metrics"]["sparsity"]["frac_negative"] for s in saes}
+    signed = {
+        s: json.loads((layer_dir / s / "core.json").read_text())["eval_result_metrics"]["sparsity"]["frac_negative"]
+        for s in saes
+    }
     assert all(v > 0 for s, v in signed.items() if "abstopk" in s)
     assert all(v == 0 for s, v in signed.items() if "abstopk" not in s)
     table = (finished_run / "reports" / f"{TINY.key}_layer1.md").read_text()
@@ -60,7 +77,9 @@ def test_default_run_gives_core_results_for_all_six_variants_and_a_report(finish
     assert (finished_run / "reports" / "index.md").is_file()
 
 
-def test_rerun_skips_finished_work_without_loading_the_model(finished_run, tiny_model_dir, monkeypatch, tiny_registered):
+def test_rerun_skips_finished_work_without_loading_the_model(
+    finished_run, tiny_model_dir, monkeypatch, tiny_registered
+):
     def boom(*a, **k):
         raise AssertionError("the model should not be loaded when everything is done")
 
@@ -83,15 +102,18 @@ def test_activation_cache_is_reused_by_a_new_variant_run(finished_run, tiny_mode
     assert (finished_run / "results" / TINY.key / "layer_1" / "abstopk_k4_s1_smoke" / "core.json").is_file()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model", "no-such-model"], "unknown model 'no-such-model'"),
-    (["--variants", "sigmoid"], "unknown SAE variant 'sigmoid'"),
-    (["--layer", "99"], "--layer 99 is out of range"),
-    (["--layer", "-1"], "out of range"),
-    (["--evals", "nope"], "unknown evaluation 'nope'"),
-    (["--preset", "huge"], "unknown preset 'huge'"),
-    (["--k", "0"], "--k values must be positive"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+        (["--variants", "sigmoid"], "unknown SAE variant 'sigmoid'"),
+        (["--layer", "99"], "--layer 99 is out of range"),
+        (["--layer", "-1"], "out of range"),
+        (["--evals", "nope"], "unknown evaluation 'nope'"),
+        (["--preset", "huge"], "unknown preset 'huge'"),
+        (["--k", "0"], "--k values must be positive"),
+    ],
+)
 def test_bad_input_is_one_line_error(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run.main(args + ["--no-report"])
@@ -134,7 +156,10 @@ def test_a_changed_checkpoint_is_re_evaluated(finished_run, tiny_model_dir, tiny
     run.main(_argv(finished_run, tiny_model_dir, "--no-report"))
     new = json.loads(result.read_text())
     assert new["provenance"]["sae_weights_sha256"] != old["provenance"]["sae_weights_sha256"]
-    assert new["eval_result_metrics"]["normalised_reconstruction"] != old["eval_result_metrics"]["normalised_reconstruction"]
+    assert (
+        new["eval_result_metrics"]["normalised_reconstruction"]
+        != old["eval_result_metrics"]["normalised_reconstruction"]
+    )
     assert other.stat().st_mtime_ns == other_mtime  # unchanged checkpoints keep their results
 
 

@@ -45,8 +45,15 @@ def negate_latent(sae: SAE, j: int) -> SAE:
 
 
 def _context(adapter: ModelAdapter, acts: torch.Tensor, tokens: torch.Tensor) -> EvalContext:
-    return EvalContext(adapter=adapter, model_key="tiny", model_name="tiny", layer=1, eval_tokens=tokens,
-                       heldout_activations=lambda: acts, dataset="random tokens")
+    return EvalContext(
+        adapter=adapter,
+        model_key="tiny",
+        model_name="tiny",
+        layer=1,
+        eval_tokens=tokens,
+        heldout_activations=lambda: acts,
+        dataset="random tokens",
+    )
 
 
 @pytest.mark.parametrize("kind", ["abstopk", "batch-abstopk"])

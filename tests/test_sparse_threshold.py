@@ -15,9 +15,15 @@ D_IN, D_SAE, B = 16, 96, 40
 
 def _sae(variant: str, mode: str = "step", ste_to_input: bool = True, x: torch.Tensor | None = None):
     torch.manual_seed(0)
-    hp = SparsityHyperparams(k=6, l1_coefficient=0.7, l0_coefficient=0.3, jumprelu_bandwidth=0.5,
-                             jumprelu_init_threshold=0.4, jumprelu_sparsity_loss_mode=mode,
-                             jumprelu_ste_to_input=ste_to_input)
+    hp = SparsityHyperparams(
+        k=6,
+        l1_coefficient=0.7,
+        l0_coefficient=0.3,
+        jumprelu_bandwidth=0.5,
+        jumprelu_init_threshold=0.4,
+        jumprelu_sparsity_loss_mode=mode,
+        jumprelu_ste_to_input=ste_to_input,
+    )
     sae = get_variant(variant).build(D_IN, D_SAE, hp)
     with torch.no_grad():  # sparse but not empty: negative biases, uneven decoder norms
         sae.W_dec.mul_(torch.rand(D_SAE, 1) * 2 + 0.5)
@@ -35,16 +41,21 @@ def _grads(sae, loss):
     return {name: p.grad.clone() for name, p in sae.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("variant,mode,ste", [("relu", "step", True), ("jumprelu", "step", True),
-                                              ("jumprelu", "step", False), ("jumprelu", "quadratic", True)])
+@pytest.mark.parametrize(
+    "variant,mode,ste",
+    [("relu", "step", True), ("jumprelu", "step", True), ("jumprelu", "step", False), ("jumprelu", "quadratic", True)],
+)
 def test_sparse_threshold_step_matches_sae_lens_dense_step(variant, mode, ste, monkeypatch):
     monkeypatch.setattr(sparse_threshold, "MAX_SUPPORT_DENSITY", 1.0)
     x = torch.randn(B, D_IN) * 2
     sae = _sae(variant, mode, ste, x)
     assert supports_sparse_threshold(sae, variant)
     coefficients = {"l1": 0.7, "l0": 0.3}
-    dense = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients=coefficients, dead_neuron_mask=None,
-                                                     n_training_steps=0, is_logging_step=False))
+    dense = sae.training_forward_pass(
+        TrainStepInput(
+            sae_in=x, coefficients=coefficients, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False
+        )
+    )
     dense_grads = _grads(sae, dense.loss)
     sparse = sparse_threshold_forward(sae, x, variant, coefficients)
     sparse_grads = _grads(sae, sparse.loss)

@@ -35,8 +35,9 @@ def test_sparse_step_matches_sae_lens_dense_step(variant, with_dead):
     sae = _sae(variant)
     x = torch.randn(B, D_IN) * 2
     dead = (torch.arange(D_SAE) % 3 == 0) if with_dead else torch.zeros(D_SAE, dtype=torch.bool)
-    dense = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead,
-                                                     n_training_steps=0, is_logging_step=False))
+    dense = sae.training_forward_pass(
+        TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=0, is_logging_step=False)
+    )
     dense_grads = _grads(sae, dense.loss)
     sparse = sparse_training_forward(sae, x, variant, dead)
     sparse_grads = _grads(sae, sparse.loss)

@@ -12,10 +12,15 @@ from abstopk_eval.errors import UserError
 from tests.conftest import TINY
 
 
-
 def _spec(folder: Path, model_dir: Path, suffix: str = ".json") -> Path:
-    spec = {"models": [{"model": TINY.key, "layers": [1], "model_path": str(model_dir)}],
-            "variants": ["abstopk", "relu"], "k": [4], "seeds": 2, "evals": ["core"], "preset": "smoke"}
+    spec = {
+        "models": [{"model": TINY.key, "layers": [1], "model_path": str(model_dir)}],
+        "variants": ["abstopk", "relu"],
+        "k": [4],
+        "seeds": 2,
+        "evals": ["core"],
+        "preset": "smoke",
+    }
     path = folder / f"sweep{suffix}"
     if suffix == ".json":
         path.write_text(json.dumps(spec))
@@ -27,21 +32,37 @@ def _spec(folder: Path, model_dir: Path, suffix: str = ".json") -> Path:
 
 
 def _argv(spec: Path, out: Path, cache: Path, *extra: str) -> list[str]:
-    return [str(spec), "--results-dir", str(out / "results"), "--runs-dir", str(out / "runs"),
-            "--reports-dir", str(out / "reports"), "--cache-dir", str(cache), "-q", *extra]
+    return [
+        str(spec),
+        "--results-dir",
+        str(out / "results"),
+        "--runs-dir",
+        str(out / "runs"),
+        "--reports-dir",
+        str(out / "reports"),
+        "--cache-dir",
+        str(cache),
+        "-q",
+        *extra,
+    ]
 
 
 def _results(out: Path) -> dict[str, dict]:
     root = out / "results"
-    return {str(p.relative_to(root)): json.loads(p.read_text())["eval_result_metrics"] for p in sorted(root.rglob("*.json"))}
+    return {
+        str(p.relative_to(root)): json.loads(p.read_text())["eval_result_metrics"] for p in sorted(root.rglob("*.json"))
+    }
 
 
 def test_expand_lists_one_job_per_model_layer_variant_k_seed(tmp_path, tiny_model_dir, tiny_registered, capsys):
     spec = _spec(tmp_path, tiny_model_dir, ".yaml")
     jobs = sweep.expand(sweep.load_spec_file(spec))
     assert [j.job_id for j in jobs] == [
-        "tiny-test/layer_1/abstopk_k4_s0_smoke", "tiny-test/layer_1/abstopk_k4_s1_smoke",
-        "tiny-test/layer_1/relu_s0_smoke", "tiny-test/layer_1/relu_s1_smoke"]
+        "tiny-test/layer_1/abstopk_k4_s0_smoke",
+        "tiny-test/layer_1/abstopk_k4_s1_smoke",
+        "tiny-test/layer_1/relu_s0_smoke",
+        "tiny-test/layer_1/relu_s1_smoke",
+    ]
     shards = [sweep.shard_jobs(jobs, i, 3) for i in range(3)]
     assert sorted(j.job_id for s in shards for j in s) == sorted(j.job_id for j in jobs)
     sweep.main([str(spec), "--list", "--shard", "1/3"])
@@ -75,15 +96,18 @@ def test_bad_shard_specs_are_one_line_errors(shard, tmp_path, tiny_model_dir, ti
     assert err.startswith("error: --shard") and "\n" not in err
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"models": ["tiny-test"], "variantz": ["topk"]}, "unknown key(s) variantz"),
-    ({"models": []}, "at least one model"),
-    ({"models": ["nope"]}, "unknown model 'nope'"),
-    ({"models": ["tiny-test"], "variants": ["sigmoid"]}, "unknown SAE variant"),
-    ({"models": [{"model": "tiny-test", "layers": [7]}]}, "out of range"),
-    ({"models": ["tiny-test"], "k": [0]}, "k must be integers >= 1"),
-    ({"models": ["tiny-test"], "seeds": 0}, "seeds must be integers >= 1"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"models": ["tiny-test"], "variantz": ["topk"]}, "unknown key(s) variantz"),
+        ({"models": []}, "at least one model"),
+        ({"models": ["nope"]}, "unknown model 'nope'"),
+        ({"models": ["tiny-test"], "variants": ["sigmoid"]}, "unknown SAE variant"),
+        ({"models": [{"model": "tiny-test", "layers": [7]}]}, "out of range"),
+        ({"models": ["tiny-test"], "k": [0]}, "k must be integers >= 1"),
+        ({"models": ["tiny-test"], "seeds": 0}, "seeds must be integers >= 1"),
+    ],
+)
 def test_bad_specs_are_refused(spec, message, tmp_path, tiny_registered):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(spec))

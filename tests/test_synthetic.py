@@ -26,4 +26,3 @@ def test_a_non_negative_sae_with_one_pole_misses_the_bipolar_atoms():
     data = make_synthetic(CFG)
     rec = recovery(data.atoms, data.bipolar, data.atoms, signed=False)
     assert rec.frac_unipolar_recovered == 1.0 and rec.frac_bipolar_recovered == 0.0
-

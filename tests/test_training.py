@@ -43,7 +43,9 @@ def _stream_factory(stop_after: int | None = None, calls: list | None = None):
                     raise Interrupted
                 idx = order[step][: PRESET.batch_size]
                 yield (DATA[idx] - MEAN) / SCALE
+
         return stream
+
     return for_seed
 
 
@@ -52,8 +54,16 @@ def _jobs(root, variants=ALL_VARIANTS):
 
 
 def _train(jobs, **kw):
-    train_jobs(jobs, kw.pop("factory", _stream_factory()), d_in=D_IN, preset=PRESET, mean=MEAN, scale=SCALE,
-               metadata={"model": "synthetic"}, **kw)
+    train_jobs(
+        jobs,
+        kw.pop("factory", _stream_factory()),
+        d_in=D_IN,
+        preset=PRESET,
+        mean=MEAN,
+        scale=SCALE,
+        metadata={"model": "synthetic"},
+        **kw,
+    )
 
 
 def test_all_variants_train_from_one_pass_and_reload_with_sae_lens(tmp_path):

@@ -7,7 +7,8 @@ needs `bos/eos/pad_token_id`, `encode`, `__call__` and `decode`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,7 +51,11 @@ class TinyTokenizer:
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
         ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
-        special = {self.pad_token_id: self.pad_token, self.bos_token_id: self.bos_token, self.eos_token_id: self.eos_token}
+        special = {
+            self.pad_token_id: self.pad_token,
+            self.bos_token_id: self.bos_token,
+            self.eos_token_id: self.eos_token,
+        }
         out = []
         for i in ids:
             if i in special:
@@ -102,8 +107,14 @@ def tiny_llama(seed: int = 0) -> tuple[nn.Module, TinyTokenizer]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=64, num_hidden_layers=N_LAYERS,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, **_SPECIAL,
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        intermediate_size=64,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        **_SPECIAL,
     )
     return _build(lambda: LlamaForCausalLM(config), seed)
 
@@ -113,9 +124,17 @@ def tiny_gemma3(seed: int = 0) -> tuple[nn.Module, TinyTokenizer]:
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     config = Gemma3TextConfig(
-        vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=64, num_hidden_layers=N_LAYERS,
-        num_attention_heads=4, num_key_value_heads=1, head_dim=8, max_position_embeddings=128,
-        sliding_window=4, layer_types=["sliding_attention", "sliding_attention", "full_attention"], **_SPECIAL,
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        intermediate_size=64,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=128,
+        sliding_window=4,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        **_SPECIAL,
     )
     return _build(lambda: Gemma3ForCausalLM(config), seed)
 
@@ -133,8 +152,14 @@ def tiny_neox(seed: int = 0) -> tuple[nn.Module, TinyTokenizer]:
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     config = GPTNeoXConfig(
-        vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=64, num_hidden_layers=N_LAYERS,
-        num_attention_heads=4, max_position_embeddings=128, rotary_pct=0.25, **_SPECIAL,
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        intermediate_size=64,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        rotary_pct=0.25,
+        **_SPECIAL,
     )
     return _build(lambda: GPTNeoXForCausalLM(config), seed)
 
@@ -147,7 +172,9 @@ TINY_BUILDERS: dict[str, Callable[..., tuple[nn.Module, TinyTokenizer]]] = {
 }
 
 
-def tiny_batch(tokenizer: TinyTokenizer | None = None, texts: Sequence[str] = ("hello world", "sparse autoencoders!")) -> dict[str, Any]:
+def tiny_batch(
+    tokenizer: TinyTokenizer | None = None, texts: Sequence[str] = ("hello world", "sparse autoencoders!")
+) -> dict[str, Any]:
     """A small padded batch of token ids from `texts`."""
     return (tokenizer or TinyTokenizer())(list(texts))
 

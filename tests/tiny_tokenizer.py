@@ -15,7 +15,7 @@ _TRAINING_TEXT = [
 ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _backend() -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

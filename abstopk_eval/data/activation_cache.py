@@ -21,9 +21,10 @@ import platform
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,7 +81,7 @@ def _tokens_sha256(tokens: torch.Tensor) -> str:
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
     try:
-        import transformers  # noqa: PLC0415
+        import transformers
 
         out["transformers"] = transformers.__version__
     except ImportError:
@@ -107,7 +108,7 @@ def _clean_stale_tmp(final: Path) -> None:
         if not path.name.startswith(prefix):
             continue
         try:
-            pid = int(path.name[len(prefix):].split("-")[0])
+            pid = int(path.name[len(prefix) :].split("-")[0])
         except ValueError:
             pid = -1
         if pid == os.getpid() or pid <= 0 or not _pid_alive(pid):
@@ -244,7 +245,9 @@ class ActivationCache:
             raise _corrupt(directory, f"{META_FILE} is unreadable: {type(err).__name__}") from None
         if not isinstance(meta, dict):
             raise _corrupt(directory, f"{META_FILE} is not a JSON object")
-        missing = [f for f in ("format_version", "shape", "dtype", "file", "key", "sha256", "mean", "scale") if f not in meta]
+        missing = [
+            f for f in ("format_version", "shape", "dtype", "file", "key", "sha256", "mean", "scale") if f not in meta
+        ]
         if missing:
             raise _corrupt(directory, f"{META_FILE} lacks {', '.join(missing)}")
         try:
@@ -326,7 +329,7 @@ class ActivationCache:
             logger.info("building activation cache %s: %d sequences -> %d rows", final, tokens.shape[0], n_rows)
             with torch.no_grad():
                 for b in tqdm(range(n_batches), desc=f"caching {key.model} layer {key.layer}", unit="batch"):
-                    ids = tokens[b * batch_size:(b + 1) * batch_size]
+                    ids = tokens[b * batch_size : (b + 1) * batch_size]
                     acts = adapter.activations(ids, key.layer)
                     if acts.ndim != 3 or tuple(acts.shape[:2]) != tuple(ids.shape):
                         raise RuntimeError(f"adapter returned shape {tuple(acts.shape)} for input {tuple(ids.shape)}")
@@ -336,11 +339,11 @@ class ActivationCache:
                             raise UserError(f"the model returned d_model={d} activations, expected {expected_d}")
                         out = np.memmap(act_path, dtype=np_dtype, mode="w+", shape=(n_rows, d))
                         moments = _Moments(d)
-                    mask = keep[b * batch_size:(b + 1) * batch_size]
+                    mask = keep[b * batch_size : (b + 1) * batch_size]
                     rows = acts.detach().to("cpu", torch.float32)[mask].numpy().astype(np_dtype, copy=False)
                     if not np.isfinite(rows).all():
                         raise UserError(f"the model produced non-finite activations at layer {key.layer}")
-                    out[row:row + len(rows)] = rows
+                    out[row : row + len(rows)] = rows
                     digest.update(np.ascontiguousarray(rows).tobytes())
                     assert moments is not None
                     moments.update(rows)
@@ -406,7 +409,9 @@ class ActivationCache:
         if batch_size <= 0 or n_tokens <= 0:
             raise UserError(f"batch_size and n_tokens must be positive, got {batch_size} and {n_tokens}")
         if start_token < 0 or start_token % batch_size:
-            raise UserError(f"start_token must be a non-negative multiple of batch_size={batch_size}, got {start_token}")
+            raise UserError(
+                f"start_token must be a non-negative multiple of batch_size={batch_size}, got {start_token}"
+            )
         n_batches = math.ceil(n_tokens / batch_size)
         first = start_token // batch_size
         if first > n_batches:
@@ -424,7 +429,7 @@ class ActivationCache:
                 if epoch != perm_epoch:
                     perm_epoch, perm = epoch, self._epoch_permutation(seed, epoch)
                 take = min(hi - pos, n - offset)
-                parts.append(perm[offset:offset + take])
+                parts.append(perm[offset : offset + take])
                 pos += take
             idx = np.sort(np.concatenate(parts))
             if isinstance(source, torch.Tensor):

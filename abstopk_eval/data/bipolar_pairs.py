@@ -26,45 +26,145 @@ class Axis:
 
 
 AXES: tuple[Axis, ...] = (
-    Axis("gender (nouns)", ("male", "female"),
-         (("man", "woman"), ("king", "queen"), ("boy", "girl"), ("father", "mother"), ("brother", "sister"),
-          ("husband", "wife")),
-         ("Yesterday the {} walked into the room.", "I talked to the {} for an hour.",
-          "Everyone agreed that the {} was right.", "The old {} lived near the river.")),
-    Axis("gender (pronouns)", ("male", "female"), (("he", "she"),),
-         ("After lunch {} went back to work.", "I think {} is right about this.",
-          "When the phone rang, {} answered it.", "Nobody knew where {} had gone.")),
-    Axis("sentiment", ("positive", "negative"),
-         (("good", "bad"), ("great", "terrible"), ("happy", "sad"), ("wonderful", "awful"), ("beautiful", "ugly")),
-         ("Overall the result was {}.", "Everyone thought the show was {}.", "It was a {} day for the family.",
-          "The weather this week was {}.")),
-    Axis("temperature", ("hot", "cold"), (("hot", "cold"), ("warm", "cool")),
-         ("The water in the pool was {} this morning.", "It is {} outside today.", "The soup was too {} to eat.",
-          "They kept the room {} all winter.")),
-    Axis("change", ("up", "down"), (("increase", "decrease"), ("rise", "fall"), ("grow", "shrink")),
-         ("Analysts expect prices to {} next year.", "We want the numbers to {} over time.",
-          "The population will {} if nothing changes.", "Sales began to {} in the spring.")),
-    Axis("size", ("large", "small"), (("big", "small"), ("large", "small"), ("tall", "short")),
-         ("They live in a {} house near the river.", "It was a {} box on the table.",
-          "He bought a {} car last week.", "There was a {} tree in the garden.")),
-    Axis("direction", ("up", "down"), (("up", "down"),),
-         ("The elevator went {} slowly.", "Prices went {} again this week.", "She walked {} the stairs.",
-          "The plane moved {} through the clouds.")),
-    Axis("speed", ("fast", "slow"), (("fast", "slow"), ("quick", "slow")),
-         ("The train was very {} today.", "He is a {} runner.", "The internet connection was {}.",
-          "It was a {} journey home.")),
-    Axis("time", ("early", "late"), (("early", "late"),),
-         ("She arrived {} for the meeting.", "The bus was {} again.", "We had dinner {} that evening.",
-          "The letter came {} this year.")),
-    Axis("brightness", ("bright", "dark"), (("light", "dark"), ("bright", "dark")),
-         ("The room was {} when we entered.", "The sky was {} that evening.", "Her coat was {} blue.",
-          "The hallway stayed {} all night.")),
-    Axis("truth", ("true", "false"), (("true", "false"), ("right", "wrong"), ("correct", "incorrect")),
-         ("The statement was {}.", "Everything he said was {}.", "The answer turned out to be {}.",
-          "Her guess was {} in the end.")),
-    Axis("wealth", ("rich", "poor"), (("rich", "poor"), ("wealthy", "poor")),
-         ("They were {} people from the village.", "He grew up {} in the city.", "The {} family lived next door.",
-          "She became {} after the war.")),
+    Axis(
+        "gender (nouns)",
+        ("male", "female"),
+        (
+            ("man", "woman"),
+            ("king", "queen"),
+            ("boy", "girl"),
+            ("father", "mother"),
+            ("brother", "sister"),
+            ("husband", "wife"),
+        ),
+        (
+            "Yesterday the {} walked into the room.",
+            "I talked to the {} for an hour.",
+            "Everyone agreed that the {} was right.",
+            "The old {} lived near the river.",
+        ),
+    ),
+    Axis(
+        "gender (pronouns)",
+        ("male", "female"),
+        (("he", "she"),),
+        (
+            "After lunch {} went back to work.",
+            "I think {} is right about this.",
+            "When the phone rang, {} answered it.",
+            "Nobody knew where {} had gone.",
+        ),
+    ),
+    Axis(
+        "sentiment",
+        ("positive", "negative"),
+        (("good", "bad"), ("great", "terrible"), ("happy", "sad"), ("wonderful", "awful"), ("beautiful", "ugly")),
+        (
+            "Overall the result was {}.",
+            "Everyone thought the show was {}.",
+            "It was a {} day for the family.",
+            "The weather this week was {}.",
+        ),
+    ),
+    Axis(
+        "temperature",
+        ("hot", "cold"),
+        (("hot", "cold"), ("warm", "cool")),
+        (
+            "The water in the pool was {} this morning.",
+            "It is {} outside today.",
+            "The soup was too {} to eat.",
+            "They kept the room {} all winter.",
+        ),
+    ),
+    Axis(
+        "change",
+        ("up", "down"),
+        (("increase", "decrease"), ("rise", "fall"), ("grow", "shrink")),
+        (
+            "Analysts expect prices to {} next year.",
+            "We want the numbers to {} over time.",
+            "The population will {} if nothing changes.",
+            "Sales began to {} in the spring.",
+        ),
+    ),
+    Axis(
+        "size",
+        ("large", "small"),
+        (("big", "small"), ("large", "small"), ("tall", "short")),
+        (
+            "They live in a {} house near the river.",
+            "It was a {} box on the table.",
+            "He bought a {} car last week.",
+            "There was a {} tree in the garden.",
+        ),
+    ),
+    Axis(
+        "direction",
+        ("up", "down"),
+        (("up", "down"),),
+        (
+            "The elevator went {} slowly.",
+            "Prices went {} again this week.",
+            "She walked {} the stairs.",
+            "The plane moved {} through the clouds.",
+        ),
+    ),
+    Axis(
+        "speed",
+        ("fast", "slow"),
+        (("fast", "slow"), ("quick", "slow")),
+        (
+            "The train was very {} today.",
+            "He is a {} runner.",
+            "The internet connection was {}.",
+            "It was a {} journey home.",
+        ),
+    ),
+    Axis(
+        "time",
+        ("early", "late"),
+        (("early", "late"),),
+        (
+            "She arrived {} for the meeting.",
+            "The bus was {} again.",
+            "We had dinner {} that evening.",
+            "The letter came {} this year.",
+        ),
+    ),
+    Axis(
+        "brightness",
+        ("bright", "dark"),
+        (("light", "dark"), ("bright", "dark")),
+        (
+            "The room was {} when we entered.",
+            "The sky was {} that evening.",
+            "Her coat was {} blue.",
+            "The hallway stayed {} all night.",
+        ),
+    ),
+    Axis(
+        "truth",
+        ("true", "false"),
+        (("true", "false"), ("right", "wrong"), ("correct", "incorrect")),
+        (
+            "The statement was {}.",
+            "Everything he said was {}.",
+            "The answer turned out to be {}.",
+            "Her guess was {} in the end.",
+        ),
+    ),
+    Axis(
+        "wealth",
+        ("rich", "poor"),
+        (("rich", "poor"), ("wealthy", "poor")),
+        (
+            "They were {} people from the village.",
+            "He grew up {} in the city.",
+            "The {} family lived next door.",
+            "She became {} after the war.",
+        ),
+    ),
 )
 
 
@@ -82,7 +182,9 @@ def axis_names() -> list[str]:
     return [a.name for a in AXES]
 
 
-def build_instances(tokenizer: Any, axes: list[str] | None = None) -> tuple[list[PairInstance], dict[str, dict[str, int]]]:
+def build_instances(
+    tokenizer: Any, axes: list[str] | None = None
+) -> tuple[list[PairInstance], dict[str, dict[str, int]]]:
     """Tokenised single-token minimal pairs, and per axis how many instances were written and kept."""
     known = {a.name: a for a in AXES}
     chosen = [known[name] if name in known else _unknown(name) for name in (axes or list(known))]
@@ -107,16 +209,24 @@ def _unknown(name: str):
 
 
 def data_card() -> str:
-    lines = ["# Data card: bipolar minimal pairs (`abstopk_eval/data/bipolar_pairs.py`)", "",
-             "- **Source**: written for this project (no packaged dataset of bipolar minimal pairs exists offline).",
-             "- **License**: MIT (project code).",
-             "- **Derivation**: each axis has word pairs (pole A, pole B) and templates where either word fits; an "
-             "instance fills one template with both words and is kept only if the two tokenised sentences differ in "
-             "exactly one token. Counts of kept instances depend on the tokenizer and are stored in every result.", "",
-             "| axis | poles | word pairs | templates | instances written |", "|---|---|---|---|---|"]
+    lines = [
+        "# Data card: bipolar minimal pairs (`abstopk_eval/data/bipolar_pairs.py`)",
+        "",
+        "- **Source**: written for this project (no packaged dataset of bipolar minimal pairs exists offline).",
+        "- **License**: MIT (project code).",
+        "- **Derivation**: each axis has word pairs (pole A, pole B) and templates where either word fits; an "
+        "instance fills one template with both words and is kept only if the two tokenised sentences differ in "
+        "exactly one token. Counts of kept instances depend on the tokenizer and are stored in every result.",
+        "",
+        "| axis | poles | word pairs | templates | instances written |",
+        "|---|---|---|---|---|",
+    ]
     for a in AXES:
         pairs = ", ".join(f"{x}/{y}" for x, y in a.words)
-        lines.append(f"| {a.name} | {a.poles[0]} / {a.poles[1]} | {pairs} | {len(a.templates)} | {len(a.words) * len(a.templates)} |")
+        lines.append(
+            f"| {a.name} | {a.poles[0]} / {a.poles[1]} | {pairs} | {len(a.templates)} | "
+            f"{len(a.words) * len(a.templates)} |"
+        )
     return "\n".join(lines) + "\n"
 
 

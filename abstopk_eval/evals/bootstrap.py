@@ -12,7 +12,7 @@ activation rows of one sequence's length (reconstruction), not a token.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -41,7 +41,9 @@ def percentile_interval(samples: torch.Tensor) -> tuple[float, float]:
     return float(torch.quantile(samples, alpha)), float(torch.quantile(samples, 1 - alpha))
 
 
-def ci(counts: torch.Tensor, statistic: Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]) -> tuple[float, float]:
+def ci(
+    counts: torch.Tensor, statistic: Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
+) -> tuple[float, float]:
     """Interval of `statistic(total)`, where `total(per_unit)` returns the resampled sums of a per-unit tensor."""
     return percentile_interval(statistic(lambda per_unit: weighted_sums(counts, per_unit)))
 

@@ -41,8 +41,12 @@ def llm_dtype(adapter: Any) -> str:
 def resolve_config(cls: type[C], ctx: EvalContext, eval_name: str, config: C | None, **fixed: Any) -> C:
     """`config`, or the defaults overridden by `ctx.eval_options[eval_name]`; model fields filled from ctx
     (also in a given config whose model_name is empty)."""
-    base = {"model_name": ctx.model_key, "layer": ctx.layer, "hook_name": hook_name(ctx.layer),
-            "llm_dtype": llm_dtype(ctx.adapter)}
+    base = {
+        "model_name": ctx.model_key,
+        "layer": ctx.layer,
+        "hook_name": hook_name(ctx.layer),
+        "llm_dtype": llm_dtype(ctx.adapter),
+    }
     if config is not None:
         return dataclasses.replace(config, **base) if not getattr(config, "model_name", "") else config  # type: ignore[type-var]
     options = dict(getattr(ctx, "eval_options", {}).get(eval_name, {}))
@@ -58,7 +62,12 @@ def output_common(ctx: EvalContext, sae_id: str, sae: SAE) -> dict[str, Any]:
     metadata = getattr(sae.cfg, "metadata", None)
     meta = {k: (metadata.get(k) if metadata is not None else None) for k in ("variant", "k", "seed", "preset")}
     return dict(
-        eval_id=str(uuid.uuid4()), datetime_epoch_millis=int(time.time() * 1000), sae_bench_commit_hash=SAE_BENCH_COMMIT,
-        sae_lens_id=sae_id, sae_lens_release_id=None, sae_lens_version=ctx.provenance.get("versions", {}).get("sae-lens"),
-        sae_cfg_dict=sae.cfg.to_dict(), provenance={**ctx.provenance, "sae_id": sae_id, **meta},
+        eval_id=str(uuid.uuid4()),
+        datetime_epoch_millis=int(time.time() * 1000),
+        sae_bench_commit_hash=SAE_BENCH_COMMIT,
+        sae_lens_id=sae_id,
+        sae_lens_release_id=None,
+        sae_lens_version=ctx.provenance.get("versions", {}).get("sae-lens"),
+        sae_cfg_dict=sae.cfg.to_dict(),
+        provenance={**ctx.provenance, "sae_id": sae_id, **meta},
     )

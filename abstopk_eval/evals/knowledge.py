@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +35,7 @@ def encode(tokenizer: Any, text: str, bos: int | None) -> list[int]:
     return ([bos] if bos is not None else []) + ids
 
 
-_VALUE_TOKENS: "weakref.WeakKeyDictionary[Any, dict[tuple[str, str], frozenset[int]]]" = weakref.WeakKeyDictionary()
+_VALUE_TOKENS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], frozenset[int]]] = weakref.WeakKeyDictionary()
 
 
 def value_token_ids(tokenizer: Any, template: Template, value: str) -> frozenset[int]:
@@ -67,7 +68,7 @@ def entity_last_position(tokenizer: Any, template: Template, entity: str, bos: i
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (sorted), so little padding is needed."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -76,8 +77,8 @@ def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
         if len(s):
-            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s):] = 1
+            ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s) :] = 1
     return ids, mask
 
 
@@ -130,7 +131,12 @@ class PromptRunner:
     def _kwargs(self, ids: Tensor, mask: Tensor) -> dict[str, Any]:
         dev = self.adapter.device
         pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        return {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "position_ids": pos.to(dev), "use_cache": False}
+        return {
+            "input_ids": ids.to(dev),
+            "attention_mask": mask.to(dev),
+            "position_ids": pos.to(dev),
+            "use_cache": False,
+        }
 
     def _last_logits(self, ids: Tensor, mask: Tensor) -> Tensor:
         kwargs = self._kwargs(ids, mask)
@@ -144,7 +150,10 @@ class PromptRunner:
     def logits_and_residual(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Last-position logits [B, V] of a clean pass and the residual [B, T, D] after block L (one pass)."""
         captured: list[Tensor] = []
-        with torch.no_grad(), self.adapter.replace_output(self.layer, lambda h: captured.append(h.detach().float()) or h):
+        with (
+            torch.no_grad(),
+            self.adapter.replace_output(self.layer, lambda h: captured.append(h.detach().float()) or h),
+        ):
             logits = self._last_logits(ids, mask)
         return logits, captured[0]
 

@@ -30,8 +30,9 @@ subtracted with z's sign, so negating a latent (encoder column, encoder bias and
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,8 +115,12 @@ def tokenize_texts(tokenizer: Any, texts: Sequence[str], context_length: int) ->
 def special_token_ids(adapter: Any) -> list[int]:
     """BOS / EOS / padding ids: positions that are never pooled."""
     tok = adapter.tokenizer
-    ids = {getattr(adapter, "bos_token_id", None), getattr(tok, "bos_token_id", None),
-           getattr(tok, "eos_token_id", None), getattr(tok, "pad_token_id", None)}
+    ids = {
+        getattr(adapter, "bos_token_id", None),
+        getattr(tok, "bos_token_id", None),
+        getattr(tok, "eos_token_id", None),
+        getattr(tok, "pad_token_id", None),
+    }
     return sorted(i for i in ids if i is not None)
 
 
@@ -136,15 +141,17 @@ def _batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def _encode_pooled(sae: SAE, rows: torch.Tensor, seg_matrix: torch.Tensor, counts: torch.Tensor, chunk: int) -> torch.Tensor:
+def _encode_pooled(
+    sae: SAE, rows: torch.Tensor, seg_matrix: torch.Tensor, counts: torch.Tensor, chunk: int
+) -> torch.Tensor:
     """Mean over each segment of sae.encode(row) for the rows of a batch -> [n_texts, d_sae] (CPU float32)."""
     device = sae.W_enc.device
     dtype = sae.W_enc.dtype
     seg_matrix = seg_matrix.to(device)
     out = torch.zeros(seg_matrix.shape[0], sae.cfg.d_sae, dtype=torch.float32, device=device)
     for start in range(0, rows.shape[0], chunk):
-        z = sae.encode(rows[start:start + chunk].to(device, dtype)).float()
-        out += seg_matrix[:, start:start + chunk] @ z
+        z = sae.encode(rows[start : start + chunk].to(device, dtype)).float()
+        out += seg_matrix[:, start : start + chunk] @ z
     return (out / counts.to(device).clamp(min=1)[:, None].float()).cpu()
 
 
@@ -156,9 +163,18 @@ def _segment_matrix(seg: torch.Tensor, n_rows: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def pooled_activations(ctx: EvalContext, saes: dict[str, SAE], texts: Sequence[str], *, dataset: str, seed: int,
-                       context_length: int = 128, batch_tokens: int = 4096, sae_batch_tokens: int = 4096,
-                       desc: str = "pooled") -> PooledActivations:
+def pooled_activations(
+    ctx: EvalContext,
+    saes: dict[str, SAE],
+    texts: Sequence[str],
+    *,
+    dataset: str,
+    seed: int,
+    context_length: int = 128,
+    batch_tokens: int = 4096,
+    sae_batch_tokens: int = 4096,
+    desc: str = "pooled",
+) -> PooledActivations:
     """Pooled residual and signed SAE latents for `texts` (one model pass for all SAEs; memoised)."""
     adapter = ctx.adapter
     key = (id(adapter), ctx.model_key, ctx.layer, dataset, len(texts), seed, texts_digest(texts), context_length)
@@ -168,20 +184,33 @@ def pooled_activations(ctx: EvalContext, saes: dict[str, SAE], texts: Sequence[s
         entry = None
     missing = {sid: sae for sid, sae in saes.items() if entry is None or (sid, digests[sid]) not in entry.latents}
     if entry is None or missing:
-        pooled_x, n_tokens, n_truncated, latents = _run_pass(ctx, missing, texts, context_length, batch_tokens,
-                                                             sae_batch_tokens, desc, dataset, need_model=entry is None)
+        pooled_x, n_tokens, n_truncated, latents = _run_pass(
+            ctx, missing, texts, context_length, batch_tokens, sae_batch_tokens, desc, dataset, need_model=entry is None
+        )
         if entry is None:
             entry = _Entry(adapter=adapter, model=pooled_x, n_tokens=n_tokens, n_truncated=n_truncated)
         for sid, lat in latents.items():
             entry.latents[(sid, digests[sid])] = lat
         _MEMO[key] = entry
-    return PooledActivations(model=entry.model, latents={sid: entry.latents[(sid, digests[sid])] for sid in saes},
-                             n_tokens=entry.n_tokens, n_truncated=entry.n_truncated)
+    return PooledActivations(
+        model=entry.model,
+        latents={sid: entry.latents[(sid, digests[sid])] for sid in saes},
+        n_tokens=entry.n_tokens,
+        n_truncated=entry.n_truncated,
+    )
 
 
-def _run_pass(ctx: EvalContext, saes: dict[str, SAE], texts: Sequence[str], context_length: int, batch_tokens: int,
-              sae_batch_tokens: int, desc: str, dataset: str, need_model: bool
-              ) -> tuple[torch.Tensor | None, torch.Tensor, int, dict[str, torch.Tensor]]:
+def _run_pass(
+    ctx: EvalContext,
+    saes: dict[str, SAE],
+    texts: Sequence[str],
+    context_length: int,
+    batch_tokens: int,
+    sae_batch_tokens: int,
+    desc: str,
+    dataset: str,
+    need_model: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor, int, dict[str, torch.Tensor]]:
     adapter = ctx.adapter
     if len(texts) == 0:
         raise UserError(f"dataset {dataset!r} has no texts to evaluate on")
@@ -200,8 +229,8 @@ def _run_pass(ctx: EvalContext, saes: dict[str, SAE], texts: Sequence[str], cont
         input_ids = torch.full((len(group), width), pad_id, dtype=torch.long)
         mask = torch.zeros(len(group), width, dtype=torch.long)
         for row, i in enumerate(group):
-            input_ids[row, :len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
-            mask[row, :len(ids[i])] = 1
+            input_ids[row, : len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
+            mask[row, : len(ids[i])] = 1
         acts = adapter.activations(input_ids, ctx.layer, attention_mask=mask).float().cpu()
         valid = mask.bool() & ~torch.isin(input_ids, special)
         counts = valid.sum(1)
@@ -224,8 +253,10 @@ def check_affine_decoder(sae: SAE, sae_id: str) -> None:
     """Pooled-space ablation needs a decoder that is affine in z (no per-input run-time normalisation)."""
     norm = getattr(sae.cfg, "normalize_activations", "none")
     if norm not in (None, "none", "expected_average_only_in"):
-        raise UserError(f"SAE {sae_id}: normalize_activations={norm!r} makes the decoder input-dependent; "
-                        "SCR/TPP ablation needs an affine decoder (fold the normalisation into the weights)")
+        raise UserError(
+            f"SAE {sae_id}: normalize_activations={norm!r} makes the decoder input-dependent; "
+            "SCR/TPP ablation needs an affine decoder (fold the normalisation into the weights)"
+        )
 
 
 @torch.no_grad()
@@ -239,10 +270,10 @@ def decoder_rows(sae: SAE, latents: np.ndarray | Sequence[int] | None = None, ch
     zero = sae.decode(torch.zeros(1, d_sae, device=device, dtype=dtype)).double().cpu()
     out = np.empty((len(idx), sae.cfg.d_in), dtype=np.float64)
     for start in range(0, len(idx), chunk):
-        part = torch.as_tensor(idx[start:start + chunk], device=device)
+        part = torch.as_tensor(idx[start : start + chunk], device=device)
         onehot = torch.zeros(len(part), d_sae, device=device, dtype=dtype)
         onehot[torch.arange(len(part), device=device), part] = 1.0
-        out[start:start + len(part)] = (sae.decode(onehot).double().cpu() - zero).reshape(len(part), -1).numpy()
+        out[start : start + len(part)] = (sae.decode(onehot).double().cpu() - zero).reshape(len(part), -1).numpy()
     return out
 
 

@@ -14,8 +14,9 @@ import functools
 import io
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,8 +77,10 @@ def load_dataset(name: str, source: str, *, max_per_class: int | None, seed: int
 
 def _hub_error(hub: str, err: BaseException) -> UserError:
     msg = " ".join(str(err).split())[:200]
-    return UserError(f"dataset_source='sae_bench' needs the Hugging Face hub for {hub} ({type(err).__name__}: {msg}); "
-                     "use dataset_source='offline'")
+    return UserError(
+        f"dataset_source='sae_bench' needs the Hugging Face hub for {hub} ({type(err).__name__}: {msg}); "
+        "use dataset_source='offline'"
+    )
 
 
 def load_sae_bench_dataset(name: str, *, max_per_class: int | None, seed: int, spurious: bool = False) -> Any:
@@ -88,23 +91,26 @@ def load_sae_bench_dataset(name: str, *, max_per_class: int | None, seed: int, s
     come from `datasets.load_dataset` with sae_bench's column metadata (label = column 1, e.g. product
     category; attribute = column 2, e.g. rating 1 / 5).
     """
-    from abstopk_eval.data.labelled import DataCard, LabelledDataset
     from sae_bench.sae_bench_utils import dataset_info
+
+    from abstopk_eval.data.labelled import DataCard, LabelledDataset
 
     if spurious:
         hub = SAE_BENCH_SPURIOUS_DATASETS.get(name, name)
         hub_base = hub.split("_class_set")[0]
         if hub_base not in dataset_info.dataset_metadata:
-            raise UserError(f"no sae_bench SCR dataset for {name!r}; known: "
-                            f"{', '.join([*SAE_BENCH_SPURIOUS_DATASETS, *dataset_info.dataset_metadata])}")
+            raise UserError(
+                f"no sae_bench SCR dataset for {name!r}; known: "
+                f"{', '.join([*SAE_BENCH_SPURIOUS_DATASETS, *dataset_info.dataset_metadata])}"
+            )
         meta = dataset_info.dataset_metadata[hub_base]
         try:
             import pandas as pd
             from datasets import load_dataset as hf_load
 
             raw = hf_load(hub_base)
-            df = pd.concat([pd.DataFrame(raw[split]) for split in raw.keys()], ignore_index=True)  # type: ignore[union-attr]
-        except Exception as err:  # noqa: BLE001 - any hub / network failure becomes one line
+            df = pd.concat([pd.DataFrame(raw[split]) for split in raw], ignore_index=True)  # type: ignore[union-attr]
+        except Exception as err:
             raise _hub_error(hub_base, err) from None
         col1 = {v: str(k) for k, v in meta["column1_mapping"].items()}
         col2 = {v: str(k) for k, v in meta["column2_mapping"].items()}
@@ -117,25 +123,38 @@ def load_sae_bench_dataset(name: str, *, max_per_class: int | None, seed: int, s
         texts = df[meta["text_column_name"]].astype(str).tolist()
         labels = [class_names.index(col1[v]) for v in df[meta["column1_name"]]]
         attrs = [attr_names.index(col2[v]) for v in df[meta["column2_name"]]]
-        card = DataCard(name=hub_base, source=f"Hugging Face hub {hub_base} (via sae_bench {hub})", license="see the hub card",
-                        derivation=f"label = {meta['column1_name']}, attribute {attr!r} = {meta['column2_name']} "
-                                   "(sae_bench dataset_info metadata); train and test splits pooled",
-                        counts={n: labels.count(i) for i, n in enumerate(class_names)})
-        return LabelledDataset(name=hub_base, texts=texts, labels=labels, class_names=class_names, card=card,
-                               attributes={attr: attrs}, attribute_names={attr: attr_names})
+        card = DataCard(
+            name=hub_base,
+            source=f"Hugging Face hub {hub_base} (via sae_bench {hub})",
+            license="see the hub card",
+            derivation=f"label = {meta['column1_name']}, attribute {attr!r} = {meta['column2_name']} "
+            "(sae_bench dataset_info metadata); train and test splits pooled",
+            counts={n: labels.count(i) for i, n in enumerate(class_names)},
+        )
+        return LabelledDataset(
+            name=hub_base,
+            texts=texts,
+            labels=labels,
+            class_names=class_names,
+            card=card,
+            attributes={attr: attrs},
+            attribute_names={attr: attr_names},
+        )
 
     from sae_bench.sae_bench_utils import dataset_utils
 
     hub = SAE_BENCH_PROBING_DATASETS.get(name, name)
     if hub not in dataset_info.chosen_classes_per_dataset:
-        raise UserError(f"no sae_bench probing dataset for {name!r}; known: "
-                        f"{', '.join([*SAE_BENCH_PROBING_DATASETS, *dataset_info.chosen_classes_per_dataset])}")
+        raise UserError(
+            f"no sae_bench probing dataset for {name!r}; known: "
+            f"{', '.join([*SAE_BENCH_PROBING_DATASETS, *dataset_info.chosen_classes_per_dataset])}"
+        )
     chosen = dataset_info.chosen_classes_per_dataset[hub]
     per_class = max_per_class or 1000
     try:
         # sae_bench's sizes are totals of a binary (one-vs-rest) task: 2x the per-class count
         train, test = dataset_utils.get_multi_label_train_test_data(hub, 2 * per_class, 2 * per_class, seed)
-    except Exception as err:  # noqa: BLE001 - any hub / network failure becomes one line
+    except Exception as err:
         raise _hub_error(hub, err) from None
     train, test = dataset_utils.filter_dataset(train, chosen), dataset_utils.filter_dataset(test, chosen)
     texts, labels = [], []
@@ -144,10 +163,14 @@ def load_sae_bench_dataset(name: str, *, max_per_class: int | None, seed: int, s
         items = items[:max_per_class] if max_per_class else items
         texts += items
         labels += [i] * len(items)
-    card = DataCard(name=hub, source=f"Hugging Face hub {hub} (sae_bench dataset_utils)", license="see the hub card",
-                    derivation=f"sae_bench get_multi_label_train_test_data(seed={seed}), classes {chosen}; "
-                               "train and test pooled and re-split",
-                    counts={cls: labels.count(i) for i, cls in enumerate(chosen)})
+    card = DataCard(
+        name=hub,
+        source=f"Hugging Face hub {hub} (sae_bench dataset_utils)",
+        license="see the hub card",
+        derivation=f"sae_bench get_multi_label_train_test_data(seed={seed}), classes {chosen}; "
+        "train and test pooled and re-split",
+        counts={cls: labels.count(i) for i, cls in enumerate(chosen)},
+    )
     return LabelledDataset(name=hub, texts=texts, labels=labels, class_names=list(chosen), card=card)
 
 
@@ -167,7 +190,7 @@ def split_per_class(labels: Sequence[int], n_train: int, n_test: int, seed: int)
             te = max(1, round(len(idx) * n_test / (n_train + n_test)))
             tr = len(idx) - te
         train.append(idx[:tr])
-        test.append(idx[tr:tr + te])
+        test.append(idx[tr : tr + te])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
@@ -182,13 +205,15 @@ class BinaryTask:
     test_y: np.ndarray
 
 
-def _one_vs_rest_rows(labels: np.ndarray, rows: np.ndarray, cls: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _one_vs_rest_rows(
+    labels: np.ndarray, rows: np.ndarray, cls: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """sae_bench's `prepare_probe_data`: all rows of `cls` and as many negatives, sampled evenly from the others."""
     pos = rows[labels[rows] == cls]
     others = [c for c in np.unique(labels[rows]) if c != cls]
     per_class = math.ceil(len(pos) / max(len(others), 1))
     neg = np.concatenate([rng.permutation(rows[labels[rows] == c])[:per_class] for c in others]) if others else pos[:0]
-    neg = rng.permutation(neg)[:len(pos)]
+    neg = rng.permutation(neg)[: len(pos)]
     all_rows = np.concatenate([pos, neg])
     y = np.concatenate([np.ones(len(pos), dtype=np.int64), np.zeros(len(neg), dtype=np.int64)])
     order = rng.permutation(len(all_rows))
@@ -217,15 +242,26 @@ def one_vs_rest_tasks(ds: Any, train_idx: np.ndarray, test_idx: np.ndarray, seed
 class ClassProbingConfig(ModelEvalConfig):
     """Data, split and pooling fields of the evaluations that probe one-vs-rest class tasks (sparse probing, TPP)."""
 
-    dataset_source: str = Field(default="offline", title="Dataset source",
-                                description="'offline' (PyPI-packaged data) or 'sae_bench' (the canonical hub datasets)")
-    random_seed: int = Field(default=42, title="Random seed", description="Dataset sampling, splits and negative sampling")
-    train_per_class: int = Field(default=150, title="Train per class", description="Probe training texts per class (at most)")
+    dataset_source: str = Field(
+        default="offline",
+        title="Dataset source",
+        description="'offline' (PyPI-packaged data) or 'sae_bench' (the canonical hub datasets)",
+    )
+    random_seed: int = Field(
+        default=42, title="Random seed", description="Dataset sampling, splits and negative sampling"
+    )
+    train_per_class: int = Field(
+        default=150, title="Train per class", description="Probe training texts per class (at most)"
+    )
     test_per_class: int = Field(default=60, title="Test per class", description="Probe test texts per class (at most)")
-    min_per_class: int = Field(default=20, title="Minimum per class",
-                               description="Fewer texts than this in any class is an error")
-    context_length: int = Field(default=128, title="Context length",
-                                description="Tokens per text (BOS included); longer texts keep their beginning")
+    min_per_class: int = Field(
+        default=20, title="Minimum per class", description="Fewer texts than this in any class is an error"
+    )
+    context_length: int = Field(
+        default=128,
+        title="Context length",
+        description="Tokens per text (BOS included); longer texts keep their beginning",
+    )
     llm_batch_tokens: int = Field(default=4096, title="LLM batch tokens", description="Padded tokens per model batch")
     sae_batch_tokens: int = Field(default=4096, title="SAE batch tokens", description="Tokens per SAE encode call")
 
@@ -240,22 +276,38 @@ class AttributionProbeConfig(ModelEvalConfig):
     """How SCR and TPP train the probes whose accuracy they ablate (on the model's pooled residual, so the
     recipe does not touch SAE latents and cannot break sign invariance)."""
 
-    probe_recipe: str = Field(default="sae_bench", title="Probe recipe",
-                              description="'sae_bench': sae_bench's own train_probe_gpu (linear probe on raw features, "
-                                          "AdamW, L1 penalty, best epoch by test accuracy, as SAEBench's SCR / TPP); "
-                                          "'sklearn': L2 logistic regression on standardised features")
+    probe_recipe: str = Field(
+        default="sae_bench",
+        title="Probe recipe",
+        description="'sae_bench': sae_bench's own train_probe_gpu (linear probe on raw features, "
+        "AdamW, L1 penalty, best epoch by test accuracy, as SAEBench's SCR / TPP); "
+        "'sklearn': L2 logistic regression on standardised features",
+    )
     probe_epochs: int = Field(default=20, title="Probe epochs", description="sae_bench recipe: epochs")
     probe_lr: float = Field(default=1e-3, title="Probe LR", description="sae_bench recipe: AdamW learning rate")
     probe_batch_size: int = Field(default=16, title="Probe batch size", description="sae_bench recipe: batch size")
-    probe_l1_penalty: float = Field(default=1e-3, title="Probe L1", description="sae_bench recipe: L1 penalty on the weights")
-    probe_patience: int = Field(default=20, title="Probe patience", description="sae_bench recipe: early-stopping patience")
-    probe_C: float = Field(default=1.0, title="Probe C",
-                           description="sklearn recipe: inverse L2 strength (on standardised features)")
-    probe_max_iter: int = Field(default=1000, title="Probe max iterations", description="sklearn recipe: lbfgs iterations")
+    probe_l1_penalty: float = Field(
+        default=1e-3, title="Probe L1", description="sae_bench recipe: L1 penalty on the weights"
+    )
+    probe_patience: int = Field(
+        default=20, title="Probe patience", description="sae_bench recipe: early-stopping patience"
+    )
+    probe_C: float = Field(
+        default=1.0, title="Probe C", description="sklearn recipe: inverse L2 strength (on standardised features)"
+    )
+    probe_max_iter: int = Field(
+        default=1000, title="Probe max iterations", description="sklearn recipe: lbfgs iterations"
+    )
 
 
-def fit_task_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-                   cfg: AttributionProbeConfig, seed: int) -> LinearProbe:
+def fit_task_probe(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    cfg: AttributionProbeConfig,
+    seed: int,
+) -> LinearProbe:
     """The probe of one SCR / TPP task in raw feature space, by `cfg.probe_recipe`.
 
     The sae_bench recipe calls sae_bench's `train_probe_gpu` (its SCR / TPP probe), seeded so every SAE is
@@ -274,9 +326,16 @@ def fit_task_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
 
     torch.manual_seed(seed)
     with torch.enable_grad(), contextlib.redirect_stdout(io.StringIO()):  # it prints every epoch
-        probe, _ = train_probe_gpu(*tensors(x_train, y_train), *tensors(x_test, y_test), dim=x_train.shape[1],
-                                   batch_size=cfg.probe_batch_size, epochs=cfg.probe_epochs, lr=cfg.probe_lr,
-                                   l1_penalty=cfg.probe_l1_penalty, early_stopping_patience=cfg.probe_patience)
+        probe, _ = train_probe_gpu(
+            *tensors(x_train, y_train),
+            *tensors(x_test, y_test),
+            dim=x_train.shape[1],
+            batch_size=cfg.probe_batch_size,
+            epochs=cfg.probe_epochs,
+            lr=cfg.probe_lr,
+            l1_penalty=cfg.probe_l1_penalty,
+            early_stopping_patience=cfg.probe_patience,
+        )
     weight = probe.net.weight.detach()[0].double().numpy()
     return LinearProbe(weight=weight, bias=float(probe.net.bias.detach()[0]))
 

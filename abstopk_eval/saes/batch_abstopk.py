@@ -10,11 +10,17 @@ checkpoints then save and reload with `sae_lens.SAE.load_from_disk` once this pa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY, register_sae_class, register_sae_training_class
+from sae_lens.registry import (
+    SAE_CLASS_REGISTRY,
+    SAE_TRAINING_CLASS_REGISTRY,
+    register_sae_class,
+    register_sae_training_class,
+)
 from sae_lens.saes.abstopk_sae import AbsTopKTrainingSAE
 from sae_lens.saes.sae import SAE, SAEConfig, TrainStepInput, TrainStepOutput
 from sae_lens.saes.topk_sae import TopKTrainingSAEConfig

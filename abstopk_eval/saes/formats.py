@@ -64,26 +64,50 @@ class Activation:
     signed: bool
 
 
-ACTIVATIONS: dict[str, Activation] = {a.name: a for a in (
-    Activation("relu", "standard", False, False, False),
-    Activation("jumprelu", "jumprelu", False, True, False),
-    Activation("topk", "topk", True, False, False),
-    Activation("batchtopk", "jumprelu", False, True, False),
-    Activation("abstopk", "abstopk", True, False, True),
-    Activation("batch_abstopk", BATCH_ABSTOPK, False, True, True),
-)}
-_ALIASES = {
-    "standard": "relu", "relu_sae": "relu", "jump_relu": "jumprelu", "top_k": "topk", "batch_topk": "batchtopk",
-    "batch-topk": "batchtopk", "abs_topk": "abstopk", "abs-topk": "abstopk", "absolutek": "abstopk",
-    "batch-abstopk": "batch_abstopk", "batchabstopk": "batch_abstopk", "batch_abs_topk": "batch_abstopk",
-    "batchabsolutek": "batch_abstopk", "matryoshka_batch_topk": "batchtopk", "matryoshka_batchtopk": "batchtopk",
+ACTIVATIONS: dict[str, Activation] = {
+    a.name: a
+    for a in (
+        Activation("relu", "standard", False, False, False),
+        Activation("jumprelu", "jumprelu", False, True, False),
+        Activation("topk", "topk", True, False, False),
+        Activation("batchtopk", "jumprelu", False, True, False),
+        Activation("abstopk", "abstopk", True, False, True),
+        Activation("batch_abstopk", BATCH_ABSTOPK, False, True, True),
+    )
 }
-_SAE_LENS_ARCHITECTURES = {"standard": "relu", "jumprelu": "jumprelu", "topk": "topk", "abstopk": "abstopk",
-                           BATCH_ABSTOPK: "batch_abstopk"}
+_ALIASES = {
+    "standard": "relu",
+    "relu_sae": "relu",
+    "jump_relu": "jumprelu",
+    "top_k": "topk",
+    "batch_topk": "batchtopk",
+    "batch-topk": "batchtopk",
+    "abs_topk": "abstopk",
+    "abs-topk": "abstopk",
+    "absolutek": "abstopk",
+    "batch-abstopk": "batch_abstopk",
+    "batchabstopk": "batch_abstopk",
+    "batch_abs_topk": "batch_abstopk",
+    "batchabsolutek": "batch_abstopk",
+    "matryoshka_batch_topk": "batchtopk",
+    "matryoshka_batchtopk": "batchtopk",
+}
+_SAE_LENS_ARCHITECTURES = {
+    "standard": "relu",
+    "jumprelu": "jumprelu",
+    "topk": "topk",
+    "abstopk": "abstopk",
+    BATCH_ABSTOPK: "batch_abstopk",
+}
 # dictionary_learning dictionary classes -> activation; names with "abs" are the signed (AbsTopK) family
-_DICT_CLASSES = {"AutoEncoder": "relu", "AutoEncoderNew": "relu", "AutoEncoderTopK": "topk",
-                 "BatchTopKSAE": "batchtopk", "MatryoshkaBatchTopKSAE": "batchtopk",
-                 "JumpReluAutoEncoder": "jumprelu"}
+_DICT_CLASSES = {
+    "AutoEncoder": "relu",
+    "AutoEncoderNew": "relu",
+    "AutoEncoderTopK": "topk",
+    "BatchTopKSAE": "batchtopk",
+    "MatryoshkaBatchTopKSAE": "batchtopk",
+    "JumpReluAutoEncoder": "jumprelu",
+}
 # names other tools use for our models (checked besides the registry key and the hub id)
 _MODEL_ALIASES = {"gpt2": ("gpt2-small",)}
 _GENERIC_STEMS = {"ae", "sae", "sae_weights", "model", "params", "weights", "state_dict", "checkpoint"}
@@ -134,11 +158,18 @@ class ExternalSAE:
 
     @property
     def provenance(self) -> dict[str, Any]:
-        return {"source_path": str(self.source_path), "source_format": self.format,
-                "source_weights_file": str(self.weights_file), "source_sha256": self.sha256,
-                "activation": self.activation, "architecture": self.architecture, "k": self.k,
-                "signed_latents": self.signed, "declared": self.declared,
-                "decoder_norms_folded": self.decoder_norms_folded}
+        return {
+            "source_path": str(self.source_path),
+            "source_format": self.format,
+            "source_weights_file": str(self.weights_file),
+            "source_sha256": self.sha256,
+            "activation": self.activation,
+            "architecture": self.architecture,
+            "k": self.k,
+            "signed_latents": self.signed,
+            "declared": self.declared,
+            "decoder_norms_folded": self.decoder_norms_folded,
+        }
 
 
 # --------------------------------------------------------------------------------------------- detection
@@ -167,8 +198,10 @@ def detect_format(path: str | Path) -> tuple[str, Path]:
             return "safetensors", tensors[0]
         if len(torch_files) == 1 and not tensors:
             return "sae_bench", torch_files[0]
-        raise UserError(f"cannot tell the SAE format of folder {path}: expected cfg.json + sae_weights.safetensors "
-                        "(sae_lens), ae.pt + config.json (dictionary_learning), or one .pt / .safetensors file")
+        raise UserError(
+            f"cannot tell the SAE format of folder {path}: expected cfg.json + sae_weights.safetensors "
+            "(sae_lens), ae.pt + config.json (dictionary_learning), or one .pt / .safetensors file"
+        )
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         if path.name == "sae_weights.safetensors" and (path.parent / "cfg.json").is_file():
@@ -198,8 +231,10 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle / zip errors of several types
-        raise UserError(f"{path} is not a readable torch checkpoint ({err.__class__.__name__}: "
-                        f"{str(err).splitlines()[0][:120] if str(err) else ''})") from None
+        raise UserError(
+            f"{path} is not a readable torch checkpoint ({err.__class__.__name__}: "
+            f"{str(err).splitlines()[0][:120] if str(err) else ''})"
+        ) from None
 
 
 def _tensor(sd: dict[str, Any], *names: str, path: Path) -> torch.Tensor:
@@ -239,11 +274,16 @@ def _read_sae_lens(path: Path) -> tuple[SAE, dict[str, Any], str]:
     cfg = _read_json(folder / "cfg.json")
     arch = cfg.get("architecture", "standard")
     if arch not in _SAE_LENS_ARCHITECTURES:
-        raise UserError(f"{folder}: sae_lens architecture {arch!r} is not supported here; supported: "
-                        f"{', '.join(_SAE_LENS_ARCHITECTURES)}")
+        raise UserError(
+            f"{folder}: sae_lens architecture {arch!r} is not supported here; supported: "
+            f"{', '.join(_SAE_LENS_ARCHITECTURES)}"
+        )
     meta = cfg.get("metadata") or {}
-    declared = {"model": meta.get("model") or meta.get("model_name"), "layer": meta.get("layer"),
-                "hook_name": meta.get("hook_name")}
+    declared = {
+        "model": meta.get("model") or meta.get("model_name"),
+        "layer": meta.get("layer"),
+        "hook_name": meta.get("hook_name"),
+    }
     activation = _SAE_LENS_ARCHITECTURES[arch]
     if arch == "jumprelu" and str(meta.get("training_architecture", "")).replace("_", "") == "batchtopk":
         activation = "batchtopk"  # sae_lens saves a trained BatchTopK SAE as a JumpReLU with its threshold
@@ -276,9 +316,13 @@ def _read_sae_bench(path: Path) -> RawSAE:
     default_apply = activation != "jumprelu"  # sae_bench's JumpReluSAE encodes x @ W_enc (no b_dec subtraction)
     hook_name = cfg.get("hook_name")
     return RawSAE(
-        W_enc=_tensor(sd, "W_enc", path=path), W_dec=_tensor(sd, "W_dec", path=path),
-        b_enc=_tensor(sd, "b_enc", path=path), b_dec=_tensor(sd, "b_dec", path=path),
-        activation=activation, k=_int_or_none(sd.get("k", cfg.get("k"))), threshold=_optional(sd, "threshold"),
+        W_enc=_tensor(sd, "W_enc", path=path),
+        W_dec=_tensor(sd, "W_dec", path=path),
+        b_enc=_tensor(sd, "b_enc", path=path),
+        b_dec=_tensor(sd, "b_dec", path=path),
+        activation=activation,
+        k=_int_or_none(sd.get("k", cfg.get("k"))),
+        threshold=_optional(sd, "threshold"),
         apply_b_dec_to_input=_bool(cfg.get("apply_b_dec_to_input"), default_apply),
         declared={"model": cfg.get("model_name"), "layer": cfg.get("hook_layer"), "hook_name": hook_name},
     )
@@ -310,8 +354,10 @@ def _read_dictionary_learning(path: Path) -> RawSAE:
     elif dict_class:
         activation = _dict_class_activation(dict_class)
         if activation is None:
-            raise UserError(f"{config}: dictionary class {dict_class!r} has no supported activation "
-                            f"(supported: {', '.join(_DICT_CLASSES)}, or an AbsTopK class)")
+            raise UserError(
+                f"{config}: dictionary class {dict_class!r} has no supported activation "
+                f"(supported: {', '.join(_DICT_CLASSES)}, or an AbsTopK class)"
+            )
     if "encoder.weight" in sd:  # nn.Linear layouts
         W_enc = _tensor(sd, "encoder.weight", path=weights).T.contiguous()
         W_dec = _tensor(sd, "decoder.weight", path=weights).T.contiguous()
@@ -326,11 +372,21 @@ def _read_dictionary_learning(path: Path) -> RawSAE:
         default_apply = activation != "jumprelu"
     submodule = trainer.get("submodule_name")
     return RawSAE(
-        W_enc=W_enc, W_dec=W_dec, b_enc=b_enc, b_dec=b_dec, activation=activation,
-        k=_int_or_none(sd.get("k", trainer.get("k"))), threshold=_optional(sd, "threshold"),
+        W_enc=W_enc,
+        W_dec=W_dec,
+        b_enc=b_enc,
+        b_dec=b_dec,
+        activation=activation,
+        k=_int_or_none(sd.get("k", trainer.get("k"))),
+        threshold=_optional(sd, "threshold"),
         apply_b_dec_to_input=_bool(trainer.get("apply_b_dec_to_input"), default_apply),
-        declared={"model": trainer.get("lm_name"), "layer": trainer.get("layer"), "hook_name": submodule,
-                  "d_in": trainer.get("activation_dim"), "d_sae": trainer.get("dict_size")},
+        declared={
+            "model": trainer.get("lm_name"),
+            "layer": trainer.get("layer"),
+            "hook_name": submodule,
+            "d_in": trainer.get("activation_dim"),
+            "d_sae": trainer.get("dict_size"),
+        },
     )
 
 
@@ -340,18 +396,24 @@ def _read_safetensors(path: Path) -> RawSAE:
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = dict(handle.metadata() or {})
-            sd = {name: handle.get_tensor(name) for name in handle.keys()}
+            sd = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (safe_open is not iterable)
     except Exception as err:
         raise UserError(f"{path} is not a readable safetensors file ({err.__class__.__name__})") from None
     activation = meta.get("activation") or meta.get("architecture")
     return RawSAE(
-        W_enc=_tensor(sd, "W_enc", path=path), W_dec=_tensor(sd, "W_dec", path=path),
-        b_enc=_tensor(sd, "b_enc", path=path), b_dec=_tensor(sd, "b_dec", path=path),
+        W_enc=_tensor(sd, "W_enc", path=path),
+        W_dec=_tensor(sd, "W_dec", path=path),
+        b_enc=_tensor(sd, "b_enc", path=path),
+        b_dec=_tensor(sd, "b_dec", path=path),
         activation=canonical_activation(activation) if activation else None,
-        k=_int_or_none(meta.get("k")), threshold=_optional(sd, "threshold"),
+        k=_int_or_none(meta.get("k")),
+        threshold=_optional(sd, "threshold"),
         apply_b_dec_to_input=_bool(meta.get("apply_b_dec_to_input"), True),
-        declared={"model": meta.get("model") or meta.get("model_name"), "layer": meta.get("layer"),
-                  "hook_name": meta.get("hook_name")},
+        declared={
+            "model": meta.get("model") or meta.get("model_name"),
+            "layer": meta.get("layer"),
+            "hook_name": meta.get("hook_name"),
+        },
     )
 
 
@@ -384,8 +446,9 @@ def check_target(path: Path, declared: dict[str, Any], d_in: int, spec: ModelSpe
         raise UserError(f"{path}: checkpoint is for model {model!r}, not {spec.key} ({spec.hf_id})")
     hook = str(declared.get("hook_name") or "")
     if hook and re.search(r"mlp|attn|attention|hook_z|resid_pre|resid_mid|ln\d|norm|embed", hook, re.IGNORECASE):
-        raise UserError(f"{path}: checkpoint reads {hook!r}, not the residual stream after a block "
-                        f"(blocks.L.hook_resid_post)")
+        raise UserError(
+            f"{path}: checkpoint reads {hook!r}, not the residual stream after a block (blocks.L.hook_resid_post)"
+        )
     declared_layer = _declared_layer(declared)
     if declared_layer is not None and declared_layer != layer:
         raise UserError(f"{path}: checkpoint is for layer {declared_layer}, not --layer {layer}")
@@ -402,13 +465,17 @@ def _unit_rows(W_dec: torch.Tensor) -> bool:
 def raw_to_sae(raw: RawSAE, path: Path) -> tuple[SAE, bool]:
     """The sae_lens SAE computing the same function as `raw`; also whether decoder norms were folded."""
     if raw.activation is None:
-        raise UserError(f"{path}: the checkpoint does not name its activation (TopK and AbsTopK weights look "
-                        f"alike); pass --activation ({', '.join(ACTIVATIONS)})")
+        raise UserError(
+            f"{path}: the checkpoint does not name its activation (TopK and AbsTopK weights look "
+            f"alike); pass --activation ({', '.join(ACTIVATIONS)})"
+        )
     act = ACTIVATIONS[raw.activation]
     d_in, d_sae = raw.W_enc.shape
     if raw.W_dec.shape != (d_sae, d_in) or raw.b_enc.shape != (d_sae,) or raw.b_dec.shape != (d_in,):
-        raise UserError(f"{path}: inconsistent shapes W_enc {tuple(raw.W_enc.shape)}, W_dec {tuple(raw.W_dec.shape)}, "
-                        f"b_enc {tuple(raw.b_enc.shape)}, b_dec {tuple(raw.b_dec.shape)}")
+        raise UserError(
+            f"{path}: inconsistent shapes W_enc {tuple(raw.W_enc.shape)}, W_dec {tuple(raw.W_dec.shape)}, "
+            f"b_enc {tuple(raw.b_enc.shape)}, b_dec {tuple(raw.b_dec.shape)}"
+        )
     sae_cls, cfg_cls = SAE_CLASS_REGISTRY[act.architecture]
     kwargs: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, "apply_b_dec_to_input": raw.apply_b_dec_to_input}
     state = {"W_enc": raw.W_enc, "W_dec": raw.W_dec, "b_enc": raw.b_enc, "b_dec": raw.b_dec}
@@ -425,14 +492,18 @@ def raw_to_sae(raw: RawSAE, path: Path) -> tuple[SAE, bool]:
         if threshold.numel() != d_sae:
             raise UserError(f"{path}: threshold has {threshold.numel()} values, expected 1 or d_sae={d_sae}")
         if act.name in ("batchtopk", "batch_abstopk") and bool((threshold < 0).any()):
-            raise UserError(f"{path}: the {act.name} inference threshold was never set (negative); the checkpoint "
-                            "cannot be evaluated without batch-level selection")
+            raise UserError(
+                f"{path}: the {act.name} inference threshold was never set (negative); the checkpoint "
+                "cannot be evaluated without batch-level selection"
+            )
         state["threshold"] = threshold
     sae = sae_cls(cfg_cls(**kwargs))
     try:
         sae.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise UserError(f"{path}: weights do not fit a {act.architecture} SAE ({str(err).splitlines()[0][:120]})") from None
+        raise UserError(
+            f"{path}: weights do not fit a {act.architecture} SAE ({str(err).splitlines()[0][:120]})"
+        ) from None
     folded = False
     if not act.uses_k and not _unit_rows(sae.W_dec.data):
         with torch.no_grad():
@@ -441,8 +512,9 @@ def raw_to_sae(raw: RawSAE, path: Path) -> tuple[SAE, bool]:
     return sae, folded
 
 
-def load_external(path: str | Path, *, spec: ModelSpec, layer: int, activation: str | None = None,
-                  k: int | None = None) -> ExternalSAE:
+def load_external(
+    path: str | Path, *, spec: ModelSpec, layer: int, activation: str | None = None, k: int | None = None
+) -> ExternalSAE:
     """Read, check and convert the checkpoint at `path` for `spec` at `layer`.
 
     `activation` / `k` fill in what the checkpoint does not state; a conflict with what it states is an error.
@@ -461,8 +533,11 @@ def load_external(path: str | Path, *, spec: ModelSpec, layer: int, activation: 
         check_target(path, declared, sae.cfg.d_in, spec, layer)
         folded = False
     else:
-        reader = {"sae_bench": _read_sae_bench, "dictionary_learning": _read_dictionary_learning,
-                  "safetensors": _read_safetensors}[fmt]
+        reader = {
+            "sae_bench": _read_sae_bench,
+            "dictionary_learning": _read_dictionary_learning,
+            "safetensors": _read_safetensors,
+        }[fmt]
         raw = reader(path)
         if flag_activation:
             if raw.activation and raw.activation != flag_activation:
@@ -481,10 +556,19 @@ def load_external(path: str | Path, *, spec: ModelSpec, layer: int, activation: 
         sae, folded = raw_to_sae(raw, path)
         act_name, declared = raw.activation, raw.declared
     act = ACTIVATIONS[act_name]
-    return ExternalSAE(sae=sae, source_path=path, format=fmt, weights_file=weights, sha256=sha256_file(weights),
-                       activation=act_name, architecture=sae.cfg.architecture(),
-                       k=getattr(sae.cfg, "k", None) if act.uses_k else None, signed=act.signed,
-                       declared={k_: v for k_, v in declared.items() if v is not None}, decoder_norms_folded=folded)
+    return ExternalSAE(
+        sae=sae,
+        source_path=path,
+        format=fmt,
+        weights_file=weights,
+        sha256=sha256_file(weights),
+        activation=act_name,
+        architecture=sae.cfg.architecture(),
+        k=getattr(sae.cfg, "k", None) if act.uses_k else None,
+        signed=act.signed,
+        declared={k_: v for k_, v in declared.items() if v is not None},
+        decoder_norms_folded=folded,
+    )
 
 
 def default_name(path: str | Path) -> str:

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 from sae_lens import SAE
+from sae_lens.saes.sae import TrainingSAE
 
 from abstopk_eval.errors import UserError
 from abstopk_eval.saes import batch_abstopk as _registers  # noqa: F401
-from sae_lens.saes.sae import TrainingSAE
 
 
 @torch.no_grad()
@@ -38,8 +38,9 @@ def _unit_norm_decoder(sae: SAE) -> None:
         sae.fold_W_dec_norm()
 
 
-def export_inference_sae(training_sae: TrainingSAE, out_dir: Path, *, mean: torch.Tensor, scale: float,
-                         metadata: dict[str, Any]) -> Path:
+def export_inference_sae(
+    training_sae: TrainingSAE, out_dir: Path, *, mean: torch.Tensor, scale: float, metadata: dict[str, Any]
+) -> Path:
     """Write `training_sae` as an sae_lens inference checkpoint (cfg.json + sae_weights.safetensors).
 
     The checkpoint acts on raw (un-normalised) activations and reloads with `SAE.load_from_disk`.
@@ -74,10 +75,15 @@ def load_sae(path: str | Path, *, device: str = "cpu", expected_d_in: int | None
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"SAE checkpoint {path} has an unreadable cfg.json ({err.__class__.__name__})") from None
     if expected_d_in is not None and cfg.get("d_in") != expected_d_in:
-        raise UserError(f"SAE checkpoint {path} has d_in={cfg.get('d_in')} but the model layer has d_model={expected_d_in}")
+        raise UserError(
+            f"SAE checkpoint {path} has d_in={cfg.get('d_in')} but the model layer has d_model={expected_d_in}"
+        )
     try:
         return SAE.load_from_disk(path, device=device)
     except KeyError as err:
         raise UserError(f"SAE checkpoint {path} has unknown architecture {err}") from None
     except Exception as err:  # safetensors raises several types for truncated/corrupt files
-        raise UserError(f"SAE checkpoint {path} is corrupt or truncated ({err.__class__.__name__}: {str(err).splitlines()[0][:120]})") from None
+        raise UserError(
+            f"SAE checkpoint {path} is corrupt or truncated ({err.__class__.__name__}: "
+            f"{str(err).splitlines()[0][:120]})"
+        ) from None

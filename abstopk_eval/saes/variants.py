@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from sae_lens.saes.abstopk_sae import AbsTopKTrainingSAE, AbsTopKTrainingSAEConfig
 from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
@@ -52,26 +52,36 @@ class VariantSpec:
 
 def _topk_family(cfg_cls, sae_cls):
     def build(d_in: int, d_sae: int, hp: SparsityHyperparams) -> TrainingSAE:
-        cfg = cfg_cls(d_in=d_in, d_sae=d_sae, k=hp.k, aux_loss_coefficient=hp.aux_loss_coefficient,
-                      rescale_acts_by_decoder_norm=True, apply_b_dec_to_input=True)
+        cfg = cfg_cls(
+            d_in=d_in,
+            d_sae=d_sae,
+            k=hp.k,
+            aux_loss_coefficient=hp.aux_loss_coefficient,
+            rescale_acts_by_decoder_norm=True,
+            apply_b_dec_to_input=True,
+        )
         return sae_cls(cfg)
+
     return build
 
 
 def _relu(d_in: int, d_sae: int, hp: SparsityHyperparams) -> TrainingSAE:
-    cfg = StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=hp.l1_coefficient,
-                                    apply_b_dec_to_input=True)
+    cfg = StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=hp.l1_coefficient, apply_b_dec_to_input=True)
     return StandardTrainingSAE(cfg)
 
 
 def _jumprelu(d_in: int, d_sae: int, hp: SparsityHyperparams) -> TrainingSAE:
-    cfg = JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l0_coefficient=hp.l0_coefficient,
-                                    jumprelu_bandwidth=hp.jumprelu_bandwidth,
-                                    jumprelu_init_threshold=hp.jumprelu_init_threshold,
-                                    jumprelu_sparsity_loss_mode=hp.jumprelu_sparsity_loss_mode,
-                                    jumprelu_ste_to_input=hp.jumprelu_ste_to_input,
-                                    target_l0=float(hp.k) if hp.jumprelu_sparsity_loss_mode == "quadratic" else None,
-                                    apply_b_dec_to_input=True)
+    cfg = JumpReLUTrainingSAEConfig(
+        d_in=d_in,
+        d_sae=d_sae,
+        l0_coefficient=hp.l0_coefficient,
+        jumprelu_bandwidth=hp.jumprelu_bandwidth,
+        jumprelu_init_threshold=hp.jumprelu_init_threshold,
+        jumprelu_sparsity_loss_mode=hp.jumprelu_sparsity_loss_mode,
+        jumprelu_ste_to_input=hp.jumprelu_ste_to_input,
+        target_l0=float(hp.k) if hp.jumprelu_sparsity_loss_mode == "quadratic" else None,
+        apply_b_dec_to_input=True,
+    )
     return JumpReLUTrainingSAE(cfg)
 
 
@@ -83,16 +93,41 @@ def register_variant(spec: VariantSpec) -> VariantSpec:
 
 
 register_variant(VariantSpec("relu", "ReLU + L1 penalty (sae_lens standard)", False, False, _relu))
-register_variant(VariantSpec("jumprelu", "JumpReLU, L0 penalty, straight-through estimator (bandwidth 0.001)",
-                             False, False, _jumprelu))
-register_variant(VariantSpec("topk", "per-sample TopK, z >= 0", False, True,
-                             _topk_family(TopKTrainingSAEConfig, TopKTrainingSAE)))
-register_variant(VariantSpec("batchtopk", "batch-level TopK (B*k over the batch), z >= 0; inference threshold",
-                             False, True, _topk_family(BatchTopKTrainingSAEConfig, BatchTopKTrainingSAE)))
-register_variant(VariantSpec("abstopk", "per-sample AbsTopK: k largest |u| keep their sign (sae_lens abstopk)",
-                             True, True, _topk_family(AbsTopKTrainingSAEConfig, AbsTopKTrainingSAE)))
-register_variant(VariantSpec("batch-abstopk", "batch-level AbsTopK (the paper's official form); inference |u| threshold",
-                             True, True, _topk_family(BatchAbsTopKTrainingSAEConfig, BatchAbsTopKTrainingSAE)))
+register_variant(
+    VariantSpec(
+        "jumprelu", "JumpReLU, L0 penalty, straight-through estimator (bandwidth 0.001)", False, False, _jumprelu
+    )
+)
+register_variant(
+    VariantSpec("topk", "per-sample TopK, z >= 0", False, True, _topk_family(TopKTrainingSAEConfig, TopKTrainingSAE))
+)
+register_variant(
+    VariantSpec(
+        "batchtopk",
+        "batch-level TopK (B*k over the batch), z >= 0; inference threshold",
+        False,
+        True,
+        _topk_family(BatchTopKTrainingSAEConfig, BatchTopKTrainingSAE),
+    )
+)
+register_variant(
+    VariantSpec(
+        "abstopk",
+        "per-sample AbsTopK: k largest |u| keep their sign (sae_lens abstopk)",
+        True,
+        True,
+        _topk_family(AbsTopKTrainingSAEConfig, AbsTopKTrainingSAE),
+    )
+)
+register_variant(
+    VariantSpec(
+        "batch-abstopk",
+        "batch-level AbsTopK (the paper's official form); inference |u| threshold",
+        True,
+        True,
+        _topk_family(BatchAbsTopKTrainingSAEConfig, BatchAbsTopKTrainingSAE),
+    )
+)
 
 ALL_VARIANTS: tuple[str, ...] = tuple(VARIANTS)
 

@@ -17,9 +17,8 @@ Written by hand because sae_lens has no sparse backward; this is the training bo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -143,12 +142,15 @@ class SparseDecode(torch.autograd.Function):
         return grad_values, grad_W, None
 
 
-def _pair_dots(left: torch.Tensor, right: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-               chunk: int = 16384) -> torch.Tensor:
+def _pair_dots(
+    left: torch.Tensor, right: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, chunk: int = 16384
+) -> torch.Tensor:
     """<left[rows[i]], right[cols[i]]> for every pair, in chunks of O(chunk * d) memory."""
     out = torch.empty(rows.numel(), dtype=left.dtype, device=left.device)
     for start in range(0, rows.numel(), chunk):
-        out[start:start + chunk] = torch.linalg.vecdot(left[rows[start:start + chunk]], right[cols[start:start + chunk]])
+        out[start : start + chunk] = torch.linalg.vecdot(
+            left[rows[start : start + chunk]], right[cols[start : start + chunk]]
+        )
     return out
 
 
@@ -206,8 +208,12 @@ def _aux_active(hidden_pre: torch.Tensor, dead: torch.Tensor, k_aux: int, signed
     if signed:
         score = score.abs_()
     idx = score.topk(k_aux, dim=-1, sorted=False).indices
-    return Active(torch.arange(B, device=hidden_pre.device).repeat_interleave(k_aux), dead_cols[idx.flatten()], B,
-                  hidden_pre.shape[1])
+    return Active(
+        torch.arange(B, device=hidden_pre.device).repeat_interleave(k_aux),
+        dead_cols[idx.flatten()],
+        B,
+        hidden_pre.shape[1],
+    )
 
 
 def _exact_pre(x_centred: torch.Tensor, W: torch.Tensor, b: torch.Tensor, active: Active) -> torch.Tensor:
@@ -225,14 +231,17 @@ class SparseStepOutput:
     """Signed latent values at `active` (after decoder-norm rescaling, as sae_lens's feature_acts)."""
 
     def fired(self, d_sae: int) -> torch.Tensor:
-        return torch.zeros(d_sae, dtype=torch.bool, device=self.values.device).index_fill_(0, self.active.cols[self.values != 0], True)
+        return torch.zeros(d_sae, dtype=torch.bool, device=self.values.device).index_fill_(
+            0, self.active.cols[self.values != 0], True
+        )
 
     def l0(self) -> float:
         return float((self.values != 0).sum()) / self.active.n_rows
 
 
-def sparse_training_forward(sae: TrainingSAE, x: torch.Tensor, variant: str, dead: torch.Tensor | None,
-                            encoder_dtype: torch.dtype | None = None) -> SparseStepOutput:
+def sparse_training_forward(
+    sae: TrainingSAE, x: torch.Tensor, variant: str, dead: torch.Tensor | None, encoder_dtype: torch.dtype | None = None
+) -> SparseStepOutput:
     """Loss of one training step of a sae_lens k-sparse training SAE, computed sparsely.
 
     Same quantities as `sae.training_forward_pass` (MSE summed over d, mean over the batch, plus the aux-k
@@ -248,10 +257,13 @@ def sparse_training_forward(sae: TrainingSAE, x: torch.Tensor, variant: str, dea
         # hidden_pre = pre * ||W_dec||, with the scaling folded into the (small) weights, not the [B, d_sae] output
         x_centred, W_scaled, b_scaled = x - sae.b_dec, sae.W_enc * norms, sae.b_enc * norms
         if encoder_dtype is None or encoder_dtype == x.dtype:
-            hidden_pre = torch.addmm(b_scaled, x_centred, W_scaled,
-                                     out=_scratch("hidden_pre", (x.shape[0], cfg.d_sae), x))
+            hidden_pre = torch.addmm(
+                b_scaled, x_centred, W_scaled, out=_scratch("hidden_pre", (x.shape[0], cfg.d_sae), x)
+            )
         else:
-            hidden_pre = torch.addmm(b_scaled.to(encoder_dtype), x_centred.to(encoder_dtype), W_scaled.to(encoder_dtype))
+            hidden_pre = torch.addmm(
+                b_scaled.to(encoder_dtype), x_centred.to(encoder_dtype), W_scaled.to(encoder_dtype)
+            )
     active, hidden_values = _select(hidden_pre, variant, cfg.k)
     if hidden_pre.dtype != x.dtype:
         hidden_values = _exact_pre(x_centred, W_scaled, b_scaled, active)
@@ -270,8 +282,11 @@ def sparse_training_forward(sae: TrainingSAE, x: torch.Tensor, variant: str, dea
         k_aux = min(x.shape[-1] // 2, num_dead)
         scale = min(num_dead / (x.shape[-1] // 2), 1.0)
         aux = _aux_active(hidden_pre, dead, k_aux, signed)
-        aux_pre = (hidden_pre[aux.rows, aux.cols] if hidden_pre.dtype == x.dtype
-                   else _exact_pre(x_centred, W_scaled, b_scaled, aux))
+        aux_pre = (
+            hidden_pre[aux.rows, aux.cols]
+            if hidden_pre.dtype == x.dtype
+            else _exact_pre(x_centred, W_scaled, b_scaled, aux)
+        )
         aux_raw = GatherPreActivations.apply(x, sae.b_dec, sae.W_enc, sae.b_enc, aux, aux_pre / norms[aux.cols])
         recons = SparseDecode.apply(aux_raw, sae.W_dec, aux)
         loss = loss + cfg.aux_loss_coefficient * scale * (recons - residual).pow(2).sum(-1).mean()

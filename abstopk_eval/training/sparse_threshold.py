@@ -82,15 +82,17 @@ def supports_sparse_threshold(sae: TrainingSAE, variant: str) -> bool:
     return False
 
 
-def sparse_threshold_forward(sae: TrainingSAE, x: torch.Tensor, variant: str,
-                             coefficients: dict[str, float]) -> SparseStepOutput | None:
+def sparse_threshold_forward(
+    sae: TrainingSAE, x: torch.Tensor, variant: str, coefficients: dict[str, float]
+) -> SparseStepOutput | None:
     """sae_lens's training loss of a ReLU or JumpReLU SAE over the support pairs; None while too dense."""
     jump = variant == "jumprelu"
     with torch.no_grad():
         if jump:
             sae.threshold.data.clamp_(min=0.0)  # sae_lens's projection at the start of training_forward_pass
-        hidden_pre = torch.addmm(sae.b_enc, x - sae.b_dec, sae.W_enc,
-                                 out=_scratch("hidden_pre", (x.shape[0], sae.cfg.d_sae), x))
+        hidden_pre = torch.addmm(
+            sae.b_enc, x - sae.b_dec, sae.W_enc, out=_scratch("hidden_pre", (x.shape[0], sae.cfg.d_sae), x)
+        )
         if jump:
             support = (hidden_pre > sae.threshold) | _rectangle(hidden_pre, sae.threshold, sae.bandwidth)
         else:
@@ -116,5 +118,6 @@ def sparse_threshold_forward(sae: TrainingSAE, x: torch.Tensor, variant: str,
         sparsity_loss = (coefficients["l1"] * l1).mean()
     sae_out = SparseDecode.apply(values, sae.W_dec, active) + sae.b_dec
     mse_loss = (sae_out - x).pow(2).sum(-1).mean()
-    return SparseStepOutput(loss=mse_loss + sparsity_loss, mse_loss=mse_loss, sae_out=sae_out, active=active,
-                            values=values)
+    return SparseStepOutput(
+        loss=mse_loss + sparsity_loss, mse_loss=mse_loss, sae_out=sae_out, active=active, values=values
+    )

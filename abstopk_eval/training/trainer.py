@@ -16,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from sae_lens.saes.sae import TrainingSAE, TrainStepInput
@@ -112,11 +113,18 @@ def _restore(state: _JobState, ckpt: dict[str, Any]) -> None:
 
 
 def _save(state: _JobState) -> None:
-    atomic_torch_save(state.job.out_dir / CHECKPOINT, {
-        "sae": state.sae.state_dict(), "optimizer": state.optimizer.state_dict(),
-        "scheduler": state.scheduler.state_dict(), "steps_since_fired": state.steps_since_fired.cpu(),
-        "step": state.step, "seconds": state.seconds, "curve": state.curve,
-    })
+    atomic_torch_save(
+        state.job.out_dir / CHECKPOINT,
+        {
+            "sae": state.sae.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "steps_since_fired": state.steps_since_fired.cpu(),
+            "step": state.step,
+            "seconds": state.seconds,
+            "curve": state.curve,
+        },
+    )
 
 
 def _coefficients(preset: TrainPreset, step: int) -> dict[str, float]:
@@ -133,19 +141,33 @@ class _StepResult:
     l0: float
 
 
-def _dense_step(sae: TrainingSAE, batch: torch.Tensor, dead: torch.Tensor, coefficients: dict[str, float],
-                step: int, bf16: bool = False) -> _StepResult:
+def _dense_step(
+    sae: TrainingSAE,
+    batch: torch.Tensor,
+    dead: torch.Tensor,
+    coefficients: dict[str, float],
+    step: int,
+    bf16: bool = False,
+) -> _StepResult:
     """sae_lens's own training_forward_pass (dense decoder and backward), under bf16 autocast if asked."""
     with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=bf16):
-        out = sae.training_forward_pass(TrainStepInput(sae_in=batch, coefficients=coefficients, dead_neuron_mask=dead,
-                                                       n_training_steps=step, is_logging_step=False))
+        out = sae.training_forward_pass(
+            TrainStepInput(
+                sae_in=batch,
+                coefficients=coefficients,
+                dead_neuron_mask=dead,
+                n_training_steps=step,
+                is_logging_step=False,
+            )
+        )
     with torch.no_grad():
         active = out.feature_acts != 0
         return _StepResult(out.loss, out.sae_out, active.any(dim=0), float(active.sum(-1).float().mean()))
 
 
-def _sparse_step(sae: TrainingSAE, batch: torch.Tensor, dead: torch.Tensor, variant: str,
-                 bf16: bool = False) -> _StepResult:
+def _sparse_step(
+    sae: TrainingSAE, batch: torch.Tensor, dead: torch.Tensor, variant: str, bf16: bool = False
+) -> _StepResult:
     """The sparse k-SAE path (same loss and gradients as _dense_step), plus sae_lens's threshold update."""
     out = sparse_training_forward(sae, batch, variant, dead, encoder_dtype=torch.bfloat16 if bf16 else None)
     if variant in ("batchtopk", "batch-abstopk"):
@@ -153,8 +175,9 @@ def _sparse_step(sae: TrainingSAE, batch: torch.Tensor, dead: torch.Tensor, vari
     return _StepResult(out.loss, out.sae_out, out.fired(sae.cfg.d_sae), out.l0())
 
 
-def _train_step(state: _JobState, batch: torch.Tensor, preset: TrainPreset, sparse: bool = True,
-                bf16: bool = False) -> None:
+def _train_step(
+    state: _JobState, batch: torch.Tensor, preset: TrainPreset, sparse: bool = True, bf16: bool = False
+) -> None:
     sae = state.sae
     sae.train()
     dead = state.steps_since_fired > preset.dead_window_steps()
@@ -188,33 +211,61 @@ def _train_step(state: _JobState, batch: torch.Tensor, preset: TrainPreset, spar
         with torch.no_grad():
             err = (out.sae_out - batch).pow(2).sum(-1)
             energy = (batch - batch.mean(0)).pow(2).sum(-1).mean()
-            state.curve.append({
-                "step": state.step, "tokens": state.step * preset.batch_size,
-                "mse": float(err.mean() / batch.shape[-1]), "fvu": float(err.mean() / energy),
-                "l0": out.l0,
-                "dead_frac": float((state.steps_since_fired > preset.dead_window_steps()).float().mean()),
-            })
+            state.curve.append(
+                {
+                    "step": state.step,
+                    "tokens": state.step * preset.batch_size,
+                    "mse": float(err.mean() / batch.shape[-1]),
+                    "fvu": float(err.mean() / energy),
+                    "l0": out.l0,
+                    "dead_frac": float((state.steps_since_fired > preset.dead_window_steps()).float().mean()),
+                }
+            )
 
 
-def _finish(state: _JobState, preset: TrainPreset, mean: torch.Tensor, scale: float,
-            metadata: dict[str, Any]) -> None:
+def _finish(state: _JobState, preset: TrainPreset, mean: torch.Tensor, scale: float, metadata: dict[str, Any]) -> None:
     job = state.job
-    sae_meta = {**metadata, "variant": job.variant, "k": job.k if get_variant(job.variant).uses_k else None,
-                "seed": job.seed, "sae_id": job.sae_id, "preset": preset.name}
+    sae_meta = {
+        **metadata,
+        "variant": job.variant,
+        "k": job.k if get_variant(job.variant).uses_k else None,
+        "seed": job.seed,
+        "sae_id": job.sae_id,
+        "preset": preset.name,
+    }
     export_inference_sae(state.sae.cpu(), job.sae_dir, mean=mean, scale=scale, metadata=sae_meta)
-    atomic_write_json(job.out_dir / TRAINING_JSON, {
-        **sae_meta, "steps": state.step, "tokens": state.step * preset.batch_size,
-        "batch_size": preset.batch_size, "d_sae": state.sae.cfg.d_sae, "lr": preset.lr, "betas": list(preset.betas),
-        "train_seconds": round(state.seconds, 2), "tokens_per_second": state.step * preset.batch_size / max(state.seconds, 1e-9),
-        "normalisation": {"scale": scale, "mean_norm": float(mean.norm())},
-        "curve": state.curve,
-    })
+    atomic_write_json(
+        job.out_dir / TRAINING_JSON,
+        {
+            **sae_meta,
+            "steps": state.step,
+            "tokens": state.step * preset.batch_size,
+            "batch_size": preset.batch_size,
+            "d_sae": state.sae.cfg.d_sae,
+            "lr": preset.lr,
+            "betas": list(preset.betas),
+            "train_seconds": round(state.seconds, 2),
+            "tokens_per_second": state.step * preset.batch_size / max(state.seconds, 1e-9),
+            "normalisation": {"scale": scale, "mean_norm": float(mean.norm())},
+            "curve": state.curve,
+        },
+    )
     (job.out_dir / CHECKPOINT).unlink(missing_ok=True)
 
 
-def train_jobs(jobs: list[TrainJob], batch_stream_for_seed: Callable[[int], BatchStream], *, d_in: int,
-               preset: TrainPreset, mean: torch.Tensor, scale: float, metadata: dict[str, Any],
-               device: str = "cpu", sparse: bool = True, bf16: bool = False) -> None:
+def train_jobs(
+    jobs: list[TrainJob],
+    batch_stream_for_seed: Callable[[int], BatchStream],
+    *,
+    d_in: int,
+    preset: TrainPreset,
+    mean: torch.Tensor,
+    scale: float,
+    metadata: dict[str, Any],
+    device: str = "cpu",
+    sparse: bool = True,
+    bf16: bool = False,
+) -> None:
     """Train every unfinished job; jobs sharing a seed share one pass over that seed's batch stream.
 
     bf16=True: the encoder matmul (sparse path) or the whole forward (dense path, autocast) runs in bf16;
@@ -238,8 +289,10 @@ def train_jobs(jobs: list[TrainJob], batch_stream_for_seed: Callable[[int], Batc
                 log.info("resuming %s from step %d/%d", job.sae_id, state.step, preset.total_steps)
             states.append(state)
         _run_group(states, batch_stream_for_seed(seed), preset, device, sparse, bf16)
-        path = {"training_path": "sparse k-SAE kernels" if sparse else "sae_lens training_forward_pass (dense)",
-                "encoder_dtype": "bfloat16" if bf16 else "float32"}
+        path = {
+            "training_path": "sparse k-SAE kernels" if sparse else "sae_lens training_forward_pass (dense)",
+            "encoder_dtype": "bfloat16" if bf16 else "float32",
+        }
         for state in states:
             if distributed.is_main():
                 _finish(state, preset, mean, scale, {**metadata, **path, "world_size": distributed.world_size()})
@@ -247,16 +300,25 @@ def train_jobs(jobs: list[TrainJob], batch_stream_for_seed: Callable[[int], Batc
         distributed.barrier()
 
 
-def _run_group(states: list[_JobState], stream: BatchStream, preset: TrainPreset, device: str, sparse: bool,
-               bf16: bool) -> None:
+def _run_group(
+    states: list[_JobState], stream: BatchStream, preset: TrainPreset, device: str, sparse: bool, bf16: bool
+) -> None:
     total = preset.total_steps
     start = min(s.step for s in states)
     if start >= total:
         return
     names = ", ".join(s.job.sae_id for s in states)
-    bar = tqdm(total=total, initial=start, desc=f"training {len(states)} SAEs", unit="step", disable=not distributed.is_main())
-    log.info("training %s: steps %d..%d of batch %d (%d process(es))", names, start, total, preset.batch_size,
-             distributed.world_size())
+    bar = tqdm(
+        total=total, initial=start, desc=f"training {len(states)} SAEs", unit="step", disable=not distributed.is_main()
+    )
+    log.info(
+        "training %s: steps %d..%d of batch %d (%d process(es))",
+        names,
+        start,
+        total,
+        preset.batch_size,
+        distributed.world_size(),
+    )
     step = start
     for batch in stream(start):
         batch = distributed.shard(batch).to(device, non_blocking=True)
@@ -275,4 +337,3 @@ def _run_group(states: list[_JobState], stream: BatchStream, preset: TrainPreset
     bar.close()
     if any(s.step < total for s in states):
         raise RuntimeError("the batch stream ended before training finished")
-

@@ -74,9 +74,10 @@ import statistics
 import time
 import uuid
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,8 +122,12 @@ def is_word(text: str, cfg: AbsorptionEvalConfig) -> bool:
         return False
     else:
         core = text
-    return (len(core) >= cfg.min_word_letters and core.isascii() and core.isalpha()
-            and (core.islower() or not cfg.lowercase_only))
+    return (
+        len(core) >= cfg.min_word_letters
+        and core.isascii()
+        and core.isalpha()
+        and (core.islower() or not cfg.lowercase_only)
+    )
 
 
 def _filter_description(cfg: AbsorptionEvalConfig) -> str:
@@ -149,8 +154,10 @@ def vocabulary_words(tokenizer: Any, cfg: AbsorptionEvalConfig) -> list[tuple[st
         return found
     get_vocab = getattr(tokenizer, "get_vocab", None)
     if get_vocab is None:
-        raise UserError("absorption needs the tokenizer's vocabulary (get_vocab) or an explicit word list "
-                        "(AbsorptionEvalConfig.words)")
+        raise UserError(
+            "absorption needs the tokenizer's vocabulary (get_vocab) or an explicit word list "
+            "(AbsorptionEvalConfig.words)"
+        )
     special = set(getattr(tokenizer, "all_special_ids", None) or [])
     words: dict[str, int] = {}
     for token, idx in sorted(get_vocab().items(), key=lambda item: item[1]):
@@ -190,8 +197,12 @@ def _prompt_pieces(tokenizer: Any, cfg: AbsorptionEvalConfig, separator: str = "
 
     bos = getattr(tokenizer, "bos_token_id", None)
     line_end = {i: enc(after + first_letter(letter) + separator) for i, letter in enumerate(LETTERS)}
-    return _PromptPieces(start=([bos] if bos is not None else []) + enc(separator), prefix=enc(before),
-                         line_end=line_end, word_pos_from_end=-(len(enc(after)) + 1))
+    return _PromptPieces(
+        start=([bos] if bos is not None else []) + enc(separator),
+        prefix=enc(before),
+        line_end=line_end,
+        word_pos_from_end=-(len(enc(after)) + 1),
+    )
 
 
 @dataclass
@@ -200,14 +211,19 @@ class _Sequence:
     queries: list[tuple[int, int]]  # (row in the split, position of the word token)
 
 
-def build_sequences(token_ids: Sequence[int], letters: Sequence[int], pieces: _PromptPieces, cfg: AbsorptionEvalConfig,
-                    rng: random.Random) -> list[_Sequence]:
+def build_sequences(
+    token_ids: Sequence[int],
+    letters: Sequence[int],
+    pieces: _PromptPieces,
+    cfg: AbsorptionEvalConfig,
+    rng: random.Random,
+) -> list[_Sequence]:
     """Packed ICL sequences over one split: `max_icl_examples` examples, then `queries_per_sequence` queries."""
     n = len(token_ids)
     order = rng.sample(range(n), n)
     sequences = []
     for start in range(0, n, cfg.queries_per_sequence):
-        group = order[start:start + cfg.queries_per_sequence]
+        group = order[start : start + cfg.queries_per_sequence]
         in_group = set(group)
         others = [i for i in range(n) if i not in in_group]  # no contamination: a query is never an example
         examples = rng.sample(others, min(cfg.max_icl_examples, len(others)))
@@ -226,18 +242,19 @@ def build_sequences(token_ids: Sequence[int], letters: Sequence[int], pieces: _P
 
 
 @torch.no_grad()
-def collect_activations(adapter: Any, layer: int, sequences: list[_Sequence], n_rows: int, batch_size: int,
-                        pad_id: int, desc: str) -> torch.Tensor:
+def collect_activations(
+    adapter: Any, layer: int, sequences: list[_Sequence], n_rows: int, batch_size: int, pad_id: int, desc: str
+) -> torch.Tensor:
     """Activation at every query's word token, as rows [n_rows, d_model] (float32, CPU)."""
     out: torch.Tensor | None = None
     for start in tqdm(range(0, len(sequences), batch_size), desc=desc, unit="batch", leave=False):
-        batch = sequences[start:start + batch_size]
+        batch = sequences[start : start + batch_size]
         width = max(len(s.ids) for s in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for b, s in enumerate(batch):
-            ids[b, :len(s.ids)] = torch.tensor(s.ids)
-            mask[b, :len(s.ids)] = 1
+            ids[b, : len(s.ids)] = torch.tensor(s.ids)
+            mask[b, : len(s.ids)] = 1
         acts = adapter.activations(ids, layer, attention_mask=mask).float().cpu()
         if out is None:
             out = torch.zeros((n_rows, acts.shape[-1]), dtype=torch.float32)
@@ -290,13 +307,23 @@ class AbsorptionData:
         return w / w.norm()
 
 
-def train_letter_probe(x: torch.Tensor, targets: torch.Tensor, cfg: AbsorptionEvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def train_letter_probe(
+    x: torch.Tensor, targets: torch.Tensor, cfg: AbsorptionEvalConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """sae_bench's ground-truth probe: `train_multi_probe` with its `train_and_save_probes` settings."""
     with single_threaded(), torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(cfg.random_seed)
-        probe = train_multi_probe(x, targets, num_probes=targets.shape[1], batch_size=cfg.probe_batch_size,
-                                  num_epochs=cfg.probe_num_epochs, lr=cfg.probe_lr, weight_decay=cfg.probe_weight_decay,
-                                  show_progress=False, device=torch.device("cpu"))
+        probe = train_multi_probe(
+            x,
+            targets,
+            num_probes=targets.shape[1],
+            batch_size=cfg.probe_batch_size,
+            num_epochs=cfg.probe_num_epochs,
+            lr=cfg.probe_lr,
+            weight_decay=cfg.probe_weight_decay,
+            show_progress=False,
+            device=torch.device("cpu"),
+        )
     return probe.weights.detach().float().clone(), probe.biases.detach().float().clone()
 
 
@@ -307,8 +334,10 @@ def prepare_absorption_data(ctx: EvalContext, cfg: AbsorptionEvalConfig) -> Abso
     found = vocabulary_words(tokenizer, cfg)
     source = "the given word list" if cfg.words is not None else f"the {ctx.model_key} tokenizer vocabulary"
     if len(found) < cfg.min_words:
-        raise UserError(f"absorption: only {len(found)} single-token words of {source} pass the word filter "
-                        f"({_filter_description(cfg)}); need at least min_words={cfg.min_words}")
+        raise UserError(
+            f"absorption: only {len(found)} single-token words of {source} pass the word filter "
+            f"({_filter_description(cfg)}); need at least min_words={cfg.min_words}"
+        )
     rng = random.Random(cfg.random_seed)
     words = rng.sample(found, min(cfg.n_words, len(found)))
     split = int(len(words) * cfg.train_test_fraction)
@@ -320,12 +349,20 @@ def prepare_absorption_data(ctx: EvalContext, cfg: AbsorptionEvalConfig) -> Abso
     def split_data(items: list[tuple[str, int]], name: str) -> tuple[torch.Tensor, torch.Tensor]:
         letters = [letter_index(w) for w, _ in items]
         seqs = build_sequences([i for _, i in items], letters, pieces, cfg, rng)
-        x = collect_activations(ctx.adapter, ctx.layer, seqs, len(items), cfg.llm_batch_size, pad_id,
-                                desc=f"absorption: {name} prompts")
+        x = collect_activations(
+            ctx.adapter, ctx.layer, seqs, len(items), cfg.llm_batch_size, pad_id, desc=f"absorption: {name} prompts"
+        )
         return x, torch.tensor(letters, dtype=torch.long)
 
-    log.info("absorption: %d of %d filtered words (%d train / %d test), %d ICL examples, %d queries per sequence",
-             len(words), len(found), len(train), len(test), cfg.max_icl_examples, cfg.queries_per_sequence)
+    log.info(
+        "absorption: %d of %d filtered words (%d train / %d test), %d ICL examples, %d queries per sequence",
+        len(words),
+        len(found),
+        len(train),
+        len(test),
+        cfg.max_icl_examples,
+        cfg.queries_per_sequence,
+    )
     x_train, y_train = split_data(train, "train")
     x_test, y_test = split_data(test, "test")
     t_lm = time.time() - t0
@@ -344,19 +381,38 @@ def prepare_absorption_data(ctx: EvalContext, cfg: AbsorptionEvalConfig) -> Abso
         if probe_f1[L] > cfg.min_GT_probe_f1 and tp.numel() > 0:
             evaluated.append(L)
             true_positives[L] = tp
-    log.info("absorption: activations %.0fs; probe F1 > %.2f for %d of %d letters: %s", t_lm, cfg.min_GT_probe_f1,
-             len(evaluated), len(present), " ".join(f"{LETTERS[L]}={probe_f1[L]:.2f}" for L in present))
+    log.info(
+        "absorption: activations %.0fs; probe F1 > %.2f for %d of %d letters: %s",
+        t_lm,
+        cfg.min_GT_probe_f1,
+        len(evaluated),
+        len(present),
+        " ".join(f"{LETTERS[L]}={probe_f1[L]:.2f}" for L in present),
+    )
     if len(evaluated) < cfg.min_feats_for_eval:
         raise UserError(
             f"absorption: only {len(evaluated)} letters have a first-letter probe with test F1 > {cfg.min_GT_probe_f1} "
             f"on {ctx.model_key} layer {ctx.layer} (need min_feats_for_eval={cfg.min_feats_for_eval}): the model does "
-            f"not encode spelling linearly there, or there are too few words (n_words={cfg.n_words})")
+            f"not encode spelling linearly there, or there are too few words (n_words={cfg.n_words})"
+        )
     return AbsorptionData(
-        words_train=[w for w, _ in train], words_test=[w for w, _ in test], x_train=x_train, x_test=x_test,
-        y_train=y_train, y_test=y_test, letters=present, probe_w=probe_w, probe_b=probe_b, probe_f1=probe_f1,
-        evaluated=evaluated, true_positives=true_positives, n_filtered_words=len(found),
-        word_pos_from_end=pieces.word_pos_from_end, seconds=time.time() - t0,
-        extra={"language_model_seconds": t_lm, "word_source": source})
+        words_train=[w for w, _ in train],
+        words_test=[w for w, _ in test],
+        x_train=x_train,
+        x_test=x_test,
+        y_train=y_train,
+        y_test=y_test,
+        letters=present,
+        probe_w=probe_w,
+        probe_b=probe_b,
+        probe_f1=probe_f1,
+        evaluated=evaluated,
+        true_positives=true_positives,
+        n_filtered_words=len(found),
+        word_pos_from_end=pieces.word_pos_from_end,
+        seconds=time.time() - t0,
+        extra={"language_model_seconds": t_lm, "word_source": source},
+    )
 
 
 # ---------------------------------------------------------------------------------------------- per SAE
@@ -365,11 +421,19 @@ def prepare_absorption_data(ctx: EvalContext, cfg: AbsorptionEvalConfig) -> Abso
 @torch.no_grad()
 def encode_all(sae: SAE, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
     dev, dtype = sae.W_enc.device, sae.W_enc.dtype
-    return torch.cat([sae.encode(x[s:s + batch_size].to(dev, dtype)).float().cpu() for s in range(0, x.shape[0], batch_size)])
+    return torch.cat(
+        [sae.encode(x[s : s + batch_size].to(dev, dtype)).float().cpu() for s in range(0, x.shape[0], batch_size)]
+    )
 
 
-def train_l1_latent_probe(z: torch.Tensor, targets: torch.Tensor, cfg: AbsorptionEvalConfig,
-                          lr: float = 0.01, end_lr: float = 1e-5, l2_decay: float = 1e-6) -> torch.Tensor:
+def train_l1_latent_probe(
+    z: torch.Tensor,
+    targets: torch.Tensor,
+    cfg: AbsorptionEvalConfig,
+    lr: float = 0.01,
+    end_lr: float = 1e-5,
+    l2_decay: float = 1e-6,
+) -> torch.Tensor:
     """sae_bench's `train_sparse_multi_probe` (BCE with pos_weight + l1 * mean_probe ||w||_1, Adam, exponential
     decay from lr to end_lr over the epochs), returning the weights [n_probes, d_sae].
 
@@ -393,7 +457,7 @@ def train_l1_latent_probe(z: torch.Tensor, targets: torch.Tensor, cfg: Absorptio
         for _ in range(epochs):
             perm = torch.randperm(n, generator=gen)
             for s in range(0, n, cfg.k_sparse_probe_batch_size):
-                idx = perm[s:s + cfg.k_sparse_probe_batch_size]
+                idx = perm[s : s + cfg.k_sparse_probe_batch_size]
                 loss = loss_fn(za[idx] @ w.T + b, targets[idx]) + cfg.k_sparse_probe_l1_decay * w.abs().sum(-1).mean()
                 opt.zero_grad()
                 loss.backward()
@@ -419,8 +483,9 @@ def select_main_latent_candidates(w: torch.Tensor, orientation: torch.Tensor, k:
     return (w * orientation).topk(k, dim=-1).indices
 
 
-def _k_sparse_f1(z_train: torch.Tensor, y_train: np.ndarray, z_test: torch.Tensor, y_test: np.ndarray,
-                 feats: torch.Tensor) -> float:
+def _k_sparse_f1(
+    z_train: torch.Tensor, y_train: np.ndarray, z_test: torch.Tensor, y_test: np.ndarray, feats: torch.Tensor
+) -> float:
     """sae_bench's k-sparse probe: class-balanced sklearn logistic regression on the chosen latents; test F1 of
     score > 0 (scored in float32 as sae_bench's KSparseProbe does)."""
     with warnings.catch_warnings():
@@ -430,7 +495,9 @@ def _k_sparse_f1(z_train: torch.Tensor, y_train: np.ndarray, z_test: torch.Tenso
     return float(f1_score(y_test, (score > 0).numpy(), zero_division=0))
 
 
-def feature_splits(f1_by_k: Sequence[float], feats_by_k: Sequence[list[int]], f1_jump_threshold: float) -> tuple[list[int], float]:
+def feature_splits(
+    f1_by_k: Sequence[float], feats_by_k: Sequence[list[int]], f1_jump_threshold: float
+) -> tuple[list[int], float]:
     """sae_bench's `add_feature_splits_to_metrics_df` rule: grow k while F1 rises by more than the threshold."""
     prev_best, split = -100.0, []
     for f1, feats in zip(f1_by_k, feats_by_k):
@@ -442,8 +509,14 @@ def feature_splits(f1_by_k: Sequence[float], feats_by_k: Sequence[list[int]], f1
 
 
 @torch.no_grad()
-def absorption_scores(z: torch.Tensor, act_proj: torch.Tensor, dec_proj: torch.Tensor, dec_cos: torch.Tensor,
-                      main_ids: Sequence[int], cfg: AbsorptionEvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def absorption_scores(
+    z: torch.Tensor,
+    act_proj: torch.Tensor,
+    dec_proj: torch.Tensor,
+    dec_cos: torch.Tensor,
+    main_ids: Sequence[int],
+    cfg: AbsorptionEvalConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Absorption fraction and full absorption per word, as sae_bench's FeatureAbsorptionCalculator computes them.
 
     z: latents [n, d_sae] of the words; act_proj: `x . p` [n]; dec_proj: `W_dec[i] . p` [d_sae];
@@ -465,16 +538,22 @@ def absorption_scores(z: torch.Tensor, act_proj: torch.Tensor, dec_proj: torch.T
     proportion = absorbers / act_proj
     absorbed = torch.minimum(absorbers, act_proj - main_proj)
     partial = (absorbed / (absorbed + main_proj)).clamp(0.0, 1.0)
-    fraction = torch.where((main_proj >= act_proj) | (proportion < cfg.probe_projection_proportion_threshold),
-                           torch.zeros_like(act_proj),
-                           torch.where(main_proj <= 0, torch.ones_like(act_proj), partial))
+    fraction = torch.where(
+        (main_proj >= act_proj) | (proportion < cfg.probe_projection_proportion_threshold),
+        torch.zeros_like(act_proj),
+        torch.where(main_proj <= 0, torch.ones_like(act_proj), partial),
+    )
     # full absorption by a single latent: the main latents are silent (DEVIATION: |z| < EPS, sae_bench z < EPS),
     # the top-projecting latent's contribution is aligned with p and carries enough of the projection
     silent = (z[:, main].abs() < EPS).all(-1)
     top = proj.topk(1, dim=-1).indices
     top_proj, top_cos = proj.gather(1, top).squeeze(1), aligned_cos.gather(1, top).squeeze(1)
-    full = (silent & (top_cos >= cfg.full_absorption_probe_cos_threshold) & (act_proj >= 0)
-            & (top_proj / act_proj >= cfg.probe_projection_proportion_threshold))
+    full = (
+        silent
+        & (top_cos >= cfg.full_absorption_probe_cos_threshold)
+        & (act_proj >= 0)
+        & (top_proj / act_proj >= cfg.probe_projection_proportion_threshold)
+    )
     return fraction, full
 
 
@@ -519,8 +598,18 @@ def evaluate_sae(data: AbsorptionData, sae: SAE, cfg: AbsorptionEvalConfig) -> l
         tp = data.true_positives[L]
         act_proj = data.x_test[tp] @ p
         fraction, full = absorption_scores(z_test[tp], act_proj, dec_proj, dec_proj / dec_norm, split, cfg)
-        results.append(LetterResult(L, split, f1_sparse, f1_by_k, fraction, full, float(act_proj.mean()),
-                                    float(sae.b_dec.detach().float().cpu() @ p)))
+        results.append(
+            LetterResult(
+                L,
+                split,
+                f1_sparse,
+                f1_by_k,
+                fraction,
+                full,
+                float(act_proj.mean()),
+                float(sae.b_dec.detach().float().cpu() @ p),
+            )
+        )
     return results
 
 
@@ -531,30 +620,58 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _output(ctx: EvalContext, cfg: AbsorptionEvalConfig, data: AbsorptionData, sae_id: str, sae: SAE,
-            results: list[LetterResult], seconds: float) -> AbsorptionEvalOutput:
+def _output(
+    ctx: EvalContext,
+    cfg: AbsorptionEvalConfig,
+    data: AbsorptionData,
+    sae_id: str,
+    sae: SAE,
+    results: list[LetterResult],
+    seconds: float,
+) -> AbsorptionEvalOutput:
     details = []
     for res in results:
         n_tp = int(res.fractions.numel())
         n_full = int(res.full.sum())
-        details.append(SignedAbsorptionResultDetail(
-            first_letter=LETTERS[res.letter], mean_absorption_fraction=float(res.fractions.double().sum()) / n_tp,
-            full_absorption_rate=n_full / n_tp, num_full_absorption=n_full, num_probe_true_positives=n_tp,
-            num_split_features=len(res.split_feats), split_feats=res.split_feats, f1_probe=data.probe_f1[res.letter],
-            f1_sparse_sae=res.f1_sparse))
+        details.append(
+            SignedAbsorptionResultDetail(
+                first_letter=LETTERS[res.letter],
+                mean_absorption_fraction=float(res.fractions.double().sum()) / n_tp,
+                full_absorption_rate=n_full / n_tp,
+                num_full_absorption=n_full,
+                num_probe_true_positives=n_tp,
+                num_split_features=len(res.split_feats),
+                split_feats=res.split_feats,
+                f1_probe=data.probe_f1[res.letter],
+                f1_sparse_sae=res.f1_sparse,
+            )
+        )
     fractions = [d.mean_absorption_fraction for d in details]
     full_rates = [d.full_absorption_rate for d in details]
     n_split = [float(d.num_split_features) for d in details]
     mean_fraction = statistics.mean(fractions)
-    metrics = AbsorptionMetricCategories(mean=SignedAbsorptionMeanMetrics(
-        mean_absorption_fraction_score=mean_fraction, mean_full_absorption_score=statistics.mean(full_rates),
-        mean_num_split_features=statistics.mean(n_split), std_dev_absorption_fraction_score=_std(fractions),
-        std_dev_full_absorption_score=_std(full_rates), std_dev_num_split_features=_std(n_split),
-        one_minus_absorption=1.0 - mean_fraction, num_letters_evaluated=len(details)))
+    metrics = AbsorptionMetricCategories(
+        mean=SignedAbsorptionMeanMetrics(
+            mean_absorption_fraction_score=mean_fraction,
+            mean_full_absorption_score=statistics.mean(full_rates),
+            mean_num_split_features=statistics.mean(n_split),
+            std_dev_absorption_fraction_score=_std(fractions),
+            std_dev_full_absorption_score=_std(full_rates),
+            std_dev_num_split_features=_std(n_split),
+            one_minus_absorption=1.0 - mean_fraction,
+            num_letters_evaluated=len(details),
+        )
+    )
     return AbsorptionEvalOutput(
-        eval_config=cfg, eval_id=str(uuid.uuid4()), datetime_epoch_millis=int(time.time() * 1000),
-        eval_result_metrics=metrics, eval_result_details=details, sae_bench_commit_hash=SAE_BENCH_COMMIT,
-        sae_lens_id=sae_id, sae_lens_release_id=None, sae_lens_version=ctx.provenance.get("versions", {}).get("sae-lens"),
+        eval_config=cfg,
+        eval_id=str(uuid.uuid4()),
+        datetime_epoch_millis=int(time.time() * 1000),
+        eval_result_metrics=metrics,
+        eval_result_details=details,
+        sae_bench_commit_hash=SAE_BENCH_COMMIT,
+        sae_lens_id=sae_id,
+        sae_lens_release_id=None,
+        sae_lens_version=ctx.provenance.get("versions", {}).get("sae-lens"),
         sae_cfg_dict=sae.cfg.to_dict(),
         eval_result_unstructured={
             "probe_f1": {LETTERS[L]: f1 for L, f1 in data.probe_f1.items()},
@@ -562,43 +679,66 @@ def _output(ctx: EvalContext, cfg: AbsorptionEvalConfig, data: AbsorptionData, s
             # sae_bench measures absorption against x . p; b_dec . p is the part of it no latent can carry
             "mean_probe_projection": {LETTERS[r.letter]: r.mean_act_proj for r in results},
             "b_dec_probe_projection": {LETTERS[r.letter]: r.b_dec_proj for r in results},
-            "n_filtered_words": data.n_filtered_words, "n_train_words": len(data.words_train),
-            "n_test_words": len(data.words_test), "shared_seconds": data.seconds, "sae_seconds": seconds,
+            "n_filtered_words": data.n_filtered_words,
+            "n_train_words": len(data.words_train),
+            "n_test_words": len(data.words_test),
+            "shared_seconds": data.seconds,
+            "sae_seconds": seconds,
             **data.extra,
         },
-        provenance={**ctx.provenance, "sae_id": sae_id, **{k: sae.cfg.metadata.get(k) for k in ("variant", "k", "seed", "preset")}},
+        provenance={
+            **ctx.provenance,
+            "sae_id": sae_id,
+            **{k: sae.cfg.metadata.get(k) for k in ("variant", "k", "seed", "preset")},
+        },
     )
 
 
-def run_absorption(ctx: EvalContext, saes: dict[str, SAE], config: AbsorptionEvalConfig | None = None) -> dict[str, AbsorptionEvalOutput]:
+def run_absorption(
+    ctx: EvalContext, saes: dict[str, SAE], config: AbsorptionEvalConfig | None = None
+) -> dict[str, AbsorptionEvalOutput]:
     cfg = config or AbsorptionEvalConfig()
     overrides = dict(getattr(ctx, "eval_options", {}).get("absorption", {}))  # the run's per-evaluation overrides
     unknown = sorted(set(overrides) - {f.name for f in fields(AbsorptionEvalConfig)})
     if unknown:
         raise UserError(f"unknown absorption option(s) {', '.join(unknown)}")
     try:
-        cfg = replace(cfg, **{**overrides, "model_name": ctx.model_key, "layer": ctx.layer, "hook_name": hook_name(ctx.layer)})
+        cfg = replace(
+            cfg, **{**overrides, "model_name": ctx.model_key, "layer": ctx.layer, "hook_name": hook_name(ctx.layer)}
+        )
     except ValueError as err:  # pydantic's ValidationError
         raise UserError(f"bad absorption option(s) {overrides}: {str(err).splitlines()[0]}") from None
     data = prepare_absorption_data(ctx, cfg)
-    cfg = replace(cfg, prompt_token_pos=data.word_pos_from_end, dataset=(
-        f"{len(data.words_train) + len(data.words_test)} of {data.n_filtered_words} single-token words "
-        f"({_filter_description(cfg)}) of {data.extra['word_source']}"))
+    cfg = replace(
+        cfg,
+        prompt_token_pos=data.word_pos_from_end,
+        dataset=(
+            f"{len(data.words_train) + len(data.words_test)} of {data.n_filtered_words} single-token words "
+            f"({_filter_description(cfg)}) of {data.extra['word_source']}"
+        ),
+    )
     outputs = {}
     for sae_id, sae in tqdm(saes.items(), desc="absorption: SAEs", unit="sae"):
         t0 = time.time()
         results = evaluate_sae(data, sae, cfg)
         outputs[sae_id] = _output(ctx, cfg, data, sae_id, sae, results, time.time() - t0)
         m = outputs[sae_id].eval_result_metrics.mean
-        log.info("absorption %s: mean absorption fraction %.3f, full absorption %.3f, split features %.2f (%.0fs)",
-                 sae_id, m.mean_absorption_fraction_score, m.mean_full_absorption_score, m.mean_num_split_features,
-                 time.time() - t0)
+        log.info(
+            "absorption %s: mean absorption fraction %.3f, full absorption %.3f, split features %.2f (%.0fs)",
+            sae_id,
+            m.mean_absorption_fraction_score,
+            m.mean_full_absorption_score,
+            m.mean_num_split_features,
+            time.time() - t0,
+        )
     return outputs
 
 
-ABSORPTION = register_eval(EvalSpec(
-    name="absorption",
-    description="SAEBench first-letter feature absorption (absorption fraction, full absorption, feature splits), "
-                "sign-correct for signed latents, plus 1 - absorption",
-    run=run_absorption,
-))
+ABSORPTION = register_eval(
+    EvalSpec(
+        name="absorption",
+        description="SAEBench first-letter feature absorption (absorption fraction, full absorption, feature splits), "
+        "sign-correct for signed latents, plus 1 - absorption",
+        run=run_absorption,
+    )
+)

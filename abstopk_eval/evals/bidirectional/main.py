@@ -29,8 +29,8 @@ from abstopk_eval.evals.bidirectional.eval_output import (
     BidirectionalMetricCategories,
     BidirectionalMetrics,
 )
-from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.common import output_common, resolve_config
+from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 
 
 @torch.no_grad()
@@ -41,7 +41,7 @@ def pair_activations(adapter, layer: int, instances: list[PairInstance]) -> tupl
         by_length[len(inst.ids[0])].append(i)
     d = adapter.d_model
     acts_a, acts_b = torch.zeros(len(instances), d), torch.zeros(len(instances), d)
-    for length, idx in sorted(by_length.items()):
+    for _length, idx in sorted(by_length.items()):
         ids = torch.tensor([instances[i].ids[side] for i in idx for side in (0, 1)], device=adapter.device)
         hidden = adapter.activations(ids, layer).cpu()
         pos = torch.tensor([instances[i].position for i in idx])
@@ -51,8 +51,9 @@ def pair_activations(adapter, layer: int, instances: list[PairInstance]) -> tupl
     return acts_a, acts_b
 
 
-def score_axis(name: str, poles: tuple[str, str], z_a: np.ndarray, z_b: np.ndarray,
-               cfg: BidirectionalEvalConfig) -> AxisDetail:
+def score_axis(
+    name: str, poles: tuple[str, str], z_a: np.ndarray, z_b: np.ndarray, cfg: BidirectionalEvalConfig
+) -> AxisDetail:
     """Classify one axis from its pairs' latents z_a, z_b ([pairs, d_sae])."""
     contrast = (z_a - z_b).mean(0)
     top = int(np.abs(contrast).argmax())
@@ -78,24 +79,36 @@ def score_axis(name: str, poles: tuple[str, str], z_a: np.ndarray, z_b: np.ndarr
     level = float((z_a[:, top] + z_b[:, top]).mean())
     shown = (1.0 if level > 0 else -1.0) if abs(level) > 0.1 * strength else orient
     return AxisDetail(
-        axis=name, poles=list(poles), n_pairs=int(z_a.shape[0]), category=category, top_latent=top,
-        opposite_sign_fraction=opposite, top_mean_a=shown * float(z_a[:, top].mean()),
-        top_mean_b=shown * float(z_b[:, top].mean()), partner_latent=partner,
+        axis=name,
+        poles=list(poles),
+        n_pairs=int(z_a.shape[0]),
+        category=category,
+        top_latent=top,
+        opposite_sign_fraction=opposite,
+        top_mean_a=shown * float(z_a[:, top].mean()),
+        top_mean_b=shown * float(z_b[:, top].mean()),
+        partner_latent=partner,
         partner_mean_a=float(np.abs(z_a[:, partner]).mean()) if partner >= 0 else 0.0,
-        partner_mean_b=float(np.abs(z_b[:, partner]).mean()) if partner >= 0 else 0.0)
+        partner_mean_b=float(np.abs(z_b[:, partner]).mean()) if partner >= 0 else 0.0,
+    )
 
 
 def summarise(details: list[AxisDetail]) -> BidirectionalMetrics:
     n = max(len(details), 1)
     count = lambda c: sum(d.category == c for d in details) / n  # noqa: E731
     return BidirectionalMetrics(
-        frac_axes_bidirectional=count("bidirectional"), frac_axes_split=count("split"), frac_axes_one_sided=count("one-sided"),
+        frac_axes_bidirectional=count("bidirectional"),
+        frac_axes_split=count("split"),
+        frac_axes_one_sided=count("one-sided"),
         mean_opposite_sign_fraction=float(np.mean([d.opposite_sign_fraction for d in details])) if details else 0.0,
-        n_axes=len(details), n_pairs=sum(d.n_pairs for d in details))
+        n_axes=len(details),
+        n_pairs=sum(d.n_pairs for d in details),
+    )
 
 
-def run_bidirectional(ctx: EvalContext, saes: dict[str, SAE], config: BidirectionalEvalConfig | None = None
-                      ) -> dict[str, BidirectionalEvalOutput]:
+def run_bidirectional(
+    ctx: EvalContext, saes: dict[str, SAE], config: BidirectionalEvalConfig | None = None
+) -> dict[str, BidirectionalEvalOutput]:
     cfg = resolve_config(BidirectionalEvalConfig, ctx, "bidirectional", config)
     instances, counts = build_instances(ctx.adapter.tokenizer, cfg.axes or None)
     by_axis: dict[str, list[int]] = defaultdict(list)
@@ -114,15 +127,22 @@ def run_bidirectional(ctx: EvalContext, saes: dict[str, SAE], config: Bidirectio
             z_b = sae.encode(acts_b.to(dev)).cpu().numpy()
         details = [score_axis(name, poles[name], z_a[idx], z_b[idx], cfg) for name, idx in scored.items()]
         outputs[sae_id] = BidirectionalEvalOutput(
-            eval_config=cfg, eval_result_metrics=BidirectionalMetricCategories(bidirectional=summarise(details)),
+            eval_config=cfg,
+            eval_result_metrics=BidirectionalMetricCategories(bidirectional=summarise(details)),
             eval_result_details=details,
-            eval_result_unstructured={"pairs_per_axis": counts, "data": "abstopk_eval/data/bipolar_pairs.py (written for this project)"},
-            **output_common(ctx, sae_id, sae))
+            eval_result_unstructured={
+                "pairs_per_axis": counts,
+                "data": "abstopk_eval/data/bipolar_pairs.py (written for this project)",
+            },
+            **output_common(ctx, sae_id, sae),
+        )
     return outputs
 
 
-BIDIRECTIONAL = register_eval(EvalSpec(
-    name="bidirectional",
-    description="Figure 1 case study: per bipolar axis, one signed latent or two split latents",
-    run=run_bidirectional,
-))
+BIDIRECTIONAL = register_eval(
+    EvalSpec(
+        name="bidirectional",
+        description="Figure 1 case study: per bipolar axis, one signed latent or two split latents",
+        run=run_bidirectional,
+    )
+)

@@ -12,12 +12,26 @@ from abstopk_eval.evals.common import ModelEvalConfig
 class CoreEvalConfig(ModelEvalConfig):
     dataset: str = Field(default="", title="Dataset", description="Held-out text the metrics are measured on")
     context_size: int = Field(default=0, title="Context size", description="Tokens per packed sequence (BOS first)")
-    n_ce_tokens: int = Field(default=0, title="CE tokens", description="Tokens whose next-token loss and KL are measured")
-    n_sparsity_tokens: int = Field(default=0, title="Sparsity tokens", description="Held-out activations for reconstruction and sparsity")
-    exclude_bos: bool = Field(default=True, title="Exclude BOS",
-                              description="BOS positions keep the original activation when splicing and are left out of every statistic")
-    n_bootstrap: int = Field(default=1000, ge=100, title="Bootstrap resamples",
-                             description="Resamples of held-out sequences (CE, KL) and of sequence-long row blocks "
-                                         "(nMSE, FVU) for the 95% intervals")
-    bootstrap_seed: int = Field(default=0, title="Bootstrap seed",
-                                description="Same seed for every SAE, so intervals of different SAEs share resamples (paired)")
+    n_ce_tokens: int = Field(
+        default=0, title="CE tokens", description="Tokens whose next-token loss and KL are measured"
+    )
+    n_sparsity_tokens: int = Field(
+        default=0, title="Sparsity tokens", description="Held-out activations for reconstruction and sparsity"
+    )
+    exclude_bos: bool = Field(
+        default=True,
+        title="Exclude BOS",
+        description="BOS positions keep the original activation when splicing and are left out of every statistic",
+    )
+    n_bootstrap: int = Field(
+        default=1000,
+        ge=100,
+        title="Bootstrap resamples",
+        description="Resamples of held-out sequences (CE, KL) and of sequence-long row blocks "
+        "(nMSE, FVU) for the 95% intervals",
+    )
+    bootstrap_seed: int = Field(
+        default=0,
+        title="Bootstrap seed",
+        description="Same seed for every SAE, so intervals of different SAEs share resamples (paired)",
+    )

@@ -6,7 +6,13 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
-from sae_bench.evals.base_eval_output import DEFAULT_DISPLAY, BaseEvalOutput, BaseMetricCategories, BaseMetrics, BaseResultDetail
+from sae_bench.evals.base_eval_output import (
+    DEFAULT_DISPLAY,
+    BaseEvalOutput,
+    BaseMetricCategories,
+    BaseMetrics,
+    BaseResultDetail,
+)
 from sae_bench.evals.core.eval_output import (
     ModelBehaviorPreservationMetrics,
     ModelPerformancePreservationMetrics,
@@ -24,23 +30,46 @@ EVAL_TYPE_ID_CORE = "core"
 class SignedSparsityMetrics(BaseMetrics):
     """Activity counted as z != 0, so negative (AbsTopK) activations are active."""
 
-    l0: float = Field(title="L0", description="Mean number of latents with z != 0 per token", json_schema_extra=DEFAULT_DISPLAY)
+    l0: float = Field(
+        title="L0", description="Mean number of latents with z != 0 per token", json_schema_extra=DEFAULT_DISPLAY
+    )
     l1: float = Field(title="L1", description="Mean sum of |z| per token")
-    frac_negative: float = Field(title="Negative fraction", description="Fraction of active latent values that are negative",
-                                 json_schema_extra=DEFAULT_DISPLAY)
-    dead_fraction: float = Field(title="Dead fraction", description="Fraction of latents never active (z != 0) on the held-out tokens",
-                                 json_schema_extra=DEFAULT_DISPLAY)
+    frac_negative: float = Field(
+        title="Negative fraction",
+        description="Fraction of active latent values that are negative",
+        json_schema_extra=DEFAULT_DISPLAY,
+    )
+    dead_fraction: float = Field(
+        title="Dead fraction",
+        description="Fraction of latents never active (z != 0) on the held-out tokens",
+        json_schema_extra=DEFAULT_DISPLAY,
+    )
     frac_alive: float = Field(title="Alive fraction", description="1 - dead_fraction")
-    freq_over_1_percent: float = Field(title="Dense >1%", description="Fraction of latents active on more than 1% of tokens")
-    freq_over_10_percent: float = Field(title="Dense >10%", description="Fraction of latents active on more than 10% of tokens")
+    freq_over_1_percent: float = Field(
+        title="Dense >1%", description="Fraction of latents active on more than 1% of tokens"
+    )
+    freq_over_10_percent: float = Field(
+        title="Dense >10%", description="Fraction of latents active on more than 10% of tokens"
+    )
 
 
 @dataclass
 class NormalisedReconstructionMetrics(BaseMetrics):
-    nmse: float = Field(title="nMSE", description="sum ||x - x_hat||^2 / sum ||x||^2 on raw activations", json_schema_extra=DEFAULT_DISPLAY)
-    fvu: float = Field(title="FVU", description="sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (fraction of variance unexplained)",
-                       json_schema_extra=DEFAULT_DISPLAY)
-    loss_recovered: float = Field(title="Loss recovered", description="(CE_zero - CE_sae) / (CE_zero - CE_clean)", json_schema_extra=DEFAULT_DISPLAY)
+    nmse: float = Field(
+        title="nMSE",
+        description="sum ||x - x_hat||^2 / sum ||x||^2 on raw activations",
+        json_schema_extra=DEFAULT_DISPLAY,
+    )
+    fvu: float = Field(
+        title="FVU",
+        description="sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (fraction of variance unexplained)",
+        json_schema_extra=DEFAULT_DISPLAY,
+    )
+    loss_recovered: float = Field(
+        title="Loss recovered",
+        description="(CE_zero - CE_sae) / (CE_zero - CE_clean)",
+        json_schema_extra=DEFAULT_DISPLAY,
+    )
 
 
 @dataclass
@@ -51,27 +80,47 @@ class BootstrapIntervals(BaseMetrics):
     nmse_high: float = Field(title="nMSE high", description="97.5th percentile of nMSE over resampled row blocks")
     fvu_low: float = Field(title="FVU low", description="2.5th percentile of FVU over resampled row blocks")
     fvu_high: float = Field(title="FVU high", description="97.5th percentile of FVU over resampled row blocks")
-    loss_recovered_low: float = Field(title="Loss recovered low", description="2.5th percentile over resampled sequences")
-    loss_recovered_high: float = Field(title="Loss recovered high", description="97.5th percentile over resampled sequences")
-    ce_loss_with_sae_low: float = Field(title="CE with SAE low", description="2.5th percentile over resampled sequences")
-    ce_loss_with_sae_high: float = Field(title="CE with SAE high", description="97.5th percentile over resampled sequences")
+    loss_recovered_low: float = Field(
+        title="Loss recovered low", description="2.5th percentile over resampled sequences"
+    )
+    loss_recovered_high: float = Field(
+        title="Loss recovered high", description="97.5th percentile over resampled sequences"
+    )
+    ce_loss_with_sae_low: float = Field(
+        title="CE with SAE low", description="2.5th percentile over resampled sequences"
+    )
+    ce_loss_with_sae_high: float = Field(
+        title="CE with SAE high", description="97.5th percentile over resampled sequences"
+    )
     kl_div_with_sae_low: float = Field(title="KL low", description="2.5th percentile over resampled sequences")
     kl_div_with_sae_high: float = Field(title="KL high", description="97.5th percentile over resampled sequences")
     n_resamples: int = Field(title="Resamples", description="Bootstrap resamples")
     n_sequences: int = Field(title="Sequences", description="Held-out sequences resampled for CE / KL")
-    n_row_blocks: int = Field(title="Row blocks", description="Blocks of contiguous activation rows resampled for nMSE / FVU")
+    n_row_blocks: int = Field(
+        title="Row blocks", description="Blocks of contiguous activation rows resampled for nMSE / FVU"
+    )
 
 
 @dataclass
 class CoreMetricCategories(BaseMetricCategories):
-    model_behavior_preservation: ModelBehaviorPreservationMetrics = Field(title="Model Behavior Preservation", description="KL to the clean model")
-    model_performance_preservation: ModelPerformancePreservationMetrics = Field(title="Model Performance Preservation", description="Cross-entropy")
-    reconstruction_quality: ReconstructionQualityMetrics = Field(title="Reconstruction Quality", description="sae_bench reconstruction metrics")
-    normalised_reconstruction: NormalisedReconstructionMetrics = Field(title="Normalised reconstruction", description="nMSE, FVU, loss recovered")
+    model_behavior_preservation: ModelBehaviorPreservationMetrics = Field(
+        title="Model Behavior Preservation", description="KL to the clean model"
+    )
+    model_performance_preservation: ModelPerformancePreservationMetrics = Field(
+        title="Model Performance Preservation", description="Cross-entropy"
+    )
+    reconstruction_quality: ReconstructionQualityMetrics = Field(
+        title="Reconstruction Quality", description="sae_bench reconstruction metrics"
+    )
+    normalised_reconstruction: NormalisedReconstructionMetrics = Field(
+        title="Normalised reconstruction", description="nMSE, FVU, loss recovered"
+    )
     shrinkage: ShrinkageMetrics = Field(title="Shrinkage", description="Norm of reconstructions vs inputs")
     sparsity: SignedSparsityMetrics = Field(title="Sparsity", description="Sign-correct sparsity and liveness")
     token_stats: TokenStatsMetrics = Field(title="Token Statistics", description="Tokens used")
-    bootstrap_ci95: BootstrapIntervals = Field(title="Bootstrap 95% intervals", description="Sampling noise of the held-out data")
+    bootstrap_ci95: BootstrapIntervals = Field(
+        title="Bootstrap 95% intervals", description="Sampling noise of the held-out data"
+    )
 
 
 @dataclass
@@ -89,5 +138,8 @@ class CoreEvalOutput(BaseEvalOutput[CoreEvalConfig, CoreMetricCategories, CoreRe
     eval_result_metrics: CoreMetricCategories
     eval_result_details: list[CoreResultDetail] = Field(default_factory=list, title="Details", description="unused")
     eval_type_id: str = Field(default=EVAL_TYPE_ID_CORE, title="Eval Type ID", description="The type of the evaluation")
-    provenance: dict[str, Any] = Field(default_factory=dict, title="Provenance",
-                                       description="model, layer, variant, k, seed, corpus, token counts, package versions")
+    provenance: dict[str, Any] = Field(
+        default_factory=dict,
+        title="Provenance",
+        description="model, layer, variant, k, seed, corpus, token counts, package versions",
+    )

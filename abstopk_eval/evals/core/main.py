@@ -34,6 +34,7 @@ from abstopk_eval.evals.core.eval_output import (
     SignedSparsityMetrics,
 )
 
+
 @dataclass
 class _LossTotals:
     ce: float = 0.0
@@ -88,7 +89,7 @@ def reconstruction_stats(sae: SAE, activations: torch.Tensor, batch_size: int = 
     tot = _ReconTotals(d_sae=sae.cfg.d_sae, block=block)
     batch_size = max(block, batch_size // block * block)  # batches hold whole blocks
     for start in range(0, activations.shape[0], batch_size):
-        x = activations[start:start + batch_size].to(sae.W_enc.device, torch.float32)
+        x = activations[start : start + batch_size].to(sae.W_enc.device, torch.float32)
         z = sae.encode(x)
         x_hat = sae.decode(z)
         active = z != 0
@@ -126,8 +127,9 @@ def _splice_fn(sae: SAE | None, keep: torch.Tensor):
     return fn
 
 
-def _ce_and_kl(logits: torch.Tensor, tokens: torch.Tensor, clean_p: torch.Tensor,
-               clean_neg_entropy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _ce_and_kl(
+    logits: torch.Tensor, tokens: torch.Tensor, clean_p: torch.Tensor, clean_neg_entropy: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Next-token CE and KL(clean || this) per position, sharing one logsumexp over the vocabulary.
 
     KL = sum_v p_clean (log p_clean - logits + lse) = -H(p_clean) - <p_clean, logits> + lse, which avoids
@@ -148,7 +150,7 @@ def loss_stats(ctx: EvalContext, saes: dict[str, SAE]) -> tuple[_LossTotals, _Lo
     spliced = {name: _LossTotals() for name in saes}
     bos = adapter.bos_token_id
     for start in tqdm(range(0, tokens.shape[0], ctx.batch_size), desc="core: CE/KL passes", unit="batch"):
-        batch = tokens[start:start + ctx.batch_size].to(ctx.device)
+        batch = tokens[start : start + ctx.batch_size].to(ctx.device)
         keep = batch == bos
         logits = adapter.logits(batch)
         clean_logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
@@ -165,8 +167,9 @@ def loss_stats(ctx: EvalContext, saes: dict[str, SAE]) -> tuple[_LossTotals, _Lo
     return clean, zero, spliced
 
 
-def bootstrap_intervals(recon: _ReconTotals, clean: _LossTotals, zero: _LossTotals, spl: _LossTotals,
-                        n_resamples: int, seed: int) -> BootstrapIntervals:
+def bootstrap_intervals(
+    recon: _ReconTotals, clean: _LossTotals, zero: _LossTotals, spl: _LossTotals, n_resamples: int, seed: int
+) -> BootstrapIntervals:
     """Percentile intervals of nMSE / FVU (resampling row blocks) and CE / KL / loss recovered (resampling
     sequences); the counts depend only on the seed and the data size, so every SAE sees the same resamples."""
     err = block_sums(torch.cat(recon.err_rows), recon.block)
@@ -178,13 +181,20 @@ def bootstrap_intervals(recon: _ReconTotals, clean: _LossTotals, zero: _LossTota
     nmse = tot_err / tot_norm
     fvu = tot_err / (tot_norm - tot_x.pow(2).sum(-1) / tot_rows)
 
-    ce_clean, ce_zero, ce_sae, kl_sae = (torch.cat(v) for v in (clean.ce_per_seq, zero.ce_per_seq, spl.ce_per_seq, spl.kl_per_seq))
+    ce_clean, ce_zero, ce_sae, kl_sae = (
+        torch.cat(v) for v in (clean.ce_per_seq, zero.ce_per_seq, spl.ce_per_seq, spl.kl_per_seq)
+    )
     seq_counts = resample_counts(len(ce_sae), n_resamples, seed + 1)
     tokens_per_seq = torch.full((len(ce_sae),), spl.n / len(ce_sae), dtype=torch.float64)
-    t_clean, t_zero, t_sae, t_kl, t_tokens = (weighted_sums(seq_counts, v) for v in (ce_clean, ce_zero, ce_sae, kl_sae, tokens_per_seq))
+    t_clean, t_zero, t_sae, t_kl, t_tokens = (
+        weighted_sums(seq_counts, v) for v in (ce_clean, ce_zero, ce_sae, kl_sae, tokens_per_seq)
+    )
     intervals = {
-        "nmse": nmse, "fvu": fvu, "loss_recovered": (t_zero - t_sae) / (t_zero - t_clean),
-        "ce_loss_with_sae": t_sae / t_tokens, "kl_div_with_sae": t_kl / t_tokens,
+        "nmse": nmse,
+        "fvu": fvu,
+        "loss_recovered": (t_zero - t_sae) / (t_zero - t_clean),
+        "ce_loss_with_sae": t_sae / t_tokens,
+        "kl_div_with_sae": t_kl / t_tokens,
     }
     fields: dict[str, float] = {}
     for name, samples in intervals.items():
@@ -192,8 +202,16 @@ def bootstrap_intervals(recon: _ReconTotals, clean: _LossTotals, zero: _LossTota
     return BootstrapIntervals(**fields, n_resamples=n_resamples, n_sequences=len(ce_sae), n_row_blocks=len(err))
 
 
-def _output(ctx: EvalContext, sae_id: str, sae: SAE, recon: _ReconTotals, clean: _LossTotals, zero: _LossTotals,
-            spl: _LossTotals, config: CoreEvalConfig) -> CoreEvalOutput:
+def _output(
+    ctx: EvalContext,
+    sae_id: str,
+    sae: SAE,
+    recon: _ReconTotals,
+    clean: _LossTotals,
+    zero: _LossTotals,
+    spl: _LossTotals,
+    config: CoreEvalConfig,
+) -> CoreEvalOutput:
     n = max(recon.n, 1)
     mean = recon.sum_x / n
     total_var = recon.sq_norm - n * float(mean.pow(2).sum())
@@ -205,29 +223,49 @@ def _output(ctx: EvalContext, sae_id: str, sae: SAE, recon: _ReconTotals, clean:
     info = ctx.training_info.get(sae_id, {})
     metrics = CoreMetricCategories(
         model_behavior_preservation=ModelBehaviorPreservationMetrics(
-            kl_div_score=(kl_zero - kl_sae) / kl_zero, kl_div_with_ablation=kl_zero, kl_div_with_sae=kl_sae),
+            kl_div_score=(kl_zero - kl_sae) / kl_zero, kl_div_with_ablation=kl_zero, kl_div_with_sae=kl_sae
+        ),
         model_performance_preservation=ModelPerformancePreservationMetrics(
-            ce_loss_score=(ce_zero - ce_sae) / (ce_zero - ce_clean), ce_loss_with_ablation=ce_zero,
-            ce_loss_with_sae=ce_sae, ce_loss_without_sae=ce_clean),
+            ce_loss_score=(ce_zero - ce_sae) / (ce_zero - ce_clean),
+            ce_loss_with_ablation=ce_zero,
+            ce_loss_with_sae=ce_sae,
+            ce_loss_without_sae=ce_clean,
+        ),
         reconstruction_quality=ReconstructionQualityMetrics(
-            explained_variance=1 - fvu, explained_variance_legacy=1 - recon.sq_err / recon.sq_norm,
-            mse=recon.sq_err / (n * sae.cfg.d_in), cossim=recon.cos / n),
+            explained_variance=1 - fvu,
+            explained_variance_legacy=1 - recon.sq_err / recon.sq_norm,
+            mse=recon.sq_err / (n * sae.cfg.d_in),
+            cossim=recon.cos / n,
+        ),
         normalised_reconstruction=NormalisedReconstructionMetrics(
-            nmse=recon.sq_err / recon.sq_norm, fvu=fvu, loss_recovered=(ce_zero - ce_sae) / (ce_zero - ce_clean)),
+            nmse=recon.sq_err / recon.sq_norm, fvu=fvu, loss_recovered=(ce_zero - ce_sae) / (ce_zero - ce_clean)
+        ),
         shrinkage=ShrinkageMetrics(
-            l2_norm_in=recon.norm_in / n, l2_norm_out=recon.norm_out / n, l2_ratio=recon.norm_out / recon.norm_in,
-            relative_reconstruction_bias=recon.sq_xhat / recon.dot_xhat_x),
+            l2_norm_in=recon.norm_in / n,
+            l2_norm_out=recon.norm_out / n,
+            l2_ratio=recon.norm_out / recon.norm_in,
+            relative_reconstruction_bias=recon.sq_xhat / recon.dot_xhat_x,
+        ),
         sparsity=SignedSparsityMetrics(
-            l0=recon.l0 / n, l1=recon.l1 / n, frac_negative=recon.n_negative / max(recon.l0, 1.0),
-            dead_fraction=dead, frac_alive=1 - dead, freq_over_1_percent=float((density > 0.01).float().mean()),
-            freq_over_10_percent=float((density > 0.10).float().mean())),
-        token_stats=TokenStatsMetrics(total_tokens_eval_reconstruction=clean.n, total_tokens_eval_sparsity_variance=recon.n),
+            l0=recon.l0 / n,
+            l1=recon.l1 / n,
+            frac_negative=recon.n_negative / max(recon.l0, 1.0),
+            dead_fraction=dead,
+            frac_alive=1 - dead,
+            freq_over_1_percent=float((density > 0.01).float().mean()),
+            freq_over_10_percent=float((density > 0.10).float().mean()),
+        ),
+        token_stats=TokenStatsMetrics(
+            total_tokens_eval_reconstruction=clean.n, total_tokens_eval_sparsity_variance=recon.n
+        ),
         bootstrap_ci95=bootstrap_intervals(recon, clean, zero, spl, config.n_bootstrap, config.bootstrap_seed),
     )
     return CoreEvalOutput(
-        eval_config=config, eval_result_metrics=metrics,
+        eval_config=config,
+        eval_result_metrics=metrics,
         eval_result_unstructured={
-            "training_curve": info.get("curve", []), "train_seconds": info.get("train_seconds"),
+            "training_curve": info.get("curve", []),
+            "train_seconds": info.get("train_seconds"),
             "train_tokens": info.get("tokens"),
             "latent_density_quantiles": {q: float(density.quantile(q)) for q in (0.1, 0.5, 0.9, 0.99)},
         },
@@ -238,15 +276,31 @@ def _output(ctx: EvalContext, sae_id: str, sae: SAE, recon: _ReconTotals, clean:
 def run_core(ctx: EvalContext, saes: dict[str, SAE]) -> dict[str, CoreEvalOutput]:
     acts = ctx.heldout_activations()
     block = int(ctx.eval_tokens.shape[1]) - 1  # activation rows per held-out sequence (BOS excluded)
-    recon = {name: reconstruction_stats(sae, acts, block=block) for name, sae in tqdm(saes.items(), desc="core: reconstruction", unit="sae")}
+    recon = {
+        name: reconstruction_stats(sae, acts, block=block)
+        for name, sae in tqdm(saes.items(), desc="core: reconstruction", unit="sae")
+    }
     clean, zero, spliced = loss_stats(ctx, saes)
-    config = resolve_config(CoreEvalConfig, ctx, "core", None, dataset=ctx.dataset, context_size=int(ctx.eval_tokens.shape[1]),
-                            n_ce_tokens=clean.n, n_sparsity_tokens=int(acts.shape[0]))
-    return {name: _output(ctx, name, sae, recon[name], clean, zero, spliced[name], config) for name, sae in saes.items()}
+    config = resolve_config(
+        CoreEvalConfig,
+        ctx,
+        "core",
+        None,
+        dataset=ctx.dataset,
+        context_size=int(ctx.eval_tokens.shape[1]),
+        n_ce_tokens=clean.n,
+        n_sparsity_tokens=int(acts.shape[0]),
+    )
+    return {
+        name: _output(ctx, name, sae, recon[name], clean, zero, spliced[name], config) for name, sae in saes.items()
+    }
 
 
-CORE = register_eval(EvalSpec(
-    name="core",
-    description="nMSE, FVU, L0 (!= 0), dead and negative fractions, CE / loss recovered / KL with the SAE spliced in",
-    run=run_core,
-))
+CORE = register_eval(
+    EvalSpec(
+        name="core",
+        description="nMSE, FVU, L0 (!= 0), dead and negative fractions, CE / loss recovered / KL with the SAE "
+        "spliced in",
+        run=run_core,
+    )
+)

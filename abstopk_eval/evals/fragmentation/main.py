@@ -15,6 +15,7 @@ import torch
 from sae_lens import SAE
 from tqdm.auto import tqdm
 
+from abstopk_eval.evals.common import output_common, resolve_config
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.fragmentation.eval_config import FragmentationEvalConfig
 from abstopk_eval.evals.fragmentation.eval_output import (
@@ -23,7 +24,6 @@ from abstopk_eval.evals.fragmentation.eval_output import (
     FragmentationMetricCategories,
     FragmentationResultDetail,
 )
-from abstopk_eval.evals.common import output_common, resolve_config
 from abstopk_eval.saes.signs import has_signed_latents
 
 
@@ -32,13 +32,15 @@ def alive_latents(sae: SAE, activations: torch.Tensor, max_rows: int = 16384, ba
     """Boolean [d_sae]: the latent is nonzero on at least one of the first `max_rows` activations."""
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     for start in range(0, min(max_rows, activations.shape[0]), batch_size):
-        x = activations[start:start + batch_size].to(sae.W_enc.device, torch.float32)
+        x = activations[start : start + batch_size].to(sae.W_enc.device, torch.float32)
         fired |= (sae.encode(x) != 0).any(0).cpu()
     return fired
 
 
 @torch.no_grad()
-def effective_cosines(W_dec: torch.Tensor, signed: bool, thresholds: list[float], chunk: int = 2048) -> dict[str, np.ndarray | dict]:
+def effective_cosines(
+    W_dec: torch.Tensor, signed: bool, thresholds: list[float], chunk: int = 2048
+) -> dict[str, np.ndarray | dict]:
     """Per atom: most negative effective cosine to another atom; per threshold: pair counts and partner flags.
 
     Cosines are computed in row chunks (never the full [n, n] matrix).
@@ -47,54 +49,75 @@ def effective_cosines(W_dec: torch.Tensor, signed: bool, thresholds: list[float]
     n = W.shape[0]
     most_negative = torch.empty(n)
     partner = {t: torch.zeros(n, dtype=torch.bool) for t in thresholds}
-    ordered_pairs = {t: 0 for t in thresholds}
-    parallel = {t: 0 for t in thresholds}
+    ordered_pairs = dict.fromkeys(thresholds, 0)
+    parallel = dict.fromkeys(thresholds, 0)
     for start in range(0, n, chunk):
-        cos = W[start:start + chunk] @ W.T
+        cos = W[start : start + chunk] @ W.T
         rows = torch.arange(cos.shape[0])
         cos[rows, rows + start] = 0.0  # an atom is not its own partner
         eff = -cos.abs() if signed else cos
-        most_negative[start:start + chunk] = eff.min(dim=1).values
+        most_negative[start : start + chunk] = eff.min(dim=1).values
         for t in thresholds:
             hit = eff < -t
-            partner[t][start:start + chunk] = hit.any(dim=1)
+            partner[t][start : start + chunk] = hit.any(dim=1)
             ordered_pairs[t] += int(hit.sum())
             if not signed:
                 parallel[t] += int((cos > t).sum())
-    return {"most_negative": most_negative.numpy(), "partner": {t: p.numpy() for t, p in partner.items()},
-            "pairs": {t: c // 2 for t, c in ordered_pairs.items()}, "parallel": {t: c // 2 for t, c in parallel.items()}}
+    return {
+        "most_negative": most_negative.numpy(),
+        "partner": {t: p.numpy() for t, p in partner.items()},
+        "pairs": {t: c // 2 for t, c in ordered_pairs.items()},
+        "parallel": {t: c // 2 for t, c in parallel.items()},
+    }
 
 
-def score_sae(sae: SAE, alive: torch.Tensor | None, cfg: FragmentationEvalConfig) -> tuple[AntiparallelMetrics, list[FragmentationResultDetail], dict]:
+def score_sae(
+    sae: SAE, alive: torch.Tensor | None, cfg: FragmentationEvalConfig
+) -> tuple[AntiparallelMetrics, list[FragmentationResultDetail], dict]:
     thresholds = sorted({cfg.threshold, *cfg.extra_thresholds})
     signed = has_signed_latents(sae)
     W = sae.W_dec.detach().cpu()
     if alive is not None:
         W = W[alive]
     if W.shape[0] < 2:
-        stats = {"most_negative": np.zeros(0), "partner": {t: np.zeros(0, bool) for t in thresholds},
-                 "pairs": dict.fromkeys(thresholds, 0), "parallel": dict.fromkeys(thresholds, 0)}
+        stats = {
+            "most_negative": np.zeros(0),
+            "partner": {t: np.zeros(0, bool) for t in thresholds},
+            "pairs": dict.fromkeys(thresholds, 0),
+            "parallel": dict.fromkeys(thresholds, 0),
+        }
     else:
         stats = effective_cosines(W, signed, thresholds)
     n = W.shape[0]
     frac = {t: float(stats["partner"][t].mean()) if n else 0.0 for t in thresholds}
     metrics = AntiparallelMetrics(
-        n_antiparallel_pairs=int(stats["pairs"][cfg.threshold]), frac_atoms_in_antiparallel_pair=frac[cfg.threshold],
+        n_antiparallel_pairs=int(stats["pairs"][cfg.threshold]),
+        frac_atoms_in_antiparallel_pair=frac[cfg.threshold],
         mean_most_negative_cos=float(stats["most_negative"].mean()) if n else 0.0,
         n_parallel_pairs=int(stats["parallel"][cfg.threshold]),
         n_axis_duplicate_pairs=int(stats["pairs"][cfg.threshold] + stats["parallel"][cfg.threshold]),
-        n_atoms_scored=n, signed_latents=signed)
-    details = [FragmentationResultDetail(threshold=t, n_antiparallel_pairs=int(stats["pairs"][t]),
-                                         frac_atoms_in_antiparallel_pair=frac[t]) for t in thresholds]
+        n_atoms_scored=n,
+        signed_latents=signed,
+    )
+    details = [
+        FragmentationResultDetail(
+            threshold=t, n_antiparallel_pairs=int(stats["pairs"][t]), frac_atoms_in_antiparallel_pair=frac[t]
+        )
+        for t in thresholds
+    ]
     # clipped: float rounding puts exact opposites at -1 - 1e-7, and the last bin takes everything above 0.2
     counts, edges = np.histogram(np.clip(stats["most_negative"], -1.0, 0.2), bins=cfg.histogram_bins, range=(-1.0, 0.2))
-    histogram = {"bin_edges": edges.round(4).tolist(), "counts": counts.tolist(),
-                 "quantity": "most negative effective cosine per scored atom"}
+    histogram = {
+        "bin_edges": edges.round(4).tolist(),
+        "counts": counts.tolist(),
+        "quantity": "most negative effective cosine per scored atom",
+    }
     return metrics, details, histogram
 
 
-def run_fragmentation(ctx: EvalContext, saes: dict[str, SAE], config: FragmentationEvalConfig | None = None
-                      ) -> dict[str, FragmentationEvalOutput]:
+def run_fragmentation(
+    ctx: EvalContext, saes: dict[str, SAE], config: FragmentationEvalConfig | None = None
+) -> dict[str, FragmentationEvalOutput]:
     cfg = resolve_config(FragmentationEvalConfig, ctx, "fragmentation", config)
     acts = ctx.heldout_activations() if cfg.alive_only else None
     outputs = {}
@@ -102,14 +125,20 @@ def run_fragmentation(ctx: EvalContext, saes: dict[str, SAE], config: Fragmentat
         alive = alive_latents(sae, acts) if acts is not None else None
         metrics, details, histogram = score_sae(sae, alive, cfg)
         outputs[sae_id] = FragmentationEvalOutput(
-            eval_config=cfg, eval_result_metrics=FragmentationMetricCategories(antiparallel=metrics),
-            eval_result_details=details, eval_result_unstructured={"histogram": histogram},
-            **output_common(ctx, sae_id, sae))
+            eval_config=cfg,
+            eval_result_metrics=FragmentationMetricCategories(antiparallel=metrics),
+            eval_result_details=details,
+            eval_result_unstructured={"histogram": histogram},
+            **output_common(ctx, sae_id, sae),
+        )
     return outputs
 
 
-FRAGMENTATION = register_eval(EvalSpec(
-    name="fragmentation",
-    description="decoder atoms in nearly antiparallel pairs (a bipolar axis split in two), sign-invariant for signed SAEs",
-    run=run_fragmentation,
-))
+FRAGMENTATION = register_eval(
+    EvalSpec(
+        name="fragmentation",
+        description="decoder atoms in nearly antiparallel pairs (a bipolar axis split in two), sign-invariant for "
+        "signed SAEs",
+        run=run_fragmentation,
+    )
+)

@@ -11,50 +11,82 @@ from abstopk_eval.evals.common import ModelEvalConfig
 @dataclass
 class RavelConfig(ModelEvalConfig):
     entity_attribute_selection: dict[str, list[str]] = Field(
-        default_factory=lambda: {"city": ["Country", "Continent", "Language"],
-                                 "nobel_prize_winner": ["Field", "Country of Birth"]},
+        default_factory=lambda: {
+            "city": ["Country", "Continent", "Language"],
+            "nobel_prize_winner": ["Field", "Country of Birth"],
+        },
         title="Entity types and attributes",
-        description="Entity type (abstopk_eval.data.facts) -> its attributes to disentangle (at least two)")
+        description="Entity type (abstopk_eval.data.facts) -> its attributes to disentangle (at least two)",
+    )
     max_candidate_entities: int = Field(
-        default=60, title="Candidate entities",
-        description="Most prominent entities per type whose prompts are tested for the model's knowledge")
+        default=60,
+        title="Candidate entities",
+        description="Most prominent entities per type whose prompts are tested for the model's knowledge",
+    )
     top_n_entities: int = Field(
-        default=60, title="Kept entities",
-        description="Entities kept per type: the most correctly answered (sae_bench's top_n_entities filter)")
+        default=60,
+        title="Kept entities",
+        description="Entities kept per type: the most correctly answered (sae_bench's top_n_entities filter)",
+    )
     num_train_pairs_per_attribute: int = Field(
-        default=12, title="Train pairs", description="Cause pairs (and as many isolation pairs) per attribute used to select latents")
+        default=12,
+        title="Train pairs",
+        description="Cause pairs (and as many isolation pairs) per attribute used to select latents",
+    )
     num_pairs_per_attribute: int = Field(
-        default=32, title="Evaluation pairs",
-        description="Cause pairs (and as many isolation pairs) per attribute that are scored (sae_bench's validation pairs)")
+        default=32,
+        title="Evaluation pairs",
+        description="Cause pairs (and as many isolation pairs) per attribute that are scored (sae_bench's validation "
+        "pairs)",
+    )
     min_pairs_per_attribute: int = Field(
-        default=8, title="Minimum pairs", description="An attribute with fewer evaluation cause pairs is left out (and reported)")
+        default=8,
+        title="Minimum pairs",
+        description="An attribute with fewer evaluation cause pairs is left out (and reported)",
+    )
     latent_selection: str = Field(
-        default="attribution", title="Latent selection",
+        default="attribution",
+        title="Latent selection",
         description="'attribution': rank latents by the first-order decrease of the cause/isolation loss when a latent "
-                    "is interchanged (the gradient of sae_bench's MDBM objective at mask 0, on the training pairs), "
-                    "then choose how many to interchange on the training pairs. sae_bench trains the binary mask (MDBM) "
-                    "for 2 epochs instead, which needs a backward pass per pair, SAE and epoch: too slow on a CPU")
+        "is interchanged (the gradient of sae_bench's MDBM objective at mask 0, on the training pairs), "
+        "then choose how many to interchange on the training pairs. sae_bench trains the binary mask (MDBM) "
+        "for 2 epochs instead, which needs a backward pass per pair, SAE and epoch: too slow on a CPU",
+    )
     n_latents_grid: list[int] = Field(
-        default_factory=lambda: [4, 16, 64], title="Latent counts",
-        description="Numbers of top-ranked latents tried; the best on the training pairs (disentanglement) is evaluated")
+        default_factory=lambda: [4, 16, 64],
+        title="Latent counts",
+        description="Numbers of top-ranked latents tried; the best on the training pairs (disentanglement) is "
+        "evaluated",
+    )
     add_error: bool = Field(
-        default=False, title="Keep SAE error (headline)",
-        description="False (sae_bench's MDBM default): the entity position becomes decode(z'), the SAE error is dropped; "
-                    "True: r + decode(z') - decode(z), the error term is kept")
+        default=False,
+        title="Keep SAE error (headline)",
+        description="False (sae_bench's MDBM default): the entity position becomes decode(z'), the SAE error is "
+        "dropped; "
+        "True: r + decode(z') - decode(z), the error term is kept",
+    )
     report_other_error_mode: bool = Field(
-        default=True, title="Score the other error mode",
+        default=True,
+        title="Score the other error mode",
         description="Also score the evaluation pairs with the other add_error setting (same latents), reported as "
-                    "ravel_other_error_mode")
+        "ravel_other_error_mode",
+    )
     intervention_position: str = Field(
-        default="final_entity_token", title="Intervention position",
-        description="Residual position edited: the entity's last token in base and source prompts (as sae_bench)")
+        default="final_entity_token",
+        title="Intervention position",
+        description="Residual position edited: the entity's last token in base and source prompts (as sae_bench)",
+    )
     answer_criterion: str = Field(
-        default="first_token", title="Answer criterion",
+        default="first_token",
+        title="Answer criterion",
         description="A prediction is the greedy next token; it names a value when it is the value's first token "
-                    "(given, lower or capitalised case), as sae_bench's MDBM scores use")
+        "(given, lower or capitalised case), as sae_bench's MDBM scores use",
+    )
     chance_margin: float = Field(
-        default=0.10, title="Chance margin",
+        default=0.10,
+        title="Chance margin",
         description="Scores count as meaningful when the model's accuracy on the candidate prompts exceeds the "
-                    "majority-value baseline by this much")
+        "majority-value baseline by this much",
+    )
     llm_batch_size: int = Field(default=64, title="LLM batch size", description="Prompts per forward pass")
     random_seed: int = Field(default=42, title="Random seed", description="Entity split and pair sampling")

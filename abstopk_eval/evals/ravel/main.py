@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from abstopk_eval.data.facts import EntityData, load_entities
 from abstopk_eval.errors import UserError
+from abstopk_eval.evals.common import output_common, resolve_config
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.knowledge import (
     PromptRunner,
@@ -59,9 +60,13 @@ from abstopk_eval.evals.knowledge import (
     pad_left,
     value_token_ids,
 )
-from abstopk_eval.evals.common import output_common, resolve_config
 from abstopk_eval.evals.ravel.eval_config import RavelConfig
-from abstopk_eval.evals.ravel.eval_output import RavelKnowledgeMetrics, RavelMetricCategories, RavelOutput, RavelResultDetail
+from abstopk_eval.evals.ravel.eval_output import (
+    RavelKnowledgeMetrics,
+    RavelMetricCategories,
+    RavelOutput,
+    RavelResultDetail,
+)
 
 log = logging.getLogger("abstopk_eval")
 EVAL_NAME = "ravel"
@@ -123,14 +128,16 @@ def _build_prompts(data: EntityData, tokenizer: Any, bos: int | None) -> list[Pr
 
 def _answer_all(runner: PromptRunner, prompts: list[Prompt], pad: int, batch_size: int) -> None:
     """Greedy next token of every prompt; keeps the layer-L residual of the correct ones."""
-    for batch in tqdm(length_batches([len(p.ids) for p in prompts], batch_size), desc="ravel: model knowledge", unit="batch"):
+    for batch in tqdm(
+        length_batches([len(p.ids) for p in prompts], batch_size), desc="ravel: model knowledge", unit="batch"
+    ):
         ids, mask = pad_left([prompts[i].ids for i in batch], pad)
         logits, resid = runner.logits_and_residual(ids, mask)
         for row, i in enumerate(batch):
             p = prompts[i]
             p.correct = int(logits[row].argmax()) in p.targets
             if p.correct:
-                p.resid = resid[row, ids.shape[1] - len(p.ids):].clone()
+                p.resid = resid[row, ids.shape[1] - len(p.ids) :].clone()
 
 
 def _chance(prompts: list[Prompt]) -> float:
@@ -145,8 +152,15 @@ def _keep_top_entities(prompts: list[Prompt], top_n: int) -> set[str]:
     return {e for e, _ in sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n]}
 
 
-def _sample_pairs(bases: list[Prompt], sources: list[Prompt], n: int, kind: str, tokenizer: Any,
-                  templates: dict[tuple[str, str], Any], rng: random.Random) -> list[Pair]:
+def _sample_pairs(
+    bases: list[Prompt],
+    sources: list[Prompt],
+    n: int,
+    kind: str,
+    tokenizer: Any,
+    templates: dict[tuple[str, str], Any],
+    rng: random.Random,
+) -> list[Pair]:
     """Up to n pairs (distinct base prompts) whose source value starts with another token than the base's."""
     pairs = []
     for base in rng.sample(bases, len(bases)):
@@ -166,8 +180,15 @@ def _sample_pairs(bases: list[Prompt], sources: list[Prompt], n: int, kind: str,
     return pairs
 
 
-def _pairs_for(attribute: str, pool: list[Prompt], attributes: list[str], n: int, tokenizer: Any,
-               templates: dict[tuple[str, str], Any], rng: random.Random) -> list[Pair]:
+def _pairs_for(
+    attribute: str,
+    pool: list[Prompt],
+    attributes: list[str],
+    n: int,
+    tokenizer: Any,
+    templates: dict[tuple[str, str], Any],
+    rng: random.Random,
+) -> list[Pair]:
     """n cause pairs for `attribute` and as many isolation pairs drawn from the other attributes."""
     by_attr = defaultdict(list)
     for p in pool:
@@ -176,7 +197,9 @@ def _pairs_for(attribute: str, pool: list[Prompt], attributes: list[str], n: int
     iso: list[Pair] = []
     for other in attributes:
         if other != attribute:
-            iso.extend(_sample_pairs(by_attr[other], by_attr[other], len(cause), "isolation", tokenizer, templates, rng))
+            iso.extend(
+                _sample_pairs(by_attr[other], by_attr[other], len(cause), "isolation", tokenizer, templates, rng)
+            )
     rng.shuffle(iso)
     return cause + iso[: len(cause)]
 
@@ -187,7 +210,7 @@ def _pairs_for(attribute: str, pool: list[Prompt], attributes: list[str], n: int
 def _padded_resid(pairs: list[Pair], width: int, d_model: int) -> Tensor:
     out = torch.zeros(len(pairs), width, d_model)
     for row, pair in enumerate(pairs):
-        out[row, width - len(pair.base.ids):] = pair.base.resid
+        out[row, width - len(pair.base.ids) :] = pair.base.resid
     return out
 
 
@@ -204,8 +227,12 @@ def _target_loss(logits: Tensor, targets: list[frozenset[int]]) -> Tensor:
 def _training_gradients(runner: PromptRunner, pairs: list[Pair], pad: int, batch_size: int, d_model: int) -> Tensor:
     """dL/dr at each pair's base entity position (L = -log P(target)), clean model."""
     grads = torch.zeros(len(pairs), d_model)
-    for batch in tqdm(length_batches([len(p.base.ids) for p in pairs], batch_size), desc="ravel: attribution gradients",
-                      unit="batch", leave=False):
+    for batch in tqdm(
+        length_batches([len(p.base.ids) for p in pairs], batch_size),
+        desc="ravel: attribution gradients",
+        unit="batch",
+        leave=False,
+    ):
         chunk = [pairs[i] for i in batch]
         ids, mask = pad_left([p.base.ids for p in chunk], pad)
         resid = _padded_resid(chunk, ids.shape[1], d_model).requires_grad_(True)
@@ -226,8 +253,18 @@ def _vectors(pairs: list[Pair], which: str) -> Tensor:
 
 
 @torch.no_grad()
-def _intervened_hits(runner: PromptRunner, sae: SAE, pairs: list[Pair], z_base: Tensor, z_src: Tensor,
-                     latents: Tensor, pad: int, batch_size: int, d_model: int, add_error: bool) -> list[bool]:
+def _intervened_hits(
+    runner: PromptRunner,
+    sae: SAE,
+    pairs: list[Pair],
+    z_base: Tensor,
+    z_src: Tensor,
+    latents: Tensor,
+    pad: int,
+    batch_size: int,
+    d_model: int,
+    add_error: bool,
+) -> list[bool]:
     """For each pair: does the greedy next token after the interchange name the pair's target?"""
     hits = [False] * len(pairs)
     dev, dtype = sae.W_dec.device, sae.W_dec.dtype
@@ -293,19 +330,35 @@ def _prepare(ctx: EvalContext, cfg: RavelConfig, runner: PromptRunner) -> tuple[
         train_pool = [p for p in kept if p.entity in half]
         test_pool = [p for p in kept if p.entity not in half]
         summary[entity_type] = {
-            "candidate_entities": len(data.values), "candidate_prompts": len(prompts),
-            "correct_prompts": sum(p.correct for p in prompts), "kept_entities": len(kept_entities),
-            "kept_prompts": len(kept), "templates": {a: [t.text for t in data.templates[a]] for a in data.attributes},
+            "candidate_entities": len(data.values),
+            "candidate_prompts": len(prompts),
+            "correct_prompts": sum(p.correct for p in prompts),
+            "kept_entities": len(kept_entities),
+            "kept_prompts": len(kept),
+            "templates": {a: [t.text for t in data.templates[a]] for a in data.attributes},
             "accuracy_by_template": {
-                a: [float(np.mean([p.correct for p in prompts if p.attribute == a and p.template == ti] or [0.0]))
-                    for ti in range(len(data.templates[a]))] for a in data.attributes},
+                a: [
+                    float(np.mean([p.correct for p in prompts if p.attribute == a and p.template == ti] or [0.0]))
+                    for ti in range(len(data.templates[a]))
+                ]
+                for a in data.attributes
+            },
         }
         for attr in data.attributes:
             candidates = [p for p in prompts if p.attribute == attr]
-            s = AttributeSet(entity_type, attr, float(np.mean([p.correct for p in candidates])) if candidates else 0.0,
-                             _chance(candidates), len(candidates))
-            s.train = _pairs_for(attr, train_pool, list(data.attributes), cfg.num_train_pairs_per_attribute, tokenizer, templates, rng)
-            s.test = _pairs_for(attr, test_pool, list(data.attributes), cfg.num_pairs_per_attribute, tokenizer, templates, rng)
+            s = AttributeSet(
+                entity_type,
+                attr,
+                float(np.mean([p.correct for p in candidates])) if candidates else 0.0,
+                _chance(candidates),
+                len(candidates),
+            )
+            s.train = _pairs_for(
+                attr, train_pool, list(data.attributes), cfg.num_train_pairs_per_attribute, tokenizer, templates, rng
+            )
+            s.test = _pairs_for(
+                attr, test_pool, list(data.attributes), cfg.num_pairs_per_attribute, tokenizer, templates, rng
+            )
             sets.append(s)
     for s in sets:
         if s.train:
@@ -329,84 +382,144 @@ def run_ravel(ctx: EvalContext, saes: dict[str, SAE], config: RavelConfig | None
     runner = PromptRunner(ctx.adapter, ctx.layer)
     pad, d_model = pad_id_of(ctx.adapter), ctx.adapter.d_model
     sets, summary = _prepare(ctx, cfg, runner)
-    scored = [s for s in sets if len([p for p in s.test if p.kind == "cause"]) >= cfg.min_pairs_per_attribute and s.train]
+    scored = [
+        s for s in sets if len([p for p in s.test if p.kind == "cause"]) >= cfg.min_pairs_per_attribute and s.train
+    ]
     if not scored:
         raise UserError(
             "ravel: no attribute has enough pairs the model answers correctly ("
             + ", ".join(f"{s.entity_type}/{s.attribute}: accuracy {s.base_accuracy:.2f}" for s in sets)
-            + f"; need {cfg.min_pairs_per_attribute} evaluation cause pairs)")
+            + f"; need {cfg.min_pairs_per_attribute} evaluation cause pairs)"
+        )
     prep_seconds = time.perf_counter() - start
     outputs = {}
     for sid, sae in tqdm(saes.items(), desc="ravel: interventions", unit="sae"):
         t0 = time.perf_counter()
         details, records = [], []
         for s in scored:
-            zb_tr, zs_tr = _entity_latents(sae, _vectors(s.train, "base")), _entity_latents(sae, _vectors(s.train, "source"))
-            zb_te, zs_te = _entity_latents(sae, _vectors(s.test, "base")), _entity_latents(sae, _vectors(s.test, "source"))
+            zb_tr, zs_tr = (
+                _entity_latents(sae, _vectors(s.train, "base")),
+                _entity_latents(sae, _vectors(s.train, "source")),
+            )
+            zb_te, zs_te = (
+                _entity_latents(sae, _vectors(s.test, "base")),
+                _entity_latents(sae, _vectors(s.test, "source")),
+            )
             ranking = attribution_scores(sae, zb_tr, zs_tr, s.grads)
             grid = {}
             for n in sorted(set(cfg.n_latents_grid)):
                 latents = select_latents(ranking, n)
-                hits = _intervened_hits(runner, sae, s.train, zb_tr, zs_tr, latents, pad, cfg.llm_batch_size, d_model, cfg.add_error)
+                hits = _intervened_hits(
+                    runner, sae, s.train, zb_tr, zs_tr, latents, pad, cfg.llm_batch_size, d_model, cfg.add_error
+                )
                 cause, iso, _, _ = _scores(s.train, hits)
-                grid[n] = {"n_latents_used": len(latents), "cause": cause, "isolation": iso, "disentanglement": (cause + iso) / 2}
+                grid[n] = {
+                    "n_latents_used": len(latents),
+                    "cause": cause,
+                    "isolation": iso,
+                    "disentanglement": (cause + iso) / 2,
+                }
             best_n = max(grid, key=lambda n: (grid[n]["disentanglement"], -n))
             latents = select_latents(ranking, best_n)
-            hits = _intervened_hits(runner, sae, s.test, zb_te, zs_te, latents, pad, cfg.llm_batch_size, d_model, cfg.add_error)
+            hits = _intervened_hits(
+                runner, sae, s.test, zb_te, zs_te, latents, pad, cfg.llm_batch_size, d_model, cfg.add_error
+            )
             cause, iso, n_cause, n_iso = _scores(s.test, hits)
             other: tuple[float | None, float | None] = (None, None)
             if cfg.report_other_error_mode:
-                hits = _intervened_hits(runner, sae, s.test, zb_te, zs_te, latents, pad, cfg.llm_batch_size, d_model,
-                                        not cfg.add_error)
+                hits = _intervened_hits(
+                    runner, sae, s.test, zb_te, zs_te, latents, pad, cfg.llm_batch_size, d_model, not cfg.add_error
+                )
                 other = _scores(s.test, hits)[:2]
             meaningful = s.base_accuracy >= s.chance_accuracy + cfg.chance_margin
-            details.append(RavelResultDetail(
-                entity_type=s.entity_type, attribute=s.attribute, cause_score=cause, isolation_score=iso,
-                disentanglement_score=(cause + iso) / 2, n_latents=len(latents), base_accuracy=s.base_accuracy,
-                chance_accuracy=s.chance_accuracy, meaningful=meaningful, n_cause_pairs=n_cause, n_isolation_pairs=n_iso,
-                cause_score_other_error_mode=other[0], isolation_score_other_error_mode=other[1]))
-            records.append({"entity_type": s.entity_type, "attribute": s.attribute, "train_grid": grid, "chosen_n": best_n,
-                            "selected_latents": [int(j) for j in latents],
-                            "train_pairs": len(s.train), "test_pairs": len(s.test)})
+            details.append(
+                RavelResultDetail(
+                    entity_type=s.entity_type,
+                    attribute=s.attribute,
+                    cause_score=cause,
+                    isolation_score=iso,
+                    disentanglement_score=(cause + iso) / 2,
+                    n_latents=len(latents),
+                    base_accuracy=s.base_accuracy,
+                    chance_accuracy=s.chance_accuracy,
+                    meaningful=meaningful,
+                    n_cause_pairs=n_cause,
+                    n_isolation_pairs=n_iso,
+                    cause_score_other_error_mode=other[0],
+                    isolation_score_other_error_mode=other[1],
+                )
+            )
+            records.append(
+                {
+                    "entity_type": s.entity_type,
+                    "attribute": s.attribute,
+                    "train_grid": grid,
+                    "chosen_n": best_n,
+                    "selected_latents": [int(j) for j in latents],
+                    "train_pairs": len(s.train),
+                    "test_pairs": len(s.test),
+                }
+            )
         headline = [d for d in details if d.meaningful] or details
         by_type: dict[str, list[RavelResultDetail]] = defaultdict(list)
         for d in headline:
             by_type[d.entity_type].append(d)
 
-        def mean_over_types(key: str) -> float:
+        def mean_over_types(key: str, by_type=by_type) -> float:
             return float(np.mean([np.mean([getattr(d, key) for d in ds]) for ds in by_type.values()]))
 
         other_metrics = None
         if cfg.report_other_error_mode:
-            c_o, i_o = mean_over_types("cause_score_other_error_mode"), mean_over_types("isolation_score_other_error_mode")
-            other_metrics = RAVELMetricResults(disentanglement_score=(c_o + i_o) / 2, cause_score=c_o, isolation_score=i_o)
+            c_o, i_o = (
+                mean_over_types("cause_score_other_error_mode"),
+                mean_over_types("isolation_score_other_error_mode"),
+            )
+            other_metrics = RAVELMetricResults(
+                disentanglement_score=(c_o + i_o) / 2, cause_score=c_o, isolation_score=i_o
+            )
 
         knowledge = RavelKnowledgeMetrics(
             base_accuracy=float(np.mean([d.base_accuracy for d in headline])),
             chance_accuracy=float(np.mean([d.chance_accuracy for d in headline])),
             meaningful=all(d.meaningful for d in headline),
             n_entities=sum(v["kept_entities"] for v in summary.values()),
-            n_attributes=len(headline), n_cause_pairs=sum(d.n_cause_pairs for d in headline),
-            n_isolation_pairs=sum(d.n_isolation_pairs for d in headline))
+            n_attributes=len(headline),
+            n_cause_pairs=sum(d.n_cause_pairs for d in headline),
+            n_isolation_pairs=sum(d.n_isolation_pairs for d in headline),
+        )
         outputs[sid] = RavelOutput(
             eval_config=cfg,
             eval_result_metrics=RavelMetricCategories(
-                ravel=RAVELMetricResults(disentanglement_score=mean_over_types("disentanglement_score"),
-                                         cause_score=mean_over_types("cause_score"),
-                                         isolation_score=mean_over_types("isolation_score")),
-                knowledge=knowledge, ravel_other_error_mode=other_metrics),
+                ravel=RAVELMetricResults(
+                    disentanglement_score=mean_over_types("disentanglement_score"),
+                    cause_score=mean_over_types("cause_score"),
+                    isolation_score=mean_over_types("isolation_score"),
+                ),
+                knowledge=knowledge,
+                ravel_other_error_mode=other_metrics,
+            ),
             eval_result_details=details,
             eval_result_unstructured={
-                "attributes": records, "datasets": summary,
+                "attributes": records,
+                "datasets": summary,
                 "unscored_attributes": [
-                    {"entity_type": s.entity_type, "attribute": s.attribute, "base_accuracy": s.base_accuracy,
-                     "chance_accuracy": s.chance_accuracy,
-                     "test_cause_pairs": len([p for p in s.test if p.kind == "cause"])}
-                    for s in sets if s not in scored],
+                    {
+                        "entity_type": s.entity_type,
+                        "attribute": s.attribute,
+                        "base_accuracy": s.base_accuracy,
+                        "chance_accuracy": s.chance_accuracy,
+                        "test_cause_pairs": len([p for p in s.test if p.kind == "cause"]),
+                    }
+                    for s in sets
+                    if s not in scored
+                ],
                 "headline_attributes": [f"{d.entity_type}/{d.attribute}" for d in headline],
-                "headline_error_mode": "SAE error kept" if cfg.add_error else "SAE error dropped (sae_bench MDBM default)",
+                "headline_error_mode": "SAE error kept"
+                if cfg.add_error
+                else "SAE error dropped (sae_bench MDBM default)",
                 "resumed_forward": runner.resume,
-                "shared_seconds": prep_seconds, "sae_seconds": time.perf_counter() - t0,
+                "shared_seconds": prep_seconds,
+                "sae_seconds": time.perf_counter() - t0,
             },
             **output_common(ctx, sid, sae),
         )
@@ -416,9 +529,11 @@ def run_ravel(ctx: EvalContext, saes: dict[str, SAE], config: RavelConfig | None
     return outputs
 
 
-RAVEL = register_eval(EvalSpec(
-    name=EVAL_NAME,
-    description="RAVEL: interchange the SAE latents of one entity attribute (signed) at the entity token; cause, "
-                "isolation and disentanglement on facts the model knows (offline cities and Nobel laureates)",
-    run=run_ravel,
-))
+RAVEL = register_eval(
+    EvalSpec(
+        name=EVAL_NAME,
+        description="RAVEL: interchange the SAE latents of one entity attribute (signed) at the entity token; cause, "
+        "isolation and disentanglement on facts the model knows (offline cities and Nobel laureates)",
+        run=run_ravel,
+    )
+)

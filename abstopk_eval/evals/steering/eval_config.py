@@ -22,48 +22,92 @@ SELECTION_RULE = (
 
 @dataclass
 class SteeringEvalConfig(ModelEvalConfig):
-
     random_seed: int = Field(default=0, title="Random seed", description="Seeded subsets of every prompt set")
-    n_fit_per_class: int = Field(default=64, title="DiM fit prompts per class",
-                                 description="StrongREJECT forbidden prompts and MMLU-stem harmless instructions "
-                                             "whose last-position activations define d = mean(harmful) - mean(harmless)")
-    n_val_harmful: int | None = Field(default=None, title="Validation behaviours",
-                                      description="HarmBench val standard behaviours used for selection (None: all 41)")
-    n_test_harmful: int | None = Field(default=80, title="Test behaviours",
-                                       description="HarmBench test standard behaviours scored, a seeded subset "
-                                                   "(None: all 159)")
+    n_fit_per_class: int = Field(
+        default=64,
+        title="DiM fit prompts per class",
+        description="StrongREJECT forbidden prompts and MMLU-stem harmless instructions "
+        "whose last-position activations define d = mean(harmful) - mean(harmless)",
+    )
+    n_val_harmful: int | None = Field(
+        default=None,
+        title="Validation behaviours",
+        description="HarmBench val standard behaviours used for selection (None: all 41)",
+    )
+    n_test_harmful: int | None = Field(
+        default=80,
+        title="Test behaviours",
+        description="HarmBench test standard behaviours scored, a seeded subset (None: all 159)",
+    )
     n_mmlu: int = Field(default=64, title="MMLU items", description="Seeded MMLU test items scored (letter logits)")
-    mmlu_max_chars: int = Field(default=300, title="MMLU item length",
-                                description="Only MMLU items whose question plus options have at most this many "
-                                            "characters are drawn (keeps CPU cost bounded)")
-    n_val_ce_seqs: int = Field(default=4, title="Validation CE rows",
-                               description="Held-out text rows (ctx.eval_tokens[:n]) for the CE bound in selection")
-    n_test_ce_seqs: int = Field(default=12, title="Test CE rows",
-                                description="Held-out text rows after the validation rows on which CE is reported")
+    mmlu_max_chars: int = Field(
+        default=300,
+        title="MMLU item length",
+        description="Only MMLU items whose question plus options have at most this many "
+        "characters are drawn (keeps CPU cost bounded)",
+    )
+    n_val_ce_seqs: int = Field(
+        default=4,
+        title="Validation CE rows",
+        description="Held-out text rows (ctx.eval_tokens[:n]) for the CE bound in selection",
+    )
+    n_test_ce_seqs: int = Field(
+        default=12,
+        title="Test CE rows",
+        description="Held-out text rows after the validation rows on which CE is reported",
+    )
 
-    strengths: list[float] = Field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0], title="Strengths",
-                                   description="Steering strengths m tried, in units of ||d|| (see selection rule)")
-    max_val_ce_increase: float = Field(default=0.25, title="CE bound",
-                                       description="Largest validation cross-entropy increase (nats) a kept setting "
-                                                   "may cause")
-    sae_intervention: str = Field(default="clamp", title="SAE intervention",
-                                  description="'clamp': set the latent to c, keeping the SAE error (paper eq. 22); "
-                                              "'add': add c times its decoder row")
-    n_cosine_candidates: int = Field(default=1, title="Cosine candidates",
-                                     description="Latents with the largest |cos(W_dec[j], d)| considered per SAE")
-    n_discriminative_candidates: int = Field(default=1, title="Discriminative candidates",
-                                             description="Latents with the largest |mean z_j(harmful) - mean "
-                                                         "z_j(harmless)| (last position) considered per SAE")
-    dim_ablation: bool = Field(default=True, title="DiM directional ablation",
-                               description="Also score directional ablation of d at every layer (a check that d "
-                                           "mediates refusal: it should lower the refusal rate)")
+    strengths: list[float] = Field(
+        default_factory=lambda: [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0],
+        title="Strengths",
+        description="Steering strengths m tried, in units of ||d|| (see selection rule)",
+    )
+    max_val_ce_increase: float = Field(
+        default=0.25,
+        title="CE bound",
+        description="Largest validation cross-entropy increase (nats) a kept setting may cause",
+    )
+    sae_intervention: str = Field(
+        default="clamp",
+        title="SAE intervention",
+        description="'clamp': set the latent to c, keeping the SAE error (paper eq. 22); "
+        "'add': add c times its decoder row",
+    )
+    n_cosine_candidates: int = Field(
+        default=1,
+        title="Cosine candidates",
+        description="Latents with the largest |cos(W_dec[j], d)| considered per SAE",
+    )
+    n_discriminative_candidates: int = Field(
+        default=1,
+        title="Discriminative candidates",
+        description="Latents with the largest |mean z_j(harmful) - mean "
+        "z_j(harmless)| (last position) considered per SAE",
+    )
+    dim_ablation: bool = Field(
+        default=True,
+        title="DiM directional ablation",
+        description="Also score directional ablation of d at every layer (a check that d "
+        "mediates refusal: it should lower the refusal rate)",
+    )
 
-    max_new_tokens: int = Field(default=32, title="Test new tokens", description="Greedy tokens generated per test behaviour")
-    val_max_new_tokens: int = Field(default=12, title="Validation new tokens",
-                                    description="Greedy tokens generated per validation behaviour")
+    max_new_tokens: int = Field(
+        default=32, title="Test new tokens", description="Greedy tokens generated per test behaviour"
+    )
+    val_max_new_tokens: int = Field(
+        default=12, title="Validation new tokens", description="Greedy tokens generated per validation behaviour"
+    )
     gen_batch_size: int = Field(default=80, title="Generation batch", description="Prompts per generate call")
     fwd_batch_size: int = Field(default=16, title="Forward batch", description="Prompts / text rows per forward pass")
-    n_examples: int = Field(default=4, title="Examples kept", description="Test responses kept per method in the details")
-    refusal_judge: str = Field(default="", title="Refusal judge", description="How responses are classified as refusals")
-    selection_rule: str = Field(default=SELECTION_RULE, title="Selection rule", description="How strengths and latents are chosen")
-    sources: dict[str, str] = Field(default_factory=dict, title="Sources", description="Where every prompt set comes from")
+    n_examples: int = Field(
+        default=4, title="Examples kept", description="Test responses kept per method in the details"
+    )
+    refusal_judge: str = Field(
+        default="", title="Refusal judge", description="How responses are classified as refusals"
+    )
+    selection_rule: str = Field(
+        default=SELECTION_RULE, title="Selection rule", description="How strengths and latents are chosen"
+    )
+    sources: dict[str, str] = Field(
+        default_factory=dict, title="Sources", description="Where every prompt set comes from"
+    )

@@ -28,8 +28,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from sae_lens import SAE
@@ -72,8 +73,9 @@ def resolve_config(ctx: EvalContext, config: SteeringEvalConfig | None = None) -
         unknown = sorted(set(options) - known)
         if unknown:
             raise UserError(f"unknown option(s) for evaluation {EVAL_NAME!r}: {', '.join(unknown)}")
-        config = SteeringEvalConfig(**{"model_name": ctx.model_key, "layer": ctx.layer,
-                                       "hook_name": hook_name(ctx.layer), **options})
+        config = SteeringEvalConfig(
+            **{"model_name": ctx.model_key, "layer": ctx.layer, "hook_name": hook_name(ctx.layer), **options}
+        )
     check_config(config)
     config.refusal_judge = config.refusal_judge or JUDGE_DESCRIPTION
     return config
@@ -86,8 +88,16 @@ def check_config(cfg: SteeringEvalConfig) -> None:
         raise UserError("steering strengths must be a non-empty list of positive numbers")
     if not cfg.max_val_ce_increase > 0:
         raise UserError("max_val_ce_increase must be positive")
-    for name in ("n_fit_per_class", "n_mmlu", "n_val_ce_seqs", "n_test_ce_seqs", "max_new_tokens",
-                 "val_max_new_tokens", "gen_batch_size", "fwd_batch_size"):
+    for name in (
+        "n_fit_per_class",
+        "n_mmlu",
+        "n_val_ce_seqs",
+        "n_test_ce_seqs",
+        "max_new_tokens",
+        "val_max_new_tokens",
+        "gen_batch_size",
+        "fwd_batch_size",
+    ):
         if getattr(cfg, name) < 1:
             raise UserError(f"steering option {name} must be at least 1")
     for name in ("n_val_harmful", "n_test_harmful"):
@@ -159,12 +169,16 @@ def is_signed(sae: SAE) -> bool:
 
 
 @torch.no_grad()
-def latent_candidates(sae: SAE, d: Tensor, harmful: Tensor, harmless: Tensor, cfg: SteeringEvalConfig) -> list[Candidate]:
+def latent_candidates(
+    sae: SAE, d: Tensor, harmful: Tensor, harmless: Tensor, cfg: SteeringEvalConfig
+) -> list[Candidate]:
     """Candidate latents of one SAE for steering towards +d (see the module docstring)."""
     W = sae.W_dec.detach().float().cpu()
     cos = (W @ d) / (W.norm(dim=1) * d.norm()).clamp_min(1e-12)
     dev, dt = sae.W_enc.device, sae.W_enc.dtype
-    mean_diff = (sae.encode(harmful.to(dev, dt)).float().mean(0) - sae.encode(harmless.to(dev, dt)).float().mean(0)).cpu()
+    mean_diff = (
+        sae.encode(harmful.to(dev, dt)).float().mean(0) - sae.encode(harmless.to(dev, dt)).float().mean(0)
+    ).cpu()
     out: list[Candidate] = []
 
     def add(rank: str, j: int, sign_of: float) -> None:
@@ -203,8 +217,10 @@ def sae_settings(sae: SAE, cand: Candidate, d_norm: float, cfg: SteeringEvalConf
 
 
 def dim_settings(d: Tensor, cfg: SteeringEvalConfig) -> list[Setting]:
-    return [Setting(S.Intervention("add", (cfg.layer,), vector=m * d), m, m, m * float(d.norm()))
-            for m in sorted(cfg.strengths)]
+    return [
+        Setting(S.Intervention("add", (cfg.layer,), vector=m * d), m, m, m * float(d.norm()))
+        for m in sorted(cfg.strengths)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -231,8 +247,14 @@ class Scorer:
         return S.mean_ce(self.val_text if which == "val" else self.test_text, iv)
 
     def responses(self, iv: S.Intervention, which: str) -> list[str]:
-        seqs, n = (self.val_seqs, self.cfg.val_max_new_tokens) if which == "val" else (self.test_seqs, self.cfg.max_new_tokens)
-        return S.generate(self.ctx.adapter, seqs, iv, pad=self.pad, max_new_tokens=n, batch_size=self.cfg.gen_batch_size)
+        seqs, n = (
+            (self.val_seqs, self.cfg.val_max_new_tokens)
+            if which == "val"
+            else (self.test_seqs, self.cfg.max_new_tokens)
+        )
+        return S.generate(
+            self.ctx.adapter, seqs, iv, pad=self.pad, max_new_tokens=n, batch_size=self.cfg.gen_batch_size
+        )
 
     def refusal_rate(self, responses: Sequence[str]) -> float:
         return sum(bool(self.judge(r)) for r in responses) / max(len(responses), 1)
@@ -271,8 +293,14 @@ def select(scorer: Scorer, groups: list[list[Setting]], ce_val_clean: float, des
         refusal = scorer.refusal_rate(scorer.responses(setting.intervention, "val"))
         tried.append(_setting_record(setting) | {"val_ce_increase": dce, "val_refusal_rate": refusal, "kept": True})
         options.append((refusal, -dce, -index, setting))
-        log.info("%s: %s kept at strength %s (val CE +%.3f, val refusal %.3f)", desc,
-                 setting.candidate.rank if setting.candidate else "dim", setting.strength, dce, refusal)
+        log.info(
+            "%s: %s kept at strength %s (val CE +%.3f, val refusal %.3f)",
+            desc,
+            setting.candidate.rank if setting.candidate else "dim",
+            setting.strength,
+            dce,
+            refusal,
+        )
     if not options:
         return Selection(None, None, None, tried)
     refusal, neg_dce, _, setting = max(options, key=lambda o: o[:3])
@@ -280,11 +308,20 @@ def select(scorer: Scorer, groups: list[list[Setting]], ce_val_clean: float, des
 
 
 def _setting_record(s: Setting) -> dict[str, Any]:
-    rec: dict[str, Any] = {"kind": s.intervention.kind, "strength": s.strength, "value": s.value,
-                           "steering_norm": s.steering_norm}
+    rec: dict[str, Any] = {
+        "kind": s.intervention.kind,
+        "strength": s.strength,
+        "value": s.value,
+        "steering_norm": s.steering_norm,
+    }
     if s.candidate is not None:
-        rec |= {"candidate": s.candidate.rank, "latent": s.candidate.latent, "sign": s.candidate.sign,
-                "cosine": s.candidate.cosine, "mean_diff": s.candidate.mean_diff}
+        rec |= {
+            "candidate": s.candidate.rank,
+            "latent": s.candidate.latent,
+            "sign": s.candidate.sign,
+            "cosine": s.candidate.cosine,
+            "mean_diff": s.candidate.mean_diff,
+        }
     return rec
 
 
@@ -300,8 +337,13 @@ class Scores:
 def score_test(scorer: Scorer, iv: S.Intervention, with_mmlu: bool = True) -> Scores:
     responses = scorer.responses(iv, "test")
     refused = [bool(scorer.judge(r)) for r in responses]
-    return Scores(sum(refused) / max(len(refused), 1), responses, refused,
-                  scorer.mmlu_accuracy(iv) if with_mmlu else float("nan"), scorer.ce(iv, "test"))
+    return Scores(
+        sum(refused) / max(len(refused), 1),
+        responses,
+        refused,
+        scorer.mmlu_accuracy(iv) if with_mmlu else float("nan"),
+        scorer.ce(iv, "test"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -310,13 +352,20 @@ def score_test(scorer: Scorer, iv: S.Intervention, with_mmlu: bool = True) -> Sc
 def _split_eval_tokens(ctx: EvalContext, cfg: SteeringEvalConfig) -> tuple[Tensor, Tensor]:
     tokens = ctx.eval_tokens
     if tokens.shape[0] <= cfg.n_val_ce_seqs:
-        raise UserError(f"steering needs more than n_val_ce_seqs={cfg.n_val_ce_seqs} held-out text rows "
-                        f"(got {tokens.shape[0]})")
-    return tokens[:cfg.n_val_ce_seqs], tokens[cfg.n_val_ce_seqs:cfg.n_val_ce_seqs + cfg.n_test_ce_seqs]
+        raise UserError(
+            f"steering needs more than n_val_ce_seqs={cfg.n_val_ce_seqs} held-out text rows (got {tokens.shape[0]})"
+        )
+    return tokens[: cfg.n_val_ce_seqs], tokens[cfg.n_val_ce_seqs : cfg.n_val_ce_seqs + cfg.n_test_ce_seqs]
 
 
-def run_steering(ctx: EvalContext, saes: dict[str, SAE], config: SteeringEvalConfig | None = None, *,
-                 prompts: SteeringPrompts | None = None, judge: Judge = is_refusal) -> dict[str, SteeringEvalOutput]:
+def run_steering(
+    ctx: EvalContext,
+    saes: dict[str, SAE],
+    config: SteeringEvalConfig | None = None,
+    *,
+    prompts: SteeringPrompts | None = None,
+    judge: Judge = is_refusal,
+) -> dict[str, SteeringEvalOutput]:
     """Steering outputs for every SAE, plus the extra entries "original" (unsteered) and "dim"."""
     cfg = resolve_config(ctx, config)
     clash = sorted(set(saes) & set(EXTRA_KEYS))
@@ -329,21 +378,38 @@ def run_steering(ctx: EvalContext, saes: dict[str, SAE], config: SteeringEvalCon
     adapter, tok = ctx.adapter, ctx.adapter.tokenizer
     pad = S.pad_id(tok)
     val_tokens, test_tokens = _split_eval_tokens(ctx, cfg)
-    mmlu, mmlu_index = S.mmlu_batches(adapter, S.encode_chat(tok, prompts.mmlu_messages), cfg.layer, pad=pad,
-                                      batch_size=cfg.fwd_batch_size)
-    scorer = Scorer(ctx, cfg, judge, S.encode_chat(tok, prompts.val_harmful), S.encode_chat(tok, prompts.test_harmful),
-                    mmlu, mmlu_index, list(prompts.mmlu_answers), S.letter_token_ids(tok, D.LETTERS),
-                    S.ce_batches(adapter, val_tokens, cfg.layer, batch_size=cfg.fwd_batch_size),
-                    S.ce_batches(adapter, test_tokens, cfg.layer, batch_size=cfg.fwd_batch_size), pad)
+    mmlu, mmlu_index = S.mmlu_batches(
+        adapter, S.encode_chat(tok, prompts.mmlu_messages), cfg.layer, pad=pad, batch_size=cfg.fwd_batch_size
+    )
+    scorer = Scorer(
+        ctx,
+        cfg,
+        judge,
+        S.encode_chat(tok, prompts.val_harmful),
+        S.encode_chat(tok, prompts.test_harmful),
+        mmlu,
+        mmlu_index,
+        list(prompts.mmlu_answers),
+        S.letter_token_ids(tok, D.LETTERS),
+        S.ce_batches(adapter, val_tokens, cfg.layer, batch_size=cfg.fwd_batch_size),
+        S.ce_batches(adapter, test_tokens, cfg.layer, batch_size=cfg.fwd_batch_size),
+        pad,
+    )
 
     # Difference-in-Means at the last prompt position
-    harmful = S.last_position_activations(adapter, S.encode_chat(tok, prompts.harmful_fit), cfg.layer, pad, cfg.fwd_batch_size)
-    harmless = S.last_position_activations(adapter, S.encode_chat(tok, prompts.harmless_fit), cfg.layer, pad, cfg.fwd_batch_size)
+    harmful = S.last_position_activations(
+        adapter, S.encode_chat(tok, prompts.harmful_fit), cfg.layer, pad, cfg.fwd_batch_size
+    )
+    harmless = S.last_position_activations(
+        adapter, S.encode_chat(tok, prompts.harmless_fit), cfg.layer, pad, cfg.fwd_batch_size
+    )
     d = harmful.mean(0) - harmless.mean(0)
     d_norm = float(d.norm())
     if not d_norm > 0:
         raise UserError("the Difference-in-Means vector is zero (identical harmful and harmless activations)")
-    log.info("steering: ||d|| = %.3f at layer %d (mean ||x|| %.3f)", d_norm, cfg.layer, float(harmful.norm(dim=-1).mean()))
+    log.info(
+        "steering: ||d|| = %.3f at layer %d (mean ||x|| %.3f)", d_norm, cfg.layer, float(harmful.norm(dim=-1).mean())
+    )
 
     ce_val_clean = scorer.ce(S.NO_INTERVENTION, "val")
     original = score_test(scorer, S.NO_INTERVENTION)
@@ -360,27 +426,52 @@ def run_steering(ctx: EvalContext, saes: dict[str, SAE], config: SteeringEvalCon
         ablate = S.Intervention("ablate", tuple(range(adapter.n_layers)), vector=d)
         abl = score_test(scorer, ablate, with_mmlu=False)
         results["dim"][2]["directional_ablation_all_layers"] = {
-            "harmbench_refusal_rate": abl.refusal, "ce_loss": abl.ce, "ce_loss_increase": abl.ce - original.ce,
-            "examples": _examples(prompts.test_harmful, abl, cfg.n_examples)}
+            "harmbench_refusal_rate": abl.refusal,
+            "ce_loss": abl.ce,
+            "ce_loss_increase": abl.ce - original.ce,
+            "examples": _examples(prompts.test_harmful, abl, cfg.n_examples),
+        }
     for sid, sae in tqdm(saes.items(), desc="steering: SAEs", unit="sae"):
         t0 = time.perf_counter()
         cands = latent_candidates(sae, d, harmful, harmless, cfg)
         groups = [g for g in (sae_settings(sae, c, d_norm, cfg) for c in cands) if g]
         sel = select(scorer, groups, ce_val_clean, sid)
-        results[sid] = (sel, _scores_for(scorer, sel, original),
-                        {"signed": is_signed(sae), "candidates": [vars(c) for c in cands],
-                         "method_seconds": time.perf_counter() - t0})
+        results[sid] = (
+            sel,
+            _scores_for(scorer, sel, original),
+            {
+                "signed": is_signed(sae),
+                "candidates": [vars(c) for c in cands],
+                "method_seconds": time.perf_counter() - t0,
+            },
+        )
 
     accuracy = judge_accuracy(judge)
     elapsed = time.perf_counter() - began
-    unstructured_common = {**common, "judge_accuracy_on_labelled_set": accuracy, "eval_seconds_all_methods": elapsed,
-                           "n_fit_harmful": len(prompts.harmful_fit), "n_fit_harmless": len(prompts.harmless_fit)}
+    unstructured_common = {
+        **common,
+        "judge_accuracy_on_labelled_set": accuracy,
+        "eval_seconds_all_methods": elapsed,
+        "n_fit_harmful": len(prompts.harmful_fit),
+        "n_fit_harmless": len(prompts.harmless_fit),
+    }
     outputs: dict[str, SteeringEvalOutput] = {}
-    outputs["original"] = _output(ctx, cfg, "original", None, None, original, original_val, d_norm, prompts,
-                                  unstructured_common)
+    outputs["original"] = _output(
+        ctx, cfg, "original", None, None, original, original_val, d_norm, prompts, unstructured_common
+    )
     for key, (sel, scores, extra) in results.items():
-        outputs[key] = _output(ctx, cfg, key, saes.get(key), sel, scores, original_val, d_norm, prompts,
-                               {**unstructured_common, **extra, "tried": sel.tried})
+        outputs[key] = _output(
+            ctx,
+            cfg,
+            key,
+            saes.get(key),
+            sel,
+            scores,
+            original_val,
+            d_norm,
+            prompts,
+            {**unstructured_common, **extra, "tried": sel.tried},
+        )
     log.info("steering finished in %.0fs", elapsed)
     return outputs
 
@@ -390,33 +481,57 @@ def _scores_for(scorer: Scorer, sel: Selection, original: Scores) -> Scores:
 
 
 def _examples(behaviours: Sequence[str], scores: Scores, n: int) -> list[dict[str, Any]]:
-    return [{"behaviour": b, "response": r, "refused": f}
-            for b, r, f in list(zip(behaviours, scores.responses, scores.refused))[:n]]
+    return [
+        {"behaviour": b, "response": r, "refused": f}
+        for b, r, f in list(zip(behaviours, scores.responses, scores.refused))[:n]
+    ]
 
 
-def _output(ctx: EvalContext, cfg: SteeringEvalConfig, key: str, sae: SAE | None, sel: Selection | None,
-            scores: Scores, original_val: float, d_norm: float, prompts: SteeringPrompts,
-            unstructured: dict[str, Any]) -> SteeringEvalOutput:
+def _output(
+    ctx: EvalContext,
+    cfg: SteeringEvalConfig,
+    key: str,
+    sae: SAE | None,
+    sel: Selection | None,
+    scores: Scores,
+    original_val: float,
+    d_norm: float,
+    prompts: SteeringPrompts,
+    unstructured: dict[str, Any],
+) -> SteeringEvalOutput:
     setting = sel.setting if sel is not None else None
     cand = setting.candidate if setting is not None else None
     method = "original" if key == "original" else ("dim" if key == "dim" else "sae")
     metrics = SteeringMetricCategories(
         safety=SafetyMetrics(
-            harmbench_refusal_rate=scores.refusal, n_test_behaviours=len(prompts.test_harmful),
+            harmbench_refusal_rate=scores.refusal,
+            n_test_behaviours=len(prompts.test_harmful),
             val_refusal_rate=original_val if sel is None or sel.val_refusal is None else sel.val_refusal,
-            n_val_behaviours=len(prompts.val_harmful)),
+            n_val_behaviours=len(prompts.val_harmful),
+        ),
         general_ability=AbilityMetrics(
-            mmlu_accuracy=scores.mmlu, n_mmlu=len(prompts.mmlu_messages), ce_loss=scores.ce,
-            ce_loss_increase=scores.ce - unstructured["ce_test_clean"], ce_loss_unsteered=unstructured["ce_test_clean"],
-            n_ce_tokens=int(ctx.eval_tokens[cfg.n_val_ce_seqs:cfg.n_val_ce_seqs + cfg.n_test_ce_seqs, 1:].numel())),
+            mmlu_accuracy=scores.mmlu,
+            n_mmlu=len(prompts.mmlu_messages),
+            ce_loss=scores.ce,
+            ce_loss_increase=scores.ce - unstructured["ce_test_clean"],
+            ce_loss_unsteered=unstructured["ce_test_clean"],
+            n_ce_tokens=int(ctx.eval_tokens[cfg.n_val_ce_seqs : cfg.n_val_ce_seqs + cfg.n_test_ce_seqs, 1:].numel()),
+        ),
         intervention=InterventionMetrics(
-            method=method, kind=setting.intervention.kind if setting else "none", steered=setting is not None,
-            latent=cand.latent if cand else None, latent_cosine_to_dim=cand.cosine if cand else None,
-            latent_mean_diff=cand.mean_diff if cand else None, latent_rank=cand.rank if cand else None,
-            value=setting.value if setting else None, strength=setting.strength if setting else None,
-            steering_norm=setting.steering_norm if setting else None, dim_norm=d_norm,
+            method=method,
+            kind=setting.intervention.kind if setting else "none",
+            steered=setting is not None,
+            latent=cand.latent if cand else None,
+            latent_cosine_to_dim=cand.cosine if cand else None,
+            latent_mean_diff=cand.mean_diff if cand else None,
+            latent_rank=cand.rank if cand else None,
+            value=setting.value if setting else None,
+            strength=setting.strength if setting else None,
+            steering_norm=setting.steering_norm if setting else None,
+            dim_norm=d_norm,
             val_ce_increase=sel.val_ce_increase if sel is not None else None,
-            n_settings_tried=len(sel.tried) if sel is not None else 0),
+            n_settings_tried=len(sel.tried) if sel is not None else 0,
+        ),
     )
     details = [SteeringResultDetail(**e) for e in _examples(prompts.test_harmful, scores, cfg.n_examples)]
     if sae is not None:
@@ -427,18 +542,27 @@ def _output(ctx: EvalContext, cfg: SteeringEvalConfig, key: str, sae: SAE | None
         meta = {"variant": key, "k": None, "seed": None, "preset": ctx.provenance.get("preset")}
         sae_cfg = None
     return SteeringEvalOutput(
-        eval_config=cfg, eval_id=str(uuid.uuid4()), datetime_epoch_millis=int(time.time() * 1000),
-        eval_result_metrics=metrics, eval_result_details=details, sae_bench_commit_hash=SAE_BENCH_COMMIT,
-        sae_lens_id=key, sae_lens_release_id=None, sae_lens_version=ctx.provenance.get("versions", {}).get("sae-lens"),
-        sae_cfg_dict=sae_cfg, eval_result_unstructured=unstructured,
+        eval_config=cfg,
+        eval_id=str(uuid.uuid4()),
+        datetime_epoch_millis=int(time.time() * 1000),
+        eval_result_metrics=metrics,
+        eval_result_details=details,
+        sae_bench_commit_hash=SAE_BENCH_COMMIT,
+        sae_lens_id=key,
+        sae_lens_release_id=None,
+        sae_lens_version=ctx.provenance.get("versions", {}).get("sae-lens"),
+        sae_cfg_dict=sae_cfg,
+        eval_result_unstructured=unstructured,
         provenance={**ctx.provenance, "sae_id": key, **meta},
     )
 
 
-STEERING = register_eval(EvalSpec(
-    name=EVAL_NAME,
-    description="Refusal steering with one SAE latent vs Difference-in-Means (paper Table 1): HarmBench refusal, "
-                "MMLU and held-out CE under steering; extra results 'original' and 'dim'",
-    run=run_steering,
-    in_default_run=False,  # needs an instruction-tuned model with a chat template: --evals steering
-))
+STEERING = register_eval(
+    EvalSpec(
+        name=EVAL_NAME,
+        description="Refusal steering with one SAE latent vs Difference-in-Means (paper Table 1): HarmBench refusal, "
+        "MMLU and held-out CE under steering; extra results 'original' and 'dim'",
+        run=run_steering,
+        in_default_run=False,  # needs an instruction-tuned model with a chat template: --evals steering
+    )
+)

@@ -16,9 +16,10 @@ prompt pass and at every generated token.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -97,8 +98,9 @@ def chat_text(tokenizer: Any, user_message: str) -> str:
     """The model's chat template around one user message (generation prompt added); a plain fallback for
     tokenizers without a template."""
     if getattr(tokenizer, "chat_template", None) and hasattr(tokenizer, "apply_chat_template"):
-        return tokenizer.apply_chat_template([{"role": "user", "content": user_message}], tokenize=False,
-                                             add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True
+        )
     return f"User: {user_message}\nAssistant:"
 
 
@@ -109,7 +111,7 @@ def encode_chat(tokenizer: Any, user_messages: Sequence[str], max_tokens: int | 
     for message in user_messages:
         ids = list(tokenizer.encode(chat_text(tokenizer, message), add_special_tokens=not templated))
         if max_tokens is not None and len(ids) > max_tokens:
-            ids = ids[len(ids) - max_tokens:]  # keep the end: the question and the assistant turn
+            ids = ids[len(ids) - max_tokens :]  # keep the end: the question and the assistant turn
         out.append(ids)
     return out
 
@@ -129,24 +131,25 @@ def left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor, T
     skip = torch.ones((len(seqs), width), dtype=torch.bool)
     for i, s in enumerate(seqs):
         if len(s):
-            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s):] = 1
-            skip[i, width - len(s) + 1:] = False
+            ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+            skip[i, width - len(s) + 1 :] = False
     return ids, mask, skip
 
 
 def _batches_by_length(seqs: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
     """Index batches of similar length (less padding); every index exactly once."""
     order = sorted(range(len(seqs)), key=lambda i: (len(seqs[i]), i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 # ---------------------------------------------------------------------------------------------- passes
 
 
 @torch.no_grad()
-def last_position_activations(adapter: Any, seqs: Sequence[Sequence[int]], layer: int, pad: int,
-                              batch_size: int) -> Tensor:
+def last_position_activations(
+    adapter: Any, seqs: Sequence[Sequence[int]], layer: int, pad: int, batch_size: int
+) -> Tensor:
     """Residual stream after block `layer` at the last prompt position of each sequence, [N, d] float32."""
     out: list[Tensor | None] = [None] * len(seqs)
     for idx in _batches_by_length(seqs, batch_size):
@@ -158,18 +161,26 @@ def last_position_activations(adapter: Any, seqs: Sequence[Sequence[int]], layer
 
 
 @torch.no_grad()
-def generate(adapter: Any, seqs: Sequence[Sequence[int]], intervention: Intervention, *, pad: int,
-             max_new_tokens: int, batch_size: int) -> list[str]:
+def generate(
+    adapter: Any,
+    seqs: Sequence[Sequence[int]],
+    intervention: Intervention,
+    *,
+    pad: int,
+    max_new_tokens: int,
+    batch_size: int,
+) -> list[str]:
     """Greedy continuations (decoded, special tokens dropped) under `intervention`."""
     texts: list[str | None] = [None] * len(seqs)
     tok = adapter.tokenizer
     for idx in _batches_by_length(seqs, batch_size):
         ids, mask, skip = left_pad([seqs[i] for i in idx], pad)
         with intervention.applied(adapter, skip):
-            out = adapter.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                   pad_token_id=pad)
+            out = adapter.generate(
+                ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
+            )
         for row, i in enumerate(idx):
-            texts[i] = tok.decode(out[row, ids.shape[1]:].tolist(), skip_special_tokens=True).strip()
+            texts[i] = tok.decode(out[row, ids.shape[1] :].tolist(), skip_special_tokens=True).strip()
     return texts  # type: ignore[return-value]
 
 
@@ -253,13 +264,17 @@ class FixedBatches:
                 try:
                     quick = self._resumed(b, iv)
                     err = float((quick - full).abs().max()) / max(float(full.abs().max()), 1e-6)
-                except Exception as exc:  # noqa: BLE001 - any failure means: do not skip blocks
+                except Exception as exc:
                     err = float("inf")
                     log.warning("skipping blocks 0..%d failed (%s); using full forward passes", self.layer, exc)
                 self.resume = err <= RESUME_RTOL
                 if not self.resume:
-                    log.warning("logits from the cached layer-%d residual differ from full ones (rel %.2g); "
-                                "using full forward passes", self.layer, err)
+                    log.warning(
+                        "logits from the cached layer-%d residual differ from full ones (rel %.2g); "
+                        "using full forward passes",
+                        self.layer,
+                        err,
+                    )
                 yield b, full
             elif fast and self.resume:
                 yield b, self._resumed(b, iv)
@@ -267,8 +282,9 @@ class FixedBatches:
                 yield b, self._full(b, iv)
 
 
-def mmlu_batches(adapter: Any, seqs: Sequence[Sequence[int]], layer: int, *, pad: int, batch_size: int
-                 ) -> tuple[FixedBatches, list[list[int]]]:
+def mmlu_batches(
+    adapter: Any, seqs: Sequence[Sequence[int]], layer: int, *, pad: int, batch_size: int
+) -> tuple[FixedBatches, list[list[int]]]:
     """Fixed batches of MMLU prompts (last-position logits) and the prompt index of each row."""
     index = _batches_by_length(seqs, batch_size)
     batches = [left_pad([seqs[i] for i in idx], pad) for idx in index]
@@ -280,7 +296,7 @@ def ce_batches(adapter: Any, tokens: Tensor, layer: int, *, batch_size: int) -> 
     bos = adapter.bos_token_id
     batches = []
     for start in range(0, tokens.shape[0], batch_size):
-        batch = tokens[start:start + batch_size]
+        batch = tokens[start : start + batch_size]
         skip = batch == bos if bos is not None else torch.zeros_like(batch, dtype=torch.bool)
         skip[:, 0] = True
         batches.append((batch, None, skip))
@@ -288,8 +304,9 @@ def ce_batches(adapter: Any, tokens: Tensor, layer: int, *, batch_size: int) -> 
 
 
 @torch.no_grad()
-def letter_predictions(fixed: FixedBatches, index: list[list[int]], letter_ids: Sequence[int],
-                       intervention: Intervention) -> list[int]:
+def letter_predictions(
+    fixed: FixedBatches, index: list[list[int]], letter_ids: Sequence[int], intervention: Intervention
+) -> list[int]:
     """Index of the largest next-token logit among `letter_ids` after each prompt."""
     n = sum(len(idx) for idx in index)
     preds: list[int] = [0] * n

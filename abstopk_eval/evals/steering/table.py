@@ -74,8 +74,10 @@ def _setting(data: dict[str, Any]) -> str:
         return f"m={iv.get('strength'):g}"
     value = iv.get("value")
     strength = "" if iv.get("strength") is None else f", m={iv['strength']:g}"
-    return (f"{iv.get('kind')} #{iv.get('latent')} ({iv.get('latent_rank')}, cos {iv.get('latent_cosine_to_dim', 0):+.2f}) "
-            f"c={value:+.3g}{strength}")
+    return (
+        f"{iv.get('kind')} #{iv.get('latent')} ({iv.get('latent_rank')}, cos {iv.get('latent_cosine_to_dim', 0):+.2f}) "
+        f"c={value:+.3g}{strength}"
+    )
 
 
 def _judge_lines() -> str:
@@ -86,12 +88,18 @@ def _judge_lines() -> str:
         acc = judge_accuracy()
     except (OSError, ValueError):
         return ""
-    parts = [f"{name} {g['n']}: accuracy {g['accuracy']:.2f} (majority label {g['majority_baseline_accuracy']:.2f}), "
-             f"precision {g['precision']:.2f}, recall {g['recall']:.2f}" for name, g in acc["by_group"].items()]
-    return (f"Refusal judge on {acc['n']} hand-labelled responses (`evals/steering/refusal_labels.jsonl`): accuracy "
-            f"{acc['accuracy']:.2f}, F1 {acc['f1']:.2f}, recall of explicit refusals {acc['recall_explicit']:.2f}; "
-            + "; ".join(parts) + ". On steered text the judge also counts apologetic babble as refusal, so steered "
-            "refusal rates are noisy in both directions.")
+    parts = [
+        f"{name} {g['n']}: accuracy {g['accuracy']:.2f} (majority label {g['majority_baseline_accuracy']:.2f}), "
+        f"precision {g['precision']:.2f}, recall {g['recall']:.2f}"
+        for name, g in acc["by_group"].items()
+    ]
+    return (
+        f"Refusal judge on {acc['n']} hand-labelled responses (`evals/steering/refusal_labels.jsonl`): accuracy "
+        f"{acc['accuracy']:.2f}, F1 {acc['f1']:.2f}, recall of explicit refusals {acc['recall_explicit']:.2f}; "
+        + "; ".join(parts)
+        + ". On steered text the judge also counts apologetic babble as refusal, so steered "
+        "refusal rates are noisy in both directions."
+    )
 
 
 def render_table1(results_dir: Path) -> tuple[str, pd.DataFrame] | None:
@@ -103,8 +111,10 @@ def render_table1(results_dir: Path) -> tuple[str, pd.DataFrame] | None:
     blocks: list[str] = []
     for (model, layer), results in sorted(by_layer.items()):
         cols = _columns(results)
-        steered = {key: bool((results[key].get("eval_result_metrics") or {}).get("intervention", {}).get("steered"))
-                   for _, key in cols}
+        steered = {
+            key: bool((results[key].get("eval_result_metrics") or {}).get("intervention", {}).get("steered"))
+            for _, key in cols
+        }
         shown: list[dict[str, str]] = []
         for label, category, metric, higher, fmt in METRICS:
             values = {col: _metric(results[key], category, metric) for col, key in cols}
@@ -112,7 +122,7 @@ def render_table1(results_dir: Path) -> tuple[str, pd.DataFrame] | None:
             candidates = {c: v for c, v in values.items() if c != "Original" and v is not None}
             best = (max if higher else min)(candidates.values()) if candidates else None
             cells = {"metric": label}
-            for (col, key) in cols:
+            for col, key in cols:
                 v = values[col]
                 text = "" if v is None else fmt.format(v)
                 if text and best is not None and col != "Original" and v == best:
@@ -135,14 +145,18 @@ def render_table1(results_dir: Path) -> tuple[str, pd.DataFrame] | None:
             pd.DataFrame(shown).to_markdown(index=False, disable_numparse=True),
             "",
             f"- HarmBench test behaviours: {int(n_test) if n_test else '?'}; MMLU items: {cfg.get('n_mmlu')}; "
-            f"CE bound on validation text: +{cfg.get('max_val_ce_increase')} nats; ||d|| = {un.get('d_norm', float('nan')):.2f}; "
+            f"CE bound on validation text: +{cfg.get('max_val_ce_increase')} nats; ||d|| = "
+            f"{un.get('d_norm', float('nan')):.2f}; "
             f"SAE intervention: {cfg.get('sae_intervention')}",
         ]
         if abl:
-            lines.append(f"- DiM directional ablation at every layer (check that d mediates refusal): refusal "
-                         f"{abl.get('harmbench_refusal_rate', float('nan')):.3f}, CE {abl.get('ce_loss', float('nan')):.3f}")
+            lines.append(
+                f"- DiM directional ablation at every layer (check that d mediates refusal): refusal "
+                f"{abl.get('harmbench_refusal_rate', float('nan')):.3f}, CE {abl.get('ce_loss', float('nan')):.3f}"
+            )
         blocks.append("\n".join(lines))
     frame = pd.DataFrame(rows)
-    markdown = "\n\n".join(["### Table 1: steering vs Difference-in-Means", NOTE.strip(), *blocks,
-                             _judge_lines()]) + "\n"
+    markdown = (
+        "\n\n".join(["### Table 1: steering vs Difference-in-Means", NOTE.strip(), *blocks, _judge_lines()]) + "\n"
+    )
     return markdown, frame

@@ -11,8 +11,11 @@ from abstopk_eval.evals.probes import AttributionProbeConfig, ClassProbingConfig
 @dataclass
 class TppConfig(ClassProbingConfig, AttributionProbeConfig):
     dataset_names: list[str] = Field(
-        default_factory=lambda: ["language", "topic"], title="Datasets",
+        default_factory=lambda: ["language", "topic"],
+        title="Datasets",
         description="Multi-class labelled datasets (abstopk_eval.data.labelled names; with dataset_source='sae_bench', "
-                    "the matching sae_bench hub datasets or sae_bench names)")
-    n_values: list[int] = Field(default_factory=lambda: [2, 5, 10, 20, 50], title="N values",
-                                description="Numbers of latents ablated per class")
+        "the matching sae_bench hub datasets or sae_bench names)",
+    )
+    n_values: list[int] = Field(
+        default_factory=lambda: [2, 5, 10, 20, 50], title="N values", description="Numbers of latents ablated per class"
+    )

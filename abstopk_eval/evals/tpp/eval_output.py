@@ -22,9 +22,14 @@ class TppOutput(BaseEvalOutput[TppConfig, TppMetricCategories, TppResultDetail])
     datetime_epoch_millis: int
     eval_result_metrics: TppMetricCategories
     eval_result_details: list[TppResultDetail] = Field(
-        default_factory=list, title="Per-dataset results", description="Mean over the dataset's classes")
+        default_factory=list, title="Per-dataset results", description="Mean over the dataset's classes"
+    )
     eval_type_id: str = Field(default=EVAL_TYPE_ID_TPP, title="Eval Type ID", description="The type of the evaluation")
-    dataset_cards: list[dict[str, Any]] = Field(default_factory=list, title="Dataset cards",
-                                                description="Source, license, derivation and counts of every dataset used")
-    provenance: dict[str, Any] = Field(default_factory=dict, title="Provenance",
-                                       description="model, layer, variant, k, seed, corpus, package versions")
+    dataset_cards: list[dict[str, Any]] = Field(
+        default_factory=list,
+        title="Dataset cards",
+        description="Source, license, derivation and counts of every dataset used",
+    )
+    provenance: dict[str, Any] = Field(
+        default_factory=dict, title="Provenance", description="model, layer, variant, k, seed, corpus, package versions"
+    )

@@ -32,9 +32,9 @@ from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from abstopk_eval.errors import UserError
+from abstopk_eval.evals.common import output_common, resolve_config
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.pooled import ablate, check_affine_decoder, decoder_rows, pooled_activations
-from abstopk_eval.evals.common import output_common, resolve_config
 from abstopk_eval.evals.probes import (
     BinaryTask,
     LinearProbe,
@@ -60,8 +60,11 @@ def tpp_effects(z_train: np.ndarray, y: np.ndarray, probe: LinearProbe, rows_dec
     return np.where(presence > 0, mean_diff(z_train, y) * (rows_dec @ probe.weight), 0.0)
 
 
-def tpp_scores(clean: dict[str, float], ablated: dict[str, dict[int, dict[str, float]]], n_values: list[int],
-               ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+def tpp_scores(
+    clean: dict[str, float],
+    ablated: dict[str, dict[int, dict[str, float]]],
+    n_values: list[int],
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """sae_bench's `create_tpp_plotting_dict`: (means over classes, per-class metrics)."""
     per_class: dict[str, dict[str, float]] = {}
     for i in clean:
@@ -77,8 +80,9 @@ def tpp_scores(clean: dict[str, float], ablated: dict[str, dict[int, dict[str, f
     return {k: float(np.mean([m[k] for m in per_class.values()])) for k in keys}, per_class
 
 
-def run_tpp(ctx: EvalContext, saes: dict[str, SAE], config: TppConfig | None = None,
-            datasets: dict[str, Any] | None = None) -> dict[str, TppOutput]:
+def run_tpp(
+    ctx: EvalContext, saes: dict[str, SAE], config: TppConfig | None = None, datasets: dict[str, Any] | None = None
+) -> dict[str, TppOutput]:
     """TPP results per SAE. `datasets` (name -> LabelledDataset) overrides loading by name."""
     start = time.perf_counter()
     cfg = resolve_config(TppConfig, ctx, EVAL_NAME, config)
@@ -92,24 +96,36 @@ def run_tpp(ctx: EvalContext, saes: dict[str, SAE], config: TppConfig | None = N
     datasets = datasets or {}
     cards: list[dict[str, Any]] = []
     by_ds: dict[str, dict[str, dict[str, float]]] = {sid: {} for sid in saes}
-    unstructured: dict[str, dict[str, Any]] = {sid: {"per_class": {}, "clean_accuracies": {}, "selected_latents": {},
-                                                     "n_texts": {}} for sid in saes}
+    unstructured: dict[str, dict[str, Any]] = {
+        sid: {"per_class": {}, "clean_accuracies": {}, "selected_latents": {}, "n_texts": {}} for sid in saes
+    }
     rows_dec = {}
     for name in tqdm(cfg.dataset_names, desc="tpp: datasets", unit="dataset"):
-        ds = datasets.get(name) or load_dataset(name, cfg.dataset_source, max_per_class=cfg.train_per_class + cfg.test_per_class,
-                                                seed=cfg.random_seed)
+        ds = datasets.get(name) or load_dataset(
+            name, cfg.dataset_source, max_per_class=cfg.train_per_class + cfg.test_per_class, seed=cfg.random_seed
+        )
         check_min_per_class(ds, cfg.min_per_class)
         if len(ds.class_names) < 2:
             raise UserError(f"TPP needs at least two classes in {ds.name!r}")
         cards.append(card_dict(ds))
         train_idx, test_idx = split_per_class(ds.labels, cfg.train_per_class, cfg.test_per_class, cfg.random_seed)
         tasks: list[BinaryTask] = one_vs_rest_tasks(ds, train_idx, test_idx, cfg.random_seed)
-        pooled = pooled_activations(ctx, saes, ds.texts, dataset=ds.name, seed=cfg.random_seed,
-                                    context_length=cfg.context_length, batch_tokens=cfg.llm_batch_tokens,
-                                    sae_batch_tokens=cfg.sae_batch_tokens, desc=EVAL_NAME)
+        pooled = pooled_activations(
+            ctx,
+            saes,
+            ds.texts,
+            dataset=ds.name,
+            seed=cfg.random_seed,
+            context_length=cfg.context_length,
+            batch_tokens=cfg.llm_batch_tokens,
+            sae_batch_tokens=cfg.sae_batch_tokens,
+            desc=EVAL_NAME,
+        )
         x = pooled.model.numpy().astype(np.float64)
-        probes = {t.name: fit_task_probe(x[t.train_rows], t.train_y, x[t.test_rows], t.test_y, cfg, seed=cfg.random_seed + i)
-                  for i, t in enumerate(tasks)}
+        probes = {
+            t.name: fit_task_probe(x[t.train_rows], t.train_y, x[t.test_rows], t.test_y, cfg, seed=cfg.random_seed + i)
+            for i, t in enumerate(tasks)
+        }
         clean = {t.name: probes[t.name].accuracy(x[t.test_rows], t.test_y) for t in tasks}
         position = np.full(len(ds.texts), -1, dtype=np.int64)
         position[test_idx] = np.arange(len(test_idx))
@@ -127,14 +143,19 @@ def run_tpp(ctx: EvalContext, saes: dict[str, SAE], config: TppConfig | None = N
                 ablated[t.name] = {}
                 for n in cfg.n_values:
                     x_abl = ablate(x_test, z_test, rows_dec[sid], select_top_n(effects, n))
-                    ablated[t.name][n] = {u.name: probes[u.name].accuracy(x_abl[position[u.test_rows]], u.test_y) for u in tasks}
+                    ablated[t.name][n] = {
+                        u.name: probes[u.name].accuracy(x_abl[position[u.test_rows]], u.test_y) for u in tasks
+                    }
             means, per_class = tpp_scores(clean, ablated, cfg.n_values)
             by_ds[sid][name] = means
             unstructured[sid]["per_class"][name] = per_class
             unstructured[sid]["clean_accuracies"][name] = clean
             unstructured[sid]["selected_latents"][name] = selected
-            unstructured[sid]["n_texts"][name] = {"train": int(len(train_idx)), "test": int(len(test_idx)),
-                                                  "truncated": pooled.n_truncated}
+            unstructured[sid]["n_texts"][name] = {
+                "train": int(len(train_idx)),
+                "test": int(len(test_idx)),
+                "truncated": pooled.n_truncated,
+            }
     seconds = time.perf_counter() - start
     known_metrics = {f.name for f in fields(TppMetrics)}
     known_detail = {f.name for f in fields(TppResultDetail)}
@@ -144,9 +165,13 @@ def run_tpp(ctx: EvalContext, saes: dict[str, SAE], config: TppConfig | None = N
         metrics = {k: float(np.mean([by_ds[sid][d][k] for d in cfg.dataset_names])) for k in keys}
         outputs[sid] = TppOutput(
             eval_config=cfg,
-            eval_result_metrics=TppMetricCategories(tpp_metrics=TppMetrics(**{k: v for k, v in metrics.items() if k in known_metrics})),
-            eval_result_details=[TppResultDetail(dataset_name=d, **{k: v for k, v in by_ds[sid][d].items() if k in known_detail})
-                                 for d in cfg.dataset_names],
+            eval_result_metrics=TppMetricCategories(
+                tpp_metrics=TppMetrics(**{k: v for k, v in metrics.items() if k in known_metrics})
+            ),
+            eval_result_details=[
+                TppResultDetail(dataset_name=d, **{k: v for k, v in by_ds[sid][d].items() if k in known_detail})
+                for d in cfg.dataset_names
+            ],
             eval_result_unstructured={**unstructured[sid], "metrics": metrics, "eval_seconds_all_saes": seconds},
             dataset_cards=cards,
             **output_common(ctx, sid, sae),
@@ -154,9 +179,11 @@ def run_tpp(ctx: EvalContext, saes: dict[str, SAE], config: TppConfig | None = N
     return outputs
 
 
-TPP = register_eval(EvalSpec(
-    name=EVAL_NAME,
-    description="Targeted probe perturbation on language and topic: ablate each class's latents, "
-                "S_TPP = drop of its own probe minus mean drop of the other probes",
-    run=run_tpp,
-))
+TPP = register_eval(
+    EvalSpec(
+        name=EVAL_NAME,
+        description="Targeted probe perturbation on language and topic: ablate each class's latents, "
+        "S_TPP = drop of its own probe minus mean drop of the other probes",
+        run=run_tpp,
+    )
+)

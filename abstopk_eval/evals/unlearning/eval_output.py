@@ -6,7 +6,13 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
-from sae_bench.evals.base_eval_output import DEFAULT_DISPLAY, BaseEvalOutput, BaseMetricCategories, BaseMetrics, BaseResultDetail
+from sae_bench.evals.base_eval_output import (
+    DEFAULT_DISPLAY,
+    BaseEvalOutput,
+    BaseMetricCategories,
+    BaseMetrics,
+    BaseResultDetail,
+)
 from sae_bench.evals.unlearning.eval_output import EVAL_TYPE_ID_UNLEARNING, UnlearningMetrics
 
 from abstopk_eval.evals.unlearning.eval_config import UnlearningConfig
@@ -15,37 +21,66 @@ from abstopk_eval.evals.unlearning.eval_config import UnlearningConfig
 @dataclass
 class UnlearningKnowledgeMetrics(BaseMetrics):
     forget_base_accuracy: float = Field(
-        title="Forget base accuracy", description="Model accuracy on every candidate prompt (question) of the forget set",
-        json_schema_extra=DEFAULT_DISPLAY)
+        title="Forget base accuracy",
+        description="Model accuracy on every candidate prompt (question) of the forget set",
+        json_schema_extra=DEFAULT_DISPLAY,
+    )
     forget_chance_accuracy: float = Field(title="Forget chance", description="Majority-answer baseline (0.25 for MMLU)")
-    retain_base_accuracy: float = Field(title="Retain base accuracy", description="Model accuracy on every candidate retain prompt")
-    retain_chance_accuracy: float = Field(title="Retain chance", description="Majority-answer baseline of the retain prompts")
+    retain_base_accuracy: float = Field(
+        title="Retain base accuracy", description="Model accuracy on every candidate retain prompt"
+    )
+    retain_chance_accuracy: float = Field(
+        title="Retain chance", description="Majority-answer baseline of the retain prompts"
+    )
     mmlu_proxy_accuracy: float | None = Field(
-        default=None, title="MMLU bio/med accuracy", description="Accuracy on the MMLU biology/medicine proxy of WMDP-bio (checked sample)")
+        default=None,
+        title="MMLU bio/med accuracy",
+        description="Accuracy on the MMLU biology/medicine proxy of WMDP-bio (checked sample)",
+    )
     meaningful: bool = Field(
-        default=False, title="Meaningful", description="Forget-set base accuracy is above chance (so there is knowledge to unlearn)",
-        json_schema_extra=DEFAULT_DISPLAY)
+        default=False,
+        title="Meaningful",
+        description="Forget-set base accuracy is above chance (so there is knowledge to unlearn)",
+        json_schema_extra=DEFAULT_DISPLAY,
+    )
     n_forget_facts: int = Field(default=0, title="Forget items", description="Known forget prompts evaluated")
     n_retain_facts: int = Field(default=0, title="Retain items", description="Known retain prompts evaluated")
 
 
 @dataclass
 class UnlearningBestMetrics(BaseMetrics):
-    forget_accuracy_before: float = Field(title="Forget accuracy before", description="On the evaluated (known) forget prompts")
-    forget_accuracy_after: float = Field(title="Forget accuracy after", description="At the best intervention within the retain bound")
-    retain_accuracy_before: float = Field(title="Retain accuracy before", description="On the evaluated (known) retain prompts")
+    forget_accuracy_before: float = Field(
+        title="Forget accuracy before", description="On the evaluated (known) forget prompts"
+    )
+    forget_accuracy_after: float = Field(
+        title="Forget accuracy after", description="At the best intervention within the retain bound"
+    )
+    retain_accuracy_before: float = Field(
+        title="Retain accuracy before", description="On the evaluated (known) retain prompts"
+    )
     retain_accuracy_after: float = Field(title="Retain accuracy after", description="At the best intervention")
-    n_features: int = Field(default=0, title="N features", description="Latents clamped at the best intervention (0: none within bound)")
+    n_features: int = Field(
+        default=0, title="N features", description="Latents clamped at the best intervention (0: none within bound)"
+    )
     multiplier: float = Field(default=0.0, title="Multiplier", description="Clamp strength at the best intervention")
-    retain_threshold: float = Field(default=0.0, title="Retain threshold", description="Retain-frequency threshold at the best intervention")
+    retain_threshold: float = Field(
+        default=0.0, title="Retain threshold", description="Retain-frequency threshold at the best intervention"
+    )
 
 
 @dataclass
 class UnlearningMetricCategories(BaseMetricCategories):
-    unlearning: UnlearningMetrics = Field(title="Unlearning", description="1 - forget accuracy after / before (sae_bench)",
-                                          json_schema_extra=DEFAULT_DISPLAY)
-    knowledge: UnlearningKnowledgeMetrics = Field(title="Knowledge", description="What the model knows of the forget and retain sets")
-    best_intervention: UnlearningBestMetrics = Field(title="Best intervention", description="The sweep entry giving the score")
+    unlearning: UnlearningMetrics = Field(
+        title="Unlearning",
+        description="1 - forget accuracy after / before (sae_bench)",
+        json_schema_extra=DEFAULT_DISPLAY,
+    )
+    knowledge: UnlearningKnowledgeMetrics = Field(
+        title="Knowledge", description="What the model knows of the forget and retain sets"
+    )
+    best_intervention: UnlearningBestMetrics = Field(
+        title="Best intervention", description="The sweep entry giving the score"
+    )
 
 
 @dataclass
@@ -70,8 +105,12 @@ class UnlearningOutput(BaseEvalOutput[UnlearningConfig, UnlearningMetricCategori
     eval_id: str
     datetime_epoch_millis: int
     eval_result_metrics: UnlearningMetricCategories
-    eval_result_details: list[UnlearningSweepDetail] = Field(default_factory=list, title="Sweep",
-                                                             description="One entry per (retain threshold, n features, multiplier)")
-    eval_type_id: str = Field(default=EVAL_TYPE_ID_UNLEARNING, title="Eval Type ID", description="The type of the evaluation")
-    provenance: dict[str, Any] = Field(default_factory=dict, title="Provenance",
-                                       description="model, layer, variant, k, seed, corpus, package versions")
+    eval_result_details: list[UnlearningSweepDetail] = Field(
+        default_factory=list, title="Sweep", description="One entry per (retain threshold, n features, multiplier)"
+    )
+    eval_type_id: str = Field(
+        default=EVAL_TYPE_ID_UNLEARNING, title="Eval Type ID", description="The type of the evaluation"
+    )
+    provenance: dict[str, Any] = Field(
+        default_factory=dict, title="Provenance", description="model, layer, variant, k, seed, corpus, package versions"
+    )

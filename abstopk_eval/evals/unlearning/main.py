@@ -45,9 +45,9 @@ from tqdm.auto import tqdm
 
 from abstopk_eval.data.facts import FACT_DOMAINS, load_fact_domain, mmlu_questions
 from abstopk_eval.errors import UserError
+from abstopk_eval.evals.common import output_common, resolve_config
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.knowledge import PromptRunner, encode, length_batches, pad_id_of, pad_left, value_token_ids
-from abstopk_eval.evals.common import output_common, resolve_config
 from abstopk_eval.evals.unlearning.eval_config import UnlearningConfig
 from abstopk_eval.evals.unlearning.eval_output import (
     UnlearningBestMetrics,
@@ -139,7 +139,7 @@ def _answer_all(runner: PromptRunner, items: list[Item], pad: int, batch_size: i
         for row, i in enumerate(batch):
             item = items[i]
             item.correct = _predicts(logits[row], item)
-            item.resid = resid[row, ids.shape[1] - len(item.ids):].clone() if item.correct else None
+            item.resid = resid[row, ids.shape[1] - len(item.ids) :].clone() if item.correct else None
 
 
 def _statement_rows(runner: PromptRunner, texts: list[list[int]], pad: int, batch_size: int, bos: int | None) -> Tensor:
@@ -189,8 +189,11 @@ def _fact_items(domain: str, tokenizer: Any, bos: int | None, max_entities: int)
 
 def _statements(data: Any, entities: set[str], tokenizer: Any, bos: int | None) -> list[list[int]]:
     attr = data.attributes[0]
-    return [encode(tokenizer, t.fill(e) + t.answer_prefix + data.values[e][attr], bos)
-            for e in sorted(entities) for t in data.templates[attr]]
+    return [
+        encode(tokenizer, t.fill(e) + t.answer_prefix + data.values[e][attr], bos)
+        for e in sorted(entities)
+        for t in data.templates[attr]
+    ]
 
 
 def _cap(items: list[Item], n: int, rng: random.Random) -> list[Item]:
@@ -211,7 +214,9 @@ def _check_config(cfg: UnlearningConfig) -> None:
         raise UserError("unlearning: selection_fraction must be in (0, 1)")
 
 
-def _prepare(ctx: EvalContext, cfg: UnlearningConfig, runner: PromptRunner) -> tuple[KnowledgeSet, KnowledgeSet, Tensor, dict[str, Any]]:
+def _prepare(
+    ctx: EvalContext, cfg: UnlearningConfig, runner: PromptRunner
+) -> tuple[KnowledgeSet, KnowledgeSet, Tensor, dict[str, Any]]:
     """Forget / retain sets with their known prompts, and the forget-text residual rows for latent selection."""
     tokenizer, bos, pad = ctx.adapter.tokenizer, ctx.adapter.bos_token_id, pad_id_of(ctx.adapter)
     rng = random.Random(cfg.random_seed)
@@ -225,16 +230,24 @@ def _prepare(ctx: EvalContext, cfg: UnlearningConfig, runner: PromptRunner) -> t
         _answer_all(runner, check, pad, max(1, cfg.llm_batch_size // 4), "unlearning: MMLU bio/med check")
         proxy_acc = float(np.mean([i.correct for i in check]))
         near = _near_chance(proxy_acc, 0.25, len(check), cfg.chance_margin)
-        info["mmlu_proxy"] = {"subjects": cfg.mmlu_forget_subjects, "questions": len(check), "accuracy": proxy_acc,
-                              "chance": 0.25, "near_chance": near}
+        info["mmlu_proxy"] = {
+            "subjects": cfg.mmlu_forget_subjects,
+            "questions": len(check),
+            "accuracy": proxy_acc,
+            "chance": 0.25,
+            "near_chance": near,
+        }
         if mode == "auto":
             mode = "facts" if near else "mmlu"
     if mode == "mmlu":
         pool = mmlu_questions(cfg.mmlu_forget_subjects)
         rng.shuffle(pool)
-        evaluated_q, selection_q = pool[: cfg.mmlu_max_questions], pool[cfg.mmlu_max_questions:]
+        evaluated_q, selection_q = pool[: cfg.mmlu_max_questions], pool[cfg.mmlu_max_questions :]
         forget_items = _mcq_items(evaluated_q, tokenizer, bos, "mmlu-bio-med")
-        selection = [encode(tokenizer, _mcq_prompt(q) + " " + "ABCD"[q.answer], bos) for q in selection_q[: cfg.mmlu_max_questions]]
+        selection = [
+            encode(tokenizer, _mcq_prompt(q) + " " + "ABCD"[q.answer], bos)
+            for q in selection_q[: cfg.mmlu_max_questions]
+        ]
         retain_q = mmlu_questions(cfg.mmlu_retain_subjects)
         rng.shuffle(retain_q)
         retain_items = _mcq_items(retain_q[: cfg.mmlu_max_questions], tokenizer, bos, "mmlu-retain")
@@ -256,7 +269,10 @@ def _prepare(ctx: EvalContext, cfg: UnlearningConfig, runner: PromptRunner) -> t
             retain_items += _fact_items(domain, tokenizer, bos, cfg.max_entities_per_domain)[0]
         forget_name = "facts: " + ", ".join(cfg.forget_domains)
         retain_name = "facts: " + ", ".join(cfg.retain_domains)
-        forget_cap, retain_caps = cfg.max_forget_facts, {d: cfg.max_retain_facts_per_domain for d in cfg.retain_domains}
+        forget_cap, retain_caps = (
+            cfg.max_forget_facts,
+            dict.fromkeys(cfg.retain_domains, cfg.max_retain_facts_per_domain),
+        )
     _answer_all(runner, forget_items, pad, cfg.llm_batch_size, "unlearning: forget-set knowledge")
     _answer_all(runner, retain_items, pad, cfg.llm_batch_size, "unlearning: retain-set knowledge")
     forget_eval = _cap(forget_items, forget_cap, rng)
@@ -267,23 +283,36 @@ def _prepare(ctx: EvalContext, cfg: UnlearningConfig, runner: PromptRunner) -> t
         raise UserError(
             f"unlearning: forget set too small after filtering: the model answers {len(forget_eval)} of "
             f"{len(forget_items)} prompts of {forget_name} correctly (need {cfg.min_forget_facts}); "
-            "choose other forget_domains or lower min_forget_facts")
+            "choose other forget_domains or lower min_forget_facts"
+        )
     if not retain_eval:
         raise UserError(f"unlearning: the model answers no prompt of the retain set ({retain_name}) correctly")
     forget = KnowledgeSet(forget_name, forget_items, _chance(forget_items), forget_eval)
     retain = KnowledgeSet(retain_name, retain_items, _chance(retain_items), retain_eval)
-    info.update({
-        "mode": mode, "forget_set": forget_name, "retain_set": retain_name,
-        "retain_by_source": {s: {"candidates": sum(i.source == s for i in retain_items),
-                                 "correct": sum(i.correct for i in retain_items if i.source == s),
-                                 "evaluated": sum(i.source == s for i in retain_eval)} for s in retain_caps},
-        "forget_candidates": len(forget_items), "forget_correct": sum(i.correct for i in forget_items),
-        "forget_selection_texts": len(selection),
-    })
+    info.update(
+        {
+            "mode": mode,
+            "forget_set": forget_name,
+            "retain_set": retain_name,
+            "retain_by_source": {
+                s: {
+                    "candidates": sum(i.source == s for i in retain_items),
+                    "correct": sum(i.correct for i in retain_items if i.source == s),
+                    "evaluated": sum(i.source == s for i in retain_eval),
+                }
+                for s in retain_caps
+            },
+            "forget_candidates": len(forget_items),
+            "forget_correct": sum(i.correct for i in forget_items),
+            "forget_selection_texts": len(selection),
+        }
+    )
     if mode == "facts" and proxy_acc is not None:
-        info["why_facts"] = (f"the model's accuracy on the MMLU bio/med proxy is {proxy_acc:.3f} on "
-                             f"{info['mmlu_proxy']['questions']} questions (chance 0.25), so a fact domain it knows "
-                             "is the forget set")
+        info["why_facts"] = (
+            f"the model's accuracy on the MMLU bio/med proxy is {proxy_acc:.3f} on "
+            f"{info['mmlu_proxy']['questions']} questions (chance 0.25), so a fact domain it knows "
+            "is the forget set"
+        )
     rows = _statement_rows(runner, selection, pad, cfg.llm_batch_size, bos)
     return forget, retain, rows, info
 
@@ -297,7 +326,7 @@ def latent_statistics(sae: SAE, rows: Tensor, batch: int = 4096) -> tuple[Tensor
     fires = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
     mass = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
     for start in range(0, rows.shape[0], batch):
-        z = sae.encode(rows[start:start + batch].to(sae.W_dec.device, sae.W_dec.dtype)).float().cpu()
+        z = sae.encode(rows[start : start + batch].to(sae.W_dec.device, sae.W_dec.dtype)).float().cpu()
         fires += (z != 0).sum(0).double()
         mass += z.abs().sum(0).double()
     n = max(rows.shape[0], 1)
@@ -313,8 +342,18 @@ def top_features(forget_freq: Tensor, retain_freq: Tensor, retain_threshold: flo
 
 
 @torch.no_grad()
-def _accuracy(runner: PromptRunner, sae: SAE | None, items: list[Item], latents: Tensor | None, multiplier: float,
-              scale: Tensor | None, pad: int, bos: int | None, batch_size: int, d_model: int) -> float:
+def _accuracy(
+    runner: PromptRunner,
+    sae: SAE | None,
+    items: list[Item],
+    latents: Tensor | None,
+    multiplier: float,
+    scale: Tensor | None,
+    pad: int,
+    bos: int | None,
+    batch_size: int,
+    d_model: int,
+) -> float:
     hits = 0
     for batch in length_batches([len(i.ids) for i in items], batch_size):
         chunk = [items[i] for i in batch]
@@ -322,7 +361,7 @@ def _accuracy(runner: PromptRunner, sae: SAE | None, items: list[Item], latents:
         width = ids.shape[1]
         resid = torch.zeros(len(chunk), width, d_model)
         for row, item in enumerate(chunk):
-            resid[row, width - len(item.ids):] = item.resid
+            resid[row, width - len(item.ids) :] = item.resid
         if sae is not None and latents is not None and len(latents):
             edit = mask.bool() & (ids != (bos if bos is not None else -1))
             x = resid[edit].to(sae.W_dec.device, sae.W_dec.dtype)
@@ -334,7 +373,9 @@ def _accuracy(runner: PromptRunner, sae: SAE | None, items: list[Item], latents:
     return hits / max(len(items), 1)
 
 
-def run_unlearning(ctx: EvalContext, saes: dict[str, SAE], config: UnlearningConfig | None = None) -> dict[str, UnlearningOutput]:
+def run_unlearning(
+    ctx: EvalContext, saes: dict[str, SAE], config: UnlearningConfig | None = None
+) -> dict[str, UnlearningOutput]:
     start = time.perf_counter()
     cfg = resolve_config(UnlearningConfig, ctx, EVAL_NAME, config)
     _check_config(cfg)
@@ -347,10 +388,15 @@ def run_unlearning(ctx: EvalContext, saes: dict[str, SAE], config: UnlearningCon
     retain_before = _accuracy(runner, None, retain.evaluated, None, 0.0, None, *args)
     meaningful = not _near_chance(forget.base_accuracy, forget.chance, len(forget.candidates), cfg.chance_margin)
     knowledge = UnlearningKnowledgeMetrics(
-        forget_base_accuracy=forget.base_accuracy, forget_chance_accuracy=forget.chance,
-        retain_base_accuracy=retain.base_accuracy, retain_chance_accuracy=retain.chance,
-        mmlu_proxy_accuracy=info.get("mmlu_proxy", {}).get("accuracy"), meaningful=meaningful,
-        n_forget_facts=len(forget.evaluated), n_retain_facts=len(retain.evaluated))
+        forget_base_accuracy=forget.base_accuracy,
+        forget_chance_accuracy=forget.chance,
+        retain_base_accuracy=retain.base_accuracy,
+        retain_chance_accuracy=retain.chance,
+        mmlu_proxy_accuracy=info.get("mmlu_proxy", {}).get("accuracy"),
+        meaningful=meaningful,
+        n_forget_facts=len(forget.evaluated),
+        n_retain_facts=len(retain.evaluated),
+    )
     shared_seconds = time.perf_counter() - start
     outputs = {}
     for sid, sae in tqdm(saes.items(), desc="unlearning: sweeps", unit="sae"):
@@ -372,9 +418,17 @@ def run_unlearning(ctx: EvalContext, saes: dict[str, SAE], config: UnlearningCon
                         r = _accuracy(runner, sae, retain.evaluated, latents, m, scale[latents], *args)
                         done[key] = (f, r)
                     f, r = done[key]
-                    sweep.append(UnlearningSweepDetail(
-                        retain_threshold=thr, n_features=n, n_features_used=len(latents), multiplier=m,
-                        forget_accuracy=f, retain_accuracy=r, within_retain_bound=r >= cfg.retain_bound * retain_before))
+                    sweep.append(
+                        UnlearningSweepDetail(
+                            retain_threshold=thr,
+                            n_features=n,
+                            n_features_used=len(latents),
+                            multiplier=m,
+                            forget_accuracy=f,
+                            retain_accuracy=r,
+                            within_retain_bound=r >= cfg.retain_bound * retain_before,
+                        )
+                    )
         within = [d for d in sweep if d.within_retain_bound and d.n_features_used > 0]
         best = min(within, key=lambda d: (d.forget_accuracy, d.n_features, d.multiplier), default=None)
         after = best.forget_accuracy if best is not None else forget_before
@@ -385,23 +439,32 @@ def run_unlearning(ctx: EvalContext, saes: dict[str, SAE], config: UnlearningCon
                 unlearning=UnlearningMetrics(unlearning_score=score),
                 knowledge=knowledge,
                 best_intervention=UnlearningBestMetrics(
-                    forget_accuracy_before=forget_before, forget_accuracy_after=after,
+                    forget_accuracy_before=forget_before,
+                    forget_accuracy_after=after,
                     retain_accuracy_before=retain_before,
                     retain_accuracy_after=best.retain_accuracy if best is not None else retain_before,
                     n_features=best.n_features_used if best is not None else 0,
                     multiplier=best.multiplier if best is not None else 0.0,
-                    retain_threshold=best.retain_threshold if best is not None else 0.0)),
+                    retain_threshold=best.retain_threshold if best is not None else 0.0,
+                ),
+            ),
             eval_result_details=sweep,
             eval_result_unstructured={
-                **info, "meaningful_note": (
-                    "forget-set base accuracy is above chance" if meaningful else
-                    "NOT MEANINGFUL: the model is near chance on the forget set, so there is no knowledge to unlearn"),
+                **info,
+                "meaningful_note": (
+                    "forget-set base accuracy is above chance"
+                    if meaningful
+                    else "NOT MEANINGFUL: the model is near chance on the forget set, so there is no knowledge to "
+                    "unlearn"
+                ),
                 "selected_latents": selected,
                 "forget_frequency_of_selected": {t: [float(forget_freq[j]) for j in v] for t, v in selected.items()},
                 "retain_frequency_of_selected": {t: [float(retain_freq[j]) for j in v] for t, v in selected.items()},
                 "clamp_scale_of_selected": {t: [float(scale[j]) for j in v] for t, v in selected.items()},
-                "n_forget_selection_tokens": int(forget_rows.shape[0]), "n_retain_tokens": int(retain_rows.shape[0]),
-                "resumed_forward": runner.resume, "shared_seconds": shared_seconds,
+                "n_forget_selection_tokens": int(forget_rows.shape[0]),
+                "n_retain_tokens": int(retain_rows.shape[0]),
+                "resumed_forward": runner.resume,
+                "shared_seconds": shared_seconds,
                 "sae_seconds": time.perf_counter() - t0,
             },
             **output_common(ctx, sid, sae),
@@ -412,9 +475,11 @@ def run_unlearning(ctx: EvalContext, saes: dict[str, SAE], config: UnlearningCon
     return outputs
 
 
-UNLEARNING = register_eval(EvalSpec(
-    name=EVAL_NAME,
-    description="Unlearning: clamp the latents most specific to a forget set against their sign where they fire; "
-                "forget-accuracy drop within a retain-accuracy bound (MMLU bio/med proxy, else known fact domains)",
-    run=run_unlearning,
-))
+UNLEARNING = register_eval(
+    EvalSpec(
+        name=EVAL_NAME,
+        description="Unlearning: clamp the latents most specific to a forget set against their sign where they fire; "
+        "forget-accuracy drop within a retain-accuracy bound (MMLU bio/med proxy, else known fact domains)",
+        run=run_unlearning,
+    )
+)
