@@ -42,9 +42,9 @@ import torch
 from abstopk_eval.evals.context import EvalContext
 from abstopk_eval.evals.pooled import clear_pooled_cache, special_token_ids, tokenize_texts
 from abstopk_eval.evals.probes import load_dataset, split_per_class
-from abstopk_eval.evals.sparse_probing.eval_config import SparseProbingConfig
+from abstopk_eval.evals.sparse_probing.eval_config import SparseProbingEvalConfig
 from abstopk_eval.evals.sparse_probing.main import run_sparse_probing
-from abstopk_eval.evals.tpp.eval_config import TppConfig
+from abstopk_eval.evals.tpp.eval_config import TppEvalConfig
 from abstopk_eval.evals.tpp.main import run_tpp
 from abstopk_eval.models.adapter import ModelAdapter
 from abstopk_eval.models.loading import load_model
@@ -187,7 +187,7 @@ def main() -> None:
         heldout_activations=lambda: torch.zeros(1, spec.d_model),
         dataset="-",
     )
-    sp_cfg, tpp_cfg = SparseProbingConfig(), TppConfig()
+    sp_cfg, tpp_cfg = SparseProbingEvalConfig(), TppEvalConfig()
     report: dict[str, Any] = {
         "model": spec.key,
         "layer": layer,
@@ -215,7 +215,7 @@ def main() -> None:
         ours_sp, ours_tpp = {}, {}
         if "sparse_probing" in args.evals:
             t0 = time.perf_counter()
-            out = run_sparse_probing(ctx, saes, SparseProbingConfig(dataset_names=[name]), datasets={name: ds})
+            out = run_sparse_probing(ctx, saes, SparseProbingEvalConfig(dataset_names=[name]), datasets={name: ds})
             entry["ours_sparse_probing_all_saes_s"] = time.perf_counter() - t0
             ours_sp = {sid: o.eval_result_unstructured["dataset_means"][name] for sid, o in out.items()}
         # with two classes the one-vs-rest tasks are one task with flipped labels, so S_TPP is 0 by construction
@@ -223,7 +223,7 @@ def main() -> None:
         run_tpp_here = "tpp" in args.evals and len(ds.class_names) > 2
         if run_tpp_here:
             t0 = time.perf_counter()
-            out = run_tpp(ctx, saes, TppConfig(dataset_names=[name]), datasets={name: ds})
+            out = run_tpp(ctx, saes, TppEvalConfig(dataset_names=[name]), datasets={name: ds})
             entry["ours_tpp_all_saes_s"] = time.perf_counter() - t0
             ours_tpp = {sid: o.eval_result_metrics.tpp_metrics for sid, o in out.items()}
         for sid, sae in saes.items():

@@ -16,11 +16,11 @@ from abstopk_eval.errors import UserError
 from abstopk_eval.evals import pooled as pooled_mod
 from abstopk_eval.evals.context import EVALS, EvalContext
 from abstopk_eval.evals.pooled import ablate, decoder_rows, pooled_activations
-from abstopk_eval.evals.scr.eval_config import ScrConfig
+from abstopk_eval.evals.scr.eval_config import ScrEvalConfig
 from abstopk_eval.evals.scr.main import run_scr
-from abstopk_eval.evals.sparse_probing.eval_config import SparseProbingConfig
+from abstopk_eval.evals.sparse_probing.eval_config import SparseProbingEvalConfig
 from abstopk_eval.evals.sparse_probing.main import run_sparse_probing
-from abstopk_eval.evals.tpp.eval_config import TppConfig
+from abstopk_eval.evals.tpp.eval_config import TppEvalConfig
 from abstopk_eval.evals.tpp.main import run_tpp
 from abstopk_eval.models.adapter import ModelAdapter
 from tests.test_sign_flip import _random_sae, negate_latent
@@ -153,11 +153,11 @@ def test_all_three_end_to_end_share_one_model_pass_per_dataset(adapter):
     ds = {"letters": multiclass()}
     ctx = _ctx(adapter)
     CountingAdapter.calls = 0
-    sp = run_sparse_probing(ctx, saes, SparseProbingConfig(dataset_names=["letters"], **SMALL), datasets=ds)
+    sp = run_sparse_probing(ctx, saes, SparseProbingEvalConfig(dataset_names=["letters"], **SMALL), datasets=ds)
     calls_after_probing = CountingAdapter.calls
-    tpp = run_tpp(ctx, saes, TppConfig(dataset_names=["letters"], **SMALL_TPP), datasets=ds)
+    tpp = run_tpp(ctx, saes, TppEvalConfig(dataset_names=["letters"], **SMALL_TPP), datasets=ds)
     assert CountingAdapter.calls == calls_after_probing > 0  # TPP reused the memoised pass
-    scr = run_scr(ctx, saes, ScrConfig(**SMALL_SCR), dataset=two_label())
+    scr = run_scr(ctx, saes, ScrEvalConfig(**SMALL_SCR), dataset=two_label())
     for outputs, eval_type in ((sp, "sparse_probing"), (tpp, "tpp"), (scr, "scr")):
         assert set(outputs) == set(saes)
         for sid, out in outputs.items():
@@ -189,7 +189,7 @@ def test_options_come_from_the_context(adapter):
     given = run_sparse_probing(
         ctx,
         {"s": _topk_sae()},
-        SparseProbingConfig(dataset_names=["letters"], **SMALL),
+        SparseProbingEvalConfig(dataset_names=["letters"], **SMALL),
         datasets={"letters": multiclass()},
     )
     assert (
@@ -218,7 +218,7 @@ def _metrics_equal(a, b):
 @pytest.mark.parametrize("kind", ["abstopk", "batch-abstopk"])
 def test_sparse_probing_invariant_to_negating_a_latent(adapter, kind):
     sae = _random_sae(kind)
-    cfg = SparseProbingConfig(dataset_names=["letters"], **SMALL)
+    cfg = SparseProbingEvalConfig(dataset_names=["letters"], **SMALL)
     ds = {"letters": multiclass()}
     first = run_sparse_probing(_ctx(adapter), {"orig": sae}, cfg, datasets=ds)["orig"]
     flipped, j = _flip_selected(sae, first.eval_result_unstructured["top_latents"]["letters"]["group0"])
@@ -230,7 +230,7 @@ def test_sparse_probing_invariant_to_negating_a_latent(adapter, kind):
 @pytest.mark.parametrize("kind", ["abstopk", "batch-abstopk"])
 def test_tpp_invariant_to_negating_a_latent(adapter, kind):
     sae = _random_sae(kind)
-    cfg = TppConfig(dataset_names=["letters"], **SMALL_TPP)
+    cfg = TppEvalConfig(dataset_names=["letters"], **SMALL_TPP)
     ds = {"letters": multiclass()}
     first = run_tpp(_ctx(adapter), {"orig": sae}, cfg, datasets=ds)["orig"]
     flipped, j = _flip_selected(sae, first.eval_result_unstructured["selected_latents"]["letters"]["group0"])
@@ -245,10 +245,10 @@ def test_tpp_invariant_to_negating_a_latent(adapter, kind):
 @pytest.mark.parametrize("kind", ["abstopk", "batch-abstopk"])
 def test_scr_invariant_to_negating_a_latent(adapter, kind):
     sae = _random_sae(kind)
-    cfg = ScrConfig(**SMALL_SCR)
+    cfg = ScrEvalConfig(**SMALL_SCR)
     first = run_scr(_ctx(adapter), {"orig": sae}, cfg, dataset=two_label())["orig"]
     flipped, j = _flip_selected(sae, first.eval_result_unstructured["pairs"][0]["selected_latents"]["dir1"])
-    out = run_scr(_ctx(adapter), {"orig": sae, "flip": flipped}, ScrConfig(**SMALL_SCR), dataset=two_label())
+    out = run_scr(_ctx(adapter), {"orig": sae, "flip": flipped}, ScrEvalConfig(**SMALL_SCR), dataset=two_label())
     _metrics_equal(out["orig"], out["flip"])
     a, b = (out[k].eval_result_unstructured["pairs"][0] for k in ("orig", "flip"))
     assert a["selected_latents"] == b["selected_latents"]
@@ -364,7 +364,7 @@ def test_a_latent_on_the_label_direction_gives_high_top1_accuracy():
     saes = {"planted": _planted_sae([adapter.u_label]), "blind": _planted_sae([adapter.u_label])}
     with torch.no_grad():  # the same SAE without its label latent: every latent is orthogonal to u_label
         saes["blind"].W_enc[:, 0] = 0.0
-    cfg = SparseProbingConfig(dataset_names=["pair"], train_per_class=25, test_per_class=15, k_values=[1, 2])
+    cfg = SparseProbingEvalConfig(dataset_names=["pair"], train_per_class=25, test_per_class=15, k_values=[1, 2])
     out = run_sparse_probing(_ctx(adapter), saes, cfg, datasets=ds)
     planted = out["planted"].eval_result_metrics.sae
     blind = out["blind"].eval_result_metrics.sae
@@ -384,7 +384,7 @@ def test_ablating_the_spurious_latent_raises_scr():
         saes["blind"].W_enc[:, :2] = 0.0
     # the known-answer checks test the SCR mechanics with the deterministic sklearn probe (the sae_bench recipe's
     # 160 AdamW steps do not converge on this weak planted label; it is tested on its own below)
-    cfg = ScrConfig(
+    cfg = ScrEvalConfig(
         train_set_size=120,
         test_set_size=60,
         min_per_quadrant=5,
@@ -410,7 +410,7 @@ def test_tpp_planted_latent_hurts_only_its_own_class():
     saes = {"planted": _planted_sae(adapter.class_dirs[:3]), "blind": _planted_sae(adapter.class_dirs[:3])}
     with torch.no_grad():
         saes["blind"].W_enc[:, :3] = 0.0
-    cfg = TppConfig(
+    cfg = TppEvalConfig(
         dataset_names=["three"], train_per_class=25, test_per_class=15, n_values=[1, 2], probe_recipe="sklearn"
     )
     out = run_tpp(_ctx(adapter), saes, cfg, datasets=ds)
@@ -432,15 +432,15 @@ def test_sae_bench_probe_recipe_is_sae_bench_probe_and_deterministic():
     direction = rng.normal(size=16)
     y = rng.integers(0, 2, size=200)
     x = rng.normal(size=(200, 16)) + np.outer(2 * y - 1, direction)
-    cfg = TppConfig()
+    cfg = TppEvalConfig()
     probe = fit_task_probe(x[:150], y[:150], x[150:], y[150:], cfg, seed=5)
     assert probe.accuracy(x[150:], y[150:]) > 0.9
     again = fit_task_probe(x[:150], y[:150], x[150:], y[150:], cfg, seed=5)
     np.testing.assert_array_equal(probe.weight, again.weight)  # every SAE is scored against the same probe
-    sklearn_probe = fit_task_probe(x[:150], y[:150], x[150:], y[150:], TppConfig(probe_recipe="sklearn"), seed=5)
+    sklearn_probe = fit_task_probe(x[:150], y[:150], x[150:], y[150:], TppEvalConfig(probe_recipe="sklearn"), seed=5)
     assert not np.allclose(probe.weight, sklearn_probe.weight)
     with pytest.raises(UserError, match="probe_recipe"):
-        fit_task_probe(x[:150], y[:150], x[150:], y[150:], TppConfig(probe_recipe="svm"), seed=5)
+        fit_task_probe(x[:150], y[:150], x[150:], y[150:], TppEvalConfig(probe_recipe="svm"), seed=5)
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -448,37 +448,44 @@ def test_sae_bench_probe_recipe_is_sae_bench_probe_and_deterministic():
 
 def test_unknown_dataset_is_a_user_error(adapter):
     with pytest.raises(UserError, match="no-such-dataset"):
-        run_sparse_probing(_ctx(adapter), {"s": _topk_sae()}, SparseProbingConfig(dataset_names=["no-such-dataset"]))
+        run_sparse_probing(
+            _ctx(adapter), {"s": _topk_sae()}, SparseProbingEvalConfig(dataset_names=["no-such-dataset"])
+        )
     with pytest.raises(UserError, match="no-such-dataset"):
-        run_tpp(_ctx(adapter), {"s": _topk_sae()}, TppConfig(dataset_names=["no-such-dataset"]))
+        run_tpp(_ctx(adapter), {"s": _topk_sae()}, TppEvalConfig(dataset_names=["no-such-dataset"]))
     with pytest.raises(UserError, match="no-such-dataset"):
-        run_scr(_ctx(adapter), {"s": _topk_sae()}, ScrConfig(dataset_name="no-such-dataset"))
+        run_scr(_ctx(adapter), {"s": _topk_sae()}, ScrEvalConfig(dataset_name="no-such-dataset"))
 
 
 def test_too_few_examples_is_a_user_error(adapter):
     tiny = {"letters": multiclass(per_class=6)}
     with pytest.raises(UserError, match="too few|only"):
         run_sparse_probing(
-            _ctx(adapter), {"s": _topk_sae()}, SparseProbingConfig(dataset_names=["letters"], **SMALL), datasets=tiny
+            _ctx(adapter),
+            {"s": _topk_sae()},
+            SparseProbingEvalConfig(dataset_names=["letters"], **SMALL),
+            datasets=tiny,
         )
     with pytest.raises(UserError, match="too few|only"):
-        run_tpp(_ctx(adapter), {"s": _topk_sae()}, TppConfig(dataset_names=["letters"], **SMALL_TPP), datasets=tiny)
+        run_tpp(_ctx(adapter), {"s": _topk_sae()}, TppEvalConfig(dataset_names=["letters"], **SMALL_TPP), datasets=tiny)
     with pytest.raises(UserError, match="too few"):
         run_scr(
             _ctx(adapter),
             {"s": _topk_sae()},
-            ScrConfig(**{**SMALL_SCR, "min_per_quadrant": 30}),
+            ScrEvalConfig(**{**SMALL_SCR, "min_per_quadrant": 30}),
             dataset=two_label(per_cell=40),
         )
     no_attr = multiclass(n_classes=2)
     with pytest.raises(UserError, match="attribute"):
-        run_scr(_ctx(adapter), {"s": _topk_sae()}, ScrConfig(**SMALL_SCR), dataset=no_attr)
+        run_scr(_ctx(adapter), {"s": _topk_sae()}, ScrEvalConfig(**SMALL_SCR), dataset=no_attr)
 
 
 def test_bad_source_and_unreachable_hub_are_user_errors(adapter, monkeypatch):
     with pytest.raises(UserError, match="dataset_source"):
         run_sparse_probing(
-            _ctx(adapter), {"s": _topk_sae()}, SparseProbingConfig(dataset_names=["sentiment"], dataset_source="web")
+            _ctx(adapter),
+            {"s": _topk_sae()},
+            SparseProbingEvalConfig(dataset_names=["sentiment"], dataset_source="web"),
         )
     from sae_bench.sae_bench_utils import dataset_utils
 
@@ -492,12 +499,12 @@ def test_bad_source_and_unreachable_hub_are_user_errors(adapter, monkeypatch):
         run_sparse_probing(
             _ctx(adapter),
             {"s": _topk_sae()},
-            SparseProbingConfig(dataset_names=["sentiment"], dataset_source="sae_bench"),
+            SparseProbingEvalConfig(dataset_names=["sentiment"], dataset_source="sae_bench"),
         )
     assert "\n" not in str(err.value) and "Hugging Face hub" in str(err.value)
     import datasets
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(UserError) as err:
-        run_scr(_ctx(adapter), {"s": _topk_sae()}, ScrConfig(dataset_source="sae_bench"))
+        run_scr(_ctx(adapter), {"s": _topk_sae()}, ScrEvalConfig(dataset_source="sae_bench"))
     assert "\n" not in str(err.value) and "amazon_reviews" in str(err.value)

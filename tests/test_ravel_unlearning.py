@@ -17,9 +17,9 @@ from abstopk_eval.data.facts import EntityData, FactDomain, Template
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.context import EvalContext
 from abstopk_eval.evals.knowledge import PromptRunner, encode, pad_left
-from abstopk_eval.evals.ravel.eval_config import RavelConfig
+from abstopk_eval.evals.ravel.eval_config import RavelEvalConfig
 from abstopk_eval.evals.ravel.main import run_ravel
-from abstopk_eval.evals.unlearning.eval_config import UnlearningConfig
+from abstopk_eval.evals.unlearning.eval_config import UnlearningEvalConfig
 from abstopk_eval.evals.unlearning.main import clamp_latents, run_unlearning
 from abstopk_eval.models.adapter import ModelAdapter
 from tests.test_sign_flip import _random_sae, negate_latent
@@ -104,7 +104,7 @@ def _context(adapter: ModelAdapter) -> EvalContext:
     )
 
 
-def _ravel_config(**kw) -> RavelConfig:
+def _ravel_config(**kw) -> RavelEvalConfig:
     base = dict(
         model_name="tiny",
         layer=LAYER,
@@ -118,10 +118,10 @@ def _ravel_config(**kw) -> RavelConfig:
         llm_batch_size=16,
         chance_margin=0.0,
     )
-    return RavelConfig(**{**base, **kw})
+    return RavelEvalConfig(**{**base, **kw})
 
 
-def _unlearning_config(**kw) -> UnlearningConfig:
+def _unlearning_config(**kw) -> UnlearningEvalConfig:
     base = dict(
         model_name="tiny",
         layer=LAYER,
@@ -138,7 +138,7 @@ def _unlearning_config(**kw) -> UnlearningConfig:
         n_retain_tokens=512,
         llm_batch_size=16,
     )
-    return UnlearningConfig(**{**base, **kw})
+    return UnlearningEvalConfig(**{**base, **kw})
 
 
 def _flat(output) -> dict:

@@ -1,4 +1,7 @@
-"""Evaluations; importing this package registers every built-in one in `EVALS`."""
+"""Evaluations; importing this package registers every built-in one in `EVALS`.
+
+The order of the imports below does not matter: `context.DEFAULT_ORDER` declares the order of a run.
+"""
 
 from abstopk_eval.evals.absorption import main as _absorption  # noqa: F401
 from abstopk_eval.evals.bidirectional import main as _bidirectional  # noqa: F401

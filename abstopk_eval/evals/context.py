@@ -50,6 +50,9 @@ class EvalSpec:
     name: str
     description: str
     run: EvalFn
+    config_cls: type
+    """The evaluation's config (a pydantic dataclass on sae_bench's BaseEvalConfig): its fields are the options
+    `--eval-option NAME.KEY=VALUE` may set, typed by their annotations."""
     in_default_run: bool = True
     """Run when no --evals is given; False for evaluations that need a particular kind of model (steering
     needs an instruction-tuned model with a chat template) and are asked for by name."""
@@ -66,9 +69,32 @@ def get_eval(name: str) -> EvalSpec:
     return EVALS.lookup(name)
 
 
+DEFAULT_ORDER: tuple[str, ...] = (
+    "core",
+    "scr",
+    "sparse_probing",
+    "tpp",
+    "absorption",
+    "ravel",
+    "unlearning",
+    "fragmentation",
+    "bidirectional",
+    "steering",
+)
+"""The order in which a run performs the built-in evaluations (cheap and widely needed first; TPP after sparse
+probing, whose model pass it reuses). Evaluations registered elsewhere run after these, in registration order."""
+
+
+def ordered_evals(names: list[str] | None = None) -> list[str]:
+    """`names` (default: every registered evaluation) in the declared order, duplicates removed."""
+    chosen = list(dict.fromkeys(names if names is not None else EVALS))
+    rank = {name: i for i, name in enumerate(DEFAULT_ORDER)}
+    return sorted(chosen, key=lambda name: (rank.get(name, len(rank)), list(EVALS).index(name) if name in EVALS else 0))
+
+
 def default_evals() -> list[str]:
-    """The evaluations a run performs when none are named."""
-    return [name for name, spec in EVALS.items() if spec.in_default_run]
+    """The evaluations a run performs when none are named, in the declared order."""
+    return [name for name in ordered_evals() if EVALS[name].in_default_run]
 
 
 def hook_name(layer: int) -> str:

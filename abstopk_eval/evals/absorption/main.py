@@ -103,6 +103,7 @@ from abstopk_eval.evals.absorption.eval_output import (
 from abstopk_eval.evals.common import SAE_BENCH_COMMIT
 from abstopk_eval.evals.context import EvalContext, EvalSpec, hook_name, register_eval
 
+EVAL_NAME = "absorption"
 log = logging.getLogger("abstopk_eval")
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -736,7 +737,8 @@ def run_absorption(
 
 ABSORPTION = register_eval(
     EvalSpec(
-        name="absorption",
+        name=EVAL_NAME,
+        config_cls=AbsorptionEvalConfig,
         description="SAEBench first-letter feature absorption (absorption fraction, full absorption, feature splits), "
         "sign-correct for signed latents, plus 1 - absorption",
         run=run_absorption,

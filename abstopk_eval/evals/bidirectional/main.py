@@ -32,6 +32,8 @@ from abstopk_eval.evals.bidirectional.eval_output import (
 from abstopk_eval.evals.common import output_common, resolve_config
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 
+EVAL_NAME = "bidirectional"
+
 
 @torch.no_grad()
 def pair_activations(adapter, layer: int, instances: list[PairInstance]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +111,7 @@ def summarise(details: list[AxisDetail]) -> BidirectionalMetrics:
 def run_bidirectional(
     ctx: EvalContext, saes: dict[str, SAE], config: BidirectionalEvalConfig | None = None
 ) -> dict[str, BidirectionalEvalOutput]:
-    cfg = resolve_config(BidirectionalEvalConfig, ctx, "bidirectional", config)
+    cfg = resolve_config(BidirectionalEvalConfig, ctx, EVAL_NAME, config)
     instances, counts = build_instances(ctx.adapter.tokenizer, cfg.axes or None)
     by_axis: dict[str, list[int]] = defaultdict(list)
     for i, inst in enumerate(instances):
@@ -141,7 +143,8 @@ def run_bidirectional(
 
 BIDIRECTIONAL = register_eval(
     EvalSpec(
-        name="bidirectional",
+        name=EVAL_NAME,
+        config_cls=BidirectionalEvalConfig,
         description="Figure 1 case study: per bipolar axis, one signed latent or two split latents",
         run=run_bidirectional,
     )

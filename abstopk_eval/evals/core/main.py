@@ -34,6 +34,8 @@ from abstopk_eval.evals.core.eval_output import (
     SignedSparsityMetrics,
 )
 
+EVAL_NAME = "core"
+
 
 @dataclass
 class _LossTotals:
@@ -284,7 +286,7 @@ def run_core(ctx: EvalContext, saes: dict[str, SAE]) -> dict[str, CoreEvalOutput
     config = resolve_config(
         CoreEvalConfig,
         ctx,
-        "core",
+        EVAL_NAME,
         None,
         dataset=ctx.dataset,
         context_size=int(ctx.eval_tokens.shape[1]),
@@ -298,7 +300,8 @@ def run_core(ctx: EvalContext, saes: dict[str, SAE]) -> dict[str, CoreEvalOutput
 
 CORE = register_eval(
     EvalSpec(
-        name="core",
+        name=EVAL_NAME,
+        config_cls=CoreEvalConfig,
         description="nMSE, FVU, L0 (!= 0), dead and negative fractions, CE / loss recovered / KL with the SAE "
         "spliced in",
         run=run_core,

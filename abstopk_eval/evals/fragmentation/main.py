@@ -26,6 +26,8 @@ from abstopk_eval.evals.fragmentation.eval_output import (
 )
 from abstopk_eval.saes.signs import has_signed_latents
 
+EVAL_NAME = "fragmentation"
+
 
 @torch.no_grad()
 def alive_latents(sae: SAE, activations: torch.Tensor, max_rows: int = 16384, batch_size: int = 4096) -> torch.Tensor:
@@ -118,7 +120,7 @@ def score_sae(
 def run_fragmentation(
     ctx: EvalContext, saes: dict[str, SAE], config: FragmentationEvalConfig | None = None
 ) -> dict[str, FragmentationEvalOutput]:
-    cfg = resolve_config(FragmentationEvalConfig, ctx, "fragmentation", config)
+    cfg = resolve_config(FragmentationEvalConfig, ctx, EVAL_NAME, config)
     acts = ctx.heldout_activations() if cfg.alive_only else None
     outputs = {}
     for sae_id, sae in tqdm(saes.items(), desc="fragmentation", unit="sae"):
@@ -136,7 +138,8 @@ def run_fragmentation(
 
 FRAGMENTATION = register_eval(
     EvalSpec(
-        name="fragmentation",
+        name=EVAL_NAME,
+        config_cls=FragmentationEvalConfig,
         description="decoder atoms in nearly antiparallel pairs (a bipolar axis split in two), sign-invariant for "
         "signed SAEs",
         run=run_fragmentation,

@@ -9,7 +9,7 @@ from abstopk_eval.evals.common import ModelEvalConfig
 
 
 @dataclass
-class RavelConfig(ModelEvalConfig):
+class RavelEvalConfig(ModelEvalConfig):
     entity_attribute_selection: dict[str, list[str]] = Field(
         default_factory=lambda: {
             "city": ["Country", "Continent", "Language"],

@@ -15,7 +15,7 @@ from sae_bench.evals.base_eval_output import (
 )
 from sae_bench.evals.ravel.eval_output import EVAL_TYPE_ID_RAVEL, RAVELMetricResults
 
-from abstopk_eval.evals.ravel.eval_config import RavelConfig
+from abstopk_eval.evals.ravel.eval_config import RavelEvalConfig
 
 
 @dataclass
@@ -81,12 +81,12 @@ class RavelResultDetail(BaseResultDetail):
 
 
 @dataclass(config=ConfigDict(title="RAVEL (abstopk-eval)"))
-class RavelOutput(BaseEvalOutput[RavelConfig, RavelMetricCategories, RavelResultDetail]):
+class RavelEvalOutput(BaseEvalOutput[RavelEvalConfig, RavelMetricCategories, RavelResultDetail]):
     """RAVEL: interchanging the SAE latents selected for one attribute between two entities should change that
     attribute's prediction to the source entity's value (cause) and leave the entity's other attributes as they
     were (isolation). Only prompts the model answers correctly are used; the model's accuracy is reported."""
 
-    eval_config: RavelConfig
+    eval_config: RavelEvalConfig
     eval_id: str
     datetime_epoch_millis: int
     eval_result_metrics: RavelMetricCategories

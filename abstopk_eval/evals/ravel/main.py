@@ -60,11 +60,11 @@ from abstopk_eval.evals.knowledge import (
     pad_left,
     value_token_ids,
 )
-from abstopk_eval.evals.ravel.eval_config import RavelConfig
+from abstopk_eval.evals.ravel.eval_config import RavelEvalConfig
 from abstopk_eval.evals.ravel.eval_output import (
+    RavelEvalOutput,
     RavelKnowledgeMetrics,
     RavelMetricCategories,
-    RavelOutput,
     RavelResultDetail,
 )
 
@@ -311,7 +311,7 @@ def select_latents(scores: Tensor, n: int) -> Tensor:
 # ---------------------------------------------------------------------------------------------- run
 
 
-def _prepare(ctx: EvalContext, cfg: RavelConfig, runner: PromptRunner) -> tuple[list[AttributeSet], dict[str, Any]]:
+def _prepare(ctx: EvalContext, cfg: RavelEvalConfig, runner: PromptRunner) -> tuple[list[AttributeSet], dict[str, Any]]:
     tokenizer, bos, pad = ctx.adapter.tokenizer, ctx.adapter.bos_token_id, pad_id_of(ctx.adapter)
     rng = random.Random(cfg.random_seed)
     sets: list[AttributeSet] = []
@@ -366,7 +366,7 @@ def _prepare(ctx: EvalContext, cfg: RavelConfig, runner: PromptRunner) -> tuple[
     return sets, summary
 
 
-def _check_config(cfg: RavelConfig) -> None:
+def _check_config(cfg: RavelEvalConfig) -> None:
     if cfg.latent_selection != "attribution":
         raise UserError(f"ravel: unknown latent_selection {cfg.latent_selection!r}; known: attribution")
     if not cfg.entity_attribute_selection:
@@ -375,9 +375,11 @@ def _check_config(cfg: RavelConfig) -> None:
         raise UserError("ravel: n_latents_grid needs positive counts")
 
 
-def run_ravel(ctx: EvalContext, saes: dict[str, SAE], config: RavelConfig | None = None) -> dict[str, RavelOutput]:
+def run_ravel(
+    ctx: EvalContext, saes: dict[str, SAE], config: RavelEvalConfig | None = None
+) -> dict[str, RavelEvalOutput]:
     start = time.perf_counter()
-    cfg = resolve_config(RavelConfig, ctx, EVAL_NAME, config)
+    cfg = resolve_config(RavelEvalConfig, ctx, EVAL_NAME, config)
     _check_config(cfg)
     runner = PromptRunner(ctx.adapter, ctx.layer)
     pad, d_model = pad_id_of(ctx.adapter), ctx.adapter.d_model
@@ -487,7 +489,7 @@ def run_ravel(ctx: EvalContext, saes: dict[str, SAE], config: RavelConfig | None
             n_cause_pairs=sum(d.n_cause_pairs for d in headline),
             n_isolation_pairs=sum(d.n_isolation_pairs for d in headline),
         )
-        outputs[sid] = RavelOutput(
+        outputs[sid] = RavelEvalOutput(
             eval_config=cfg,
             eval_result_metrics=RavelMetricCategories(
                 ravel=RAVELMetricResults(
@@ -532,6 +534,7 @@ def run_ravel(ctx: EvalContext, saes: dict[str, SAE], config: RavelConfig | None
 RAVEL = register_eval(
     EvalSpec(
         name=EVAL_NAME,
+        config_cls=RavelEvalConfig,
         description="RAVEL: interchange the SAE latents of one entity attribute (signed) at the entity token; cause, "
         "isolation and disentanglement on facts the model knows (offline cities and Nobel laureates)",
         run=run_ravel,

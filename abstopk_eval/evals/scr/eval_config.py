@@ -9,7 +9,7 @@ from abstopk_eval.evals.probes import AttributionProbeConfig
 
 
 @dataclass
-class ScrConfig(AttributionProbeConfig):
+class ScrEvalConfig(AttributionProbeConfig):
     dataset_name: str = Field(
         default="domain-sentiment",
         title="Dataset",

@@ -9,15 +9,15 @@ from pydantic.dataclasses import dataclass
 from sae_bench.evals.base_eval_output import BaseEvalOutput
 from sae_bench.evals.scr_and_tpp.eval_output import EVAL_TYPE_ID_SCR, ScrMetricCategories, ScrResultDetail
 
-from abstopk_eval.evals.scr.eval_config import ScrConfig
+from abstopk_eval.evals.scr.eval_config import ScrEvalConfig
 
 
 @dataclass(config=ConfigDict(title="SCR (abstopk-eval)"))
-class ScrOutput(BaseEvalOutput[ScrConfig, ScrMetricCategories, ScrResultDetail]):
+class ScrEvalOutput(BaseEvalOutput[ScrEvalConfig, ScrMetricCategories, ScrResultDetail]):
     """Spurious correlation removal: ablating the SAE latents tied to a spurious attribute should make a probe
     trained on spuriously correlated data classify the target label like a probe trained on balanced data."""
 
-    eval_config: ScrConfig
+    eval_config: ScrEvalConfig
     eval_id: str
     datetime_epoch_millis: int
     eval_result_metrics: ScrMetricCategories

@@ -58,8 +58,8 @@ from abstopk_eval.evals.probes import (
     mean_diff,
     select_top_n,
 )
-from abstopk_eval.evals.scr.eval_config import ScrConfig
-from abstopk_eval.evals.scr.eval_output import ScrOutput
+from abstopk_eval.evals.scr.eval_config import ScrEvalConfig
+from abstopk_eval.evals.scr.eval_output import ScrEvalOutput
 
 EVAL_NAME = "scr"
 MIN_SCORE_DENOMINATOR = 0.001  # sae_bench: an oracle no better than the biased probe gives score 0
@@ -96,7 +96,7 @@ def _two_sided(pos_rows: list[np.ndarray], neg_rows: list[np.ndarray]) -> _Set:
     )
 
 
-def _attribute(ds: Any, cfg: ScrConfig) -> tuple[str, np.ndarray, list[str]]:
+def _attribute(ds: Any, cfg: ScrEvalConfig) -> tuple[str, np.ndarray, list[str]]:
     attributes = getattr(ds, "attributes", {}) or {}
     if cfg.spurious_attribute is not None:
         if cfg.spurious_attribute not in attributes:
@@ -119,7 +119,7 @@ def _attribute(ds: Any, cfg: ScrConfig) -> tuple[str, np.ndarray, list[str]]:
     return attr, values, names
 
 
-def _column2_order(cfg: ScrConfig, names: list[str]) -> tuple[str, str]:
+def _column2_order(cfg: ScrEvalConfig, names: list[str]) -> tuple[str, str]:
     if cfg.column2_values is not None:
         if len(cfg.column2_values) != 2 or any(v not in names for v in cfg.column2_values):
             raise UserError(f"column2_values must be two of {names}, got {cfg.column2_values}")
@@ -131,7 +131,7 @@ def _column2_order(cfg: ScrConfig, names: list[str]) -> tuple[str, str]:
     return first, next(n for n in names if n != first)
 
 
-def _pairs(cfg: ScrConfig, ds: Any) -> list[tuple[str, str]]:
+def _pairs(cfg: ScrEvalConfig, ds: Any) -> list[tuple[str, str]]:
     if cfg.column1_pairs is not None:
         pairs = [tuple(p) for p in cfg.column1_pairs]
     elif cfg.dataset_source == "sae_bench":
@@ -151,7 +151,7 @@ def _pairs(cfg: ScrConfig, ds: Any) -> list[tuple[str, str]]:
     return pairs  # type: ignore[return-value]
 
 
-def build_pairs(ds: Any, cfg: ScrConfig) -> tuple[str, list[_Pair]]:
+def build_pairs(ds: Any, cfg: ScrEvalConfig) -> tuple[str, list[_Pair]]:
     """Sample every class pair's quadrants (sae_bench's layout, shrunk proportionally where a quadrant is short)."""
     attr, values, names = _attribute(ds, cfg)
     pos_name, neg_name = _column2_order(cfg, names)
@@ -216,12 +216,12 @@ def _effects(z: np.ndarray, s: _Set, probe: LinearProbe, rows_dec: np.ndarray) -
 def run_scr(
     ctx: EvalContext,
     saes: dict[str, SAE],
-    config: ScrConfig | None = None,
+    config: ScrEvalConfig | None = None,
     dataset: Any = None,
-) -> dict[str, ScrOutput]:
+) -> dict[str, ScrEvalOutput]:
     """SCR results per SAE. `dataset` (a LabelledDataset with one binary attribute) overrides loading by name."""
     start = time.perf_counter()
-    cfg = resolve_config(ScrConfig, ctx, EVAL_NAME, config)
+    cfg = resolve_config(ScrEvalConfig, ctx, EVAL_NAME, config)
     check_source(cfg.dataset_source)
     if not cfg.n_values or min(cfg.n_values) < 1:
         raise UserError(f"scr n_values must be positive, got {cfg.n_values}")
@@ -332,7 +332,7 @@ def run_scr(
         keys = per_pair[0].keys()
         metrics = {k: float(np.mean([pp[k] for pp in per_pair])) for k in keys}
         known = {f.name for f in fields(ScrMetrics)}
-        outputs[sid] = ScrOutput(
+        outputs[sid] = ScrEvalOutput(
             eval_config=cfg,
             eval_result_metrics=ScrMetricCategories(
                 scr_metrics=ScrMetrics(**{k: v for k, v in metrics.items() if k in known})
@@ -356,6 +356,7 @@ def run_scr(
 SCR = register_eval(
     EvalSpec(
         name=EVAL_NAME,
+        config_cls=ScrEvalConfig,
         description="Spurious correlation removal on domain x sentiment: ablate the latents tied to the spurious "
         "label, "
         "score the biased probe's shift toward the balanced-data oracle (both directions)",

@@ -9,7 +9,7 @@ from abstopk_eval.evals.probes import ClassProbingConfig
 
 
 @dataclass
-class SparseProbingConfig(ClassProbingConfig):
+class SparseProbingEvalConfig(ClassProbingConfig):
     dataset_names: list[str] = Field(
         default_factory=lambda: ["sentiment", "language", "code", "topic"],
         title="Datasets",

@@ -13,17 +13,17 @@ from sae_bench.evals.sparse_probing.eval_output import (
     SparseProbingResultDetail,
 )
 
-from abstopk_eval.evals.sparse_probing.eval_config import SparseProbingConfig
+from abstopk_eval.evals.sparse_probing.eval_config import SparseProbingEvalConfig
 
 
 @dataclass(config=ConfigDict(title="Sparse probing (abstopk-eval)"))
-class SparseProbingOutput(
-    BaseEvalOutput[SparseProbingConfig, SparseProbingMetricCategories, SparseProbingResultDetail]
+class SparseProbingEvalOutput(
+    BaseEvalOutput[SparseProbingEvalConfig, SparseProbingMetricCategories, SparseProbingResultDetail]
 ):
     """Logistic-regression probes on the k SAE latents whose mean pooled value differs most (in magnitude)
     between a class and the rest, against probes on the model's pooled residual stream; offline datasets."""
 
-    eval_config: SparseProbingConfig
+    eval_config: SparseProbingEvalConfig
     eval_id: str
     datetime_epoch_millis: int
     eval_result_metrics: SparseProbingMetricCategories

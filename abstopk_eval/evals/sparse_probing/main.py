@@ -46,8 +46,8 @@ from abstopk_eval.evals.probes import (
     split_per_class,
     top_k_by_abs_mean_diff,
 )
-from abstopk_eval.evals.sparse_probing.eval_config import SparseProbingConfig
-from abstopk_eval.evals.sparse_probing.eval_output import SparseProbingOutput
+from abstopk_eval.evals.sparse_probing.eval_config import SparseProbingEvalConfig
+from abstopk_eval.evals.sparse_probing.eval_output import SparseProbingEvalOutput
 
 EVAL_NAME = "sparse_probing"
 N_TOP_LATENTS_RECORDED = 5
@@ -56,7 +56,7 @@ N_TOP_LATENTS_RECORDED = 5
 def probe_accuracies(
     features: np.ndarray,
     tasks: list[BinaryTask],
-    cfg: SparseProbingConfig,
+    cfg: SparseProbingEvalConfig,
     prefix: str,
     full: bool,
     correct: dict[str, dict[str, np.ndarray]] | None = None,
@@ -123,12 +123,12 @@ def _keep(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 def run_sparse_probing(
     ctx: EvalContext,
     saes: dict[str, SAE],
-    config: SparseProbingConfig | None = None,
+    config: SparseProbingEvalConfig | None = None,
     datasets: dict[str, Any] | None = None,
-) -> dict[str, SparseProbingOutput]:
+) -> dict[str, SparseProbingEvalOutput]:
     """Sparse-probing results per SAE. `datasets` (name -> LabelledDataset) overrides loading by name."""
     start = time.perf_counter()
-    cfg = resolve_config(SparseProbingConfig, ctx, EVAL_NAME, config)
+    cfg = resolve_config(SparseProbingEvalConfig, ctx, EVAL_NAME, config)
     check_source(cfg.dataset_source)
     if not cfg.dataset_names:
         raise UserError("sparse_probing needs at least one dataset")
@@ -197,7 +197,7 @@ def run_sparse_probing(
             )
             for d in cfg.dataset_names
         ]
-        outputs[sid] = SparseProbingOutput(
+        outputs[sid] = SparseProbingEvalOutput(
             eval_config=cfg,
             eval_result_metrics=SparseProbingMetricCategories(
                 llm=SparseProbingLlmMetrics(**_keep(SparseProbingLlmMetrics, llm_mean)),
@@ -220,6 +220,7 @@ def run_sparse_probing(
 SPARSE_PROBING = register_eval(
     EvalSpec(
         name=EVAL_NAME,
+        config_cls=SparseProbingEvalConfig,
         description="Logistic-regression probes on the top-k latents by |mean difference| (sentiment, language, "
         "code, topic) "
         "vs probes on the model's pooled residual",

@@ -560,6 +560,7 @@ def _output(
 STEERING = register_eval(
     EvalSpec(
         name=EVAL_NAME,
+        config_cls=SteeringEvalConfig,
         description="Refusal steering with one SAE latent vs Difference-in-Means (paper Table 1): HarmBench refusal, "
         "MMLU and held-out CE under steering; extra results 'original' and 'dim'",
         run=run_steering,

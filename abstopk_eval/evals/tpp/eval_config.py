@@ -9,7 +9,7 @@ from abstopk_eval.evals.probes import AttributionProbeConfig, ClassProbingConfig
 
 
 @dataclass
-class TppConfig(ClassProbingConfig, AttributionProbeConfig):
+class TppEvalConfig(ClassProbingConfig, AttributionProbeConfig):
     dataset_names: list[str] = Field(
         default_factory=lambda: ["language", "topic"],
         title="Datasets",

@@ -9,15 +9,15 @@ from pydantic.dataclasses import dataclass
 from sae_bench.evals.base_eval_output import BaseEvalOutput
 from sae_bench.evals.scr_and_tpp.eval_output import EVAL_TYPE_ID_TPP, TppMetricCategories, TppResultDetail
 
-from abstopk_eval.evals.tpp.eval_config import TppConfig
+from abstopk_eval.evals.tpp.eval_config import TppEvalConfig
 
 
 @dataclass(config=ConfigDict(title="TPP (abstopk-eval)"))
-class TppOutput(BaseEvalOutput[TppConfig, TppMetricCategories, TppResultDetail]):
+class TppEvalOutput(BaseEvalOutput[TppEvalConfig, TppMetricCategories, TppResultDetail]):
     """Targeted probe perturbation: ablating the latents selected for class i should hurt the class-i probe
     and leave the other classes' probes alone (S_TPP = mean drop on i=j minus mean drop on i!=j)."""
 
-    eval_config: TppConfig
+    eval_config: TppEvalConfig
     eval_id: str
     datetime_epoch_millis: int
     eval_result_metrics: TppMetricCategories

@@ -48,8 +48,8 @@ from abstopk_eval.evals.probes import (
     select_top_n,
     split_per_class,
 )
-from abstopk_eval.evals.tpp.eval_config import TppConfig
-from abstopk_eval.evals.tpp.eval_output import TppOutput
+from abstopk_eval.evals.tpp.eval_config import TppEvalConfig
+from abstopk_eval.evals.tpp.eval_output import TppEvalOutput
 
 EVAL_NAME = "tpp"
 
@@ -81,11 +81,11 @@ def tpp_scores(
 
 
 def run_tpp(
-    ctx: EvalContext, saes: dict[str, SAE], config: TppConfig | None = None, datasets: dict[str, Any] | None = None
-) -> dict[str, TppOutput]:
+    ctx: EvalContext, saes: dict[str, SAE], config: TppEvalConfig | None = None, datasets: dict[str, Any] | None = None
+) -> dict[str, TppEvalOutput]:
     """TPP results per SAE. `datasets` (name -> LabelledDataset) overrides loading by name."""
     start = time.perf_counter()
-    cfg = resolve_config(TppConfig, ctx, EVAL_NAME, config)
+    cfg = resolve_config(TppEvalConfig, ctx, EVAL_NAME, config)
     check_source(cfg.dataset_source)
     if not cfg.dataset_names:
         raise UserError("tpp needs at least one dataset")
@@ -163,7 +163,7 @@ def run_tpp(
     for sid, sae in saes.items():
         keys = by_ds[sid][cfg.dataset_names[0]].keys()
         metrics = {k: float(np.mean([by_ds[sid][d][k] for d in cfg.dataset_names])) for k in keys}
-        outputs[sid] = TppOutput(
+        outputs[sid] = TppEvalOutput(
             eval_config=cfg,
             eval_result_metrics=TppMetricCategories(
                 tpp_metrics=TppMetrics(**{k: v for k, v in metrics.items() if k in known_metrics})
@@ -182,6 +182,7 @@ def run_tpp(
 TPP = register_eval(
     EvalSpec(
         name=EVAL_NAME,
+        config_cls=TppEvalConfig,
         description="Targeted probe perturbation on language and topic: ablate each class's latents, "
         "S_TPP = drop of its own probe minus mean drop of the other probes",
         run=run_tpp,

@@ -26,7 +26,7 @@ SAE_BENCH_RETAIN_SUBJECTS = [
 
 
 @dataclass
-class UnlearningConfig(ModelEvalConfig):
+class UnlearningEvalConfig(ModelEvalConfig):
     forget_set: str = Field(
         default="auto",
         title="Forget set",

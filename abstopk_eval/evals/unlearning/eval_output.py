@@ -15,7 +15,7 @@ from sae_bench.evals.base_eval_output import (
 )
 from sae_bench.evals.unlearning.eval_output import EVAL_TYPE_ID_UNLEARNING, UnlearningMetrics
 
-from abstopk_eval.evals.unlearning.eval_config import UnlearningConfig
+from abstopk_eval.evals.unlearning.eval_config import UnlearningEvalConfig
 
 
 @dataclass
@@ -95,13 +95,13 @@ class UnlearningSweepDetail(BaseResultDetail):
 
 
 @dataclass(config=ConfigDict(title="Unlearning (abstopk-eval)"))
-class UnlearningOutput(BaseEvalOutput[UnlearningConfig, UnlearningMetricCategories, UnlearningSweepDetail]):
+class UnlearningEvalOutput(BaseEvalOutput[UnlearningEvalConfig, UnlearningMetricCategories, UnlearningSweepDetail]):
     """Unlearning with SAE latents (sae_bench; Farrell et al., 2024): clamp the latents most specific to the forget
     set against their sign when they fire; the score is the forget accuracy drop at the best sweep entry whose
     retain accuracy stays within the bound. Offline: MMLU bio/med stands in for WMDP-bio, and where the model is
     near chance on it a fact domain it knows is the forget set (see eval_result_unstructured.forget_set)."""
 
-    eval_config: UnlearningConfig
+    eval_config: UnlearningEvalConfig
     eval_id: str
     datetime_epoch_millis: int
     eval_result_metrics: UnlearningMetricCategories

@@ -48,12 +48,12 @@ from abstopk_eval.errors import UserError
 from abstopk_eval.evals.common import output_common, resolve_config
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.knowledge import PromptRunner, encode, length_batches, pad_id_of, pad_left, value_token_ids
-from abstopk_eval.evals.unlearning.eval_config import UnlearningConfig
+from abstopk_eval.evals.unlearning.eval_config import UnlearningEvalConfig
 from abstopk_eval.evals.unlearning.eval_output import (
     UnlearningBestMetrics,
+    UnlearningEvalOutput,
     UnlearningKnowledgeMetrics,
     UnlearningMetricCategories,
-    UnlearningOutput,
     UnlearningSweepDetail,
 )
 
@@ -201,7 +201,7 @@ def _cap(items: list[Item], n: int, rng: random.Random) -> list[Item]:
     return rng.sample(known, n) if len(known) > n else known
 
 
-def _check_config(cfg: UnlearningConfig) -> None:
+def _check_config(cfg: UnlearningEvalConfig) -> None:
     if cfg.forget_set not in FORGET_SETS:
         raise UserError(f"unlearning: unknown forget_set {cfg.forget_set!r}; known: {', '.join(FORGET_SETS)}")
     for d in [*cfg.forget_domains, *cfg.retain_domains]:
@@ -215,7 +215,7 @@ def _check_config(cfg: UnlearningConfig) -> None:
 
 
 def _prepare(
-    ctx: EvalContext, cfg: UnlearningConfig, runner: PromptRunner
+    ctx: EvalContext, cfg: UnlearningEvalConfig, runner: PromptRunner
 ) -> tuple[KnowledgeSet, KnowledgeSet, Tensor, dict[str, Any]]:
     """Forget / retain sets with their known prompts, and the forget-text residual rows for latent selection."""
     tokenizer, bos, pad = ctx.adapter.tokenizer, ctx.adapter.bos_token_id, pad_id_of(ctx.adapter)
@@ -374,10 +374,10 @@ def _accuracy(
 
 
 def run_unlearning(
-    ctx: EvalContext, saes: dict[str, SAE], config: UnlearningConfig | None = None
-) -> dict[str, UnlearningOutput]:
+    ctx: EvalContext, saes: dict[str, SAE], config: UnlearningEvalConfig | None = None
+) -> dict[str, UnlearningEvalOutput]:
     start = time.perf_counter()
-    cfg = resolve_config(UnlearningConfig, ctx, EVAL_NAME, config)
+    cfg = resolve_config(UnlearningEvalConfig, ctx, EVAL_NAME, config)
     _check_config(cfg)
     runner = PromptRunner(ctx.adapter, ctx.layer)
     pad, bos, d_model = pad_id_of(ctx.adapter), ctx.adapter.bos_token_id, ctx.adapter.d_model
@@ -433,7 +433,7 @@ def run_unlearning(
         best = min(within, key=lambda d: (d.forget_accuracy, d.n_features, d.multiplier), default=None)
         after = best.forget_accuracy if best is not None else forget_before
         score = 1.0 - after / forget_before if forget_before > 0 else 0.0
-        outputs[sid] = UnlearningOutput(
+        outputs[sid] = UnlearningEvalOutput(
             eval_config=cfg,
             eval_result_metrics=UnlearningMetricCategories(
                 unlearning=UnlearningMetrics(unlearning_score=score),
@@ -478,6 +478,7 @@ def run_unlearning(
 UNLEARNING = register_eval(
     EvalSpec(
         name=EVAL_NAME,
+        config_cls=UnlearningEvalConfig,
         description="Unlearning: clamp the latents most specific to a forget set against their sign where they fire; "
         "forget-accuracy drop within a retain-accuracy bound (MMLU bio/med proxy, else known fact domains)",
         run=run_unlearning,
