@@ -21,17 +21,10 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from abstopk_eval import evals as _evals  # noqa: F401  (registers the evaluations)
-from abstopk_eval.config import PRESETS, get_preset
+from abstopk_eval import cli
 from abstopk_eval.errors import UserError, exit_on_user_error
-from abstopk_eval.evals.context import default_evals, get_eval
-from abstopk_eval.models.loading import sha256_file
-from abstopk_eval.models.registry import DEFAULT_MODEL, MODEL_REGISTRY, get_model_spec
-from abstopk_eval.results import result_path
+from abstopk_eval.results import layer_dir
 from abstopk_eval.saes.formats import ACTIVATIONS, ExternalSAE, default_name, load_external
 from abstopk_eval.training.checkpoint import atomic_write_json
 
@@ -42,7 +35,7 @@ SOURCE_JSON = "external.json"
 
 @dataclass(frozen=True)
 class ExternalJob:
-    """What `workflow.evaluate_missing` needs of a job: a name and where its sae_lens checkpoint lies."""
+    """A converted checkpoint's result name and run folder (runs/<model>/layer_<L>/<name>/sae holds it)."""
 
     sae_id: str
     out_dir: Path
@@ -53,41 +46,19 @@ class ExternalJob:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m abstopk_eval.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = cli.new_parser("python -m abstopk_eval.compare", __doc__)
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="SAE checkpoints (folders or files)")
-    p.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"model key ({', '.join(MODEL_REGISTRY)}); default %(default)s"
-    )
-    p.add_argument(
-        "--layer",
-        type=int,
-        default=None,
-        help="residual-stream layer the SAEs read; default: the model's default layer",
-    )
-    p.add_argument(
-        "--evals", nargs="+", default=None, metavar="E", help="evaluations to run (default: every registered one)"
-    )
+    cli.add_model_arguments(p, layer_help="residual-stream layer the SAEs read")
     p.add_argument(
         "--activation", default=None, help=f"activation for checkpoints that do not name one ({', '.join(ACTIVATIONS)})"
     )
     p.add_argument("--k", type=int, default=None, help="k for k-sparse checkpoints that do not state it")
     p.add_argument("--name", default=None, help="result name for a single PATH (default ext-<folder or file name>)")
-    p.add_argument(
-        "--preset",
-        default="quick",
-        help=f"held-out data of this preset, as the trained variants used ({', '.join(PRESETS)})",
-    )
-    p.add_argument("--corpus", default="wiki-en", help="held-out text (as for `abstopk_eval.run`)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--model-path", default=None, help="load the model from this local folder")
-    p.add_argument("--results-dir", type=Path, default=Path("results"))
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where converted checkpoints are written")
-    p.add_argument("--reports-dir", type=Path, default=Path("reports"))
-    p.add_argument("--cache-dir", type=Path, default=None)
-    p.add_argument("--no-report", action="store_true", help="do not regenerate reports/")
-    p.add_argument("-q", "--quiet", action="store_true")
+    cli.add_data_arguments(p, preset_help="held-out data of this preset, as the trained variants used")
+    cli.add_eval_arguments(p)
+    cli.add_runtime_arguments(p)
+    cli.add_output_arguments(p, runs_help="where converted checkpoints are written")
+    cli.add_logging_arguments(p)
     return p
 
 
@@ -125,43 +96,16 @@ def _write_checkpoint(ext: ExternalSAE, job: ExternalJob, spec_key: str, layer: 
     atomic_write_json(marker, record)
 
 
-def _is_current(path: Path, digest: str) -> bool:
-    try:
-        return json.loads(path.read_text()).get("provenance", {}).get("sae_weights_sha256") == digest
-    except (OSError, ValueError):
-        return False
-
-
-def _stamp_provenance(path: Path, ext: ExternalSAE) -> None:
-    """Record the source checkpoint in a written result's provenance."""
-    data = json.loads(path.read_text())
-    prov = data.setdefault("provenance", {})
-    prov.update(
-        {
-            "source_path": str(ext.source_path),
-            "source_format": ext.format,
-            "source_sha256": ext.sha256,
-            "external": ext.provenance,
-            "variant": prov.get("variant") or path.parent.name,
-        }
-    )
-    atomic_write_json(path, data)
-
-
 def compare(args: argparse.Namespace) -> dict[str, Path]:
     """Convert, evaluate and record every PATH; returns {result name: its results folder}."""
     from abstopk_eval import workflow
-    from abstopk_eval.workflow import RunPlan
 
-    spec = get_model_spec(args.model)
-    layer = spec.check_layer(spec.default_layer if args.layer is None else args.layer)
-    eval_names = [get_eval(e).name for e in dict.fromkeys(args.evals or default_evals())]
+    shared = cli.shared_plan_fields(args)
+    spec, layer = shared["model"], shared["layer"]
     if args.name and len(args.paths) > 1:
         raise UserError("--name applies to a single PATH")
     if args.k is not None and args.k <= 0:
         raise UserError("--k must be positive")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was requested but no CUDA device is available")
     loaded: dict[str, ExternalSAE] = {}
     for path in args.paths:
         name = args.name or default_name(path)
@@ -183,60 +127,24 @@ def compare(args: argparse.Namespace) -> dict[str, Path]:
             ext.sae.cfg.d_sae,
             ", signed latents" if ext.signed else "",
         )
-    plan = RunPlan(
-        model=spec,
-        layer=layer,
-        variants=[],
-        ks=[spec.paper_k],
-        seeds=[0],
-        preset=get_preset(args.preset),
-        evals=eval_names,
-        corpus=args.corpus,
-        device=args.device,
-        model_path=args.model_path,
-        results_dir=args.results_dir,
-        runs_dir=args.runs_dir,
-        reports_dir=args.reports_dir,
-        cache_dir=args.cache_dir,
-        write_report=not args.no_report,
-    )
-    jobs = {name: ExternalJob(name, args.runs_dir / spec.key / f"layer_{layer}" / name) for name in loaded}
+    # no SAE is trained: the plan only says which model, layer, held-out data and evaluations
+    plan = workflow.RunPlan(**shared, variants=[], ks=[spec.paper_k], seeds=[0])
+    jobs = {name: ExternalJob(name, workflow.sae_run_dir(plan, name)) for name in loaded}
     for name, job in jobs.items():
         _write_checkpoint(loaded[name], job, spec.key, layer)
-    digests = {name: sha256_file(job.sae_dir / "sae_weights.safetensors") for name, job in jobs.items()}
-    pending: dict[str, list[Any]] = {}
-    for eval_name in eval_names:
-        todo = [
-            job
-            for name, job in jobs.items()
-            if not _is_current(result_path(args.results_dir, spec.key, layer, name, eval_name), digests[name])
-        ]
-        if todo:
-            pending[eval_name] = todo
-    if pending:
-        workflow.evaluate_missing(workflow._Session(plan), pending)
-        for eval_name, todo in pending.items():
-            for job in todo:
-                path = result_path(args.results_dir, spec.key, layer, job.sae_id, eval_name)
-                if path.is_file():
-                    _stamp_provenance(path, loaded[job.sae_id])
-    else:
-        log.info("every requested evaluation already has results for these checkpoints in %s", args.results_dir)
+    targets = [workflow.EvalTarget(name, job.sae_dir, source=loaded[name].provenance) for name, job in jobs.items()]
+    workflow.evaluate(plan, targets)
     if plan.write_report:
         from abstopk_eval.report import build_reports
 
-        build_reports(args.results_dir, args.reports_dir)
-    return {name: args.results_dir / spec.key / f"layer_{layer}" / name for name in loaded}
+        build_reports(plan.results_dir, plan.reports_dir)
+    return {name: layer_dir(plan.results_dir, spec.key, layer) / name for name in loaded}
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    cli.setup_logging(args.quiet)
     for name, folder in compare(args).items():
         print(f"{name}\t{folder}")
 

@@ -16,6 +16,7 @@ Spec keys (unknown keys are refused):
     k:        [32, 64]                  # default: the model's k
     seeds:    3                         # N (seeds 0..N-1) or a list; default 1
     evals:    [core]                    # default: every registered evaluation
+    eval_options: {scr: {probe_recipe: sklearn}}   # as --eval-option scr.probe_recipe=sklearn
     preset:   quick                     # also corpus, device, bf16, dense_training
 
 SLURM array: `sbatch --array=0-7 --wrap 'python -m abstopk_eval.sweep sweep.yaml --shard $SLURM_ARRAY_TASK_ID/8
@@ -30,20 +31,24 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from abstopk_eval import cli
 from abstopk_eval import evals as _evals  # noqa: F401  (registers the evaluations)
 from abstopk_eval.config import get_preset
 from abstopk_eval.errors import UserError, exit_on_user_error
-from abstopk_eval.evals.context import default_evals, get_eval
+from abstopk_eval.evals.context import default_evals, get_eval, ordered_evals
+from abstopk_eval.evals.options import check_eval_options
+from abstopk_eval.models.loading import check_device
 from abstopk_eval.models.registry import get_model_spec
 from abstopk_eval.saes.variants import ALL_VARIANTS, get_variant, sae_id
 
 log = logging.getLogger("abstopk_eval.sweep")
 
 SPEC_KEYS = {
+    "eval_options",
     "models",
     "layers",
     "variants",
@@ -75,6 +80,8 @@ class SweepJob:
     model_path: str | None = None
     bf16: bool = False
     dense_training: bool = False
+    eval_options: dict[str, dict[str, Any]] = field(default_factory=dict, hash=False, compare=False)
+    """eval name -> {option: value}, validated when the spec is expanded."""
 
     @property
     def sae_id(self) -> str:
@@ -139,7 +146,8 @@ def expand(spec: dict[str, Any]) -> list[SweepJob]:
     variants = [
         get_variant(v).name for v in dict.fromkeys(_as_list(spec.get("variants"), "variants") or list(ALL_VARIANTS))
     ]
-    evals = tuple(get_eval(e).name for e in dict.fromkeys(_as_list(spec.get("evals"), "evals") or default_evals()))
+    named = [get_eval(e).name for e in _as_list(spec.get("evals"), "evals")]
+    evals = tuple(ordered_evals(named) if named else default_evals())
     seeds_value = spec.get("seeds", 1)
     if isinstance(seeds_value, int) and not isinstance(seeds_value, bool):
         seeds = list(range(_ints([seeds_value], "seeds", 1)[0]))
@@ -153,7 +161,9 @@ def expand(spec: dict[str, Any]) -> list[SweepJob]:
         "device": str(spec.get("device", "cpu")),
         "bf16": bool(spec.get("bf16", False)),
         "dense_training": bool(spec.get("dense_training", False)),
+        "eval_options": check_eval_options(spec.get("eval_options")),
     }
+    check_device(shared["device"])
     jobs: list[SweepJob] = []
     seen: set[str] = set()
     for entry in models:
@@ -211,12 +221,8 @@ def shard_jobs(jobs: list[SweepJob], index: int, count: int) -> list[SweepJob]:
 
 def run_job(job: SweepJob, *, results_dir: Path, runs_dir: Path, reports_dir: Path, cache_dir: Path | None) -> None:
     """Train and evaluate one job through the ordinary workflow (no report)."""
-    import torch
-
     from abstopk_eval.workflow import RunPlan, execute
 
-    if job.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"job {job.job_id} asks for device {job.device} but no CUDA device is available")
     plan = RunPlan(
         model=get_model_spec(job.model),
         layer=job.layer,
@@ -235,38 +241,26 @@ def run_job(job: SweepJob, *, results_dir: Path, runs_dir: Path, reports_dir: Pa
         write_report=False,
         sparse_training=not job.dense_training,
         bf16_training=job.bf16,
+        eval_options=job.eval_options,
     )
     execute(plan)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m abstopk_eval.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = cli.new_parser("python -m abstopk_eval.sweep", __doc__)
     p.add_argument("spec", type=Path, help="sweep spec (.yaml / .yml / .json)")
     p.add_argument("--shard", default="0/1", help="run share i of n (0 <= i < n); default 0/1, the whole sweep")
     p.add_argument("--list", action="store_true", help="print the jobs (of this shard) and exit")
-    p.add_argument("--results-dir", type=Path, default=Path("results"))
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
-    p.add_argument("--reports-dir", type=Path, default=Path("reports"))
-    p.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="model copies and activation caches; on a cluster use node-local scratch per job",
-    )
-    p.add_argument("-q", "--quiet", action="store_true")
+    cli.add_output_arguments(p, report_flag=False)
+    cli.add_runtime_arguments(p, device=False)
+    cli.add_logging_arguments(p)
     return p
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    cli.setup_logging(args.quiet)
     index, count = parse_shard(args.shard)
     jobs = expand(load_spec_file(args.spec))
     mine = shard_jobs(jobs, index, count)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,8 @@ from abstopk_eval.evals.context import EvalContext, get_eval, hook_name
 from abstopk_eval.models.adapter import ModelAdapter
 from abstopk_eval.models.loading import default_cache_dir, load_model, sha256_file
 from abstopk_eval.models.registry import ModelSpec
-from abstopk_eval.results import package_versions, result_path, write_eval_output
+from abstopk_eval.provenance import RunProvenance, SaeProvenance, package_versions
+from abstopk_eval.results import result_path, write_eval_output
 from abstopk_eval.saes.io import load_sae
 from abstopk_eval.saes.variants import get_variant, sae_id
 from abstopk_eval.training import distributed
@@ -47,6 +50,13 @@ class RunPlan:
     write_report: bool = True
     sparse_training: bool = True
     bf16_training: bool = False
+    eval_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """eval name -> {config field: value}, validated by `abstopk_eval.evals.options`."""
+
+
+def sae_run_dir(plan: RunPlan, sae_id: str) -> Path:
+    """runs/<model>/layer_<L>/<sae_id>: where an SAE's checkpoint (trained here or converted) lives."""
+    return plan.runs_dir / plan.model.key / f"layer_{plan.layer}" / sae_id
 
 
 def plan_jobs(plan: RunPlan) -> list[TrainJob]:
@@ -57,18 +67,40 @@ def plan_jobs(plan: RunPlan) -> list[TrainJob]:
         for k in ks:
             for seed in plan.seeds:
                 sid = sae_id(variant, k, seed, plan.preset.name)
-                out_dir = plan.runs_dir / plan.model.key / f"layer_{plan.layer}" / sid
-                jobs.setdefault(sid, TrainJob(variant, k, seed, plan.preset.name, out_dir))
+                jobs.setdefault(sid, TrainJob(variant, k, seed, plan.preset.name, sae_run_dir(plan, sid)))
     return list(jobs.values())
 
 
-def checkpoint_digest(job: TrainJob) -> str | None:
-    """sha256 of the SAE weights a result was computed from (results record it as provenance)."""
-    weights = job.sae_dir / "sae_weights.safetensors"
-    return sha256_file(weights) if weights.is_file() else None
+@dataclass(frozen=True)
+class EvalTarget:
+    """One SAE checkpoint to evaluate: its result name, its sae_lens checkpoint, and what its results record."""
+
+    sae_id: str
+    sae_dir: Path
+    training_json: Path | None = None
+    """training.json of an SAE trained here (core reports its training curve and time)."""
+    source: dict[str, Any] | None = None
+    """Checkpoints converted from disk: where they came from (see `SaeProvenance.source`)."""
+
+    @property
+    def weights(self) -> Path:
+        return self.sae_dir / "sae_weights.safetensors"
+
+    def digest(self) -> str | None:
+        """sha256 of the weights a result is computed from (None while the checkpoint does not exist)."""
+        return sha256_file(self.weights) if self.weights.is_file() else None
+
+    def training_info(self) -> dict[str, Any]:
+        if self.training_json is None or not self.training_json.is_file():
+            return {}
+        return json.loads(self.training_json.read_text())
 
 
-def _result_is_current(path: Path, digest: str | None) -> bool:
+def target_of(job: TrainJob) -> EvalTarget:
+    return EvalTarget(job.sae_id, job.sae_dir, training_json=job.out_dir / TRAINING_JSON)
+
+
+def result_is_current(path: Path, digest: str | None) -> bool:
     """A result counts as done only if it scored this very checkpoint (a retrained SAE is re-evaluated)."""
     if digest is None or not path.is_file():
         return False
@@ -78,15 +110,16 @@ def _result_is_current(path: Path, digest: str | None) -> bool:
         return False
 
 
-def _pending_evals(plan: RunPlan, jobs: list[TrainJob]) -> dict[str, list[TrainJob]]:
-    digests = {job.sae_id: checkpoint_digest(job) for job in jobs}
+def pending_evaluations(plan: RunPlan, targets: Sequence[EvalTarget]) -> dict[str, list[EvalTarget]]:
+    """Evaluation name -> the targets without a current result for it, in the plan's evaluation order."""
+    digests = {t.sae_id: t.digest() for t in targets}
     pending = {}
     for name in plan.evals:
         todo = [
-            j
-            for j in jobs
-            if not _result_is_current(
-                result_path(plan.results_dir, plan.model.key, plan.layer, j.sae_id, name), digests[j.sae_id]
+            t
+            for t in targets
+            if not result_is_current(
+                result_path(plan.results_dir, plan.model.key, plan.layer, t.sae_id, name), digests[t.sae_id]
             )
         ]
         if todo:
@@ -94,7 +127,7 @@ def _pending_evals(plan: RunPlan, jobs: list[TrainJob]) -> dict[str, list[TrainJ
     return pending
 
 
-class _Session:
+class Session:
     """Lazily loaded model, token sequences and activation caches shared by the steps of one run."""
 
     def __init__(self, plan: RunPlan):
@@ -139,26 +172,27 @@ class _Session:
         distributed.barrier()
         return cache if distributed.is_main() else build_or_load()
 
-    def provenance(self) -> dict[str, Any]:
+    def provenance(self, **fields: Any) -> RunProvenance:
         plan = self.plan
-        return {
-            "model": plan.model.key,
-            "model_hf_id": plan.model.hf_id,
-            "model_source": self.model_source,
-            "layer": plan.layer,
-            "hook_name": hook_name(plan.layer),
-            "preset": plan.preset.name,
-            "corpus": plan.corpus,
-            "versions": package_versions(),
-        }
+        return RunProvenance(
+            model=plan.model.key,
+            model_hf_id=plan.model.hf_id,
+            model_source=self.model_source,
+            layer=plan.layer,
+            hook_name=hook_name(plan.layer),
+            preset=plan.preset.name,
+            corpus=plan.corpus,
+            versions=package_versions(),
+            **fields,
+        )
 
 
-def train_missing(session: _Session, jobs: list[TrainJob]) -> None:
+def train_missing(session: Session, jobs: list[TrainJob]) -> None:
     plan, preset = session.plan, session.plan.preset
     packed = session.tokens("train", preset.cache_tokens)
     cache = session.cache(packed, preset.cache_tokens)
     metadata = {
-        **session.provenance(),
+        **{k: v for k, v in dataclasses.asdict(session.provenance()).items() if v is not None},
         "model_name": plan.model.hf_id,
         "hook_name": hook_name(plan.layer),
         "train_corpus": packed.provenance(),
@@ -186,19 +220,24 @@ def train_missing(session: _Session, jobs: list[TrainJob]) -> None:
     )
 
 
-def evaluate_missing(session: _Session, pending: dict[str, list[TrainJob]]) -> None:
-    plan = session.plan
+def evaluate(plan: RunPlan, targets: Sequence[EvalTarget], session: Session | None = None) -> dict[str, list[str]]:
+    """The one evaluation entry point (`run`, `compare` and `sweep` come through here).
+
+    Runs every evaluation of the plan on every target without a current result (`pending_evaluations`), with the
+    plan's evaluation options, and writes the results; returns {evaluation: [sae ids evaluated]}.
+    """
+    pending = pending_evaluations(plan, targets)
+    if not pending:
+        log.info("every requested evaluation already has results in %s", plan.results_dir)
+        return {}
+    session = session or Session(plan)
     heldout = session.tokens("eval", plan.preset.heldout_tokens)
     heldout_cache = session.cache(heldout, heldout.n_tokens)
     n_ce_seqs = max(1, math.ceil(plan.preset.eval_tokens / heldout.seq_len))
-    provenance = {**session.provenance(), "heldout_corpus": heldout.provenance()}
-    for eval_name, jobs in pending.items():
+    done: dict[str, list[str]] = {}
+    for eval_name, todo in pending.items():
         spec = get_eval(eval_name)
-        saes = {job.sae_id: load_sae(job.sae_dir, device=plan.device, expected_d_in=plan.model.d_model) for job in jobs}
-        info = {}
-        for job in jobs:
-            path = job.out_dir / TRAINING_JSON
-            info[job.sae_id] = json.loads(path.read_text()) if path.is_file() else {}
+        saes = {t.sae_id: load_sae(t.sae_dir, device=plan.device, expected_d_in=plan.model.d_model) for t in todo}
         ctx = EvalContext(
             adapter=session.adapter,
             model_key=plan.model.key,
@@ -207,16 +246,22 @@ def evaluate_missing(session: _Session, pending: dict[str, list[TrainJob]]) -> N
             eval_tokens=heldout.tokens[:n_ce_seqs],
             heldout_activations=lambda: torch.from_numpy(np.array(heldout_cache.activations)),
             dataset=f"{heldout.info.name} held-out split ({heldout.info.source})",
-            provenance=provenance,
-            training_info=info,
+            provenance=session.provenance(heldout_corpus=heldout.provenance()),
+            sae_provenance={
+                t.sae_id: SaeProvenance.from_sae(
+                    t.sae_id, saes[t.sae_id], sae_weights_sha256=t.digest(), source=t.source
+                )
+                for t in todo
+            },
+            training_info={t.sae_id: t.training_info() for t in todo},
             device=plan.device,
+            eval_options=plan.eval_options,
         )
         log.info("evaluation %s on %d SAEs", eval_name, len(saes))
-        digests = {job.sae_id: checkpoint_digest(job) for job in jobs}
         for sae_name, output in spec.run(ctx, saes).items():
-            if sae_name in digests:  # extra entries (e.g. steering's "dim", "original") score no SAE checkpoint
-                output.provenance["sae_weights_sha256"] = digests[sae_name]
             write_eval_output(result_path(plan.results_dir, plan.model.key, plan.layer, sae_name, eval_name), output)
+        done[eval_name] = [t.sae_id for t in todo]
+    return done
 
 
 def execute(plan: RunPlan) -> None:
@@ -226,16 +271,12 @@ def execute(plan: RunPlan) -> None:
     """
     distributed.init_from_env(plan.device)
     jobs = plan_jobs(plan)
-    session = _Session(plan)
+    session = Session(plan)
     if any(not job.is_finished() for job in jobs):
         train_missing(session, jobs)
     if not distributed.is_main():
         return
-    pending = _pending_evals(plan, jobs)
-    if pending:
-        evaluate_missing(session, pending)
-    else:
-        log.info("every requested evaluation already has results in %s", plan.results_dir)
+    evaluate(plan, [target_of(job) for job in jobs], session)
     if plan.write_report:
         from abstopk_eval.report import build_reports
 

@@ -272,24 +272,25 @@ def test_unknown_intervention_and_registration():
 
 
 def test_workflow_writes_extra_result_keys_without_a_weights_digest(tmp_path, monkeypatch):
-    """evaluate_missing writes an evaluation's extra entries (steering's "dim", "original") next to the SAEs'."""
+    """workflow.evaluate writes an evaluation's extra entries (steering's "dim", "original") next to the SAEs';
+    only the SAEs' results carry a weights digest."""
     from types import SimpleNamespace
 
     from abstopk_eval import workflow
     from abstopk_eval.config import get_preset
-    from abstopk_eval.training.trainer import TrainJob
 
-    job = TrainJob("abstopk", 4, 0, "smoke", tmp_path / "runs" / "abstopk_k4_s0_smoke")
-    made = {}
+    sae_dir = tmp_path / "runs" / "abstopk_k4_s0_smoke" / "sae"
+    sae_dir.mkdir(parents=True)
+    (sae_dir / "sae_weights.safetensors").write_bytes(b"weights")
+    target = workflow.EvalTarget("abstopk_k4_s0_smoke", sae_dir)
 
     def fake_run(ctx, saes):
-        made.update({key: SimpleNamespace(provenance={"sae_id": key}) for key in [*saes, "dim", "original"]})
-        return dict(made)
+        prov = {key: ctx.sae_provenance.get(key) for key in [*saes, "dim", "original"]}
+        return {key: SimpleNamespace(provenance=p) for key, p in prov.items()}
 
     written = {}
     monkeypatch.setattr(workflow, "get_eval", lambda name: SimpleNamespace(name=name, run=fake_run))
-    monkeypatch.setattr(workflow, "load_sae", lambda *a, **k: object())
-    monkeypatch.setattr(workflow, "checkpoint_digest", lambda j: "abc123")
+    monkeypatch.setattr(workflow, "load_sae", lambda *a, **k: None)
     monkeypatch.setattr(workflow, "write_eval_output", lambda path, out: written.__setitem__(path, out))
     heldout = SimpleNamespace(
         tokens=torch.zeros(4, 8, dtype=torch.long),
@@ -304,19 +305,22 @@ def test_workflow_writes_extra_result_keys_without_a_weights_digest(tmp_path, mo
         device="cpu",
         model=SimpleNamespace(key="m", hf_id="m", d_model=D_MODEL),
         layer=1,
+        evals=["steering"],
+        eval_options={},
     )
     session = SimpleNamespace(
         plan=plan,
         tokens=lambda split, n: heldout,
         cache=lambda p, n: SimpleNamespace(activations=[]),
-        provenance=dict,
+        provenance=lambda **fields: {},
         adapter=None,
     )
-    workflow.evaluate_missing(session, {"steering": [job]})
+    workflow.evaluate(plan, [target], session)
     paths = {p.relative_to(tmp_path / "results").as_posix(): out for p, out in written.items()}
-    assert set(paths) == {f"m/layer_1/{k}/steering.json" for k in (job.sae_id, "dim", "original")}
-    assert paths[f"m/layer_1/{job.sae_id}/steering.json"].provenance["sae_weights_sha256"] == "abc123"
-    assert "sae_weights_sha256" not in paths["m/layer_1/dim/steering.json"].provenance
+    assert set(paths) == {f"m/layer_1/{k}/steering.json" for k in (target.sae_id, "dim", "original")}
+    digest = paths[f"m/layer_1/{target.sae_id}/steering.json"].provenance.sae_weights_sha256
+    assert digest == target.digest() and len(digest) == 64
+    assert paths["m/layer_1/dim/steering.json"].provenance is None
 
 
 def test_logits_from_the_cached_residual_match_full_passes(adapter):

@@ -1,24 +1,19 @@
-"""What every evaluation shares: the model fields of its config, option resolution, and the bookkeeping and
-provenance fields of its output (as sae_bench's schemas name them)."""
+"""What every evaluation shares: the model fields of its config and the bookkeeping and provenance fields of its
+output (as sae_bench's schemas name them). Options are resolved in `abstopk_eval.evals.options`."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import uuid
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 from sae_bench.evals.base_eval_output import BaseEvalConfig
 from sae_lens import SAE
 
-from abstopk_eval.errors import UserError
-from abstopk_eval.evals.context import EvalContext, hook_name
-
-SAE_BENCH_COMMIT = "sae-bench 0.6.0 (PyPI)"
-
-C = TypeVar("C")
+from abstopk_eval.evals.context import EvalContext
+from abstopk_eval.provenance import SaeProvenance, package_version, result_provenance, sae_bench_version
 
 
 @dataclass
@@ -31,43 +26,21 @@ class ModelEvalConfig(BaseEvalConfig):
     llm_dtype: str = Field(default="float32", title="LLM dtype", description="dtype of the language model")
 
 
-def llm_dtype(adapter: Any) -> str:
-    try:
-        return str(next(adapter.model.parameters()).dtype).removeprefix("torch.")
-    except (AttributeError, StopIteration, TypeError):
-        return "float32"
+def output_common(
+    ctx: EvalContext, sae_id: str, sae: SAE | None, provenance: SaeProvenance | None = None
+) -> dict[str, Any]:
+    """The sae_bench bookkeeping fields and our provenance, as every evaluation writes them.
 
-
-def resolve_config(cls: type[C], ctx: EvalContext, eval_name: str, config: C | None, **fixed: Any) -> C:
-    """`config`, or the defaults overridden by `ctx.eval_options[eval_name]`; model fields filled from ctx
-    (also in a given config whose model_name is empty)."""
-    base = {
-        "model_name": ctx.model_key,
-        "layer": ctx.layer,
-        "hook_name": hook_name(ctx.layer),
-        "llm_dtype": llm_dtype(ctx.adapter),
-    }
-    if config is not None:
-        return dataclasses.replace(config, **base) if not getattr(config, "model_name", "") else config  # type: ignore[type-var]
-    options = dict(getattr(ctx, "eval_options", {}).get(eval_name, {}))
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise UserError(f"unknown option(s) for evaluation {eval_name!r}: {', '.join(unknown)}")
-    return cls(**{**base, **fixed, **options})
-
-
-def output_common(ctx: EvalContext, sae_id: str, sae: SAE) -> dict[str, Any]:
-    """The sae_bench bookkeeping fields and our provenance, as every evaluation writes them."""
-    metadata = getattr(sae.cfg, "metadata", None)
-    meta = {k: (metadata.get(k) if metadata is not None else None) for k in ("variant", "k", "seed", "preset")}
+    `sae` is None for a baseline that scores no SAE (e.g. steering's unsteered model); `provenance` overrides what
+    the context knows about `sae_id` (by default `ctx.sae_provenance`, else the SAE's own metadata)."""
+    sae_prov = provenance or ctx.sae_provenance.get(sae_id) or SaeProvenance.from_sae(sae_id, sae)
     return dict(
         eval_id=str(uuid.uuid4()),
         datetime_epoch_millis=int(time.time() * 1000),
-        sae_bench_commit_hash=SAE_BENCH_COMMIT,
+        sae_bench_commit_hash=sae_bench_version(),
         sae_lens_id=sae_id,
         sae_lens_release_id=None,
-        sae_lens_version=ctx.provenance.get("versions", {}).get("sae-lens"),
-        sae_cfg_dict=sae.cfg.to_dict(),
-        provenance={**ctx.provenance, "sae_id": sae_id, **meta},
+        sae_lens_version=ctx.provenance.versions.get("sae-lens") or package_version("sae-lens"),
+        sae_cfg_dict=sae.cfg.to_dict() if sae is not None else None,
+        provenance=result_provenance(ctx.provenance, sae_prov),
     )

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import torch
 from sae_lens import SAE
 
+from abstopk_eval.provenance import RunProvenance, SaeProvenance
 from abstopk_eval.registry import Registry
 
 
@@ -32,13 +33,20 @@ class EvalContext:
     heldout_activations: ActivationSource
     dataset: str
     """Human-readable description of the held-out text (corpus, split, source package)."""
-    provenance: dict[str, Any] = field(default_factory=dict)
+    provenance: RunProvenance = field(default_factory=RunProvenance)
+    """What every result of this run records about the model and data (a mapping of its fields is accepted)."""
+    sae_provenance: dict[str, SaeProvenance] = field(default_factory=dict)
+    """sae_id -> what its results record about it (weights digest, source); derived from the SAE when absent."""
     training_info: dict[str, dict[str, Any]] = field(default_factory=dict)
     """sae_id -> training.json contents (training curve, time), when the SAE was trained here."""
     batch_size: int = 4
     device: str = "cpu"
     eval_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per-evaluation config overrides, eval name -> {field: value} (e.g. {"scr": {"dataset_source": "sae_bench"}})."""
+    """Per-evaluation config overrides, eval name -> {field: value} (e.g. {"scr": {"dataset_source": "sae_bench"}});
+    see `abstopk_eval.evals.options`."""
+
+    def __post_init__(self) -> None:
+        self.provenance = RunProvenance.coerce(self.provenance)
 
 
 EvalFn = Callable[[EvalContext, dict[str, SAE]], dict[str, Any]]

@@ -67,7 +67,7 @@ def load_model(
     spec = get_model_spec(key)
     if dtype not in _ALLOWED_DTYPES:
         raise UserError(f"unsupported dtype {dtype} for model {key}; use float32, bfloat16 or float16")
-    _check_device(device)
+    check_device(device)
     if model_path is not None:
         path = Path(model_path).expanduser()
         if not path.is_dir():
@@ -91,15 +91,20 @@ def load_model(
 # ----------------------------------------------------------------------------- helpers
 
 
-def _check_device(device: str) -> None:
+def check_device(device: str) -> None:
+    """UserError unless `device` is cpu, cuda, cuda:N or mps and exists here."""
     try:
         dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {device} requested but no CUDA GPU is available here; use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise UserError(f"device {device} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {device} requested but MPS is not available here; use --device cpu")
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig as SaeBenchAbsorptionEvalConfig
@@ -15,6 +17,9 @@ class AbsorptionEvalConfig(SaeBenchAbsorptionEvalConfig):
     known exactly (the run records the position it had, counted from the end of a one-query prompt).
     `eval_k_sparse_probe_batch_size` is unused (all latents are computed at once).
     """
+
+    FILLED_BY_RUN: ClassVar[tuple[str, ...]] = ("dataset", "prompt_token_pos")
+    """Measured by the run (recorded here), not options."""
 
     layer: int = Field(default=-1, title="Layer", description="Residual stream after this block (filled from the run)")
     hook_name: str = Field(default="", title="Hook", description="TransformerLens-style hook name of the activations")

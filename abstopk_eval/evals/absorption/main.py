@@ -72,11 +72,10 @@ import math
 import random
 import statistics
 import time
-import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -100,8 +99,9 @@ from abstopk_eval.evals.absorption.eval_output import (
     SignedAbsorptionMeanMetrics,
     SignedAbsorptionResultDetail,
 )
-from abstopk_eval.evals.common import SAE_BENCH_COMMIT
-from abstopk_eval.evals.context import EvalContext, EvalSpec, hook_name, register_eval
+from abstopk_eval.evals.common import output_common
+from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
+from abstopk_eval.evals.options import resolve_config
 
 EVAL_NAME = "absorption"
 log = logging.getLogger("abstopk_eval")
@@ -665,15 +665,8 @@ def _output(
     )
     return AbsorptionEvalOutput(
         eval_config=cfg,
-        eval_id=str(uuid.uuid4()),
-        datetime_epoch_millis=int(time.time() * 1000),
         eval_result_metrics=metrics,
         eval_result_details=details,
-        sae_bench_commit_hash=SAE_BENCH_COMMIT,
-        sae_lens_id=sae_id,
-        sae_lens_release_id=None,
-        sae_lens_version=ctx.provenance.get("versions", {}).get("sae-lens"),
-        sae_cfg_dict=sae.cfg.to_dict(),
         eval_result_unstructured={
             "probe_f1": {LETTERS[L]: f1 for L, f1 in data.probe_f1.items()},
             "k_sparse_f1_by_k": {LETTERS[r.letter]: r.f1_by_k for r in results},
@@ -687,28 +680,14 @@ def _output(
             "sae_seconds": seconds,
             **data.extra,
         },
-        provenance={
-            **ctx.provenance,
-            "sae_id": sae_id,
-            **{k: sae.cfg.metadata.get(k) for k in ("variant", "k", "seed", "preset")},
-        },
+        **output_common(ctx, sae_id, sae),
     )
 
 
 def run_absorption(
     ctx: EvalContext, saes: dict[str, SAE], config: AbsorptionEvalConfig | None = None
 ) -> dict[str, AbsorptionEvalOutput]:
-    cfg = config or AbsorptionEvalConfig()
-    overrides = dict(getattr(ctx, "eval_options", {}).get("absorption", {}))  # the run's per-evaluation overrides
-    unknown = sorted(set(overrides) - {f.name for f in fields(AbsorptionEvalConfig)})
-    if unknown:
-        raise UserError(f"unknown absorption option(s) {', '.join(unknown)}")
-    try:
-        cfg = replace(
-            cfg, **{**overrides, "model_name": ctx.model_key, "layer": ctx.layer, "hook_name": hook_name(ctx.layer)}
-        )
-    except ValueError as err:  # pydantic's ValidationError
-        raise UserError(f"bad absorption option(s) {overrides}: {str(err).splitlines()[0]}") from None
+    cfg = resolve_config(AbsorptionEvalConfig, ctx, EVAL_NAME, config)
     data = prepare_absorption_data(ctx, cfg)
     cfg = replace(
         cfg,

@@ -29,8 +29,9 @@ from abstopk_eval.evals.bidirectional.eval_output import (
     BidirectionalMetricCategories,
     BidirectionalMetrics,
 )
-from abstopk_eval.evals.common import output_common, resolve_config
+from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
+from abstopk_eval.evals.options import resolve_config
 
 EVAL_NAME = "bidirectional"
 

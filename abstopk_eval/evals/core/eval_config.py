@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
@@ -10,6 +12,9 @@ from abstopk_eval.evals.common import ModelEvalConfig
 
 @dataclass
 class CoreEvalConfig(ModelEvalConfig):
+    FILLED_BY_RUN: ClassVar[tuple[str, ...]] = ("dataset", "context_size", "n_ce_tokens", "n_sparsity_tokens")
+    """Measured by the run (recorded here), not options."""
+
     dataset: str = Field(default="", title="Dataset", description="Held-out text the metrics are measured on")
     context_size: int = Field(default=0, title="Context size", description="Tokens per packed sequence (BOS first)")
     n_ce_tokens: int = Field(

@@ -23,7 +23,7 @@ from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from abstopk_eval.evals.bootstrap import block_sums, percentile_interval, resample_counts, weighted_sums
-from abstopk_eval.evals.common import output_common, resolve_config
+from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.core.eval_config import CoreEvalConfig
 from abstopk_eval.evals.core.eval_output import (
@@ -33,6 +33,7 @@ from abstopk_eval.evals.core.eval_output import (
     NormalisedReconstructionMetrics,
     SignedSparsityMetrics,
 )
+from abstopk_eval.evals.options import resolve_config
 
 EVAL_NAME = "core"
 
@@ -275,24 +276,27 @@ def _output(
     )
 
 
-def run_core(ctx: EvalContext, saes: dict[str, SAE]) -> dict[str, CoreEvalOutput]:
+def run_core(
+    ctx: EvalContext, saes: dict[str, SAE], config: CoreEvalConfig | None = None
+) -> dict[str, CoreEvalOutput]:
     acts = ctx.heldout_activations()
-    block = int(ctx.eval_tokens.shape[1]) - 1  # activation rows per held-out sequence (BOS excluded)
+    tokens = ctx.eval_tokens
+    config = resolve_config(
+        CoreEvalConfig,
+        ctx,
+        EVAL_NAME,
+        config,
+        dataset=ctx.dataset,
+        context_size=int(tokens.shape[1]),
+        n_ce_tokens=int(tokens.shape[0]) * (int(tokens.shape[1]) - 1),  # every next-token position
+        n_sparsity_tokens=int(acts.shape[0]),
+    )
+    block = int(tokens.shape[1]) - 1  # activation rows per held-out sequence (BOS excluded)
     recon = {
         name: reconstruction_stats(sae, acts, block=block)
         for name, sae in tqdm(saes.items(), desc="core: reconstruction", unit="sae")
     }
     clean, zero, spliced = loss_stats(ctx, saes)
-    config = resolve_config(
-        CoreEvalConfig,
-        ctx,
-        EVAL_NAME,
-        None,
-        dataset=ctx.dataset,
-        context_size=int(ctx.eval_tokens.shape[1]),
-        n_ce_tokens=clean.n,
-        n_sparsity_tokens=int(acts.shape[0]),
-    )
     return {
         name: _output(ctx, name, sae, recon[name], clean, zero, spliced[name], config) for name, sae in saes.items()
     }

@@ -15,7 +15,7 @@ import torch
 from sae_lens import SAE
 from tqdm.auto import tqdm
 
-from abstopk_eval.evals.common import output_common, resolve_config
+from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.fragmentation.eval_config import FragmentationEvalConfig
 from abstopk_eval.evals.fragmentation.eval_output import (
@@ -24,6 +24,7 @@ from abstopk_eval.evals.fragmentation.eval_output import (
     FragmentationMetricCategories,
     FragmentationResultDetail,
 )
+from abstopk_eval.evals.options import resolve_config
 from abstopk_eval.saes.signs import has_signed_latents
 
 EVAL_NAME = "fragmentation"

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from abstopk_eval.data.facts import EntityData, load_entities
 from abstopk_eval.errors import UserError
-from abstopk_eval.evals.common import output_common, resolve_config
+from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.knowledge import (
     PromptRunner,
@@ -60,6 +60,7 @@ from abstopk_eval.evals.knowledge import (
     pad_left,
     value_token_ids,
 )
+from abstopk_eval.evals.options import resolve_config
 from abstopk_eval.evals.ravel.eval_config import RavelEvalConfig
 from abstopk_eval.evals.ravel.eval_output import (
     RavelEvalOutput,

@@ -44,8 +44,9 @@ from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from abstopk_eval.errors import UserError
-from abstopk_eval.evals.common import output_common, resolve_config
+from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
+from abstopk_eval.evals.options import resolve_config
 from abstopk_eval.evals.pooled import ablate, check_affine_decoder, decoder_rows, pooled_activations
 from abstopk_eval.evals.probes import (
     SAE_BENCH_SPURIOUS_DATASETS,

@@ -32,8 +32,9 @@ from tqdm.auto import tqdm
 
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.bootstrap import percentile_interval, resample_counts, weighted_sums
-from abstopk_eval.evals.common import output_common, resolve_config
+from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
+from abstopk_eval.evals.options import resolve_config
 from abstopk_eval.evals.pooled import pooled_activations
 from abstopk_eval.evals.probes import (
     BinaryTask,

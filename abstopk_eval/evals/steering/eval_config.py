@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
+from abstopk_eval.errors import UserError
 from abstopk_eval.evals.common import ModelEvalConfig
 
 SELECTION_RULE = (
@@ -111,3 +114,31 @@ class SteeringEvalConfig(ModelEvalConfig):
     sources: dict[str, str] = Field(
         default_factory=dict, title="Sources", description="Where every prompt set comes from"
     )
+
+    FILLED_BY_RUN: ClassVar[tuple[str, ...]] = ("refusal_judge", "selection_rule", "sources")
+
+    def __post_init__(self) -> None:
+        """Checked on construction, so a bad `--eval-option steering.KEY=VALUE` fails before any work."""
+        if self.sae_intervention not in ("clamp", "add"):
+            raise UserError(f"unknown SAE steering method {self.sae_intervention!r} (clamp or add)")
+        if not self.strengths or any(not m > 0 for m in self.strengths):
+            raise UserError("steering strengths must be a non-empty list of positive numbers")
+        if not self.max_val_ce_increase > 0:
+            raise UserError("max_val_ce_increase must be positive")
+        for name in (
+            "n_fit_per_class",
+            "n_mmlu",
+            "n_val_ce_seqs",
+            "n_test_ce_seqs",
+            "max_new_tokens",
+            "val_max_new_tokens",
+            "gen_batch_size",
+            "fwd_batch_size",
+        ):
+            if getattr(self, name) < 1:
+                raise UserError(f"steering option {name} must be at least 1")
+        for name in ("n_val_harmful", "n_test_harmful"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UserError(f"steering option {name} must be at least 1 (or None for all)")
+        if self.n_cosine_candidates < 1 and self.n_discriminative_candidates < 1:
+            raise UserError("steering needs at least one candidate latent per SAE")

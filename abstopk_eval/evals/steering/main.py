@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,8 +37,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from abstopk_eval.errors import UserError
-from abstopk_eval.evals.common import SAE_BENCH_COMMIT
-from abstopk_eval.evals.context import EvalContext, EvalSpec, hook_name, register_eval
+from abstopk_eval.evals.common import output_common
+from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
+from abstopk_eval.evals.options import resolve_config
 from abstopk_eval.evals.steering import data as D
 from abstopk_eval.evals.steering import steer as S
 from abstopk_eval.evals.steering.eval_config import SteeringEvalConfig
@@ -52,6 +52,7 @@ from abstopk_eval.evals.steering.eval_output import (
     SteeringResultDetail,
 )
 from abstopk_eval.evals.steering.judge import JUDGE_DESCRIPTION, Judge, is_refusal, judge_accuracy
+from abstopk_eval.provenance import SaeProvenance
 
 log = logging.getLogger("abstopk_eval.steering")
 
@@ -63,48 +64,6 @@ EXTRA_KEYS = ("original", "dim")
 
 
 # ---------------------------------------------------------------------------------------------- config
-
-
-def resolve_config(ctx: EvalContext, config: SteeringEvalConfig | None = None) -> SteeringEvalConfig:
-    """`config`, or the defaults overridden by `ctx.eval_options['steering']`; model fields filled from ctx."""
-    if config is None:
-        options = dict(getattr(ctx, "eval_options", {}).get(EVAL_NAME, {}))
-        known = {f.name for f in fields(SteeringEvalConfig)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise UserError(f"unknown option(s) for evaluation {EVAL_NAME!r}: {', '.join(unknown)}")
-        config = SteeringEvalConfig(
-            **{"model_name": ctx.model_key, "layer": ctx.layer, "hook_name": hook_name(ctx.layer), **options}
-        )
-    check_config(config)
-    config.refusal_judge = config.refusal_judge or JUDGE_DESCRIPTION
-    return config
-
-
-def check_config(cfg: SteeringEvalConfig) -> None:
-    if cfg.sae_intervention not in ("clamp", "add"):
-        raise UserError(f"unknown SAE steering method {cfg.sae_intervention!r} (clamp or add)")
-    if not cfg.strengths or any(not m > 0 for m in cfg.strengths):
-        raise UserError("steering strengths must be a non-empty list of positive numbers")
-    if not cfg.max_val_ce_increase > 0:
-        raise UserError("max_val_ce_increase must be positive")
-    for name in (
-        "n_fit_per_class",
-        "n_mmlu",
-        "n_val_ce_seqs",
-        "n_test_ce_seqs",
-        "max_new_tokens",
-        "val_max_new_tokens",
-        "gen_batch_size",
-        "fwd_batch_size",
-    ):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"steering option {name} must be at least 1")
-    for name in ("n_val_harmful", "n_test_harmful"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
-            raise UserError(f"steering option {name} must be at least 1 (or None for all)")
-    if cfg.n_cosine_candidates < 1 and cfg.n_discriminative_candidates < 1:
-        raise UserError("steering needs at least one candidate latent per SAE")
 
 
 # ---------------------------------------------------------------------------------------------- prompts
@@ -367,7 +326,8 @@ def run_steering(
     judge: Judge = is_refusal,
 ) -> dict[str, SteeringEvalOutput]:
     """Steering outputs for every SAE, plus the extra entries "original" (unsteered) and "dim"."""
-    cfg = resolve_config(ctx, config)
+    cfg = resolve_config(SteeringEvalConfig, ctx, EVAL_NAME, config)
+    cfg.refusal_judge = cfg.refusal_judge or JUDGE_DESCRIPTION
     clash = sorted(set(saes) & set(EXTRA_KEYS))
     if clash:
         raise UserError(f"SAE ids {clash} clash with the steering evaluation's extra result keys {EXTRA_KEYS}")
@@ -534,26 +494,13 @@ def _output(
         ),
     )
     details = [SteeringResultDetail(**e) for e in _examples(prompts.test_harmful, scores, cfg.n_examples)]
-    if sae is not None:
-        metadata = getattr(sae.cfg, "metadata", None)
-        meta = {k: (metadata.get(k) if metadata is not None else None) for k in ("variant", "k", "seed", "preset")}
-        sae_cfg = sae.cfg.to_dict()
-    else:
-        meta = {"variant": key, "k": None, "seed": None, "preset": ctx.provenance.get("preset")}
-        sae_cfg = None
+    baseline = None if sae is not None else SaeProvenance(sae_id=key, variant=key)
     return SteeringEvalOutput(
         eval_config=cfg,
-        eval_id=str(uuid.uuid4()),
-        datetime_epoch_millis=int(time.time() * 1000),
         eval_result_metrics=metrics,
         eval_result_details=details,
-        sae_bench_commit_hash=SAE_BENCH_COMMIT,
-        sae_lens_id=key,
-        sae_lens_release_id=None,
-        sae_lens_version=ctx.provenance.get("versions", {}).get("sae-lens"),
-        sae_cfg_dict=sae_cfg,
         eval_result_unstructured=unstructured,
-        provenance={**ctx.provenance, "sae_id": key, **meta},
+        **output_common(ctx, key, sae, provenance=baseline),
     )
 
 

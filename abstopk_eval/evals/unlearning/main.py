@@ -45,9 +45,10 @@ from tqdm.auto import tqdm
 
 from abstopk_eval.data.facts import FACT_DOMAINS, load_fact_domain, mmlu_questions
 from abstopk_eval.errors import UserError
-from abstopk_eval.evals.common import output_common, resolve_config
+from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.knowledge import PromptRunner, encode, length_batches, pad_id_of, pad_left, value_token_ids
+from abstopk_eval.evals.options import resolve_config
 from abstopk_eval.evals.unlearning.eval_config import UnlearningEvalConfig
 from abstopk_eval.evals.unlearning.eval_output import (
     UnlearningBestMetrics,
