@@ -31,7 +31,7 @@ from abstopk_eval.errors import UserError, exit_on_user_error
 from abstopk_eval.evals.context import default_evals, get_eval
 from abstopk_eval.models.loading import sha256_file
 from abstopk_eval.models.registry import DEFAULT_MODEL, MODEL_REGISTRY, get_model_spec
-from abstopk_eval.results import result_path
+from abstopk_eval.results import current_results, layer_dir, result_path
 from abstopk_eval.saes.formats import ACTIVATIONS, ExternalSAE, default_name, load_external
 from abstopk_eval.training.checkpoint import atomic_write_json
 
@@ -125,13 +125,6 @@ def _write_checkpoint(ext: ExternalSAE, job: ExternalJob, spec_key: str, layer: 
     atomic_write_json(marker, record)
 
 
-def _is_current(path: Path, digest: str) -> bool:
-    try:
-        return json.loads(path.read_text()).get("provenance", {}).get("sae_weights_sha256") == digest
-    except (OSError, ValueError):
-        return False
-
-
 def _stamp_provenance(path: Path, ext: ExternalSAE) -> None:
     """Record the source checkpoint in a written result's provenance."""
     data = json.loads(path.read_text())
@@ -204,13 +197,10 @@ def compare(args: argparse.Namespace) -> dict[str, Path]:
     for name, job in jobs.items():
         _write_checkpoint(loaded[name], job, spec.key, layer)
     digests = {name: sha256_file(job.sae_dir / "sae_weights.safetensors") for name, job in jobs.items()}
+    current = current_results(args.results_dir, spec.key, layer, digests)
     pending: dict[str, list[Any]] = {}
     for eval_name in eval_names:
-        todo = [
-            job
-            for name, job in jobs.items()
-            if not _is_current(result_path(args.results_dir, spec.key, layer, name, eval_name), digests[name])
-        ]
+        todo = [job for name, job in jobs.items() if (name, eval_name) not in current]
         if todo:
             pending[eval_name] = todo
     if pending:
@@ -226,7 +216,7 @@ def compare(args: argparse.Namespace) -> dict[str, Path]:
         from abstopk_eval.report import build_reports
 
         build_reports(args.results_dir, args.reports_dir)
-    return {name: args.results_dir / spec.key / f"layer_{layer}" / name for name in loaded}
+    return {name: layer_dir(args.results_dir, spec.key, layer) / name for name in loaded}
 
 
 @exit_on_user_error

@@ -19,7 +19,7 @@ from abstopk_eval.evals.context import EvalContext, get_eval, hook_name
 from abstopk_eval.models.adapter import ModelAdapter
 from abstopk_eval.models.loading import default_cache_dir, load_model, sha256_file
 from abstopk_eval.models.registry import ModelSpec
-from abstopk_eval.results import package_versions, result_path, write_eval_output
+from abstopk_eval.results import baseline_path, current_results, package_versions, result_path, write_eval_output
 from abstopk_eval.saes.io import load_sae
 from abstopk_eval.saes.variants import get_variant, sae_id
 from abstopk_eval.training import distributed
@@ -68,27 +68,12 @@ def checkpoint_digest(job: TrainJob) -> str | None:
     return sha256_file(weights) if weights.is_file() else None
 
 
-def _result_is_current(path: Path, digest: str | None) -> bool:
-    """A result counts as done only if it scored this very checkpoint (a retrained SAE is re-evaluated)."""
-    if digest is None or not path.is_file():
-        return False
-    try:
-        return json.loads(path.read_text()).get("provenance", {}).get("sae_weights_sha256") == digest
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
 def _pending_evals(plan: RunPlan, jobs: list[TrainJob]) -> dict[str, list[TrainJob]]:
     digests = {job.sae_id: checkpoint_digest(job) for job in jobs}
+    current = current_results(plan.results_dir, plan.model.key, plan.layer, digests)
     pending = {}
     for name in plan.evals:
-        todo = [
-            j
-            for j in jobs
-            if not _result_is_current(
-                result_path(plan.results_dir, plan.model.key, plan.layer, j.sae_id, name), digests[j.sae_id]
-            )
-        ]
+        todo = [j for j in jobs if (j.sae_id, name) not in current]
         if todo:
             pending[name] = todo
     return pending
@@ -214,9 +199,10 @@ def evaluate_missing(session: _Session, pending: dict[str, list[TrainJob]]) -> N
         log.info("evaluation %s on %d SAEs", eval_name, len(saes))
         digests = {job.sae_id: checkpoint_digest(job) for job in jobs}
         for sae_name, output in spec.run(ctx, saes).items():
-            if sae_name in digests:  # extra entries (e.g. steering's "dim", "original") score no SAE checkpoint
-                output.provenance["sae_weights_sha256"] = digests[sae_name]
+            output.provenance["sae_weights_sha256"] = digests[sae_name]
             write_eval_output(result_path(plan.results_dir, plan.model.key, plan.layer, sae_name, eval_name), output)
+        for method, output in ctx.baselines.get(eval_name, {}).items():  # e.g. steering's "dim": no SAE checkpoint
+            write_eval_output(baseline_path(plan.results_dir, plan.model.key, plan.layer, eval_name, method), output)
 
 
 def execute(plan: RunPlan) -> None:
