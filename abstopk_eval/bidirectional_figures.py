@@ -15,25 +15,26 @@ from typing import Any
 
 import numpy as np
 
+from abstopk_eval.results import ResultKind, ResultRecord
 
-def _one_per_variant(results: list[dict[str, Any]], eval_name: str) -> dict[str, dict[str, Any]]:
+
+def _one_per_variant(results: list[ResultRecord], eval_name: str) -> dict[str, dict[str, Any]]:
     """variant -> result of `eval_name` for its lowest seed at its most common k."""
     chosen: dict[str, tuple[Any, dict[str, Any]]] = {}
-    by_variant: dict[str, list[dict[str, Any]]] = {}
+    by_variant: dict[str, list[ResultRecord]] = {}
     for r in results:
-        if r["eval"] == eval_name:
-            prov = r["data"].get("provenance", {})
-            by_variant.setdefault(prov.get("variant") or r["sae"].split("_")[0], []).append(r)
+        if r.kind is ResultKind.SAE and r.eval_name == eval_name:
+            by_variant.setdefault(r.provenance.get("variant") or r.name.split("_")[0], []).append(r)
     for variant, rows in by_variant.items():
-        ks = [r["data"].get("provenance", {}).get("k") for r in rows]
+        ks = [r.provenance.get("k") for r in rows]
         common_k = max(set(ks), key=lambda k: (ks.count(k), -1 if k is None else -k))
         rows = [r for r, k in zip(rows, ks) if k == common_k]
-        best = min(rows, key=lambda r: (r["data"].get("provenance", {}).get("seed") or 0, r["sae"]))
-        chosen[variant] = (best["sae"], best["data"])
+        best = min(rows, key=lambda r: (r.provenance.get("seed") or 0, r.name))
+        chosen[variant] = (best.name, best.data)
     return {variant: {"sae": sae, "data": data} for variant, (sae, data) in sorted(chosen.items())}
 
 
-def bidirectional_figure(results: list[dict[str, Any]], out_dir: Path, stem: str) -> str | None:
+def bidirectional_figure(results: list[ResultRecord], out_dir: Path, stem: str) -> str | None:
     import matplotlib.pyplot as plt
 
     chosen = _one_per_variant(results, "bidirectional")
@@ -85,7 +86,7 @@ def bidirectional_figure(results: list[dict[str, Any]], out_dir: Path, stem: str
     return name
 
 
-def fragmentation_histogram(results: list[dict[str, Any]], out_dir: Path, stem: str) -> str | None:
+def fragmentation_histogram(results: list[ResultRecord], out_dir: Path, stem: str) -> str | None:
     import matplotlib.pyplot as plt
 
     chosen = _one_per_variant(results, "fragmentation")

@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from abstopk_eval.columns import FIGURE_METRICS, TABLE2_TASKS
+from abstopk_eval.intervals import seed_interval
 from abstopk_eval.paper_values import ALL_VALUES, METHOD_VARIANTS, PAPER, PAPER_MODELS, TABLE1, paper_value
+from abstopk_eval.results import ResultKind, ResultRecord, iter_results
 from abstopk_eval.training.checkpoint import atomic_write_bytes
 
 log = logging.getLogger("abstopk_eval.paper_report")
@@ -35,69 +37,7 @@ log = logging.getLogger("abstopk_eval.paper_report")
 PAPER_DIR = "paper"
 
 
-@dataclass(frozen=True)
-class Task:
-    """One Table 2 column: a metric of one evaluation's eval_result_metrics."""
-
-    label: str
-    eval: str
-    path: tuple[str, str]
-    paper_task: str
-
-
-TABLE2_TASKS: tuple[Task, ...] = (
-    Task("Unlearning", "unlearning", ("unlearning", "unlearning_score"), "unlearning"),
-    Task("1 - Absorption", "absorption", ("mean", "one_minus_absorption"), "absorption"),
-    Task("SCR@20", "scr", ("scr_metrics", "scr_metric_threshold_20"), "scr"),
-    Task("TPP@20", "tpp", ("tpp_metrics", "tpp_threshold_20_total_metric"), "tpp"),
-    Task("RAVEL", "ravel", ("ravel", "disentanglement_score"), "ravel"),
-    Task("Sparse probing top-1", "sparse_probing", ("sae", "sae_top_1_test_accuracy"), "sparse_probing"),
-)
-CORE = {
-    "nMSE": ("normalised_reconstruction", "nmse"),
-    "loss recovered": ("normalised_reconstruction", "loss_recovered"),
-}
-
-
-def _table2_tasks() -> tuple[Task, ...]:
-    """TABLE2_TASKS, with the metric path of report.COLUMNS where that lists the same evaluation
-    (one source of truth)."""
-    try:
-        from abstopk_eval.report import COLUMNS
-    except ImportError:
-        return TABLE2_TASKS
-    by_eval: dict[str, Any] = {}
-    for col in COLUMNS:
-        by_eval.setdefault(col.eval, col)
-    return tuple(
-        Task(t.label, t.eval, tuple(by_eval[t.eval].path) if t.eval in by_eval else t.path, t.paper_task)
-        for t in TABLE2_TASKS
-    )
-
-
 # ------------------------------------------------------------------------------------------------ loading
-
-
-def load_results(results_dir: Path) -> list[dict[str, Any]]:
-    import json
-
-    rows = []
-    for path in sorted(Path(results_dir).glob("*/layer_*/*/*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            log.warning("skipping unreadable result %s", path)
-            continue
-        rows.append(
-            {
-                "model": path.parts[-4],
-                "layer": int(path.parts[-3].removeprefix("layer_")),
-                "sae": path.parts[-2],
-                "eval": path.stem,
-                "data": data,
-            }
-        )
-    return rows
 
 
 def _metric(data: dict[str, Any] | None, path: tuple[str, str]) -> float | None:
@@ -107,13 +47,13 @@ def _metric(data: dict[str, Any] | None, path: tuple[str, str]) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def sae_frame(group: list[dict[str, Any]]) -> pd.DataFrame:
+def sae_frame(group: list[ResultRecord]) -> pd.DataFrame:
     """One row per SAE of one (model, layer): identity, Table 2 metrics, core metrics and the training curve."""
     by_sae: dict[str, dict[str, dict[str, Any]]] = {}
     for r in group:
-        by_sae.setdefault(r["sae"], {})[r["eval"]] = r["data"]
+        if r.kind is ResultKind.SAE:
+            by_sae.setdefault(r.name, {})[r.eval_name] = r.data
     rows = []
-    tasks = _table2_tasks()
     for sae, evals in sorted(by_sae.items()):
         prov = next((d.get("provenance") or {} for d in evals.values() if d.get("provenance")), {})
         row: dict[str, Any] = {
@@ -123,22 +63,13 @@ def sae_frame(group: list[dict[str, Any]]) -> pd.DataFrame:
             "seed": prov.get("seed"),
             "preset": prov.get("preset"),
         }
-        for task in tasks:
+        for task in TABLE2_TASKS:
             row[task.label] = _metric(evals.get(task.eval), task.path)
-        for label, path in CORE.items():
-            row[label] = _metric(evals.get("core"), path)
+        for col in FIGURE_METRICS:
+            row[col.name] = _metric(evals.get(col.eval), col.path)
         row["curve"] = ((evals.get("core") or {}).get("eval_result_unstructured") or {}).get("training_curve") or []
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _ci95(values: pd.Series) -> float | None:
-    from scipy import stats
-
-    values = values.dropna()
-    if len(values) < 2:
-        return None
-    return float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
 
 
 def summarise(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -148,9 +79,8 @@ def summarise(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     for (variant, k), g in keyed.groupby(["variant", "_k"], sort=True):
         row: dict[str, Any] = {"variant": variant, "k": None if k == -1 else int(k), "seeds": len(g)}
         for col in columns:
-            values = pd.to_numeric(g[col], errors="coerce")
-            row[col] = float(values.mean()) if values.notna().any() else None
-            row[f"{col} ci95"] = _ci95(values)
+            interval = seed_interval(pd.to_numeric(g[col], errors="coerce"))
+            row[col], row[f"{col} ci95"] = interval.mean, interval.half_width
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -206,7 +136,7 @@ def _k_text(k: Any) -> str:
 
 def table2(frame: pd.DataFrame, model: str, layer: int) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """(shown, numeric, number of paper cells) for Table 2 of one model and layer."""
-    tasks = list(_table2_tasks())  # all six, empty where an evaluation has no result yet
+    tasks = list(TABLE2_TASKS)  # all six, empty where an evaluation has no result yet
     summary = summarise(frame, [t.label for t in tasks])
     shown = summary[["variant", "k", "seeds"]].copy()
     shown["k"] = shown["k"].map(_k_text)
@@ -406,20 +336,23 @@ def paper_values_markdown() -> str:
 # ------------------------------------------------------------------------------------------------ index
 
 
-def _groups(results: list[dict[str, Any]]) -> dict[tuple[str, int], list[dict[str, Any]]]:
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+def _groups(results: list[ResultRecord]) -> dict[tuple[str, int], list[ResultRecord]]:
+    groups: dict[tuple[str, int], list[ResultRecord]] = {}
     for r in results:
-        groups.setdefault((r["model"], r["layer"]), []).append(r)
+        groups.setdefault((r.model, r.layer), []).append(r)
     return dict(sorted(groups.items()))
 
 
-def _facts(group: list[dict[str, Any]]) -> list[str]:
+def _sae_results(results_dir: Path) -> list[ResultRecord]:
+    """The SAE results (Table 1 reads the baselines itself)."""
+    return list(iter_results(results_dir, kind=ResultKind.SAE))
+
+
+def _facts(group: list[ResultRecord]) -> list[str]:
     """Data sources, model, preset, seeds and versions of one (model, layer), proxies marked."""
-    model = group[0]["model"]
-    core = [r["data"] for r in group if r["eval"] == "core"]
-    prov = next((d.get("provenance") or {} for d in core), None) or next(
-        (r["data"].get("provenance") or {} for r in group), {}
-    )
+    model = group[0].model
+    core = [r.data for r in group if r.eval_name == "core"]
+    prov = next((d.get("provenance") or {} for d in core), None) or next((r.provenance for r in group), {})
     lines = []
     proxy_model = model not in PAPER_MODELS
     lines.append(
@@ -430,21 +363,14 @@ def _facts(group: list[dict[str, Any]]) -> list[str]:
             else ""
         )
     )
-    presets = sorted(
-        {
-            str((r["data"].get("provenance") or {}).get("preset"))
-            for r in group
-            if (r["data"].get("provenance") or {}).get("preset")
-        }
-    )
+    presets = sorted({str(r.provenance.get("preset")) for r in group if r.provenance.get("preset")})
     lines.append(
         f"- Preset(s): {', '.join(presets) or 'n/a'}"
         + ("" if presets == ["paper"] else " — **PROXY** training budget (the paper's is `paper`: 30k steps x 4096)")
     )
     seeds: dict[str, set] = {}
     for r in group:
-        p = r["data"].get("provenance") or {}
-        seeds.setdefault(str(p.get("variant") or r["sae"].split("_")[0]), set()).add(p.get("seed"))
+        seeds.setdefault(str(r.provenance.get("variant") or r.name.split("_")[0]), set()).add(r.provenance.get("seed"))
     lines.append(
         "- Seeds: "
         + "; ".join(f"{v}: {', '.join(str(s) for s in sorted(x, key=str))}" for v, x in sorted(seeds.items()))
@@ -461,7 +387,7 @@ def _facts(group: list[dict[str, Any]]) -> list[str]:
         )
     by_eval: dict[str, dict[str, Any]] = {}
     for r in group:
-        by_eval.setdefault(r["eval"], r["data"])
+        by_eval.setdefault(r.eval_name, r.data)
     for name, data in sorted(by_eval.items()):
         cfg = data.get("eval_config") or {}
         cards = data.get("dataset_cards") or []
@@ -475,7 +401,7 @@ def _facts(group: list[dict[str, Any]]) -> list[str]:
             )
         proxy = "" if source == "sae_bench" else " — **PROXY** of the paper's SAEBench data" if name != "core" else ""
         lines.append(f"- `{name}` data: {what}{proxy}")
-    external = sorted({r["sae"] for r in group if (r["data"].get("provenance") or {}).get("source_path")})
+    external = sorted({r.name for r in group if r.provenance.get("source_path")})
     if external:
         lines.append(f"- External checkpoints (`abstopk_eval.compare`): {', '.join(external)}")
     versions = prov.get("versions") or {}
@@ -488,7 +414,7 @@ def index_lines(results_dir: Path, reports_dir: Path) -> list[str]:
     """The reports/index.md section linking every table and figure, with data sources, model, preset, seeds and
     package versions per (model, layer), proxies marked. Paths are relative to `reports_dir`."""
     reports_dir = Path(reports_dir)
-    results = load_results(results_dir)
+    results = _sae_results(results_dir)
     lines = ["## Tables and figures", ""]
     if not results:
         return lines + ["No results yet: run `python -m abstopk_eval.run`.", ""]
@@ -537,7 +463,7 @@ def build_paper_report(results_dir: Path, reports_dir: Path) -> list[Path]:
     """Write reports/paper/ (Tables 1-2, Figures 2-4 data and plots, paper_values.md, index.md); return the paths."""
     out_dir = Path(reports_dir) / PAPER_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = load_results(results_dir)
+    results = _sae_results(results_dir)
     written: list[Path] = []
     notes: list[str] = []
     for (model, layer), group in _groups(results).items():

@@ -7,94 +7,20 @@ figure, and the nMSE / loss-recovered vs k figure when a k sweep exists. reports
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from abstopk_eval.columns import COLUMNS, FORMATS, TRAIN_SECONDS, Column
 from abstopk_eval.errors import UserError, exit_on_user_error
+from abstopk_eval.intervals import seed_interval
+from abstopk_eval.paper_report import build_paper_report, index_lines
+from abstopk_eval.results import ResultKind, ResultRecord, iter_results
 from abstopk_eval.training.checkpoint import atomic_write_bytes
 
 log = logging.getLogger("abstopk_eval.report")
-
-
-@dataclass(frozen=True)
-class Column:
-    """One report column: a metric of one evaluation's `eval_result_metrics`."""
-
-    name: str
-    eval: str
-    path: tuple[str, str]
-    """(category, metric) inside eval_result_metrics."""
-    fmt: str
-    higher_is_better: bool | None = None
-    """Direction for bolding the best variant; None: never bold (descriptive columns such as L0)."""
-    bootstrap: str | None = None
-    """Name of the metric's 95% bootstrap interval over evaluation examples (see `_bootstrap_interval`), shown when
-    the metric comes from a single seed."""
-
-
-COLUMNS: list[Column] = [
-    Column("nMSE", "core", ("normalised_reconstruction", "nmse"), "{:.4f}", False, "nmse"),
-    Column("FVU", "core", ("normalised_reconstruction", "fvu"), "{:.3f}", False, "fvu"),
-    Column("loss recovered", "core", ("normalised_reconstruction", "loss_recovered"), "{:.3f}", True, "loss_recovered"),
-    Column(
-        "CE with SAE",
-        "core",
-        ("model_performance_preservation", "ce_loss_with_sae"),
-        "{:.3f}",
-        False,
-        "ce_loss_with_sae",
-    ),
-    Column("KL", "core", ("model_behavior_preservation", "kl_div_with_sae"), "{:.3f}", False, "kl_div_with_sae"),
-    Column("L0", "core", ("sparsity", "l0"), "{:.1f}"),
-    Column("dead frac", "core", ("sparsity", "dead_fraction"), "{:.3f}"),
-    Column("negative frac", "core", ("sparsity", "frac_negative"), "{:.3f}"),
-    # the paper's Table 2 (SAEBench tasks); offline proxies of sae_bench's datasets, see each result's dataset cards
-    Column(
-        "sparse probing top-1",
-        "sparse_probing",
-        ("sae", "sae_top_1_test_accuracy"),
-        "{:.3f}",
-        True,
-        "sae_top_1_test_accuracy",
-    ),
-    Column("SCR@20", "scr", ("scr_metrics", "scr_metric_threshold_20"), "{:.3f}", True),
-    Column("TPP@20", "tpp", ("tpp_metrics", "tpp_threshold_20_total_metric"), "{:.3f}", True),
-    Column("1 - absorption", "absorption", ("mean", "one_minus_absorption"), "{:.3f}", True),
-    Column("RAVEL", "ravel", ("ravel", "disentanglement_score"), "{:.3f}", True),
-    Column("RAVEL base acc", "ravel", ("knowledge", "base_accuracy"), "{:.2f}"),
-    Column("unlearning", "unlearning", ("unlearning", "unlearning_score"), "{:.3f}", True),
-    Column("unlearning forget base acc", "unlearning", ("knowledge", "forget_base_accuracy"), "{:.2f}"),
-    # bidirectional features (issue 7)
-    Column("axes in one signed latent", "bidirectional", ("bidirectional", "frac_axes_bidirectional"), "{:.2f}", True),
-    Column("axis-duplicate pairs", "fragmentation", ("antiparallel", "n_axis_duplicate_pairs"), "{:.0f}", False),
-]
-FORMATS = {c.name: c.fmt for c in COLUMNS} | {"train s": "{:.0f}"}
-BOOTSTRAP = {c.name: c.bootstrap for c in COLUMNS if c.bootstrap}
-
-
-def _load_results(results_dir: Path) -> list[dict[str, Any]]:
-    rows = []
-    for path in sorted(Path(results_dir).glob("*/layer_*/*/*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            log.warning("skipping unreadable result %s", path)
-            continue
-        rows.append(
-            {
-                "model": path.parts[-4],
-                "layer": int(path.parts[-3].removeprefix("layer_")),
-                "sae": path.parts[-2],
-                "eval": path.stem,
-                "data": data,
-            }
-        )
-    return rows
 
 
 def _sae_row(sae: str, evals: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -114,7 +40,7 @@ def _sae_row(sae: str, evals: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if interval is not None:
             row[f"{col.name} boot low"], row[f"{col.name} boot high"] = interval
     unstructured = core.get("eval_result_unstructured") or {}
-    row["train s"] = unstructured.get("train_seconds")
+    row[TRAIN_SECONDS] = unstructured.get("train_seconds")
     return row
 
 
@@ -128,12 +54,14 @@ def _bootstrap_interval(data: dict[str, Any], name: str) -> tuple[float, float] 
     return tuple(loose[name]) if name in loose else None  # type: ignore[return-value]
 
 
-def layer_table(results: list[dict[str, Any]]) -> pd.DataFrame:
+def layer_table(results: list[ResultRecord]) -> pd.DataFrame:
+    """One row per SAE of one (model, layer) (the per-SAE CSV); baselines are not SAEs (steering's are in
+    Table 1)."""
     by_sae: dict[str, dict[str, dict[str, Any]]] = {}
     for r in results:
-        by_sae.setdefault(r["sae"], {})[r["eval"]] = r["data"]
-    # folders without core.json (steering's 'dim' and 'original' baselines) are not SAEs; Table 1 shows them
-    frame = pd.DataFrame([_sae_row(sae, evals) for sae, evals in sorted(by_sae.items()) if "core" in evals])
+        if r.kind is ResultKind.SAE:
+            by_sae.setdefault(r.name, {})[r.eval_name] = r.data
+    frame = pd.DataFrame([_sae_row(sae, evals) for sae, evals in sorted(by_sae.items())])
     return frame.sort_values(["variant", "k", "seed"], na_position="first", key=lambda s: s.astype(str)).reset_index(
         drop=True
     )
@@ -143,20 +71,17 @@ def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (variant, k): the mean over seeds of every numeric column and a 95% interval `<col> low` /
     `<col> high` with its kind in `<col> interval`: a t-interval over seeds with two or more seeds, else the
     metric's bootstrap interval over held-out examples where the evaluation gives one."""
-    from scipy import stats
-
-    metrics = [c for c in [*FORMATS] if c in frame]
+    metrics = [c for c in FORMATS if c in frame]
     rows = []
     for (variant, k), group in frame.groupby(["variant", frame["k"].fillna(-1)], sort=False):
         row: dict[str, Any] = {"variant": variant, "k": None if k == -1 else k, "seeds": len(group)}
         for col in metrics:
             values = pd.to_numeric(group[col], errors="coerce").dropna()
-            mean = float(values.mean()) if len(values) else None
-            row[col], row[f"{col} low"], row[f"{col} high"], row[f"{col} interval"] = mean, None, None, None
-            row[f"{col} n"] = len(values)
-            if len(values) > 1:
-                half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / len(values) ** 0.5)
-                row[f"{col} low"], row[f"{col} high"], row[f"{col} interval"] = mean - half, mean + half, "t"
+            interval = seed_interval(values)
+            row[col], row[f"{col} low"], row[f"{col} high"], row[f"{col} interval"] = interval.mean, None, None, None
+            row[f"{col} n"] = interval.n
+            if interval.half_width is not None:
+                row[f"{col} low"], row[f"{col} high"], row[f"{col} interval"] = interval.low, interval.high, "t"
             elif (
                 len(values) == 1
                 and f"{col} boot low" in group
@@ -221,14 +146,14 @@ def _markdown(summary: pd.DataFrame) -> str:
     return shown.to_markdown(index=False, disable_numparse=True)
 
 
-def _provenance_lines(results: list[dict[str, Any]]) -> list[str]:
-    core = next((r["data"] for r in results if r["eval"] == "core"), None)
+def _provenance_lines(results: list[ResultRecord]) -> list[str]:
+    core = next((r.data for r in results if r.eval_name == "core"), None)
     if core is None:
         return []
     prov = core.get("provenance", {})
     held = prov.get("heldout_corpus", {})
     cfg = core.get("eval_config", {})
-    train = [r["data"] for r in results if r["eval"] == "core"]
+    train = [r.data for r in results if r.eval_name == "core"]
     tokens = sorted({(d.get("eval_result_unstructured") or {}).get("train_tokens") for d in train} - {None})
     versions = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
     perf = core.get("eval_result_metrics", {}).get("model_performance_preservation", {})
@@ -274,7 +199,7 @@ penalty-based variants, and batch-level L0 at inference follows a threshold stil
 """
 
 
-def _figures(frame: pd.DataFrame, results: list[dict[str, Any]], out_dir: Path, stem: str) -> list[str]:
+def _figures(frame: pd.DataFrame, results: list[ResultRecord], out_dir: Path, stem: str) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -282,9 +207,9 @@ def _figures(frame: pd.DataFrame, results: list[dict[str, Any]], out_dir: Path, 
 
     made = []
     curves = {
-        r["sae"]: (r["data"].get("eval_result_unstructured") or {}).get("training_curve")
+        r.name: (r.data.get("eval_result_unstructured") or {}).get("training_curve")
         for r in results
-        if r["eval"] == "core"
+        if r.eval_name == "core"
     }
     curves = {k: v for k, v in curves.items() if v}
     if curves:
@@ -330,16 +255,16 @@ def _figures(frame: pd.DataFrame, results: list[dict[str, Any]], out_dir: Path, 
 
 def build_reports(results_dir: Path, reports_dir: Path) -> list[Path]:
     """Write one table (md + csv) per (model, layer), its figures, and reports/index.md; return the written paths."""
-    results = _load_results(results_dir)
+    results = list(iter_results(results_dir, kind=ResultKind.SAE))
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
     written, index = (
         [],
         ["# abstopk-eval reports", "", "Generated by `python -m abstopk_eval.report` from `results/`.", ""],
     )
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, int], list[ResultRecord]] = {}
     for r in results:
-        groups.setdefault((r["model"], r["layer"]), []).append(r)
+        groups.setdefault((r.model, r.layer), []).append(r)
     for (model, layer), group in sorted(groups.items()):
         stem = f"{model}_layer{layer}"
         frame = layer_table(group)
@@ -360,9 +285,7 @@ def build_reports(results_dir: Path, reports_dir: Path) -> list[Path]:
         index.append(f"- [{model}, layer {layer}]({stem}.md) ({len(frame)} SAEs; [csv]({stem}.csv))")
     if not groups:
         index.append("No results yet: run `python -m abstopk_eval.run`.")
-    from abstopk_eval.paper_report import index_lines  # every table / figure in reports/ with its sources
-
-    index += ["", *index_lines(results_dir, reports_dir)]
+    index += ["", *index_lines(results_dir, reports_dir)]  # every table / figure in reports/ with its sources
     atomic_write_bytes(reports_dir / "index.md", ("\n".join(index) + "\n").encode())
     log.info("wrote %d report files to %s", len(written) + 1, reports_dir)
     return written
@@ -383,8 +306,6 @@ def main(argv: list[str] | None = None) -> None:
     if not args.results_dir.is_dir():
         raise UserError(f"results directory {args.results_dir} does not exist")
     if args.paper:  # first, so the index written by build_reports can link the paper files
-        from abstopk_eval.paper_report import build_paper_report
-
         for path in build_paper_report(args.results_dir, args.reports_dir):
             print(path)
     for path in build_reports(args.results_dir, args.reports_dir):

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
+
+from abstopk_eval.intervals import seed_interval
 
 
 @dataclass(frozen=True)
@@ -112,11 +113,12 @@ def recovery(
 
 
 def mean_and_interval(values: list[float]) -> dict[str, float]:
-    """Mean and a 95% t-interval half-width across seeds (nan width for one value)."""
-    from scipy import stats
-
-    arr = np.asarray(values, dtype=float)
-    if arr.size < 2:
-        return {"mean": float(arr.mean()) if arr.size else float("nan"), "ci95": float("nan"), "n": int(arr.size)}
-    half = float(stats.t.ppf(0.975, arr.size - 1) * arr.std(ddof=1) / np.sqrt(arr.size))
-    return {"mean": float(arr.mean()), "ci95": half, "n": int(arr.size)}
+    """Mean and a 95% t-interval half-width across seeds (`intervals.seed_interval`), nan where undefined (the
+    benchmark's JSON and table)."""
+    interval = seed_interval(values)
+    nan = float("nan")
+    return {
+        "mean": nan if interval.mean is None else interval.mean,
+        "ci95": nan if interval.half_width is None else interval.half_width,
+        "n": interval.n,
+    }

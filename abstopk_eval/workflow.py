@@ -22,7 +22,7 @@ from abstopk_eval.models.adapter import ModelAdapter
 from abstopk_eval.models.loading import default_cache_dir, load_model, sha256_file
 from abstopk_eval.models.registry import ModelSpec
 from abstopk_eval.provenance import RunProvenance, SaeProvenance, package_versions
-from abstopk_eval.results import result_path, write_eval_output
+from abstopk_eval.results import baseline_path, current_results, result_path, write_eval_output
 from abstopk_eval.saes.io import load_sae
 from abstopk_eval.saes.variants import get_variant, sae_id
 from abstopk_eval.training import distributed
@@ -100,28 +100,13 @@ def target_of(job: TrainJob) -> EvalTarget:
     return EvalTarget(job.sae_id, job.sae_dir, training_json=job.out_dir / TRAINING_JSON)
 
 
-def result_is_current(path: Path, digest: str | None) -> bool:
-    """A result counts as done only if it scored this very checkpoint (a retrained SAE is re-evaluated)."""
-    if digest is None or not path.is_file():
-        return False
-    try:
-        return json.loads(path.read_text()).get("provenance", {}).get("sae_weights_sha256") == digest
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
 def pending_evaluations(plan: RunPlan, targets: Sequence[EvalTarget]) -> dict[str, list[EvalTarget]]:
     """Evaluation name -> the targets without a current result for it, in the plan's evaluation order."""
     digests = {t.sae_id: t.digest() for t in targets}
+    current = current_results(plan.results_dir, plan.model.key, plan.layer, digests)
     pending = {}
     for name in plan.evals:
-        todo = [
-            t
-            for t in targets
-            if not result_is_current(
-                result_path(plan.results_dir, plan.model.key, plan.layer, t.sae_id, name), digests[t.sae_id]
-            )
-        ]
+        todo = [t for t in targets if (t.sae_id, name) not in current]
         if todo:
             pending[name] = todo
     return pending
@@ -260,6 +245,8 @@ def evaluate(plan: RunPlan, targets: Sequence[EvalTarget], session: Session | No
         log.info("evaluation %s on %d SAEs", eval_name, len(saes))
         for sae_name, output in spec.run(ctx, saes).items():
             write_eval_output(result_path(plan.results_dir, plan.model.key, plan.layer, sae_name, eval_name), output)
+        for method, output in ctx.baselines.get(eval_name, {}).items():  # e.g. steering's "dim": no SAE checkpoint
+            write_eval_output(baseline_path(plan.results_dir, plan.model.key, plan.layer, eval_name, method), output)
         done[eval_name] = [t.sae_id for t in todo]
     return done
 

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from abstopk_eval.config import CALIBRATED_SPARSITY, get_preset
-from abstopk_eval.results import package_versions
+from abstopk_eval.provenance import package_versions
 from abstopk_eval.saes.io import load_sae
 from abstopk_eval.saes.signs import has_signed_latents
 from abstopk_eval.saes.variants import ALL_VARIANTS, SparsityHyperparams

@@ -116,3 +116,33 @@ def test_paper_value_lookup_maps_methods_to_our_variants():
     assert paper_value("Table 2", "qwen3-4b", 20, "abstopk", "scr") is None
     assert paper_value("Table 2", "gemma-3-270m", 9, "abstopk", "scr") is None
     assert paper_value("Table 1", "qwen3-4b", 18, "jumprelu", "harmbench").value == 79.1
+
+
+def test_steering_baselines_feed_table1_and_never_become_table2_rows(tmp_path):
+    from abstopk_eval.results import baseline_path
+
+    results, reports = tmp_path / "results", tmp_path / "reports"
+    _fabricate(results)
+
+    def steering(method: str, refusal: float) -> dict:
+        return {
+            "eval_type_id": "steering",
+            "eval_result_metrics": {
+                "safety": {"harmbench_refusal_rate": refusal, "n_test_behaviours": 80},
+                "general_ability": {"mmlu_accuracy": 0.25, "ce_loss": 3.0},
+                "intervention": {"method": method, "steered": method != "original", "strength": 1.0},
+            },
+            "provenance": {"variant": method, "k": None, "seed": None, "preset": "paper"},
+        }
+
+    for method, refusal in (("original", 0.01), ("dim", 0.5)):
+        path = baseline_path(results, "qwen3-4b", 18, "steering", method)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(steering(method, refusal)))
+    paper_report.build_paper_report(results, reports)
+    table = pd.read_csv(reports / "paper" / "qwen3-4b_layer18_table2.csv")
+    assert set(table["variant"]) == {"batch-abstopk", "topk", "jumprelu"}
+    table1 = pd.read_csv(reports / "paper" / "table1_data.csv")
+    refusal = table1[table1["metric"] == "HarmBench refusal rate"].iloc[0]
+    assert (refusal["Original"], refusal["DiM"]) == (0.01, 0.5)
+    assert "dim: None" not in (reports / "paper" / "index.md").read_text()

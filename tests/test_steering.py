@@ -16,7 +16,7 @@ from abstopk_eval.evals.steering.judge import REFUSAL_SUBSTRINGS, is_refusal, ju
 from abstopk_eval.evals.steering.main import SteeringPrompts, run_steering
 from abstopk_eval.evals.steering.table import render_table1
 from abstopk_eval.models.adapter import ModelAdapter
-from abstopk_eval.results import result_path, write_eval_output
+from abstopk_eval.results import baseline_path, result_path, write_eval_output
 from tests.test_sign_flip import negate_latent
 from tests.tiny_models import D_MODEL, N_LAYERS, VOCAB, tiny_llama
 
@@ -212,7 +212,8 @@ def test_sae_steering_is_invariant_to_negating_the_chosen_latent(adapter, tmp_pa
             p.copy_(torch.randn_like(p) * 0.3)
     ctx = _ctx(adapter)
     out = run_steering(ctx, {"orig": sae}, prompts=_prompts(), judge=_fake_judge)
-    assert set(out) == {"orig", "original", "dim"}
+    baselines = dict(ctx.baselines["steering"])
+    assert set(out) == {"orig"} and set(baselines) == {"original", "dim"}
     iv = out["orig"].eval_result_metrics.intervention
     assert iv.steered and iv.kind == "clamp" and iv.latent is not None
     flipped = run_steering(ctx, {"flip": negate_latent(sae, iv.latent)}, prompts=_prompts(), judge=_fake_judge)
@@ -225,15 +226,17 @@ def test_sae_steering_is_invariant_to_negating_the_chosen_latent(adapter, tmp_pa
     assert [d.response for d in out["orig"].eval_result_details] == [
         d.response for d in flipped["flip"].eval_result_details
     ]
-    # the extra entries carry provenance without SAE weights, and the table renders every column
-    assert out["dim"].provenance["variant"] == "dim" and out["dim"].sae_cfg_dict is None
+    # the baselines carry provenance without SAE weights, and the table renders every column
+    assert baselines["dim"].provenance["variant"] == "dim" and baselines["dim"].sae_cfg_dict is None
     assert out["orig"].provenance["sae_id"] == "orig"
     for key, o in out.items():
         write_eval_output(result_path(tmp_path, "tiny", LAYER, key, "steering"), o)
+    for method, o in baselines.items():
+        write_eval_output(baseline_path(tmp_path, "tiny", LAYER, "steering", method), o)
     markdown, frame = render_table1(tmp_path)
     assert list(frame.columns[:3]) == ["model", "layer", "metric"] and {"Original", "DiM"} <= set(frame.columns)
     assert "near chance" in markdown and "HarmBench refusal rate" in markdown
-    data = json.loads(result_path(tmp_path, "tiny", LAYER, "dim", "steering").read_text())
+    data = json.loads(baseline_path(tmp_path, "tiny", LAYER, "steering", "dim").read_text())
     assert data["eval_type_id"] == "steering" and "directional_ablation_all_layers" in data["eval_result_unstructured"]
 
 
@@ -271,8 +274,8 @@ def test_unknown_intervention_and_registration():
     assert isinstance(SteeringEvalConfig(), SteeringEvalConfig)
 
 
-def test_workflow_writes_extra_result_keys_without_a_weights_digest(tmp_path, monkeypatch):
-    """workflow.evaluate writes an evaluation's extra entries (steering's "dim", "original") next to the SAEs';
+def test_workflow_writes_baselines_without_a_weights_digest(tmp_path, monkeypatch):
+    """workflow.evaluate writes an evaluation's baselines (steering's "dim", "original") as the layer's baselines;
     only the SAEs' results carry a weights digest."""
     from types import SimpleNamespace
 
@@ -285,8 +288,10 @@ def test_workflow_writes_extra_result_keys_without_a_weights_digest(tmp_path, mo
     target = workflow.EvalTarget("abstopk_k4_s0_smoke", sae_dir)
 
     def fake_run(ctx, saes):
-        prov = {key: ctx.sae_provenance.get(key) for key in [*saes, "dim", "original"]}
-        return {key: SimpleNamespace(provenance=p) for key, p in prov.items()}
+        made = {key: SimpleNamespace(provenance=ctx.sae_provenance.get(key)) for key in [*saes, "dim", "original"]}
+        for method in ("dim", "original"):
+            ctx.add_baseline("steering", method, made[method])
+        return {key: made[key] for key in saes}
 
     written = {}
     monkeypatch.setattr(workflow, "get_eval", lambda name: SimpleNamespace(name=name, run=fake_run))
@@ -317,10 +322,13 @@ def test_workflow_writes_extra_result_keys_without_a_weights_digest(tmp_path, mo
     )
     workflow.evaluate(plan, [target], session)
     paths = {p.relative_to(tmp_path / "results").as_posix(): out for p, out in written.items()}
-    assert set(paths) == {f"m/layer_1/{k}/steering.json" for k in (target.sae_id, "dim", "original")}
+    assert set(paths) == {
+        f"m/layer_1/{target.sae_id}/steering.json",
+        *(f"m/layer_1/baselines/steering/{k}.json" for k in ("dim", "original")),
+    }
     digest = paths[f"m/layer_1/{target.sae_id}/steering.json"].provenance.sae_weights_sha256
     assert digest == target.digest() and len(digest) == 64
-    assert paths["m/layer_1/dim/steering.json"].provenance is None
+    assert paths["m/layer_1/baselines/steering/dim.json"].provenance is None
 
 
 def test_logits_from_the_cached_residual_match_full_passes(adapter):

@@ -44,13 +44,22 @@ class EvalContext:
     eval_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-evaluation config overrides, eval name -> {field: value} (e.g. {"scr": {"dataset_source": "sae_bench"}});
     see `abstopk_eval.evals.options`."""
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """eval name -> {method: eval output} of the references an evaluation scored without an SAE (steering's
+    unsteered model and Difference-in-Means); filled by `add_baseline`, written by the runner as the layer's
+    baselines (`results.baseline_path`), never as SAE results."""
 
     def __post_init__(self) -> None:
         self.provenance = RunProvenance.coerce(self.provenance)
 
+    def add_baseline(self, eval_name: str, method: str, output: Any) -> None:
+        """Record a baseline of `eval_name`; a rerun of the evaluation on this context replaces it."""
+        self.baselines.setdefault(eval_name, {})[method] = output
+
 
 EvalFn = Callable[[EvalContext, dict[str, SAE]], dict[str, Any]]
-"""(context, {sae_id: SAE}) -> {sae_id: eval output (a pydantic dataclass of the sae_bench schema)}."""
+"""(context, {sae_id: SAE}) -> {sae_id: eval output (a pydantic dataclass of the sae_bench schema)}, one entry per
+SAE given and nothing else: outputs that score no SAE go to `EvalContext.add_baseline`."""
 
 
 @dataclass(frozen=True)

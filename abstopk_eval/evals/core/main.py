@@ -276,9 +276,7 @@ def _output(
     )
 
 
-def run_core(
-    ctx: EvalContext, saes: dict[str, SAE], config: CoreEvalConfig | None = None
-) -> dict[str, CoreEvalOutput]:
+def run_core(ctx: EvalContext, saes: dict[str, SAE], config: CoreEvalConfig | None = None) -> dict[str, CoreEvalOutput]:
     acts = ctx.heldout_activations()
     tokens = ctx.eval_tokens
     config = resolve_config(

@@ -17,7 +17,8 @@ Methods, all at the SAE layer L:
 
 Strength and latent are chosen by one rule for every method (`eval_config.SELECTION_RULE`); the chosen
 setting is then scored on the HarmBench test behaviours (refusal rate), MMLU (accuracy) and held-out
-Wikipedia text (CE). The unsteered model and DiM are returned as the extra entries "original" and "dim".
+Wikipedia text (CE). The unsteered model and DiM score no SAE: they are recorded as the layer's baselines
+"original" and "dim" (`EvalContext.add_baseline`), and the returned dict holds the SAEs only.
 
 Negating a signed latent (encoder column, bias and decoder row) negates its cosine, mean difference and the
 chosen c, and leaves every intervention, hence every score, unchanged (tested).
@@ -59,8 +60,10 @@ log = logging.getLogger("abstopk_eval.steering")
 EVAL_NAME = "steering"
 SIGNED_ARCHITECTURES = {"abstopk", "batch_abstopk"}
 SIGNED_VARIANTS = {"abstopk", "batch-abstopk"}
-EXTRA_KEYS = ("original", "dim")
-"""Keys of the returned dict that are not SAEs."""
+ORIGINAL = "original"
+"""Baseline method: the unsteered model."""
+DIM = "dim"
+"""Baseline method: Difference-in-Means activation addition."""
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -325,12 +328,9 @@ def run_steering(
     prompts: SteeringPrompts | None = None,
     judge: Judge = is_refusal,
 ) -> dict[str, SteeringEvalOutput]:
-    """Steering outputs for every SAE, plus the extra entries "original" (unsteered) and "dim"."""
+    """Steering outputs for every SAE; the baselines ORIGINAL (unsteered) and DIM go to `ctx.add_baseline`."""
     cfg = resolve_config(SteeringEvalConfig, ctx, EVAL_NAME, config)
     cfg.refusal_judge = cfg.refusal_judge or JUDGE_DESCRIPTION
-    clash = sorted(set(saes) & set(EXTRA_KEYS))
-    if clash:
-        raise UserError(f"SAE ids {clash} clash with the steering evaluation's extra result keys {EXTRA_KEYS}")
     began = time.perf_counter()
     prompts = prompts or load_prompts(cfg)
     if prompts.sources:
@@ -377,20 +377,19 @@ def run_steering(
     common = {"d_norm": d_norm, "ce_val_clean": ce_val_clean, "ce_test_clean": original.ce}
 
     common["original_seconds"] = time.perf_counter() - began
-    results: dict[str, tuple[Selection, Scores, dict[str, Any]]] = {}
     t0 = time.perf_counter()
-    dim_sel = select(scorer, [dim_settings(d, cfg)], ce_val_clean, "dim")
-    results["dim"] = (dim_sel, _scores_for(scorer, dim_sel, original), {})
-    results["dim"][2]["method_seconds"] = time.perf_counter() - t0
+    dim_sel = select(scorer, [dim_settings(d, cfg)], ce_val_clean, DIM)
+    dim_result = (dim_sel, _scores_for(scorer, dim_sel, original), {"method_seconds": time.perf_counter() - t0})
     if cfg.dim_ablation:
         ablate = S.Intervention("ablate", tuple(range(adapter.n_layers)), vector=d)
         abl = score_test(scorer, ablate, with_mmlu=False)
-        results["dim"][2]["directional_ablation_all_layers"] = {
+        dim_result[2]["directional_ablation_all_layers"] = {
             "harmbench_refusal_rate": abl.refusal,
             "ce_loss": abl.ce,
             "ce_loss_increase": abl.ce - original.ce,
             "examples": _examples(prompts.test_harmful, abl, cfg.n_examples),
         }
+    results: dict[str, tuple[Selection, Scores, dict[str, Any]]] = {}
     for sid, sae in tqdm(saes.items(), desc="steering: SAEs", unit="sae"):
         t0 = time.perf_counter()
         cands = latent_candidates(sae, d, harmful, harmless, cfg)
@@ -415,16 +414,15 @@ def run_steering(
         "n_fit_harmful": len(prompts.harmful_fit),
         "n_fit_harmless": len(prompts.harmless_fit),
     }
-    outputs: dict[str, SteeringEvalOutput] = {}
-    outputs["original"] = _output(
-        ctx, cfg, "original", None, None, original, original_val, d_norm, prompts, unstructured_common
-    )
-    for key, (sel, scores, extra) in results.items():
-        outputs[key] = _output(
+
+    def output(key: str, method: str, result: tuple[Selection, Scores, dict[str, Any]]) -> SteeringEvalOutput:
+        sel, scores, extra = result
+        return _output(
             ctx,
             cfg,
             key,
-            saes.get(key),
+            method,
+            saes[key] if method == "sae" else None,
             sel,
             scores,
             original_val,
@@ -432,6 +430,14 @@ def run_steering(
             prompts,
             {**unstructured_common, **extra, "tried": sel.tried},
         )
+
+    ctx.add_baseline(
+        EVAL_NAME,
+        ORIGINAL,
+        _output(ctx, cfg, ORIGINAL, ORIGINAL, None, None, original, original_val, d_norm, prompts, unstructured_common),
+    )
+    ctx.add_baseline(EVAL_NAME, DIM, output(DIM, DIM, dim_result))
+    outputs = {key: output(key, "sae", result) for key, result in results.items()}
     log.info("steering finished in %.0fs", elapsed)
     return outputs
 
@@ -451,6 +457,7 @@ def _output(
     ctx: EvalContext,
     cfg: SteeringEvalConfig,
     key: str,
+    method: str,
     sae: SAE | None,
     sel: Selection | None,
     scores: Scores,
@@ -461,7 +468,6 @@ def _output(
 ) -> SteeringEvalOutput:
     setting = sel.setting if sel is not None else None
     cand = setting.candidate if setting is not None else None
-    method = "original" if key == "original" else ("dim" if key == "dim" else "sae")
     metrics = SteeringMetricCategories(
         safety=SafetyMetrics(
             harmbench_refusal_rate=scores.refusal,
@@ -509,7 +515,7 @@ STEERING = register_eval(
         name=EVAL_NAME,
         config_cls=SteeringEvalConfig,
         description="Refusal steering with one SAE latent vs Difference-in-Means (paper Table 1): HarmBench refusal, "
-        "MMLU and held-out CE under steering; extra results 'original' and 'dim'",
+        "MMLU and held-out CE under steering; baselines 'original' and 'dim'",
         run=run_steering,
         in_default_run=False,  # needs an instruction-tuned model with a chat template: --evals steering
     )

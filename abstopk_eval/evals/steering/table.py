@@ -3,16 +3,17 @@ MMLU accuracy, HarmBench refusal rate and held-out CE under steering."""
 
 from __future__ import annotations
 
-import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from abstopk_eval.evals.steering.main import DIM, EVAL_NAME, ORIGINAL
+from abstopk_eval.results import ResultKind, iter_results
 from abstopk_eval.saes.variants import ALL_VARIANTS
 
-EVAL_FILE = "steering.json"
 # (row label, category, metric, higher is better, format)
 METRICS: list[tuple[str, str, str, bool, str]] = [
     ("MMLU accuracy", "general_ability", "mmlu_accuracy", True, "{:.3f}"),
@@ -33,29 +34,33 @@ differences are mostly noise at this subset size; CE is the finer measure of gen
 """
 
 
-def _load(results_dir: Path) -> dict[tuple[str, int], dict[str, dict[str, Any]]]:
-    by_layer: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
-    for path in sorted(Path(results_dir).glob(f"*/layer_*/*/{EVAL_FILE}")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        model, layer = path.parts[-4], int(path.parts[-3].removeprefix("layer_"))
-        by_layer.setdefault((model, layer), {})[path.parts[-2]] = data
+@dataclass
+class _Layer:
+    """The steering results of one (model, layer): per SAE id, and per baseline method."""
+
+    saes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _load(results_dir: Path) -> dict[tuple[str, int], _Layer]:
+    by_layer: dict[tuple[str, int], _Layer] = {}
+    for r in iter_results(results_dir, eval_name=EVAL_NAME):
+        layer = by_layer.setdefault((r.model, r.layer), _Layer())
+        (layer.saes if r.kind is ResultKind.SAE else layer.baselines)[r.name] = r.data
     return by_layer
 
 
-def _columns(results: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
-    """(column label, result key) in display order: Original, variants in registry order, DiM."""
-    saes = {k: v for k, v in results.items() if k not in ("original", "dim")}
+def _columns(layer: _Layer) -> list[tuple[str, dict[str, Any]]]:
+    """(column label, result) in display order: Original, variants in registry order, DiM."""
+    saes = layer.saes
     variant_of = {k: (v.get("provenance") or {}).get("variant") or k.split("_")[0] for k, v in saes.items()}
     order = {v: i for i, v in enumerate(ALL_VARIANTS)}
     keys = sorted(saes, key=lambda k: (order.get(variant_of[k], len(order)), k))
     counts = pd.Series([variant_of[k] for k in keys]).value_counts() if keys else pd.Series(dtype=int)
-    cols = [("Original", "original")] if "original" in results else []
-    cols += [(variant_of[k] if counts[variant_of[k]] == 1 else k, k) for k in keys]
-    if "dim" in results:
-        cols.append(("DiM", "dim"))
+    cols = [("Original", layer.baselines[ORIGINAL])] if ORIGINAL in layer.baselines else []
+    cols += [(variant_of[k] if counts[variant_of[k]] == 1 else k, saes[k]) for k in keys]
+    if DIM in layer.baselines:
+        cols.append(("DiM", layer.baselines[DIM]))
     return cols
 
 
@@ -66,11 +71,11 @@ def _metric(data: dict[str, Any], category: str, metric: str) -> float | None:
 
 def _setting(data: dict[str, Any]) -> str:
     iv = (data.get("eval_result_metrics") or {}).get("intervention", {})
-    if iv.get("method") == "original":
+    if iv.get("method") == ORIGINAL:
         return "none"
     if not iv.get("steered"):
         return "none within bound"
-    if iv.get("method") == "dim":
+    if iv.get("method") == DIM:
         return f"m={iv.get('strength'):g}"
     value = iv.get("value")
     strength = "" if iv.get("strength") is None else f", m={iv['strength']:g}"
@@ -112,32 +117,32 @@ def render_table1(results_dir: Path) -> tuple[str, pd.DataFrame] | None:
     for (model, layer), results in sorted(by_layer.items()):
         cols = _columns(results)
         steered = {
-            key: bool((results[key].get("eval_result_metrics") or {}).get("intervention", {}).get("steered"))
-            for _, key in cols
+            col: bool((data.get("eval_result_metrics") or {}).get("intervention", {}).get("steered"))
+            for col, data in cols
         }
         shown: list[dict[str, str]] = []
         for label, category, metric, higher, fmt in METRICS:
-            values = {col: _metric(results[key], category, metric) for col, key in cols}
+            values = {col: _metric(data, category, metric) for col, data in cols}
             rows.append({"model": model, "layer": layer, "metric": label, **values})
             candidates = {c: v for c, v in values.items() if c != "Original" and v is not None}
             best = (max if higher else min)(candidates.values()) if candidates else None
             cells = {"metric": label}
-            for col, key in cols:
+            for col, _data in cols:
                 v = values[col]
                 text = "" if v is None else fmt.format(v)
                 if text and best is not None and col != "Original" and v == best:
                     text = f"**{text}**"
-                if text and key != "original" and not steered[key]:
+                if text and col != "Original" and not steered[col]:
                     text += "*"
                 cells[col] = text
             shown.append(cells)
-        shown.append({"metric": "setting", **{col: _setting(results[key]) for col, key in cols}})
-        first = next(iter(results.values()))
+        shown.append({"metric": "setting", **{col: _setting(data) for col, data in cols}})
+        first = next(iter([*results.saes.values(), *results.baselines.values()]))
         cfg = first.get("eval_config") or {}
         un = first.get("eval_result_unstructured") or {}
-        dim_un = (results.get("dim") or {}).get("eval_result_unstructured") or {}
+        dim_un = (results.baselines.get(DIM) or {}).get("eval_result_unstructured") or {}
         abl = dim_un.get("directional_ablation_all_layers")
-        orig = results.get("original", {})
+        orig = results.baselines.get(ORIGINAL, {})
         n_test = _metric(orig, "safety", "n_test_behaviours") if orig else None
         lines = [
             f"#### {model}, layer {layer}",

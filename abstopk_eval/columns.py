@@ -1,0 +1,101 @@
+"""Every metric the reports show, defined once: where it lives in a result, how it is printed, which direction
+is better, its bootstrap interval's name, and the paper's Table 2 columns built on the same metrics.
+
+`abstopk_eval.report` (per-layer tables) and `abstopk_eval.paper_report` (the paper's tables) both read these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Column:
+    """One report column: a metric of one evaluation's `eval_result_metrics`."""
+
+    name: str
+    eval: str
+    path: tuple[str, str]
+    """(category, metric) inside eval_result_metrics."""
+    fmt: str
+    higher_is_better: bool | None = None
+    """Direction for bolding the best variant; None: never bold (descriptive columns such as L0)."""
+    bootstrap: str | None = None
+    """Name of the metric's 95% bootstrap interval over evaluation examples (see `report._bootstrap_interval`),
+    shown when the metric comes from a single seed."""
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("nMSE", "core", ("normalised_reconstruction", "nmse"), "{:.4f}", False, "nmse"),
+    Column("FVU", "core", ("normalised_reconstruction", "fvu"), "{:.3f}", False, "fvu"),
+    Column("loss recovered", "core", ("normalised_reconstruction", "loss_recovered"), "{:.3f}", True, "loss_recovered"),
+    Column(
+        "CE with SAE",
+        "core",
+        ("model_performance_preservation", "ce_loss_with_sae"),
+        "{:.3f}",
+        False,
+        "ce_loss_with_sae",
+    ),
+    Column("KL", "core", ("model_behavior_preservation", "kl_div_with_sae"), "{:.3f}", False, "kl_div_with_sae"),
+    Column("L0", "core", ("sparsity", "l0"), "{:.1f}"),
+    Column("dead frac", "core", ("sparsity", "dead_fraction"), "{:.3f}"),
+    Column("negative frac", "core", ("sparsity", "frac_negative"), "{:.3f}"),
+    # the paper's Table 2 (SAEBench tasks); offline proxies of sae_bench's datasets, see each result's dataset cards
+    Column(
+        "sparse probing top-1",
+        "sparse_probing",
+        ("sae", "sae_top_1_test_accuracy"),
+        "{:.3f}",
+        True,
+        "sae_top_1_test_accuracy",
+    ),
+    Column("SCR@20", "scr", ("scr_metrics", "scr_metric_threshold_20"), "{:.3f}", True),
+    Column("TPP@20", "tpp", ("tpp_metrics", "tpp_threshold_20_total_metric"), "{:.3f}", True),
+    Column("1 - absorption", "absorption", ("mean", "one_minus_absorption"), "{:.3f}", True),
+    Column("RAVEL", "ravel", ("ravel", "disentanglement_score"), "{:.3f}", True),
+    Column("RAVEL base acc", "ravel", ("knowledge", "base_accuracy"), "{:.2f}"),
+    Column("unlearning", "unlearning", ("unlearning", "unlearning_score"), "{:.3f}", True),
+    Column("unlearning forget base acc", "unlearning", ("knowledge", "forget_base_accuracy"), "{:.2f}"),
+    # bidirectional features (issue 7)
+    Column("axes in one signed latent", "bidirectional", ("bidirectional", "frac_axes_bidirectional"), "{:.2f}", True),
+    Column("axis-duplicate pairs", "fragmentation", ("antiparallel", "n_axis_duplicate_pairs"), "{:.0f}", False),
+)
+BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
+
+TRAIN_SECONDS = "train s"
+"""The per-layer table's training-time column (from core's eval_result_unstructured, not a metric)."""
+FORMATS: dict[str, str] = {c.name: c.fmt for c in COLUMNS} | {TRAIN_SECONDS: "{:.0f}"}
+"""Every per-layer table column with a number, in display order, and its format."""
+
+
+@dataclass(frozen=True)
+class PaperTask:
+    """One column of the paper's Table 2: a report column under the paper's name, and the task key of its
+    published values (`abstopk_eval.paper_values`)."""
+
+    label: str
+    column: Column
+    paper_task: str
+
+    @property
+    def eval(self) -> str:
+        return self.column.eval
+
+    @property
+    def path(self) -> tuple[str, str]:
+        return self.column.path
+
+
+TABLE2_TASKS: tuple[PaperTask, ...] = (
+    PaperTask("Unlearning", BY_NAME["unlearning"], "unlearning"),
+    PaperTask("1 - Absorption", BY_NAME["1 - absorption"], "absorption"),
+    PaperTask("SCR@20", BY_NAME["SCR@20"], "scr"),
+    PaperTask("TPP@20", BY_NAME["TPP@20"], "tpp"),
+    PaperTask("RAVEL", BY_NAME["RAVEL"], "ravel"),
+    PaperTask("Sparse probing top-1", BY_NAME["sparse probing top-1"], "sparse_probing"),
+)
+"""In the paper's order."""
+
+FIGURE_METRICS: tuple[Column, ...] = (BY_NAME["nMSE"], BY_NAME["loss recovered"])
+"""The core metrics of the paper's Figures 3 and 4 (against k)."""
