@@ -16,12 +16,13 @@ from abstopk_eval.data import facts
 from abstopk_eval.data.facts import EntityData, FactDomain, Template
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.context import EvalContext
-from abstopk_eval.evals.knowledge import PromptRunner, encode, pad_left
+from abstopk_eval.evals.knowledge import PromptRunner, encode
 from abstopk_eval.evals.ravel.eval_config import RavelEvalConfig
 from abstopk_eval.evals.ravel.main import run_ravel
 from abstopk_eval.evals.unlearning.eval_config import UnlearningEvalConfig
 from abstopk_eval.evals.unlearning.main import clamp_latents, run_unlearning
 from abstopk_eval.models.adapter import ModelAdapter
+from abstopk_eval.models.batching import pad_sequences
 from tests.test_sign_flip import _random_sae, negate_latent
 from tests.tiny_models import D_MODEL, VOCAB, tiny_llama
 
@@ -51,7 +52,9 @@ def _own_answers(adapter: ModelAdapter, name: str, attrs: dict[str, list[str]], 
     templates = {a: tuple(Template(t, "json") for t in ts) for a, ts in attrs.items()}
     values: dict[str, dict[str, str]] = {e: {} for e in entities}
     for a, ts in templates.items():
-        ids, mask = pad_left([encode(tok, ts[0].fill(e), tok.bos_token_id) for e in entities], tok.pad_token_id)
+        ids, mask = pad_sequences(
+            [encode(tok, ts[0].fill(e), tok.bos_token_id) for e in entities], tok.pad_token_id, side="left"
+        )
         preds = runner.logits(ids, mask).argmax(-1).tolist()
         for e, p in zip(entities, preds):
             values[e][a] = tok.decode([p])
@@ -229,8 +232,10 @@ def test_resumed_forward_matches_the_full_spliced_pass(builder):
     model, tok = TINY_BUILDERS[builder](seed=0)
     ad = ModelAdapter(model, tok)
     runner = PromptRunner(ad, LAYER)
-    ids, mask = pad_left(
-        [encode(tok, t, tok.bos_token_id) for t in ("hello there", "a b", "sparse autoencoders")], tok.pad_token_id
+    ids, mask = pad_sequences(
+        [encode(tok, t, tok.bos_token_id) for t in ("hello there", "a b", "sparse autoencoders")],
+        tok.pad_token_id,
+        side="left",
     )
     resid = runner.residual(ids, mask) * 1.5  # an edited residual
     full = runner.logits(ids, mask, fn=lambda h: resid)

@@ -49,7 +49,7 @@ def _block_outputs(adapter, ids, mask, intervention, skip):
 
 def _batch(adapter):
     seqs = S.encode_chat(adapter.tokenizer, ["how do i bake bread?", "tell me a story about a fox"])
-    return S.left_pad(seqs, S.pad_id(adapter.tokenizer))
+    return S.left_pad(seqs, adapter.pad_token_id)
 
 
 def test_activation_addition_changes_the_residual_only_at_layer_L(adapter):
@@ -334,7 +334,7 @@ def test_workflow_writes_baselines_without_a_weights_digest(tmp_path, monkeypatc
 def test_logits_from_the_cached_residual_match_full_passes(adapter):
     """The fast path (blocks 0..L skipped, the steered layer-L residual given) equals a full steered pass."""
     seqs = S.encode_chat(adapter.tokenizer, ["how do i bake bread?", "tell me a story about a fox", "hi"])
-    fixed, index = S.mmlu_batches(adapter, seqs, LAYER, pad=S.pad_id(adapter.tokenizer), batch_size=2)
+    fixed, index = S.mmlu_batches(adapter, seqs, LAYER, pad=adapter.pad_token_id, batch_size=2)
     iv = S.Intervention("clamp", (LAYER,), sae=_tied_abstopk(), latent=3, value=-4.0)
     for b in range(len(fixed.batches)):
         assert torch.allclose(fixed._resumed(b, iv), fixed._full(b, iv), atol=1e-5)

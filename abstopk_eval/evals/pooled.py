@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.context import EvalContext
+from abstopk_eval.models.batching import length_batches, pad_sequences, pad_token_id_of
 
 # characters kept per token before tokenising (only bounds the work on very long texts: 128 tokens of more
 # than 64 characters each do not occur)
@@ -124,22 +125,6 @@ def special_token_ids(adapter: Any) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def _batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
-    """Indices grouped longest first, each group at most `batch_tokens` padded tokens (at least one text)."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    groups, current, width = [], [], 0
-    for i in order:
-        w = max(width, lengths[i], 1)
-        if current and w * (len(current) + 1) > batch_tokens:
-            groups.append(current)
-            current, w = [], max(lengths[i], 1)
-        current.append(i)
-        width = w
-    if current:
-        groups.append(current)
-    return groups
-
-
 @torch.no_grad()
 def _encode_pooled(
     sae: SAE, rows: torch.Tensor, seg_matrix: torch.Tensor, counts: torch.Tensor, chunk: int
@@ -216,21 +201,15 @@ def _run_pass(
         raise UserError(f"dataset {dataset!r} has no texts to evaluate on")
     ids, n_truncated = tokenize_texts(adapter.tokenizer, texts, context_length)
     special = torch.tensor(special_token_ids(adapter), dtype=torch.long)
-    pad_id = getattr(adapter.tokenizer, "pad_token_id", None)
-    pad_id = 0 if pad_id is None else int(pad_id)
+    pad_id = pad_token_id_of(adapter.tokenizer)  # = ModelAdapter.pad_token_id; stand-ins need only a tokenizer
     n = len(texts)
     pooled_x: torch.Tensor | None = None
     n_tokens = torch.zeros(n, dtype=torch.long)
     latents = {sid: torch.zeros(n, sae.cfg.d_sae, dtype=torch.float32) for sid, sae in saes.items()}
-    groups = _batches([len(i) for i in ids], batch_tokens)
+    groups = length_batches([len(i) for i in ids], max_tokens=batch_tokens, longest_first=True)
     what = "model" + (f" + {len(saes)} SAE(s)" if saes else "")
     for group in tqdm(groups, desc=f"{desc}: {dataset} ({n} texts, {what})", unit="batch"):
-        width = max(max(len(ids[i]) for i in group), 1)
-        input_ids = torch.full((len(group), width), pad_id, dtype=torch.long)
-        mask = torch.zeros(len(group), width, dtype=torch.long)
-        for row, i in enumerate(group):
-            input_ids[row, : len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
-            mask[row, : len(ids[i])] = 1
+        input_ids, mask = pad_sequences([ids[i] for i in group], pad_id, side="right")
         acts = adapter.activations(input_ids, ctx.layer, attention_mask=mask).float().cpu()
         valid = mask.bool() & ~torch.isin(input_ids, special)
         counts = valid.sum(1)

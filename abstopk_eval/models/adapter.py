@@ -1,12 +1,21 @@
-"""Architecture-neutral access to a HF causal LM's residual stream: capture, splice, steer, loss.
+"""Architecture-neutral access to a HF causal LM's residual stream: capture, splice, steer, resume, loss.
 
 Layer `L` means the residual stream at the OUTPUT of decoder block `L` (0-indexed), i.e. TransformerLens
 `blocks.L.hook_resid_post`. For `L < n_layers - 1` this equals HF `output_hidden_states[L + 1]`; for the
 last block HF's final hidden state has the final norm applied, ours does not.
+
+* Padded batches (see `abstopk_eval.models.batching`; pad id `ModelAdapter.pad_token_id`) run with their
+  attention mask and position ids that count only real tokens, so padding changes no real position.
+* `logits(..., last_only=True)` computes the LM head on the last position only (`logits_to_keep=1`).
+* `logits_from_residual(resid, L, ...)` gives the logits when block L outputs `resid`, running only blocks
+  L+1.. (blocks 0..L are swapped for pass-throughs, the last one returning `resid`). The first call per layer
+  checks this against a full forward pass with `resid` spliced in, and full spliced passes are used from then
+  on when they differ (an architecture whose blocks cannot be skipped this way).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -15,9 +24,15 @@ import torch
 from torch import Tensor, nn
 
 from abstopk_eval.errors import UserError
+from abstopk_eval.models.batching import pad_token_id_of
 from abstopk_eval.models.registry import ModelSpec
 
+log = logging.getLogger("abstopk_eval")
+
 HiddenFn = Callable[[Tensor], Tensor]
+
+RESUME_RTOL = 1e-4
+"""Relative max-abs difference of logits tolerated between running only blocks L+1.. and the full spliced pass."""
 
 # attribute paths of the decoder-block ModuleList, tried in order
 _LAYER_PATHS: tuple[tuple[str, ...], ...] = (
@@ -43,6 +58,33 @@ def _with_hidden(output: Any, hidden: Tensor) -> Any:
     if isinstance(output, Tensor):
         return hidden
     return (hidden, *output[1:])
+
+
+class _PassThrough(nn.Module):
+    """Stands in for a decoder block: returns its input, or a fixed tensor (the block whose output is given)."""
+
+    def __init__(self, output: Tensor | None = None) -> None:
+        super().__init__()
+        self.output = output
+
+    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return hidden_states if self.output is None else self.output.to(hidden_states.dtype)
+
+
+@contextmanager
+def _contiguous_head_input(model: nn.Module) -> Iterator[None]:
+    """`logits_to_keep` hands the output head a strided [B, 1, D] view, which torch multiplies as a batched matmul
+    against an expanded copy of the [V, D] head (seconds for Gemma's 262k vocabulary); a contiguous input takes
+    the plain matmul (same values)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        yield
+        return
+    handle = head.register_forward_pre_hook(lambda _m, args: (args[0].contiguous(), *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _position_ids(attention_mask: Tensor) -> Tensor:
@@ -84,6 +126,8 @@ class ModelAdapter:
         self._tokenizer = tokenizer
         self.spec = spec
         self._layers = self._find_layers(model)
+        self._resume: dict[int, bool] = {}
+        """Per layer: whether `logits_from_residual` may run only the later blocks (verified on first use)."""
         if spec is not None and len(self._layers) != spec.n_layers:
             raise UserError(f"model has {len(self._layers)} blocks but {spec.key} should have {spec.n_layers}")
 
@@ -120,6 +164,11 @@ class ModelAdapter:
     def bos_token_id(self) -> int | None:
         bos = getattr(self._tokenizer, "bos_token_id", None)
         return bos if bos is not None else getattr(self._model.config, "bos_token_id", None)
+
+    @property
+    def pad_token_id(self) -> int:
+        """The id padded positions get (the one rule for every caller; see `batching.pad_token_id_of`)."""
+        return pad_token_id_of(self._tokenizer)
 
     def layers(self) -> nn.ModuleList:
         """The decoder-block ModuleList."""
@@ -178,10 +227,21 @@ class ModelAdapter:
             raise RuntimeError(f"block {layer} did not run during the forward pass")
         return captured[0].float()
 
-    def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Logits `[B, T, vocab]` of a plain forward pass (no grad, model dtype)."""
+    def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, last_only: bool = False) -> Tensor:
+        """Logits of a plain forward pass (no grad, model dtype): `[B, T, vocab]`, or `[B, vocab]` at the last
+        position only (the LM head runs on that position alone; left-pad batches so it is every row's last token)."""
         with torch.no_grad():
-            return self._model(**self._forward_kwargs(input_ids, attention_mask)).logits
+            return self._logits_of(self._forward_kwargs(input_ids, attention_mask), last_only)
+
+    def _logits_of(self, kwargs: dict[str, Any], last_only: bool) -> Tensor:
+        if not last_only:
+            return self._model(**kwargs).logits
+        with _contiguous_head_input(self._model):
+            try:
+                out = self._model(**kwargs, logits_to_keep=1)
+            except TypeError:  # a model class without `logits_to_keep`
+                out = self._model(**kwargs)
+        return out.logits[:, -1]
 
     # ------------------------------------------------------------------ replacement
 
@@ -215,6 +275,87 @@ class ModelAdapter:
         with self.replace_output(layer, fn):
             return self.logits(input_ids, attention_mask)
 
+    # ------------------------------------------------------------------ resuming from a residual
+
+    def logits_from_residual(
+        self,
+        resid: Tensor,
+        layer: int,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        last_only: bool = True,
+        grad: bool = False,
+        resume: bool | None = None,
+    ) -> Tensor:
+        """Logits (model dtype) when block `layer` outputs `resid` `[B, T, d_model]` for `input_ids` `[B, T]`:
+        `[B, vocab]` at the last position (`last_only`), else `[B, T, vocab]`; differentiable w.r.t. `resid` if
+        `grad`.
+
+        Only blocks `layer + 1 ..` run. The first call per layer also runs the full forward pass with `resid`
+        spliced in, returns it, and keeps resuming only if both agree within `RESUME_RTOL` (otherwise later
+        calls run full spliced passes). `resume` overrides that choice: True always resumes (unchecked), False
+        always runs the full spliced pass.
+        """
+        self._check_layer(layer)
+        if tuple(resid.shape[:2]) != tuple(input_ids.shape):
+            raise ValueError(f"resid has shape {tuple(resid.shape)}, input_ids {tuple(input_ids.shape)}")
+        kwargs = self._forward_kwargs(input_ids, attention_mask)
+        resid = resid.to(self.device)
+        if resume is None:
+            if layer not in self._resume:
+                full = self._verify_resume(resid, layer, kwargs, last_only)
+                if not grad:
+                    return full
+            resume = self._resume[layer]
+        with torch.set_grad_enabled(grad):
+            if resume:
+                with self._blocks_skipped(layer, resid):
+                    return self._logits_of(kwargs, last_only)
+            with self.replace_output(layer, lambda _h: resid):
+                return self._logits_of(kwargs, last_only)
+
+    def resumes_from_residual(self, layer: int) -> bool | None:
+        """Whether `logits_from_residual` runs only the blocks after `layer` (None: not yet verified)."""
+        return self._resume.get(layer)
+
+    def _verify_resume(self, resid: Tensor, layer: int, kwargs: dict[str, Any], last_only: bool) -> Tensor:
+        """Full spliced logits; records whether resuming after `layer` reproduces them."""
+        with torch.no_grad():
+            with self.replace_output(layer, lambda _h: resid):
+                full = self._logits_of(kwargs, last_only)
+            try:
+                with self._blocks_skipped(layer, resid):
+                    fast = self._logits_of(kwargs, last_only)
+                err = float((fast.float() - full.float()).abs().max()) / max(float(full.float().abs().max()), 1e-6)
+            except Exception as exc:  # an architecture whose blocks cannot be skipped this way
+                log.warning("resuming after block %d failed (%s); using full forward passes", layer, exc)
+                err = float("inf")
+            else:
+                if not err <= RESUME_RTOL:
+                    log.warning(
+                        "logits resumed after block %d differ from full ones (rel %.2g); using full forward passes",
+                        layer,
+                        err,
+                    )
+        self._resume[layer] = err <= RESUME_RTOL
+        return full
+
+    @contextmanager
+    def _blocks_skipped(self, layer: int, resid: Tensor) -> Iterator[None]:
+        """Blocks 0..layer-1 pass their input through and block `layer` returns `resid` (restored on exit)."""
+        saved = [self._layers[i] for i in range(layer + 1)]
+        try:
+            for i in range(layer):
+                self._layers[i] = _PassThrough()
+            self._layers[layer] = _PassThrough(resid)
+            yield
+        finally:
+            for i, block in enumerate(saved):
+                self._layers[i] = block
+
+    # ------------------------------------------------------------------ generation
+
     def generate(
         self,
         input_ids: Tensor,
@@ -230,12 +371,7 @@ class ModelAdapter:
         kwargs: dict[str, Any] = {"input_ids": input_ids.to(self.device), **generate_kwargs}
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask.to(self.device)
-        if "pad_token_id" not in kwargs:
-            pad = getattr(self._tokenizer, "pad_token_id", None)
-            if pad is None:
-                pad = getattr(self._tokenizer, "eos_token_id", None)
-            if pad is not None:
-                kwargs["pad_token_id"] = pad
+        kwargs.setdefault("pad_token_id", self.pad_token_id)
         with torch.no_grad():
             if layers is None or fn is None:
                 return self._model.generate(**kwargs)

@@ -102,6 +102,7 @@ from abstopk_eval.evals.absorption.eval_output import (
 from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.options import resolve_config
+from abstopk_eval.models.batching import pad_sequences
 
 EVAL_NAME = "absorption"
 log = logging.getLogger("abstopk_eval")
@@ -250,12 +251,7 @@ def collect_activations(
     out: torch.Tensor | None = None
     for start in tqdm(range(0, len(sequences), batch_size), desc=desc, unit="batch", leave=False):
         batch = sequences[start : start + batch_size]
-        width = max(len(s.ids) for s in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for b, s in enumerate(batch):
-            ids[b, : len(s.ids)] = torch.tensor(s.ids)
-            mask[b, : len(s.ids)] = 1
+        ids, mask = pad_sequences([s.ids for s in batch], pad_id, side="right")
         acts = adapter.activations(ids, layer, attention_mask=mask).float().cpu()
         if out is None:
             out = torch.zeros((n_rows, acts.shape[-1]), dtype=torch.float32)
@@ -344,8 +340,7 @@ def prepare_absorption_data(ctx: EvalContext, cfg: AbsorptionEvalConfig) -> Abso
     split = int(len(words) * cfg.train_test_fraction)
     train, test = words[:split], words[split:]
     pieces = _prompt_pieces(tokenizer, cfg)
-    pad_id = getattr(tokenizer, "pad_token_id", None)
-    pad_id = 0 if pad_id is None else int(pad_id)
+    pad_id = ctx.adapter.pad_token_id
 
     def split_data(items: list[tuple[str, int]], name: str) -> tuple[torch.Tensor, torch.Tensor]:
         letters = [letter_index(w) for w, _ in items]

@@ -51,15 +51,7 @@ from abstopk_eval.data.facts import EntityData, load_entities
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
-from abstopk_eval.evals.knowledge import (
-    PromptRunner,
-    encode,
-    entity_last_position,
-    length_batches,
-    pad_id_of,
-    pad_left,
-    value_token_ids,
-)
+from abstopk_eval.evals.knowledge import PromptRunner, encode, entity_last_position, value_token_ids
 from abstopk_eval.evals.options import resolve_config
 from abstopk_eval.evals.ravel.eval_config import RavelEvalConfig
 from abstopk_eval.evals.ravel.eval_output import (
@@ -68,6 +60,7 @@ from abstopk_eval.evals.ravel.eval_output import (
     RavelMetricCategories,
     RavelResultDetail,
 )
+from abstopk_eval.models.batching import length_batches, pad_sequences
 
 log = logging.getLogger("abstopk_eval")
 EVAL_NAME = "ravel"
@@ -132,7 +125,7 @@ def _answer_all(runner: PromptRunner, prompts: list[Prompt], pad: int, batch_siz
     for batch in tqdm(
         length_batches([len(p.ids) for p in prompts], batch_size), desc="ravel: model knowledge", unit="batch"
     ):
-        ids, mask = pad_left([prompts[i].ids for i in batch], pad)
+        ids, mask = pad_sequences([prompts[i].ids for i in batch], pad, side="left")
         logits, resid = runner.logits_and_residual(ids, mask)
         for row, i in enumerate(batch):
             p = prompts[i]
@@ -235,7 +228,7 @@ def _training_gradients(runner: PromptRunner, pairs: list[Pair], pad: int, batch
         leave=False,
     ):
         chunk = [pairs[i] for i in batch]
-        ids, mask = pad_left([p.base.ids for p in chunk], pad)
+        ids, mask = pad_sequences([p.base.ids for p in chunk], pad, side="left")
         resid = _padded_resid(chunk, ids.shape[1], d_model).requires_grad_(True)
         logits = runner.logits_from_residual(resid, ids, mask, grad=True)
         (g,) = torch.autograd.grad(_target_loss(logits, [p.targets for p in chunk]), resid)
@@ -271,7 +264,7 @@ def _intervened_hits(
     dev, dtype = sae.W_dec.device, sae.W_dec.dtype
     for batch in length_batches([len(p.base.ids) for p in pairs], batch_size):
         chunk = [pairs[i] for i in batch]
-        ids, mask = pad_left([p.base.ids for p in chunk], pad)
+        ids, mask = pad_sequences([p.base.ids for p in chunk], pad, side="left")
         resid = _padded_resid(chunk, ids.shape[1], d_model)
         pos = _base_positions(chunk, ids.shape[1])
         zb = z_base[batch]
@@ -313,7 +306,7 @@ def select_latents(scores: Tensor, n: int) -> Tensor:
 
 
 def _prepare(ctx: EvalContext, cfg: RavelEvalConfig, runner: PromptRunner) -> tuple[list[AttributeSet], dict[str, Any]]:
-    tokenizer, bos, pad = ctx.adapter.tokenizer, ctx.adapter.bos_token_id, pad_id_of(ctx.adapter)
+    tokenizer, bos, pad = ctx.adapter.tokenizer, ctx.adapter.bos_token_id, ctx.adapter.pad_token_id
     rng = random.Random(cfg.random_seed)
     sets: list[AttributeSet] = []
     summary: dict[str, Any] = {}
@@ -383,7 +376,7 @@ def run_ravel(
     cfg = resolve_config(RavelEvalConfig, ctx, EVAL_NAME, config)
     _check_config(cfg)
     runner = PromptRunner(ctx.adapter, ctx.layer)
-    pad, d_model = pad_id_of(ctx.adapter), ctx.adapter.d_model
+    pad, d_model = ctx.adapter.pad_token_id, ctx.adapter.d_model
     sets, summary = _prepare(ctx, cfg, runner)
     scored = [
         s for s in sets if len([p for p in s.test if p.kind == "cause"]) >= cfg.min_pairs_per_attribute and s.train

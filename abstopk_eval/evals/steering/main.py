@@ -336,7 +336,7 @@ def run_steering(
     if prompts.sources:
         cfg.sources = dict(prompts.sources)
     adapter, tok = ctx.adapter, ctx.adapter.tokenizer
-    pad = S.pad_id(tok)
+    pad = adapter.pad_token_id
     val_tokens, test_tokens = _split_eval_tokens(ctx, cfg)
     mmlu, mmlu_index = S.mmlu_batches(
         adapter, S.encode_chat(tok, prompts.mmlu_messages), cfg.layer, pad=pad, batch_size=cfg.fwd_batch_size

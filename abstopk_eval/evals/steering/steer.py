@@ -15,7 +15,6 @@ prompt pass and at every generated token.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -25,8 +24,7 @@ import torch
 from torch import Tensor
 
 from abstopk_eval.errors import UserError
-
-log = logging.getLogger("abstopk_eval.steering")
+from abstopk_eval.models.batching import length_batches, pad_sequences
 
 KINDS = ("none", "add", "ablate", "clamp", "sae_add")
 
@@ -116,31 +114,10 @@ def encode_chat(tokenizer: Any, user_messages: Sequence[str], max_tokens: int | 
     return out
 
 
-def pad_id(tokenizer: Any) -> int:
-    pad = getattr(tokenizer, "pad_token_id", None)
-    if pad is None:
-        pad = getattr(tokenizer, "eos_token_id", None)
-    return 0 if pad is None else int(pad)
-
-
 def left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor, Tensor]:
     """(input_ids, attention_mask, skip) with left padding; skip marks padding and each first real token."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    skip = torch.ones((len(seqs), width), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        if len(s):
-            ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-            skip[i, width - len(s) + 1 :] = False
-    return ids, mask, skip
-
-
-def _batches_by_length(seqs: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
-    """Index batches of similar length (less padding); every index exactly once."""
-    order = sorted(range(len(seqs)), key=lambda i: (len(seqs[i]), i))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    ids, mask = pad_sequences(seqs, pad, side="left")
+    return ids, mask, mask.cumsum(-1) <= 1
 
 
 # ---------------------------------------------------------------------------------------------- passes
@@ -152,7 +129,7 @@ def last_position_activations(
 ) -> Tensor:
     """Residual stream after block `layer` at the last prompt position of each sequence, [N, d] float32."""
     out: list[Tensor | None] = [None] * len(seqs)
-    for idx in _batches_by_length(seqs, batch_size):
+    for idx in length_batches([len(s) for s in seqs], batch_size):
         ids, mask, _ = left_pad([seqs[i] for i in idx], pad)
         acts = adapter.activations(ids, layer, attention_mask=mask)
         for row, i in enumerate(idx):
@@ -173,7 +150,7 @@ def generate(
     """Greedy continuations (decoded, special tokens dropped) under `intervention`."""
     texts: list[str | None] = [None] * len(seqs)
     tok = adapter.tokenizer
-    for idx in _batches_by_length(seqs, batch_size):
+    for idx in length_batches([len(s) for s in seqs], batch_size):
         ids, mask, skip = left_pad([seqs[i] for i in idx], pad)
         with intervention.applied(adapter, skip):
             out = adapter.generate(
@@ -184,28 +161,13 @@ def generate(
     return texts  # type: ignore[return-value]
 
 
-class _PassThrough(torch.nn.Module):
-    """Stands in for a decoder block: returns its input, or a fixed hidden state (the block whose output is given)."""
-
-    def __init__(self, output: Tensor | None = None):
-        super().__init__()
-        self.output = output
-
-    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        return hidden_states if self.output is None else self.output.to(hidden_states.dtype)
-
-
-RESUME_RTOL = 1e-4
-
-
 class FixedBatches:
     """Fixed left-padded batches whose clean residual after block L is computed once.
 
     An intervention that acts only at layer L changes nothing before block L+1, so its logits are those of blocks
-    L+1.. run on `resid + delta(resid)`: blocks 0..L are swapped for pass-throughs (the last one returning the
-    steered residual). This is checked against a full forward pass the first time; where they differ (an
-    architecture whose blocks cannot be skipped this way) full passes are used. Other interventions (directional
-    ablation at every layer) always run full passes.
+    L+1.. run on `resid + delta(resid)` (`ModelAdapter.logits_from_residual`, which checks this once per layer
+    against a full forward pass with that residual spliced in, and uses full passes where they differ). Other
+    interventions (directional ablation at every layer) always run full passes.
     """
 
     def __init__(self, adapter: Any, layer: int, batches: list[tuple[Tensor, Tensor | None, Tensor]], last_only: bool):
@@ -213,71 +175,45 @@ class FixedBatches:
         self.batches = batches
         """(input_ids, attention_mask or None, skip) per batch."""
         self.resid = [adapter.activations(ids, layer, attention_mask=mask) for ids, mask, _ in batches]
-        self.resume: bool | None = None  # None: not yet checked
+        self._resume: bool | None = None
 
-    def _logits(self, ids: Tensor, mask: Tensor | None) -> Tensor:
-        dev = self.adapter.device
-        kwargs: dict[str, Any] = {"input_ids": ids.to(dev), "use_cache": False}
-        if mask is not None:
-            kwargs["attention_mask"] = mask.to(dev)
-            kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0).to(dev)
-        with torch.no_grad():
-            if self.last_only:
-                try:  # the LM head on the last position only
-                    return self.adapter.model(**kwargs, logits_to_keep=1).logits[:, -1:].float()
-                except TypeError:
-                    pass
-            out = self.adapter.model(**kwargs).logits.float()
-        return out[:, -1:] if self.last_only else out
+    @property
+    def resume(self) -> bool | None:
+        """Whether layer-L interventions run only blocks L+1..: the adapter's verified choice (None until the first
+        such pass) unless set here (True: always, unchecked; False: full passes)."""
+        return self._resume if self._resume is not None else self.adapter.resumes_from_residual(self.layer)
 
-    @contextmanager
-    def _blocks_skipped(self, resid: Tensor) -> Iterator[None]:
-        layers = self.adapter.layers()
-        saved = [layers[i] for i in range(self.layer + 1)]
-        try:
-            for i in range(self.layer):
-                layers[i] = _PassThrough()
-            layers[self.layer] = _PassThrough(resid.to(self.adapter.device))
-            yield
-        finally:
-            for i, block in enumerate(saved):
-                layers[i] = block
+    @resume.setter
+    def resume(self, value: bool | None) -> None:
+        self._resume = value
+
+    def _shaped(self, logits: Tensor) -> Tensor:
+        """float32 [B, 1, V] (last position) or [B, T, V]."""
+        return logits.float()[:, None] if self.last_only else logits.float()
 
     def _full(self, b: int, iv: Intervention) -> Tensor:
         ids, mask, skip = self.batches[b]
         with iv.applied(self.adapter, skip):
-            return self._logits(ids, mask)
+            return self._shaped(self.adapter.logits(ids, mask, last_only=self.last_only))
 
-    def _resumed(self, b: int, iv: Intervention) -> Tensor:
+    def _from_residual(self, b: int, iv: Intervention, resume: bool | None) -> Tensor:
         ids, mask, skip = self.batches[b]
         resid = self.resid[b]
         steered = iv.hidden_fn(skip)(resid) if iv.kind != "none" else resid
-        with self._blocks_skipped(steered):
-            return self._logits(ids, mask)
+        logits = self.adapter.logits_from_residual(
+            steered, self.layer, ids, mask, last_only=self.last_only, resume=resume
+        )
+        return self._shaped(logits)
+
+    def _resumed(self, b: int, iv: Intervention) -> Tensor:
+        return self._from_residual(b, iv, resume=True)
 
     def logits(self, iv: Intervention) -> Iterator[tuple[int, Tensor]]:
         """(batch index, logits [B, T or 1, V] float32) under `iv`, batch by batch."""
         fast = iv.kind == "none" or tuple(iv.layers) == (self.layer,)
         for b in range(len(self.batches)):
-            if fast and self.resume is None:
-                full = self._full(b, iv)
-                try:
-                    quick = self._resumed(b, iv)
-                    err = float((quick - full).abs().max()) / max(float(full.abs().max()), 1e-6)
-                except Exception as exc:
-                    err = float("inf")
-                    log.warning("skipping blocks 0..%d failed (%s); using full forward passes", self.layer, exc)
-                self.resume = err <= RESUME_RTOL
-                if not self.resume:
-                    log.warning(
-                        "logits from the cached layer-%d residual differ from full ones (rel %.2g); "
-                        "using full forward passes",
-                        self.layer,
-                        err,
-                    )
-                yield b, full
-            elif fast and self.resume:
-                yield b, self._resumed(b, iv)
+            if fast and self.resume is not False:
+                yield b, self._from_residual(b, iv, resume=self._resume)
             else:
                 yield b, self._full(b, iv)
 
@@ -286,7 +222,7 @@ def mmlu_batches(
     adapter: Any, seqs: Sequence[Sequence[int]], layer: int, *, pad: int, batch_size: int
 ) -> tuple[FixedBatches, list[list[int]]]:
     """Fixed batches of MMLU prompts (last-position logits) and the prompt index of each row."""
-    index = _batches_by_length(seqs, batch_size)
+    index = length_batches([len(s) for s in seqs], batch_size)
     batches = [left_pad([seqs[i] for i in idx], pad) for idx in index]
     return FixedBatches(adapter, layer, batches, last_only=True), index
 

@@ -47,7 +47,7 @@ from abstopk_eval.data.facts import FACT_DOMAINS, load_fact_domain, mmlu_questio
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
-from abstopk_eval.evals.knowledge import PromptRunner, encode, length_batches, pad_id_of, pad_left, value_token_ids
+from abstopk_eval.evals.knowledge import PromptRunner, encode, value_token_ids
 from abstopk_eval.evals.options import resolve_config
 from abstopk_eval.evals.unlearning.eval_config import UnlearningEvalConfig
 from abstopk_eval.evals.unlearning.eval_output import (
@@ -57,6 +57,7 @@ from abstopk_eval.evals.unlearning.eval_output import (
     UnlearningMetricCategories,
     UnlearningSweepDetail,
 )
+from abstopk_eval.models.batching import length_batches, pad_sequences
 
 log = logging.getLogger("abstopk_eval")
 EVAL_NAME = "unlearning"
@@ -135,7 +136,7 @@ def _near_chance(accuracy: float, chance: float, n: int, margin: float) -> bool:
 
 def _answer_all(runner: PromptRunner, items: list[Item], pad: int, batch_size: int, desc: str) -> None:
     for batch in tqdm(length_batches([len(i.ids) for i in items], batch_size), desc=desc, unit="batch"):
-        ids, mask = pad_left([items[i].ids for i in batch], pad)
+        ids, mask = pad_sequences([items[i].ids for i in batch], pad, side="left")
         logits, resid = runner.logits_and_residual(ids, mask)
         for row, i in enumerate(batch):
             item = items[i]
@@ -147,7 +148,7 @@ def _statement_rows(runner: PromptRunner, texts: list[list[int]], pad: int, batc
     """Layer-L residuals of every non-BOS token of the given token lists, [n_tokens, d_model]."""
     rows = []
     for batch in length_batches([len(t) for t in texts], batch_size):
-        ids, mask = pad_left([texts[i] for i in batch], pad)
+        ids, mask = pad_sequences([texts[i] for i in batch], pad, side="left")
         resid = runner.residual(ids, mask)
         keep = mask.bool() & (ids != (bos if bos is not None else -1))
         rows.append(resid[keep])
@@ -219,7 +220,7 @@ def _prepare(
     ctx: EvalContext, cfg: UnlearningEvalConfig, runner: PromptRunner
 ) -> tuple[KnowledgeSet, KnowledgeSet, Tensor, dict[str, Any]]:
     """Forget / retain sets with their known prompts, and the forget-text residual rows for latent selection."""
-    tokenizer, bos, pad = ctx.adapter.tokenizer, ctx.adapter.bos_token_id, pad_id_of(ctx.adapter)
+    tokenizer, bos, pad = ctx.adapter.tokenizer, ctx.adapter.bos_token_id, ctx.adapter.pad_token_id
     rng = random.Random(cfg.random_seed)
     info: dict[str, Any] = {}
     mode = cfg.forget_set
@@ -358,7 +359,7 @@ def _accuracy(
     hits = 0
     for batch in length_batches([len(i.ids) for i in items], batch_size):
         chunk = [items[i] for i in batch]
-        ids, mask = pad_left([i.ids for i in chunk], pad)
+        ids, mask = pad_sequences([i.ids for i in chunk], pad, side="left")
         width = ids.shape[1]
         resid = torch.zeros(len(chunk), width, d_model)
         for row, item in enumerate(chunk):
@@ -381,7 +382,7 @@ def run_unlearning(
     cfg = resolve_config(UnlearningEvalConfig, ctx, EVAL_NAME, config)
     _check_config(cfg)
     runner = PromptRunner(ctx.adapter, ctx.layer)
-    pad, bos, d_model = pad_id_of(ctx.adapter), ctx.adapter.bos_token_id, ctx.adapter.d_model
+    pad, bos, d_model = ctx.adapter.pad_token_id, ctx.adapter.bos_token_id, ctx.adapter.d_model
     forget, retain, forget_rows, info = _prepare(ctx, cfg, runner)
     retain_rows = ctx.heldout_activations()[: cfg.n_retain_tokens].float()
     args = (pad, bos, cfg.llm_batch_size, d_model)
