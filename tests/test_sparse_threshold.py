@@ -49,7 +49,7 @@ def test_sparse_threshold_step_matches_sae_lens_dense_step(variant, mode, ste, m
     monkeypatch.setattr(sparse_threshold, "MAX_SUPPORT_DENSITY", 1.0)
     x = torch.randn(B, D_IN) * 2
     sae = _sae(variant, mode, ste, x)
-    assert supports_sparse_threshold(sae, variant)
+    assert supports_sparse_threshold(sae)
     coefficients = {"l1": 0.7, "l0": 0.3}
     dense = sae.training_forward_pass(
         TrainStepInput(
@@ -57,7 +57,7 @@ def test_sparse_threshold_step_matches_sae_lens_dense_step(variant, mode, ste, m
         )
     )
     dense_grads = _grads(sae, dense.loss)
-    sparse = sparse_threshold_forward(sae, x, variant, coefficients)
+    sparse = sparse_threshold_forward(sae, x, coefficients)
     sparse_grads = _grads(sae, sparse.loss)
     assert 0 < sparse.active.rows.numel() < 0.5 * B * D_SAE  # the test exercises a genuinely sparse support
     if variant == "jumprelu":  # some support pairs sit in the estimator window below the threshold
@@ -75,4 +75,4 @@ def test_dense_support_falls_back_to_the_dense_step():
     sae = _sae("relu")
     with torch.no_grad():
         sae.b_enc.fill_(5.0)  # every latent fires
-    assert sparse_threshold_forward(sae, torch.randn(B, D_IN), "relu", {"l1": 1.0}) is None
+    assert sparse_threshold_forward(sae, torch.randn(B, D_IN), {"l1": 1.0}) is None

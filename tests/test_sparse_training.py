@@ -39,7 +39,7 @@ def test_sparse_step_matches_sae_lens_dense_step(variant, with_dead):
         TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=0, is_logging_step=False)
     )
     dense_grads = _grads(sae, dense.loss)
-    sparse = sparse_training_forward(sae, x, variant, dead)
+    sparse = sparse_training_forward(sae, x, get_variant(variant), dead)
     sparse_grads = _grads(sae, sparse.loss)
     assert torch.allclose(sparse.loss, dense.loss, rtol=1e-5)
     assert torch.allclose(sparse.sae_out, dense.sae_out, atol=1e-5)
@@ -105,9 +105,9 @@ def test_bf16_encoder_selects_almost_the_same_latents_with_fp32_values(variant):
     sae = _sae(variant)
     x = torch.randn(B, D_IN) * 2
     dead = torch.arange(D_SAE) % 3 == 0
-    ref = sparse_training_forward(sae, x, variant, dead)
+    ref = sparse_training_forward(sae, x, get_variant(variant), dead)
     ref_grads = _grads(sae, ref.loss)
-    low = sparse_training_forward(sae, x, variant, dead, encoder_dtype=torch.bfloat16)
+    low = sparse_training_forward(sae, x, get_variant(variant), dead, encoder_dtype=torch.bfloat16)
     low_grads = _grads(sae, low.loss)
     pairs = lambda out: set(zip(out.active.rows.tolist(), out.active.cols.tolist()))  # noqa: E731
     assert len(pairs(low) & pairs(ref)) >= 0.95 * len(pairs(ref))

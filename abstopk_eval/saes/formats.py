@@ -23,7 +23,9 @@ Four on-disk formats are recognised (`detect_format`):
 
 Every checkpoint becomes an sae_lens SAE of the matching architecture: relu -> standard, jumprelu -> jumprelu,
 topk -> topk, batchtopk -> jumprelu (its scalar inference threshold on ReLU(u), as sae_lens saves BatchTopK),
-abstopk -> abstopk and batch_abstopk -> batch_abstopk; the last two keep signed latents. The conversion computes
+abstopk -> abstopk and batch_abstopk -> batch_abstopk; the last two keep signed latents. The activations are the
+registered variants (`saes/variants.py`) under their names with underscores (`activation_name`), and their
+architecture and signedness are the variants' declarations, not restated here. The conversion computes
 the same function as the source. Threshold-based and ReLU SAEs whose decoder rows are not unit-norm have the
 norms folded into the encoder (reconstructions unchanged; latents in the unit-decoder convention this project
 uses); per-sample k-sparse SAEs are kept as they are, since folding would change which latents win.
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,56 +51,70 @@ from abstopk_eval.errors import UserError
 from abstopk_eval.models.loading import sha256_file
 from abstopk_eval.models.registry import ModelSpec
 from abstopk_eval.saes import batch_abstopk as _registers  # noqa: F401  (registers `batch_abstopk` in sae_lens)
-from abstopk_eval.saes.batch_abstopk import ARCHITECTURE as BATCH_ABSTOPK
+from abstopk_eval.saes.signs import has_signed_latents
+from abstopk_eval.saes.variants import VARIANTS, InferenceRule, VariantSpec
 
 FORMATS = ("sae_lens", "sae_bench", "dictionary_learning", "safetensors")
 
 
+def activation_name(variant: str) -> str:
+    """The name other tools give a variant's activation: hyphens become underscores (batch-abstopk -> batch_abstopk)."""
+    return variant.replace("-", "_")
+
+
 @dataclass(frozen=True)
 class Activation:
+    """An activation name of the external formats and the registered variant it denotes."""
+
     name: str
-    architecture: str
-    """sae_lens architecture of the converted checkpoint."""
-    uses_k: bool
-    """Per-sample k-sparse (k is part of the inference function)."""
-    needs_threshold: bool
-    signed: bool
+    variant: VariantSpec
+
+    @property
+    def architecture(self) -> str:
+        """sae_lens architecture of the converted checkpoint."""
+        return self.variant.architecture
+
+    @property
+    def uses_k(self) -> bool:
+        """Per-sample k-sparse (k is part of the inference function)."""
+        return self.variant.inference is InferenceRule.PER_SAMPLE_TOPK
+
+    @property
+    def signed(self) -> bool:
+        return self.variant.signed
 
 
-ACTIVATIONS: dict[str, Activation] = {
-    a.name: a
-    for a in (
-        Activation("relu", "standard", False, False, False),
-        Activation("jumprelu", "jumprelu", False, True, False),
-        Activation("topk", "topk", True, False, False),
-        Activation("batchtopk", "jumprelu", False, True, False),
-        Activation("abstopk", "abstopk", True, False, True),
-        Activation("batch_abstopk", BATCH_ABSTOPK, False, True, True),
-    )
-}
+class _Activations(Mapping[str, Activation]):
+    """The registered variants by activation name, read from the registry on each use (so always current)."""
+
+    def _table(self) -> dict[str, Activation]:
+        return {activation_name(name): Activation(activation_name(name), spec) for name, spec in VARIANTS.items()}
+
+    def __getitem__(self, name: str) -> Activation:
+        return self._table()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(VARIANTS)
+
+
+ACTIVATIONS: Mapping[str, Activation] = _Activations()
+# other spellings (after hyphens become underscores)
 _ALIASES = {
     "standard": "relu",
     "relu_sae": "relu",
     "jump_relu": "jumprelu",
     "top_k": "topk",
     "batch_topk": "batchtopk",
-    "batch-topk": "batchtopk",
     "abs_topk": "abstopk",
-    "abs-topk": "abstopk",
     "absolutek": "abstopk",
-    "batch-abstopk": "batch_abstopk",
     "batchabstopk": "batch_abstopk",
     "batch_abs_topk": "batch_abstopk",
     "batchabsolutek": "batch_abstopk",
     "matryoshka_batch_topk": "batchtopk",
     "matryoshka_batchtopk": "batchtopk",
-}
-_SAE_LENS_ARCHITECTURES = {
-    "standard": "relu",
-    "jumprelu": "jumprelu",
-    "topk": "topk",
-    "abstopk": "abstopk",
-    BATCH_ABSTOPK: "batch_abstopk",
 }
 # dictionary_learning dictionary classes -> activation; names with "abs" are the signed (AbsTopK) family
 _DICT_CLASSES = {
@@ -113,13 +130,31 @@ _MODEL_ALIASES = {"gpt2": ("gpt2-small",)}
 _GENERIC_STEMS = {"ae", "sae", "sae_weights", "model", "params", "weights", "state_dict", "checkpoint"}
 
 
+def _known_activation(name: str) -> str | None:
+    key = activation_name(str(name).strip().lower())
+    key = _ALIASES.get(key, key)
+    return key if key in ACTIVATIONS else None
+
+
 def canonical_activation(name: str) -> str:
     """The activation's canonical name, or a UserError listing the known ones."""
-    key = str(name).strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in ACTIVATIONS:
+    key = _known_activation(name)
+    if key is None:
         raise UserError(f"unknown SAE activation {name!r}; known: {', '.join(ACTIVATIONS)}")
     return key
+
+
+def _activation_of_architecture() -> dict[str, str]:
+    """The activation an sae_lens checkpoint of each architecture is read as.
+
+    Where several variants export one architecture (jumprelu and batchtopk both save as `jumprelu`), the
+    one whose checkpoint applies its own training rule wins; `_read_sae_lens` then consults the
+    checkpoint's training architecture.
+    """
+    out: dict[str, str] = {}
+    for act in sorted(ACTIVATIONS.values(), key=lambda a: a.variant.inference is InferenceRule.RUNNING_THRESHOLD):
+        out.setdefault(act.architecture, act.name)
+    return out
 
 
 @dataclass
@@ -273,10 +308,10 @@ def _read_sae_lens(path: Path) -> tuple[SAE, dict[str, Any], str]:
     folder = path if path.is_dir() else path.parent
     cfg = _read_json(folder / "cfg.json")
     arch = cfg.get("architecture", "standard")
-    if arch not in _SAE_LENS_ARCHITECTURES:
+    by_architecture = _activation_of_architecture()
+    if arch not in by_architecture:
         raise UserError(
-            f"{folder}: sae_lens architecture {arch!r} is not supported here; supported: "
-            f"{', '.join(_SAE_LENS_ARCHITECTURES)}"
+            f"{folder}: sae_lens architecture {arch!r} is not supported here; supported: {', '.join(by_architecture)}"
         )
     meta = cfg.get("metadata") or {}
     declared = {
@@ -284,9 +319,10 @@ def _read_sae_lens(path: Path) -> tuple[SAE, dict[str, Any], str]:
         "layer": meta.get("layer"),
         "hook_name": meta.get("hook_name"),
     }
-    activation = _SAE_LENS_ARCHITECTURES[arch]
-    if arch == "jumprelu" and str(meta.get("training_architecture", "")).replace("_", "") == "batchtopk":
-        activation = "batchtopk"  # sae_lens saves a trained BatchTopK SAE as a JumpReLU with its threshold
+    activation = by_architecture[arch]
+    trained_as = _known_activation(meta.get("training_architecture") or "")
+    if trained_as is not None and ACTIVATIONS[trained_as].architecture == arch:
+        activation = trained_as  # e.g. sae_lens saves a trained BatchTopK SAE as a JumpReLU with its threshold
     return load_sae(folder), declared, activation
 
 
@@ -483,7 +519,8 @@ def raw_to_sae(raw: RawSAE, path: Path) -> tuple[SAE, bool]:
         if raw.k is None or not 0 < raw.k <= d_sae:
             raise UserError(f"{path}: a {act.name} SAE needs k in 1..{d_sae} (got {raw.k}); pass --k")
         kwargs |= {"k": raw.k, "rescale_acts_by_decoder_norm": False}
-    if act.needs_threshold:
+    sae = sae_cls(cfg_cls(**kwargs))
+    if hasattr(sae, "threshold"):  # the architecture's inference rule has a threshold parameter
         if raw.threshold is None:
             raise UserError(f"{path}: a {act.name} SAE needs an inference threshold, and the checkpoint has none")
         threshold = raw.threshold.reshape(-1)
@@ -491,13 +528,12 @@ def raw_to_sae(raw: RawSAE, path: Path) -> tuple[SAE, bool]:
             threshold = threshold.expand(d_sae).clone()
         if threshold.numel() != d_sae:
             raise UserError(f"{path}: threshold has {threshold.numel()} values, expected 1 or d_sae={d_sae}")
-        if act.name in ("batchtopk", "batch_abstopk") and bool((threshold < 0).any()):
+        if act.variant.inference is InferenceRule.RUNNING_THRESHOLD and bool((threshold < 0).any()):
             raise UserError(
                 f"{path}: the {act.name} inference threshold was never set (negative); the checkpoint "
                 "cannot be evaluated without batch-level selection"
             )
         state["threshold"] = threshold
-    sae = sae_cls(cfg_cls(**kwargs))
     try:
         sae.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -565,7 +601,7 @@ def load_external(
         activation=act_name,
         architecture=sae.cfg.architecture(),
         k=getattr(sae.cfg, "k", None) if act.uses_k else None,
-        signed=act.signed,
+        signed=has_signed_latents(sae),
         declared={k_: v for k_, v in declared.items() if v is not None},
         decoder_norms_folded=folded,
     )

@@ -1,4 +1,4 @@
-"""Sparse training path for the k-sparse variants (topk, batchtopk, abstopk, batch-abstopk).
+"""Sparse training path for the k-sparse variants (per-sample or batch top-k selection, signed or not).
 
 sae_lens computes the decoder as a dense [B, d_sae] @ [d_sae, d] product and back-propagates densely
 through the encoder, although only k of d_sae latents per token are active. Here the only dense work is
@@ -11,7 +11,9 @@ the encoder forward matmul (the roofline); every other product touches active la
   sorted once per step and shared).
 
 The math is sae_lens's (rescale_acts_by_decoder_norm, aux-k loss on dead latents, batch thresholds), so
-`sparse_training_forward` matches `TrainingSAE.training_forward_pass` in loss and gradients (tested).
+`sparse_training_forward` matches `TrainingSAE.training_forward_pass` in loss and gradients (tested). The
+selection rule and signedness come from the variant's declaration (`VariantSpec`), which registration checks
+against the sae_lens class it builds.
 Written by hand because sae_lens has no sparse backward; this is the training bottleneck on CPU.
 """
 
@@ -23,6 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from sae_lens.saes.sae import TrainingSAE
+
+from abstopk_eval.saes.variants import SelectionRule, VariantSpec
 
 
 @dataclass
@@ -154,22 +158,23 @@ def _pair_dots(
     return out
 
 
-def _select(hidden_pre: torch.Tensor, variant: str, k: float) -> tuple[Active, torch.Tensor]:
-    """Active pairs and their hidden_pre values for the variant's selection rule (relu where unsigned)."""
+def _select(hidden_pre: torch.Tensor, selection: SelectionRule, signed: bool, k: float) -> tuple[Active, torch.Tensor]:
+    """Active pairs and their hidden_pre values for a k-sparse selection rule (by |u| when signed, else relu)."""
     B, S = hidden_pre.shape
-    signed = variant in ("abstopk", "batch-abstopk")
     score = torch.abs(hidden_pre, out=_scratch("abs", hidden_pre.shape, hidden_pre)) if signed else hidden_pre
-    if variant in ("topk", "abstopk"):
+    if selection is SelectionRule.PER_SAMPLE_TOPK:
         idx = torch.topk(score, int(k), dim=-1, sorted=False).indices
         rows = torch.arange(B, device=hidden_pre.device).repeat_interleave(int(k))
         cols = idx.flatten()
         values = hidden_pre.gather(1, idx).flatten()
-    else:
+    elif selection is SelectionRule.BATCH_TOPK:
         if not signed:
-            score = torch.clamp(hidden_pre, min=0, out=_scratch("relu", hidden_pre.shape, hidden_pre))
+            score = torch.clamp(hidden_pre, min=0, out=_scratch("relu_score", hidden_pre.shape, hidden_pre))
         flat = _batch_topk_positions(score, int(k * B), per_row=min(S, 4 * int(k) + 1))
         rows, cols = flat // S, flat % S
         values = hidden_pre.flatten()[flat]
+    else:
+        raise ValueError(f"the sparse k-SAE kernels do not implement {selection.value} selection")
     if not signed:
         keep = values > 0  # the ReLU of the unsigned variants; zeros are not active
         rows, cols, values = rows[keep], cols[keep], values[keep]
@@ -240,12 +245,19 @@ class SparseStepOutput:
 
 
 def sparse_training_forward(
-    sae: TrainingSAE, x: torch.Tensor, variant: str, dead: torch.Tensor | None, encoder_dtype: torch.dtype | None = None
+    sae: TrainingSAE,
+    x: torch.Tensor,
+    variant: VariantSpec,
+    dead: torch.Tensor | None,
+    encoder_dtype: torch.dtype | None = None,
 ) -> SparseStepOutput:
     """Loss of one training step of a sae_lens k-sparse training SAE, computed sparsely.
 
+    `variant` declares the selection rule (per-sample or batch top-k) and whether latents are signed.
+
     Same quantities as `sae.training_forward_pass` (MSE summed over d, mean over the batch, plus the aux-k
-    loss), assuming apply_b_dec_to_input and rescale_acts_by_decoder_norm, as our variants are built.
+    loss), assuming apply_b_dec_to_input and rescale_acts_by_decoder_norm (`register_variant` checks both for
+    variants on this path).
 
     encoder_dtype=torch.bfloat16 runs the one dense product (the encoder matmul that ranks latents) in
     bf16; the selected latents' values are then recomputed in fp32, so only near-ties in the selection can
@@ -264,10 +276,11 @@ def sparse_training_forward(
             hidden_pre = torch.addmm(
                 b_scaled.to(encoder_dtype), x_centred.to(encoder_dtype), W_scaled.to(encoder_dtype)
             )
-    active, hidden_values = _select(hidden_pre, variant, cfg.k)
+    signed = variant.signed
+    active, hidden_values = _select(hidden_pre, variant.selection, signed, cfg.k)
     if hidden_pre.dtype != x.dtype:
         hidden_values = _exact_pre(x_centred, W_scaled, b_scaled, active)
-        if variant not in ("abstopk", "batch-abstopk"):
+        if not signed:
             hidden_values = hidden_values.clamp_(min=0)  # the ReLU, in case rounding picked a value at ~0
     # sae_lens ranks pre * ||W_dec|| and divides the selected values by ||W_dec|| again before decoding; the
     # two cancel in the output and in every gradient, so the raw pre-activations are decoded with W_dec as is
@@ -276,7 +289,6 @@ def sparse_training_forward(
     values = raw.detach() * norms[active.cols]  # sae_lens's feature_acts (batch thresholds, L0, logging)
     mse_loss = (sae_out - x).pow(2).sum(-1).mean()
     loss = mse_loss
-    signed = variant in ("abstopk", "batch-abstopk")
     if dead is not None and (num_dead := int(dead.sum())) > 0:
         residual = (x - sae_out).detach()
         k_aux = min(x.shape[-1] // 2, num_dead)
@@ -297,8 +309,8 @@ def sparse_training_forward(
 def update_batch_threshold(sae: TrainingSAE, values: torch.Tensor) -> None:
     """sae_lens's BatchTopK threshold EMA from the active values (smallest |value| among nonzero ones).
 
-    Equals `update_topk_threshold(feature_acts)` of sae_lens's batchtopk (values there are >= 0) and of
-    our batch-abstopk, without building the dense [B, d_sae] activations.
+    Equals `update_topk_threshold(feature_acts)` of sae_lens's BatchTopK (values there are >= 0) and of
+    our BatchAbsTopK, without building the dense [B, d_sae] activations.
     """
     nonzero = values[values != 0]
     if nonzero.numel():

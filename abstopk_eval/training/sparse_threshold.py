@@ -17,7 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE
 from sae_lens.saes.sae import TrainingSAE
+from sae_lens.saes.standard_sae import StandardTrainingSAE
 
 from abstopk_eval.training.sparse_ksae import Active, GatherPreActivations, SparseDecode, SparseStepOutput, _scratch
 
@@ -70,23 +72,32 @@ class _PairStep(torch.autograd.Function):
         return (ste if ctx.ste_to_input else None), -ste, None, None
 
 
-def supports_sparse_threshold(sae: TrainingSAE, variant: str) -> bool:
-    """Configurations whose loss this module reproduces exactly (else the dense step is used)."""
+def supports_sparse_threshold(sae: TrainingSAE) -> bool:
+    """SAEs whose loss this module reproduces exactly (else the dense step is used).
+
+    The loss mirrored is that of the sae_lens class, so the class decides: exactly StandardTrainingSAE
+    (ReLU + L1) or JumpReLUTrainingSAE (JumpReLU + L0), not subclasses that may change the loss.
+    """
     cfg = sae.cfg
     if not cfg.apply_b_dec_to_input:
         return False
-    if variant == "relu":
+    if type(sae) is StandardTrainingSAE:
         return getattr(cfg, "lp_norm", 1.0) == 1.0
-    if variant == "jumprelu":
+    if type(sae) is JumpReLUTrainingSAE:
         return cfg.jumprelu_sparsity_loss_mode in ("step", "quadratic") and cfg.pre_act_loss_coefficient is None
     return False
 
 
 def sparse_threshold_forward(
-    sae: TrainingSAE, x: torch.Tensor, variant: str, coefficients: dict[str, float]
+    sae: TrainingSAE, x: torch.Tensor, coefficients: dict[str, float]
 ) -> SparseStepOutput | None:
-    """sae_lens's training loss of a ReLU or JumpReLU SAE over the support pairs; None while too dense."""
-    jump = variant == "jumprelu"
+    """sae_lens's training loss of a ReLU or JumpReLU SAE over the support pairs; None while too dense.
+
+    Only for SAEs that `supports_sparse_threshold` accepts.
+    """
+    if not supports_sparse_threshold(sae):
+        raise ValueError(f"the sparse threshold kernels do not reproduce the loss of {type(sae).__name__}")
+    jump = type(sae) is JumpReLUTrainingSAE
     with torch.no_grad():
         if jump:
             sae.threshold.data.clamp_(min=0.0)  # sae_lens's projection at the start of training_forward_pass

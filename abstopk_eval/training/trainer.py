@@ -4,11 +4,13 @@ Each optimiser step mirrors sae_lens's `SAETrainer._train_step` (training_forwar
 mask, backward, grad-norm clip 1.0, Adam step, LR schedule). We drive the sae_lens training SAEs with our
 own loop rather than `SAETrainer` because SAETrainer owns its data iterator: here every variant consumes
 the same batch, so activations are read once per step for all of them, and each variant checkpoints and
-resumes independently. ReLU / JumpReLU decoders are renormalised to unit rows after every step by
-`fold_W_dec_norm` (function-preserving); the k-sparse variants train with rescale_acts_by_decoder_norm
-and are folded to unit rows on export. By default the k-sparse variants take the sparse path of
-`sparse_ksae.py` (same loss and gradients as sae_lens's dense forward, tested); `sparse=False` uses
-sae_lens's `training_forward_pass` for every variant.
+resumes independently. Every per-variant decision is read from the variant's `VariantSpec`: decoders of
+variants that declare `renormalise_decoder` (ReLU / JumpReLU) are renormalised to unit rows after every
+step by `fold_W_dec_norm` (function-preserving); the k-sparse variants train with
+rescale_acts_by_decoder_norm and are folded to unit rows on export. By default each variant takes its
+declared `training_path` (the k-sparse ones `sparse_ksae.py`, ReLU / JumpReLU `sparse_threshold.py` once
+sparse; same loss and gradients as sae_lens's dense forward, tested); `sparse=False` uses sae_lens's
+`training_forward_pass` for every variant.
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ from tqdm.auto import tqdm
 
 from abstopk_eval.config import TrainPreset
 from abstopk_eval.saes.io import export_inference_sae
-from abstopk_eval.saes.variants import SparsityHyperparams, get_variant, sae_id
+from abstopk_eval.saes.variants import (
+    InferenceRule,
+    SparsityHyperparams,
+    TrainingPath,
+    VariantSpec,
+    get_variant,
+    sae_id,
+)
 from abstopk_eval.training import distributed
 from abstopk_eval.training.checkpoint import atomic_torch_save, atomic_write_json, load_checkpoint
 from abstopk_eval.training.sparse_ksae import sparse_training_forward, update_batch_threshold
@@ -166,11 +175,11 @@ def _dense_step(
 
 
 def _sparse_step(
-    sae: TrainingSAE, batch: torch.Tensor, dead: torch.Tensor, variant: str, bf16: bool = False
+    sae: TrainingSAE, batch: torch.Tensor, dead: torch.Tensor, variant: VariantSpec, bf16: bool = False
 ) -> _StepResult:
     """The sparse k-SAE path (same loss and gradients as _dense_step), plus sae_lens's threshold update."""
     out = sparse_training_forward(sae, batch, variant, dead, encoder_dtype=torch.bfloat16 if bf16 else None)
-    if variant in ("batchtopk", "batch-abstopk"):
+    if variant.inference is InferenceRule.RUNNING_THRESHOLD:
         update_batch_threshold(sae, out.values)
     return _StepResult(out.loss, out.sae_out, out.fired(sae.cfg.d_sae), out.l0())
 
@@ -181,12 +190,17 @@ def _train_step(
     sae = state.sae
     sae.train()
     dead = state.steps_since_fired > preset.dead_window_steps()
-    variant = state.job.variant
+    variant = get_variant(state.job.variant)
     out = None
-    if sparse and get_variant(variant).uses_k:
+    if sparse and variant.training_path is TrainingPath.SPARSE_KSAE:
         out = _sparse_step(sae, batch, dead, variant, bf16)
-    elif sparse and not bf16 and supports_sparse_threshold(sae, variant):
-        sparse_out = sparse_threshold_forward(sae, batch, variant, _coefficients(preset, state.step))
+    elif (
+        sparse
+        and not bf16
+        and variant.training_path is TrainingPath.SPARSE_THRESHOLD
+        and supports_sparse_threshold(sae)
+    ):
+        sparse_out = sparse_threshold_forward(sae, batch, _coefficients(preset, state.step))
         if sparse_out is not None:  # None while the latents are still dense (early training)
             out = _StepResult(sparse_out.loss, sparse_out.sae_out, sparse_out.fired(sae.cfg.d_sae), sparse_out.l0())
     if out is None:
@@ -194,7 +208,7 @@ def _train_step(
     with torch.no_grad():
         state.steps_since_fired += 1
         state.steps_since_fired[distributed.any_rank(out.fired)] = 0
-        if hasattr(sae, "topk_threshold"):
+        if variant.inference is InferenceRule.RUNNING_THRESHOLD:
             # EMA of the batch minimum: the min over ranks of the updated values is the global-batch update
             distributed.min_rank_(sae.topk_threshold)
     out.loss.backward()
@@ -203,7 +217,7 @@ def _train_step(
     state.optimizer.step()
     state.optimizer.zero_grad(set_to_none=True)
     state.scheduler.step()
-    if not get_variant(state.job.variant).uses_k:
+    if variant.renormalise_decoder:
         with torch.no_grad():
             sae.fold_W_dec_norm()
     state.step += 1

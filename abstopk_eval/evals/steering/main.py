@@ -54,12 +54,11 @@ from abstopk_eval.evals.steering.eval_output import (
 )
 from abstopk_eval.evals.steering.judge import JUDGE_DESCRIPTION, Judge, is_refusal, judge_accuracy
 from abstopk_eval.provenance import SaeProvenance
+from abstopk_eval.saes.signs import has_signed_latents
 
 log = logging.getLogger("abstopk_eval.steering")
 
 EVAL_NAME = "steering"
-SIGNED_ARCHITECTURES = {"abstopk", "batch_abstopk"}
-SIGNED_VARIANTS = {"abstopk", "batch-abstopk"}
 ORIGINAL = "original"
 """Baseline method: the unsteered model."""
 DIM = "dim"
@@ -122,14 +121,6 @@ class Candidate:
     mean_diff: float
 
 
-def is_signed(sae: SAE) -> bool:
-    arch = getattr(sae.cfg, "architecture", None)
-    if callable(arch) and arch() in SIGNED_ARCHITECTURES:
-        return True
-    metadata = getattr(sae.cfg, "metadata", None)
-    return (metadata.get("variant") if metadata is not None else None) in SIGNED_VARIANTS
-
-
 @torch.no_grad()
 def latent_candidates(
     sae: SAE, d: Tensor, harmful: Tensor, harmless: Tensor, cfg: SteeringEvalConfig
@@ -151,7 +142,7 @@ def latent_candidates(
     n_cos = min(cfg.n_cosine_candidates, W.shape[0])
     for r, j in enumerate(cos.abs().topk(n_cos).indices.tolist() if n_cos > 0 else []):
         add(f"cos#{r + 1}", j, float(cos[j]))
-    if not is_signed(sae) and not any(c.sign > 0 for c in out):
+    if not has_signed_latents(sae) and not any(c.sign > 0 for c in out):
         add("cos+#1", int(cos.argmax()), 1.0)  # a non-negative SAE's own refusal-side atom
     n_disc = min(cfg.n_discriminative_candidates, W.shape[0])
     for r, j in enumerate(mean_diff.abs().topk(n_disc).indices.tolist() if n_disc > 0 else []):
@@ -165,7 +156,7 @@ def sae_settings(sae: SAE, cand: Candidate, d_norm: float, cfg: SteeringEvalConf
     layers = (cfg.layer,)
     row_norm = float(sae.W_dec[cand.latent].detach().float().norm())
     kind = "clamp" if cfg.sae_intervention == "clamp" else "sae_add"
-    if cand.sign < 0 and not is_signed(sae):
+    if cand.sign < 0 and not has_signed_latents(sae):
         if kind == "sae_add":
             return []  # a non-negative latent cannot be added with a negative coefficient
         iv = S.Intervention("clamp", layers, sae=sae, latent=cand.latent, value=0.0)
@@ -399,7 +390,7 @@ def run_steering(
             sel,
             _scores_for(scorer, sel, original),
             {
-                "signed": is_signed(sae),
+                "signed": has_signed_latents(sae),
                 "candidates": [vars(c) for c in cands],
                 "method_seconds": time.perf_counter() - t0,
             },
