@@ -27,8 +27,8 @@ from typing import Any
 
 import pandas as pd
 
+from abstopk_eval.io import atomic_write_bytes
 from abstopk_eval.paper_values import ALL_VALUES, METHOD_VARIANTS, PAPER, PAPER_MODELS, TABLE1, paper_value
-from abstopk_eval.training.checkpoint import atomic_write_bytes
 
 log = logging.getLogger("abstopk_eval.paper_report")
 

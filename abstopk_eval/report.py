@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from abstopk_eval.errors import UserError, exit_on_user_error
-from abstopk_eval.training.checkpoint import atomic_write_bytes
+from abstopk_eval.io import atomic_write_bytes
 
 log = logging.getLogger("abstopk_eval.report")
 

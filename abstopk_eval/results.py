@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from abstopk_eval.errors import UserError
-from abstopk_eval.training.checkpoint import atomic_write_json
+from abstopk_eval.io import atomic_write_json
 
 PACKAGES = ("abstopk-eval", "torch", "transformers", "sae-lens", "sae-bench", "transformer-lens", "numpy")
 
