@@ -17,16 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from abstopk_eval import cli
 from abstopk_eval.errors import UserError, exit_on_user_error
+from abstopk_eval.io import atomic_directory, atomic_write_json
 from abstopk_eval.results import layer_dir
 from abstopk_eval.saes.formats import ACTIVATIONS, ExternalSAE, default_name, load_external
-from abstopk_eval.training.checkpoint import atomic_write_json
 
 log = logging.getLogger("abstopk_eval.compare")
 
@@ -86,13 +84,8 @@ def _write_checkpoint(ext: ExternalSAE, job: ExternalJob, spec_key: str, layer: 
     }
     for key, value in metadata.items():
         sae.cfg.metadata[key] = value
-    job.out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=job.out_dir) as tmp:
-        staged = Path(tmp) / "sae"
+    with atomic_directory(job.sae_dir) as staged:
         sae.save_model(staged)
-        if job.sae_dir.exists():
-            shutil.rmtree(job.sae_dir)
-        staged.rename(job.sae_dir)
     atomic_write_json(marker, record)
 
 

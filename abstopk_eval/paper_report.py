@@ -28,9 +28,9 @@ import pandas as pd
 
 from abstopk_eval.columns import FIGURE_METRICS, TABLE2_TASKS
 from abstopk_eval.intervals import seed_interval
+from abstopk_eval.io import atomic_write_bytes
 from abstopk_eval.paper_values import ALL_VALUES, METHOD_VARIANTS, PAPER, PAPER_MODELS, TABLE1, paper_value
 from abstopk_eval.results import ResultKind, ResultRecord, iter_results
-from abstopk_eval.training.checkpoint import atomic_write_bytes
 
 log = logging.getLogger("abstopk_eval.paper_report")
 

@@ -16,9 +16,9 @@ import pandas as pd
 from abstopk_eval.columns import COLUMNS, FORMATS, TRAIN_SECONDS, Column
 from abstopk_eval.errors import UserError, exit_on_user_error
 from abstopk_eval.intervals import seed_interval
+from abstopk_eval.io import atomic_write_bytes
 from abstopk_eval.paper_report import build_paper_report, index_lines
 from abstopk_eval.results import ResultKind, ResultRecord, iter_results
-from abstopk_eval.training.checkpoint import atomic_write_bytes
 
 log = logging.getLogger("abstopk_eval.report")
 

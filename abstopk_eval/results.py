@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from abstopk_eval.errors import UserError
-from abstopk_eval.training.checkpoint import atomic_write_json
+from abstopk_eval.io import atomic_write_json
 
 log = logging.getLogger("abstopk_eval.results")
 

@@ -18,8 +18,9 @@ from abstopk_eval.config import TrainPreset
 from abstopk_eval.data.activation_cache import ActivationCache, CacheKey
 from abstopk_eval.data.corpus import PackedTokens, build_token_sequences
 from abstopk_eval.evals.context import EvalContext, get_eval, hook_name
+from abstopk_eval.io import default_cache_dir, sha256_file
 from abstopk_eval.models.adapter import ModelAdapter
-from abstopk_eval.models.loading import default_cache_dir, load_model, sha256_file
+from abstopk_eval.models.loading import load_model
 from abstopk_eval.models.registry import ModelSpec
 from abstopk_eval.provenance import RunProvenance, SaeProvenance, package_versions
 from abstopk_eval.results import baseline_path, current_results, result_path, write_eval_output

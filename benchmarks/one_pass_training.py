@@ -27,10 +27,10 @@ import torch
 from train_throughput import _cache  # same directory (scripts run as files)
 
 from abstopk_eval.config import get_preset
+from abstopk_eval.io import atomic_write_json
 from abstopk_eval.models.registry import get_model_spec
 from abstopk_eval.provenance import package_versions
 from abstopk_eval.saes.variants import ALL_VARIANTS
-from abstopk_eval.training.checkpoint import atomic_write_json
 from abstopk_eval.training.trainer import TrainJob, train_jobs
 
 OUT = Path(__file__).parent / "results" / "one_pass_training.json"

@@ -46,12 +46,12 @@ from abstopk_eval.evals.sparse_probing.eval_config import SparseProbingEvalConfi
 from abstopk_eval.evals.sparse_probing.main import run_sparse_probing
 from abstopk_eval.evals.tpp.eval_config import TppEvalConfig
 from abstopk_eval.evals.tpp.main import run_tpp
+from abstopk_eval.io import atomic_write_json
 from abstopk_eval.models.adapter import ModelAdapter
 from abstopk_eval.models.loading import load_model
 from abstopk_eval.models.registry import get_model_spec
 from abstopk_eval.provenance import package_versions
 from abstopk_eval.saes.io import load_sae
-from abstopk_eval.training.checkpoint import atomic_write_json
 from abstopk_eval.training.trainer import SAE_DIRNAME
 
 log = logging.getLogger("sae_bench_reference")

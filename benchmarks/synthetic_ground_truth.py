@@ -25,12 +25,12 @@ import pandas as pd
 import torch
 
 from abstopk_eval.config import CALIBRATED_SPARSITY, get_preset
+from abstopk_eval.io import atomic_write_bytes, atomic_write_json
 from abstopk_eval.provenance import package_versions
 from abstopk_eval.saes.io import load_sae
 from abstopk_eval.saes.signs import has_signed_latents
 from abstopk_eval.saes.variants import ALL_VARIANTS, SparsityHyperparams
 from abstopk_eval.synthetic import SyntheticConfig, make_synthetic, mean_and_interval, recovery
-from abstopk_eval.training.checkpoint import atomic_write_bytes, atomic_write_json
 from abstopk_eval.training.trainer import TrainJob, train_jobs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,10 +24,9 @@ import torch
 
 from abstopk_eval.config import get_preset
 from abstopk_eval.data.activation_cache import ActivationCache, CacheKey
-from abstopk_eval.models.loading import default_cache_dir
+from abstopk_eval.io import atomic_write_json, default_cache_dir
 from abstopk_eval.provenance import package_versions
 from abstopk_eval.saes.variants import SparsityHyperparams, get_variant
-from abstopk_eval.training.checkpoint import atomic_write_json
 from abstopk_eval.training.trainer import TrainJob, _new_state, _train_step
 
 OUT = Path(__file__).parent / "results" / "train_throughput.json"

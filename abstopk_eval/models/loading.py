@@ -8,28 +8,36 @@ checksums and load the copy (seconds instead of a minute). A corrupt copy is reb
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import importlib.metadata
-import importlib.util
 import json
 import logging
-import os
 import re
 import shutil
-import socket
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from safetensors import SafetensorError
 
 from abstopk_eval.errors import UserError
+from abstopk_eval.io import (
+    SETUP_COMMAND,
+    atomic_directory,
+    atomic_write_json,
+    default_cache_dir,
+    hub_endpoint,
+    hub_offline,
+    hub_reachable,
+    installed_version,
+    not_installed,
+    package_locations,
+    sha256_bytes,
+    sha256_file,
+)
 from abstopk_eval.models.registry import ModelSpec, get_model_spec
 
 log = logging.getLogger("abstopk_eval.models")
@@ -47,12 +55,6 @@ class LoadedModel:
     tokenizer: Any
     spec: ModelSpec
     source_description: str
-
-
-def default_cache_dir() -> Path:
-    """`$ABSTOPK_EVAL_CACHE`, else `~/.cache/abstopk_eval`."""
-    env = os.environ.get("ABSTOPK_EVAL_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "abstopk_eval"
 
 
 def load_model(
@@ -166,40 +168,6 @@ def _one_line(err: BaseException) -> str:
 # ----------------------------------------------------------------------------- hub
 
 
-def _hub_offline() -> bool:
-    return any(
-        os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
-        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
-
-
-def _hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Quick TCP probe of the hub endpoint (skipped, i.e. True, behind an HTTP(S) proxy)."""
-    if any(
-        os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
-    ):
-        return True
-    url = urlparse(_hub_endpoint())
-    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)  # getaddrinfo has no timeout of its own
-    thread.start()
-    thread.join(timeout + 0.5)
-    return bool(result and result[0])
-
-
 def _load_hub(spec: ModelSpec, dtype: torch.dtype, device: str) -> tuple[Any, Any]:
     """Load from the local HF cache (always tried first), then from the hub unless offline."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -210,11 +178,11 @@ def _load_hub(spec: ModelSpec, dtype: torch.dtype, device: str) -> tuple[Any, An
     )
     # the local HF cache first (fast, no network); then the hub, unless offline or plainly unreachable
     # (huggingface_hub retries a dead network for about a minute before giving up)
-    attempts = [True] if _hub_offline() else [True, False]
+    attempts = [True] if hub_offline() else [True, False]
     last: BaseException | None = None
     for local_only in attempts:
-        if not local_only and not _hub_reachable():
-            log.info("the Hugging Face hub is not reachable (probe of %s failed)", _hub_endpoint())
+        if not local_only and not hub_reachable():
+            log.info("the Hugging Face hub is not reachable (probe of %s failed)", hub_endpoint())
             break
         try:
             log.info("loading %s from %s (%s)", spec.key, spec.hf_id, "local HF cache" if local_only else "hub")
@@ -235,7 +203,7 @@ def _load_hub(spec: ModelSpec, dtype: torch.dtype, device: str) -> tuple[Any, An
 def _missing_package(spec: ModelSpec) -> UserError:
     version = _pinned_version(spec)
     pin = f"{spec.package}=={version}" if version else str(spec.package)
-    return UserError(f"model {spec.key} needs the offline package {pin}; install it with: bash scripts/setup.sh")
+    return not_installed(f"model {spec.key}", f"the offline package {pin}")
 
 
 def _pinned_version(spec: ModelSpec) -> str | None:
@@ -243,10 +211,10 @@ def _pinned_version(spec: ModelSpec) -> str | None:
 
 
 def _package_version(spec: ModelSpec) -> str:
-    try:
-        return importlib.metadata.version(str(spec.package))
-    except importlib.metadata.PackageNotFoundError:
-        raise _missing_package(spec) from None
+    version = installed_version(str(spec.package))
+    if version is None:
+        raise _missing_package(spec)
+    return version
 
 
 def _gguf_name(spec: ModelSpec) -> str:
@@ -266,14 +234,11 @@ def _locate_gguf(spec: ModelSpec, workdir: Path) -> Path:
     """
     module = str(spec.package).replace("-", "_")
     name = _gguf_name(spec)
-    try:
-        found = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        found = None
-    if found is None:
+    locations = package_locations(module)
+    if not locations:
         raise _missing_package(spec)
-    for loc in found.submodule_search_locations or []:
-        candidate = Path(loc) / name
+    for loc in locations:
+        candidate = loc / name
         if candidate.is_file():
             return candidate
     try:
@@ -289,25 +254,15 @@ def _locate_gguf(spec: ModelSpec, workdir: Path) -> Path:
         raise _missing_package(spec) from None
     except ValueError as err:
         raise UserError(
-            f"the {spec.package} package is corrupt ({_one_line(err)}); reinstall it with: bash scripts/setup.sh"
+            f"the {spec.package} package is corrupt ({_one_line(err)}); reinstall it with `{SETUP_COMMAND}`"
         ) from None
-
-
-def sha256_file(path: Path, block: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _model_digest(manifest: dict[str, Any]) -> str:
     files = manifest["files"]
     weights = sorted(f for f in files if f.endswith(".safetensors"))
     return (
-        files[weights[0]]["sha256"]
-        if len(weights) == 1
-        else hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        files[weights[0]]["sha256"] if len(weights) == 1 else sha256_bytes(json.dumps(files, sort_keys=True).encode())
     )
 
 
@@ -369,13 +324,28 @@ def _describe(spec: ModelSpec, manifest: dict[str, Any], dtype: torch.dtype) -> 
 
 
 def _build_cached_copy(spec: ModelSpec, folder: Path, version: str) -> dict[str, Any]:
-    """Dequantise the package's GGUF to a float32 save_pretrained copy at `folder` (atomic rename)."""
+    """Dequantise the package's GGUF to a float32 save_pretrained copy at `folder` (atomic rename).
+
+    When another process finished the same build first, its copy is used if it is intact.
+    """
     folder.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(folder.parent, spec.key)
     t_start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=f".{spec.key}.build-", dir=folder.parent) as tmp:
-        out = Path(tmp) / "copy"
-        provenance = _dequantise_into(spec, Path(tmp), out)
+    theirs: list[dict[str, Any]] = []
+
+    def replace_unless_intact(existing: Path) -> bool:
+        try:
+            theirs.append(verify_cached_copy(existing))
+        except ValueError:
+            return True
+        return False
+
+    build_prefix = f".{spec.key}.build-"  # matched by _remove_stale_builds
+    with (
+        tempfile.TemporaryDirectory(prefix=build_prefix, dir=folder.parent) as work,
+        atomic_directory(folder, prefix=build_prefix, replace=replace_unless_intact) as out,
+    ):
+        provenance = _dequantise_into(spec, Path(work), out)
         manifest = write_manifest(
             out,
             {
@@ -390,15 +360,8 @@ def _build_cached_copy(spec: ModelSpec, folder: Path, version: str) -> dict[str,
                 "created_unix": int(time.time()),
             },
         )
-        try:
-            os.rename(out, folder)
-        except OSError:
-            # another process finished the same build first: use theirs if it is intact
-            try:
-                return verify_cached_copy(folder)
-            except ValueError:
-                shutil.rmtree(folder, ignore_errors=True)
-                os.rename(out, folder)
+    if theirs:
+        return theirs[0]
     log.info("built cached copy of %s in %.0f s", spec.key, time.perf_counter() - t_start)
     return manifest
 
@@ -440,7 +403,7 @@ def write_manifest(folder: Path, provenance: dict[str, Any]) -> dict[str, Any]:
         if p.is_file() and p.name != MANIFEST_NAME
     }
     manifest = {"format": MANIFEST_FORMAT, **provenance, "files": files}
-    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_json(folder / MANIFEST_NAME, manifest)
     return manifest
 
 

@@ -48,7 +48,7 @@ from sae_lens import SAE
 from sae_lens.registry import SAE_CLASS_REGISTRY
 
 from abstopk_eval.errors import UserError
-from abstopk_eval.models.loading import sha256_file
+from abstopk_eval.io import sha256_file
 from abstopk_eval.models.registry import ModelSpec
 from abstopk_eval.saes import batch_abstopk as _registers  # noqa: F401  (registers `batch_abstopk` in sae_lens)
 from abstopk_eval.saes.signs import has_signed_latents

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from sae_lens import SAE
 from sae_lens.saes.sae import TrainingSAE
 
 from abstopk_eval.errors import UserError
+from abstopk_eval.io import atomic_directory
 from abstopk_eval.saes import batch_abstopk as _registers  # noqa: F401
 
 
@@ -48,19 +48,15 @@ def export_inference_sae(
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
-        raw = Path(tmp) / "raw"
+    with tempfile.TemporaryDirectory(dir=out_dir.parent) as scratch, atomic_directory(out_dir) as staged:
+        raw = Path(scratch) / "raw"
         training_sae.save_inference_model(raw)
         sae = SAE.load_from_disk(raw, device="cpu")
         _unit_norm_decoder(sae)
         fold_input_normalisation(sae, mean.float().cpu(), float(scale))
         for key, value in metadata.items():
             sae.cfg.metadata[key] = value
-        final = Path(tmp) / "final"
-        sae.save_model(final)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        final.rename(out_dir)
+        sae.save_model(staged)
     return out_dir
 
 

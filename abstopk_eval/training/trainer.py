@@ -28,6 +28,7 @@ from sae_lens.saes.sae import TrainingSAE, TrainStepInput
 from tqdm.auto import tqdm
 
 from abstopk_eval.config import TrainPreset
+from abstopk_eval.io import atomic_write_json
 from abstopk_eval.saes.io import export_inference_sae
 from abstopk_eval.saes.variants import (
     InferenceRule,
@@ -38,7 +39,7 @@ from abstopk_eval.saes.variants import (
     sae_id,
 )
 from abstopk_eval.training import distributed
-from abstopk_eval.training.checkpoint import atomic_torch_save, atomic_write_json, load_checkpoint
+from abstopk_eval.training.checkpoint import atomic_torch_save, load_checkpoint
 from abstopk_eval.training.sparse_ksae import sparse_training_forward, update_batch_threshold
 from abstopk_eval.training.sparse_threshold import sparse_threshold_forward, supports_sparse_threshold
 

