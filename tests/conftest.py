@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from abstopk_eval.models.registry import MODEL_REGISTRY, ModelSpec
-from tests.tiny_tokenizer import tiny_tokenizer
+from tests.helpers.tokenizer import tiny_tokenizer
 
 TINY = ModelSpec(
     key="tiny-test", source="hub", hf_id="local/tiny-llama", n_layers=3, d_model=32, context_size=32, paper_k=4

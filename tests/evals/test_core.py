@@ -14,7 +14,7 @@ from abstopk_eval.evals.context import EvalContext
 from abstopk_eval.evals.core.main import run_core
 from abstopk_eval.models.adapter import ModelAdapter
 from abstopk_eval.saes.batch_abstopk import BatchAbsTopKSAE, BatchAbsTopKSAEConfig
-from tests.tiny_models import D_MODEL, VOCAB, tiny_llama
+from tests.helpers.models import D_MODEL, VOCAB, tiny_llama
 
 # frac_negative describes the parametrisation (which pole a latent calls positive), so negating a latent
 # changes it by construction; it is the one reported number that is not a function of the SAE's map.

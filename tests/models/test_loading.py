@@ -14,14 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tiny_models import TINY_BUILDERS, TinyTokenizer, save_tiny_pretrained, tiny_batch, tiny_llama
-
 from abstopk_eval.errors import UserError
 from abstopk_eval.models import loading
 from abstopk_eval.models.adapter import ModelAdapter, lm_loss_per_token, per_token_cross_entropy
 from abstopk_eval.models.registry import MODEL_REGISTRY, ModelSpec
+from tests.helpers.models import TINY_BUILDERS, TinyTokenizer, save_tiny_pretrained, tiny_batch, tiny_llama
 
 ARCHS = sorted(TINY_BUILDERS)
 

@@ -23,8 +23,8 @@ from abstopk_eval.evals.sparse_probing.main import run_sparse_probing
 from abstopk_eval.evals.tpp.eval_config import TppEvalConfig
 from abstopk_eval.evals.tpp.main import run_tpp
 from abstopk_eval.models.adapter import ModelAdapter
-from tests.test_sign_flip import _random_sae, negate_latent
-from tests.tiny_models import ALPHABET, D_MODEL, TinyTokenizer, tiny_llama
+from tests.evals.test_core import _random_sae, negate_latent
+from tests.helpers.models import ALPHABET, D_MODEL, TinyTokenizer, tiny_llama
 
 SMALL = dict(train_per_class=20, test_per_class=12, min_per_class=10, k_values=[1, 2, 5], context_length=24)
 SMALL_TPP = dict(train_per_class=20, test_per_class=12, min_per_class=10, n_values=[1, 2, 5], context_length=24)

@@ -22,8 +22,8 @@ from abstopk_eval.evals.ravel.main import run_ravel
 from abstopk_eval.evals.unlearning.eval_config import UnlearningEvalConfig
 from abstopk_eval.evals.unlearning.main import clamp_latents, run_unlearning
 from abstopk_eval.models.adapter import ModelAdapter
-from tests.test_sign_flip import _random_sae, negate_latent
-from tests.tiny_models import D_MODEL, VOCAB, tiny_llama
+from tests.evals.test_core import _random_sae, negate_latent
+from tests.helpers.models import D_MODEL, VOCAB, tiny_llama
 
 LAYER = 1
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -224,7 +224,7 @@ def test_user_errors(adapter, registered):
 
 @pytest.mark.parametrize("builder", ["llama", "gemma3"])
 def test_resumed_forward_matches_the_full_spliced_pass(builder):
-    from tests.tiny_models import TINY_BUILDERS
+    from tests.helpers.models import TINY_BUILDERS
 
     model, tok = TINY_BUILDERS[builder](seed=0)
     ad = ModelAdapter(model, tok)

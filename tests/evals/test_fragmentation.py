@@ -9,7 +9,7 @@ from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 from abstopk_eval.evals.context import EvalContext
 from abstopk_eval.evals.fragmentation.eval_config import FragmentationEvalConfig
 from abstopk_eval.evals.fragmentation.main import run_fragmentation
-from tests.test_sign_flip import negate_latent
+from tests.evals.test_core import negate_latent
 
 D, N = 32, 40
 

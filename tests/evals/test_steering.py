@@ -17,8 +17,8 @@ from abstopk_eval.evals.steering.main import SteeringPrompts, run_steering
 from abstopk_eval.evals.steering.table import render_table1
 from abstopk_eval.models.adapter import ModelAdapter
 from abstopk_eval.results import result_path, write_eval_output
-from tests.test_sign_flip import negate_latent
-from tests.tiny_models import D_MODEL, N_LAYERS, VOCAB, tiny_llama
+from tests.evals.test_core import negate_latent
+from tests.helpers.models import D_MODEL, N_LAYERS, VOCAB, tiny_llama
 
 LAYER = 1
 

@@ -14,7 +14,7 @@ from abstopk_eval.errors import UserError
 from abstopk_eval.evals.bidirectional.eval_config import BidirectionalEvalConfig
 from abstopk_eval.evals.bidirectional.main import run_bidirectional
 from abstopk_eval.evals.context import EvalContext
-from tests.test_sign_flip import negate_latent
+from tests.evals.test_core import negate_latent
 
 D = 16
 AXIS = AXES[3]  # temperature: hot/cold, warm/cool

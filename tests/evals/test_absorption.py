@@ -34,7 +34,7 @@ from abstopk_eval.evals.absorption.main import (
 from abstopk_eval.evals.context import EVALS, EvalContext
 from abstopk_eval.models.adapter import ModelAdapter
 from abstopk_eval.results import write_eval_output
-from tests.test_sign_flip import negate_latent
+from tests.evals.test_core import negate_latent
 
 D_MODEL = 32
 SPELLED = "abcdefgh"  # the letters the tiny model "knows"

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from sae_lens import SAE
 
 from abstopk_eval.training.trainer import TrainJob, train_jobs
-from tests.test_training import D_IN, MEAN, PRESET, SCALE, _stream_factory
+from tests.training.test_trainer import D_IN, MEAN, PRESET, SCALE, _stream_factory
 
 VARIANTS = ("relu", "jumprelu", "topk", "abstopk")
 

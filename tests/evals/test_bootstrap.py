@@ -54,7 +54,7 @@ def test_core_intervals_bracket_the_point_estimates():
     from abstopk_eval.evals.context import EvalContext
     from abstopk_eval.evals.core.main import run_core
     from abstopk_eval.models.adapter import ModelAdapter
-    from tests.tiny_models import D_MODEL, VOCAB, tiny_llama
+    from tests.helpers.models import D_MODEL, VOCAB, tiny_llama
 
     model, tok = tiny_llama()
     adapter = ModelAdapter(model, tok)
