@@ -1,130 +1,104 @@
-"""Tiny random-weight causal LMs for fast tests (no downloads), one per supported architecture family.
+"""Tiny random-weight causal LMs for fast tests (no downloads), one builder per supported architecture family.
 
-Each builder returns `(model, tokenizer)`: the model is a real HF model class in eval mode, seeded, so
-results are reproducible; the tokenizer is a `TinyTokenizer` (see its docstring), enough for code that
-needs `bos/eos/pad_token_id`, `encode`, `__call__` and `decode`.
+Each builder `tiny_<family>(seed=0, *, tokenizer=None, **config)` returns `(model, tokenizer)`: a real
+`transformers` model class in eval mode, seeded (so results are reproducible) and tiny (3 layers, d_model 32), with
+the family's kind of tokenizer (`FAMILY_START`, see `tests.helpers.tokenizer`) unless one is given; the vocabulary
+size and the special ids in the model's config and generation config are the tokenizer's, and `config` overrides
+any config field. `save_tiny_model` writes any of them as a local `save_pretrained` folder
+(what `--model-path` loads); `TINY` is the model spec that runs use with such a folder.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-VOCAB = 64
+from abstopk_eval.models.registry import ModelSpec
+from tests.helpers.tokenizer import SequenceStart, tiny_tokenizer
+
 D_MODEL = 32
 N_LAYERS = 3
-ALPHABET = " abcdefghijklmnopqrstuvwxyz0123456789.,!?'\"-:;()ABCDEFGHIJKLM"
-"""The 61 characters with their own id (3 + index); other characters share ids by `ord` modulo 61."""
-assert len(ALPHABET) == VOCAB - 3
+
+FAMILY_START: dict[str, SequenceStart] = {
+    "llama": "bos",
+    "gemma2": "bos",
+    "gemma3": "bos",
+    "qwen3": "none",
+    "gpt2": "eos",
+    "neox": "eos",
+}
+"""How each family's real tokenizer starts a sequence: the default tokenizer of its builder."""
+
+TINY = ModelSpec(
+    key="tiny-test",
+    source="hub",
+    hf_id="local/tiny-llama",
+    n_layers=N_LAYERS,
+    d_model=D_MODEL,
+    context_size=32,
+    paper_k=4,
+)
+"""The registered `tiny-test` model: runs use it with `--model tiny-test --model-path <a tiny model folder>`."""
+
+Builder = Callable[..., tuple[nn.Module, Any]]
 
 
-class TinyTokenizer:
-    """Character-level stand-in for a HF tokenizer.
-
-    ids: 0 = pad, 1 = bos, 2 = eos, 3.. = characters (`3 + ALPHABET.index(c)`, others `3 + ord(c) % 61`).
-    `encode(text)` prepends BOS (like Gemma's tokenizer) unless `add_special_tokens=False`.
-    `__call__(texts, return_tensors="pt")` left- or right-pads (`padding_side`) a batch and returns
-    a dict with `input_ids` and `attention_mask` as LongTensors.
-    """
-
-    pad_token_id = 0
-    bos_token_id = 1
-    eos_token_id = 2
-
-    def __init__(self, vocab_size: int = VOCAB, padding_side: str = "right") -> None:
-        self.vocab_size = vocab_size
-        self.padding_side = padding_side
-        self.pad_token = "<pad>"
-        self.bos_token = "<bos>"
-        self.eos_token = "<eos>"
-
-    def __len__(self) -> int:
-        return self.vocab_size
-
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        n = self.vocab_size - 3
-        ids = [3 + (ALPHABET.index(c) if c in ALPHABET[:n] else ord(c) % n) for c in text]
-        return [self.bos_token_id, *ids] if add_special_tokens else ids
-
-    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
-        special = {
-            self.pad_token_id: self.pad_token,
-            self.bos_token_id: self.bos_token,
-            self.eos_token_id: self.eos_token,
-        }
-        out = []
-        for i in ids:
-            if i in special:
-                if not skip_special_tokens:
-                    out.append(special[i])
-            else:
-                out.append(ALPHABET[i - 3] if i - 3 < len(ALPHABET) else "?")
-        return "".join(out)
-
-    def __call__(
-        self, texts: str | Sequence[str], return_tensors: str | None = "pt", add_special_tokens: bool = True, **_: Any
-    ) -> dict[str, Any]:
-        batch = [texts] if isinstance(texts, str) else list(texts)
-        encoded = [self.encode(t, add_special_tokens=add_special_tokens) for t in batch]
-        width = max(len(e) for e in encoded)
-        ids, mask = [], []
-        for e in encoded:
-            pad = [self.pad_token_id] * (width - len(e))
-            ones, zeros = [1] * len(e), [0] * len(pad)
-            if self.padding_side == "left":
-                ids.append(pad + e)
-                mask.append(zeros + ones)
-            else:
-                ids.append(e + pad)
-                mask.append(ones + zeros)
-        if return_tensors == "pt":
-            return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
-        return {"input_ids": ids, "attention_mask": mask}
-
-
-def _finish(model: nn.Module) -> nn.Module:
-    model.eval()
-    model.generation_config.pad_token_id = TinyTokenizer.pad_token_id
-    model.generation_config.eos_token_id = TinyTokenizer.eos_token_id
-    model.generation_config.bos_token_id = TinyTokenizer.bos_token_id
-    return model
-
-
-def _build(make: Callable[[], nn.Module], seed: int) -> tuple[nn.Module, TinyTokenizer]:
+def _build(family: str, make: Callable[..., nn.Module], base: dict[str, Any], seed: int, tokenizer: Any, config: dict):
+    """`make(**base, special ids of the tokenizer, **config)` under `torch.manual_seed(seed)`, in eval mode."""
+    tok = tokenizer if tokenizer is not None else tiny_tokenizer(FAMILY_START[family])
+    special = dict(
+        vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id
+    )
     torch.manual_seed(seed)
-    return _finish(make()), TinyTokenizer()
+    model = make(**{**base, **special, **config}).eval()
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        setattr(model.generation_config, name, special[name])
+    return model, tok
 
 
-_SPECIAL = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
-
-
-def tiny_llama(seed: int = 0) -> tuple[nn.Module, TinyTokenizer]:
+def tiny_llama(seed: int = 0, *, tokenizer: Any = None, **config: Any) -> tuple[nn.Module, Any]:
     """LlamaForCausalLM: 3 layers, d_model 32, GQA (4 heads, 2 KV heads)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=VOCAB,
+    base = dict(
         hidden_size=D_MODEL,
         intermediate_size=64,
         num_hidden_layers=N_LAYERS,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=128,
-        **_SPECIAL,
     )
-    return _build(lambda: LlamaForCausalLM(config), seed)
+    return _build("llama", lambda **c: LlamaForCausalLM(LlamaConfig(**c)), base, seed, tokenizer, config)
 
 
-def tiny_gemma3(seed: int = 0) -> tuple[nn.Module, TinyTokenizer]:
+def tiny_gemma2(seed: int = 0, *, tokenizer: Any = None, **config: Any) -> tuple[nn.Module, Any]:
+    """Gemma2ForCausalLM: 3 layers, d_model 32, sliding / global / sliding attention, logit soft-capping."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    base = dict(
+        hidden_size=D_MODEL,
+        intermediate_size=64,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        query_pre_attn_scalar=8,
+        max_position_embeddings=128,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+    )
+    return _build("gemma2", lambda **c: Gemma2ForCausalLM(Gemma2Config(**c)), base, seed, tokenizer, config)
+
+
+def tiny_gemma3(seed: int = 0, *, tokenizer: Any = None, **config: Any) -> tuple[nn.Module, Any]:
     """Gemma3ForCausalLM (text-only): 3 layers, d_model 32, a sliding-window layer and a global one."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    config = Gemma3TextConfig(
-        vocab_size=VOCAB,
+    base = dict(
         hidden_size=D_MODEL,
         intermediate_size=64,
         num_hidden_layers=N_LAYERS,
@@ -134,65 +108,92 @@ def tiny_gemma3(seed: int = 0) -> tuple[nn.Module, TinyTokenizer]:
         max_position_embeddings=128,
         sliding_window=4,
         layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-        **_SPECIAL,
     )
-    return _build(lambda: Gemma3ForCausalLM(config), seed)
+    return _build("gemma3", lambda **c: Gemma3ForCausalLM(Gemma3TextConfig(**c)), base, seed, tokenizer, config)
 
 
-def tiny_gpt2(seed: int = 0) -> tuple[nn.Module, TinyTokenizer]:
-    """GPT2LMHeadModel: 3 layers, d_model 32."""
+def tiny_qwen3(seed: int = 0, *, tokenizer: Any = None, **config: Any) -> tuple[nn.Module, Any]:
+    """Qwen3ForCausalLM: 3 layers, d_model 32, GQA with per-head q/k RMSNorm, tied embeddings (like the small Qwen3
+    models); its tokenizer has no BOS by default."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    base = dict(
+        hidden_size=D_MODEL,
+        intermediate_size=64,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+    )
+    return _build("qwen3", lambda **c: Qwen3ForCausalLM(Qwen3Config(**c)), base, seed, tokenizer, config)
+
+
+def tiny_gpt2(seed: int = 0, *, tokenizer: Any = None, **config: Any) -> tuple[nn.Module, Any]:
+    """GPT2LMHeadModel: 3 layers, d_model 32; `<|endoftext|>` is BOS and EOS by default."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(vocab_size=VOCAB, n_embd=D_MODEL, n_layer=N_LAYERS, n_head=4, n_positions=128, **_SPECIAL)
-    return _build(lambda: GPT2LMHeadModel(config), seed)
+    base = dict(n_embd=D_MODEL, n_layer=N_LAYERS, n_head=4, n_positions=128)
+    return _build("gpt2", lambda **c: GPT2LMHeadModel(GPT2Config(**c)), base, seed, tokenizer, config)
 
 
-def tiny_neox(seed: int = 0) -> tuple[nn.Module, TinyTokenizer]:
-    """GPTNeoXForCausalLM (Pythia family): 3 layers, d_model 32, parallel attention + MLP."""
+def tiny_neox(seed: int = 0, *, tokenizer: Any = None, **config: Any) -> tuple[nn.Module, Any]:
+    """GPTNeoXForCausalLM (Pythia family): 3 layers, d_model 32, parallel attention + MLP; `<|endoftext|>` is BOS
+    and EOS by default."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    config = GPTNeoXConfig(
-        vocab_size=VOCAB,
+    base = dict(
         hidden_size=D_MODEL,
         intermediate_size=64,
         num_hidden_layers=N_LAYERS,
         num_attention_heads=4,
         max_position_embeddings=128,
         rotary_pct=0.25,
-        **_SPECIAL,
     )
-    return _build(lambda: GPTNeoXForCausalLM(config), seed)
+    return _build("neox", lambda **c: GPTNeoXForCausalLM(GPTNeoXConfig(**c)), base, seed, tokenizer, config)
 
 
-TINY_BUILDERS: dict[str, Callable[..., tuple[nn.Module, TinyTokenizer]]] = {
+TINY_BUILDERS: dict[str, Builder] = {
     "llama": tiny_llama,
+    "gemma2": tiny_gemma2,
     "gemma3": tiny_gemma3,
+    "qwen3": tiny_qwen3,
     "gpt2": tiny_gpt2,
     "neox": tiny_neox,
 }
+assert set(TINY_BUILDERS) == set(FAMILY_START)
 
 
-def tiny_batch(
-    tokenizer: TinyTokenizer | None = None, texts: Sequence[str] = ("hello world", "sparse autoencoders!")
-) -> dict[str, Any]:
-    """A small padded batch of token ids from `texts`."""
-    return (tokenizer or TinyTokenizer())(list(texts))
-
-
-def tiny_hf_tokenizer() -> Any:
-    """A real (savable) `PreTrainedTokenizerFast` over the same 64-id character vocabulary as `TinyTokenizer`."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2}
-    for i, c in enumerate(ALPHABET):
-        vocab[c] = 3 + i
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    core.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
-
-
-def save_tiny_pretrained(model: nn.Module, folder: Any) -> None:
-    """`save_pretrained` `model` plus `tiny_hf_tokenizer()` into `folder` (a loadable model directory)."""
+def save_tiny_model(model: nn.Module, tokenizer: Any, folder: str | Path) -> Path:
+    """`save_pretrained` the model and its tokenizer into `folder`: a directory `--model-path` (and
+    `AutoModelForCausalLM` / `AutoTokenizer`) can load."""
+    folder = Path(folder)
     model.save_pretrained(folder)
-    tiny_hf_tokenizer().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+class TinyModelFolders(Mapping[str, Path]):
+    """family -> saved folder of `TINY_BUILDERS[family]()`, each written on first use under `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = Path(root)
+        self._saved: dict[str, Path] = {}
+
+    def __getitem__(self, family: str) -> Path:
+        if family not in self._saved:
+            builder = TINY_BUILDERS[family]  # KeyError for an unknown family, as a Mapping should
+            self._saved[family] = save_tiny_model(*builder(), self._root / family)
+        return self._saved[family]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(TINY_BUILDERS)
+
+    def __len__(self) -> int:
+        return len(TINY_BUILDERS)
+
+
+def tiny_batch(tokenizer: Any, texts: Sequence[str] = ("hello world", "sparse autoencoders!")) -> dict[str, Any]:
+    """A small right-padded batch (`input_ids`, `attention_mask` tensors) of `texts`."""
+    return dict(tokenizer(list(texts), padding=True, return_tensors="pt"))
