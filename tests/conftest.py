@@ -1,43 +1,30 @@
-"""Shared fixtures: a tiny random Llama saved like a local model copy, registered as model `tiny-test`."""
+"""Session-wide fixtures: tiny random models saved like local model copies, and the registered `tiny-test` spec.
+
+The builders behind them, and every other shared test helper, live in `tests.helpers`.
+"""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from abstopk_eval.models.registry import MODEL_REGISTRY, ModelSpec
-from tests.tiny_tokenizer import tiny_tokenizer
-
-TINY = ModelSpec(
-    key="tiny-test", source="hub", hf_id="local/tiny-llama", n_layers=3, d_model=32, context_size=32, paper_k=4
-)
-"""Runs use it with `--model tiny-test --model-path <tiny_model_dir>`."""
+from tests.helpers.models import TINY, TinyModelFolders
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_model_dirs(tmp_path_factory) -> TinyModelFolders:
+    """family -> a `save_pretrained` folder of that family's tiny model and tokenizer, each saved once per session."""
+    return TinyModelFolders(tmp_path_factory.mktemp("tiny_models"))
 
-    tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    path = tmp_path_factory.mktemp("tiny_model")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model_dirs):
+    """The tiny Llama's folder: what runs use as `--model tiny-test --model-path <tiny_model_dir>`."""
+    return tiny_model_dirs["llama"]
 
 
 @pytest.fixture
-def tiny_registered(monkeypatch):
+def tiny_registered(monkeypatch) -> ModelSpec:
+    """`TINY` registered as model `tiny-test` for one test."""
     monkeypatch.setitem(MODEL_REGISTRY, TINY.key, TINY)
+    return TINY

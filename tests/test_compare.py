@@ -1,5 +1,6 @@
 """`abstopk_eval.compare`: one trained SAE written in four on-disk formats scores identically in all four, next
-to the trained variant; bad checkpoints are refused with one-line errors."""
+to the trained variant; bad checkpoints are refused with one-line errors (the formats themselves:
+tests/saes/test_formats.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import torch
 from safetensors.torch import save_file
 
 from abstopk_eval import compare, run
-from abstopk_eval.errors import UserError
 from abstopk_eval.models.registry import MODEL_REGISTRY
-from abstopk_eval.saes.formats import RawSAE, default_name, detect_format, load_external, raw_to_sae
+from abstopk_eval.saes.formats import RawSAE, default_name, raw_to_sae
 from abstopk_eval.saes.io import load_sae
-from tests.conftest import TINY
+from tests.helpers.models import TINY
+from tests.helpers.saes import random_raw_sae, save_raw_safetensors
 
 LAYER = 1
 FORMATS = ("sae_lens", "sae_bench", "dictionary_learning", "safetensors")
@@ -216,24 +217,6 @@ def test_rerun_skips_current_results(compared, tiny_model_dir, tiny_registered, 
 # ------------------------------------------------------------------------------------------- refusals
 
 
-def _random_raw(d_in=32, d_sae=64, activation="abstopk", k=4) -> RawSAE:
-    g = torch.Generator().manual_seed(0)
-    W_dec = torch.randn(d_sae, d_in, generator=g)
-    return RawSAE(
-        W_enc=torch.randn(d_in, d_sae, generator=g),
-        W_dec=W_dec / W_dec.norm(dim=-1, keepdim=True),
-        b_enc=torch.zeros(d_sae),
-        b_dec=torch.zeros(d_in),
-        activation=activation,
-        k=k,
-    )
-
-
-def _safetensors(path: Path, raw: RawSAE, **meta: str) -> Path:
-    save_file({"W_enc": raw.W_enc, "W_dec": raw.W_dec, "b_enc": raw.b_enc, "b_dec": raw.b_dec}, path, metadata=meta)
-    return path
-
-
 @pytest.mark.parametrize(
     "meta, message",
     [
@@ -247,77 +230,9 @@ def _safetensors(path: Path, raw: RawSAE, **meta: str) -> Path:
     ],
 )
 def test_bad_checkpoints_are_one_line_errors(tmp_path, tiny_registered, capsys, meta, message):
-    path = _safetensors(tmp_path / "sae.safetensors", _random_raw(), **meta)
+    path = save_raw_safetensors(tmp_path / "sae.safetensors", random_raw_sae(), **meta)
     with pytest.raises(SystemExit) as exit_info:
         compare.main([str(path), "--model", TINY.key, "--layer", "1", "--no-report", *_dirs(tmp_path)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
-
-
-def test_wrong_d_in_and_ambiguous_sae_bench_are_refused(tmp_path, tiny_registered):
-    narrow = _safetensors(tmp_path / "narrow.safetensors", _random_raw(d_in=16), activation="abstopk", k="4")
-    with pytest.raises(UserError, match="d_in=16 but tiny-test has d_model=32"):
-        load_external(narrow, spec=TINY, layer=1)
-    raw = _random_raw()
-    torch.save(
-        {
-            "W_enc": raw.W_enc,
-            "W_dec": raw.W_dec,
-            "b_enc": raw.b_enc,
-            "b_dec": raw.b_dec,
-            "k": torch.tensor(4, dtype=torch.int),
-        },
-        tmp_path / "bare.pt",
-    )
-    with pytest.raises(UserError, match="pass --activation"):
-        load_external(tmp_path / "bare.pt", spec=TINY, layer=1)
-    ext = load_external(tmp_path / "bare.pt", spec=TINY, layer=1, activation="abstopk")
-    assert ext.format == "sae_bench" and ext.signed and ext.sae.cfg.architecture() == "abstopk"
-    with pytest.raises(UserError, match="contradicts"):
-        load_external(tmp_path / "bare.pt", spec=TINY, layer=1, activation="abstopk", k=8)
-
-
-def test_dictionary_learning_topk_and_jumprelu_layouts(tmp_path, tiny_registered):
-    """Non-signed dictionary_learning classes: TopK (relu then top-k) and JumpReLU (no b_dec subtraction)."""
-    raw = _random_raw(activation="topk")
-    folder = tmp_path / "topk"
-    folder.mkdir()
-    torch.save(
-        {
-            "encoder.weight": raw.W_enc.T,
-            "encoder.bias": raw.b_enc,
-            "decoder.weight": raw.W_dec.T,
-            "b_dec": raw.b_dec + 1.0,
-            "k": torch.tensor(4, dtype=torch.int),
-            "threshold": torch.tensor(-1.0),
-        },
-        folder / "ae.pt",
-    )
-    (folder / "config.json").write_text(
-        json.dumps({"trainer": {"dict_class": "AutoEncoderTopK", "k": 4, "layer": 1, "lm_name": "local/tiny-llama"}})
-    )
-    assert detect_format(folder) == ("dictionary_learning", folder / "ae.pt")
-    ext = load_external(folder, spec=TINY, layer=1)
-    assert (ext.activation, ext.architecture, ext.k, ext.signed) == ("topk", "topk", 4, False)
-    x = torch.randn(5, 32)
-    u = torch.relu((x - (raw.b_dec + 1.0)) @ raw.W_enc + raw.b_enc)
-    expected = torch.zeros_like(u).scatter(-1, u.topk(4, dim=-1).indices, u.topk(4, dim=-1).values)
-    torch.testing.assert_close(ext.sae.encode(x), expected)
-
-    jr = tmp_path / "jumprelu"
-    jr.mkdir()
-    threshold = torch.full((64,), 0.5)
-    torch.save(
-        {"W_enc": raw.W_enc, "b_enc": raw.b_enc, "W_dec": raw.W_dec, "b_dec": raw.b_dec + 1.0, "threshold": threshold},
-        jr / "ae.pt",
-    )
-    (jr / "config.json").write_text(json.dumps({"trainer": {"dict_class": "JumpReluAutoEncoder", "layer": 1}}))
-    ext = load_external(jr, spec=TINY, layer=1)
-    pre = x @ raw.W_enc + raw.b_enc
-    torch.testing.assert_close(ext.sae.encode(x), torch.relu(pre) * (pre > threshold))
-    assert ext.sae.cfg.apply_b_dec_to_input is False
-
-    (jr / "config.json").write_text(json.dumps({"trainer": {"dict_class": "GatedAutoEncoder", "layer": 1}}))
-    with pytest.raises(UserError, match="GatedAutoEncoder"):
-        load_external(jr, spec=TINY, layer=1)

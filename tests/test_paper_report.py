@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from abstopk_eval import paper_report, report
-from abstopk_eval.paper_values import ALL_VALUES, paper_value
+from abstopk_eval.paper_values import ALL_VALUES
 
 
 def _write(results: Path, model: str, layer: int, sae: str, eval_name: str, metrics: dict, prov: dict, **extra) -> None:
@@ -108,14 +108,6 @@ def test_paper_tables_figures_and_index(tmp_path, capsys):
     lines = paper_report.index_lines(results, reports)
     assert f"- [paper/{stem}_table2.tex](paper/{stem}_table2.tex)" in lines
     assert f"- [{stem}.md]({stem}.md)" in lines  # the per-layer report of build_reports
-
-
-def test_paper_value_lookup_maps_methods_to_our_variants():
-    assert paper_value("Table 2", "qwen3-4b", 18, "abstopk", "tpp").value == 0.36
-    assert paper_value("Table 2", "qwen3-4b", 18, "batchtopk", "ravel").value == 0.79
-    assert paper_value("Table 2", "qwen3-4b", 20, "abstopk", "scr") is None
-    assert paper_value("Table 2", "gemma-3-270m", 9, "abstopk", "scr") is None
-    assert paper_value("Table 1", "qwen3-4b", 18, "jumprelu", "harmbench").value == 79.1
 
 
 def test_steering_baselines_feed_table1_and_never_become_table2_rows(tmp_path):

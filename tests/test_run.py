@@ -11,9 +11,9 @@ from abstopk_eval.errors import UserError
 from abstopk_eval.models.registry import MODEL_REGISTRY
 from abstopk_eval.saes.io import load_sae
 from abstopk_eval.saes.variants import ALL_VARIANTS
-from tests.conftest import TINY
+from tests.helpers.models import TINY
 
-# The evaluations that apply to a 3-layer model with a 320-token vocabulary: the task evaluations need real
+# The evaluations that apply to a 3-layer model with a 64-character vocabulary: the task evaluations need real
 # words and labelled text (absorption refuses fewer than 100 words), and have their own tests.
 TINY_EVALS = ("--evals", "core", "fragmentation")
 

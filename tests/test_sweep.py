@@ -9,7 +9,7 @@ import pytest
 
 from abstopk_eval import sweep
 from abstopk_eval.errors import UserError
-from tests.conftest import TINY
+from tests.helpers.models import TINY
 
 
 def _spec(folder: Path, model_dir: Path, suffix: str = ".json") -> Path:

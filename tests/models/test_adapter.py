@@ -1,206 +1,177 @@
-"""ModelAdapter's language-model plumbing on tiny Llama, GPT-2, GPT-NeoX and Gemma-3 models: padded batches,
-last-position logits, logits (and their gradient) from a given layer-L residual, the pad-id rule."""
+"""The residual-stream adapter on a tiny random model of every supported family: capture, early stop, padding,
+splicing, hook clean-up, generation, loss helpers."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
+import torch.nn.functional as F
 
-from abstopk_eval.models import adapter as adapter_mod
-from abstopk_eval.models.adapter import ModelAdapter
-from abstopk_eval.models.batching import pad_sequences
-from tests.tiny_models import N_LAYERS, TINY_BUILDERS, VOCAB, TinyTokenizer, tiny_hf_tokenizer, tiny_llama
+from abstopk_eval.errors import UserError
+from abstopk_eval.models.adapter import ModelAdapter, lm_loss_per_token, per_token_cross_entropy
+from tests.helpers.models import TINY_BUILDERS, tiny_batch, tiny_llama
+from tests.helpers.tokenizer import tiny_tokenizer
 
 ARCHS = sorted(TINY_BUILDERS)
-SEQS = [[1, 10, 11, 12, 13, 14, 15], [1, 20, 21], [1, 30, 31, 32, 33], [1]]
 
 
-def _adapter(arch: str) -> ModelAdapter:
-    model, tok = TINY_BUILDERS[arch](seed=0)
-    return ModelAdapter(model, tok)
+def _final_norm(model: torch.nn.Module) -> torch.nn.Module:
+    for path in ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm"):
+        obj = model
+        try:
+            for name in path.split("."):
+                obj = getattr(obj, name)
+            return obj
+        except AttributeError:
+            continue
+    raise AssertionError(f"no final norm on {type(model).__name__}")
 
 
 @pytest.fixture(scope="module", params=ARCHS)
-def tiny(request) -> ModelAdapter:
-    return _adapter(request.param)
+def tiny(request):
+    # one tokenizer kind for every family (pad 0, BOS 1 prepended): these tests read ids, not sequence starts
+    model, tok = TINY_BUILDERS[request.param](tokenizer=tiny_tokenizer("bos"))
+    return ModelAdapter(model, tok), tiny_batch(tok)
 
 
-def _full_kwargs(ids: torch.Tensor, mask: torch.Tensor) -> dict:
-    """A plain HF forward of a padded batch, built here rather than by the adapter."""
-    return {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
-        "use_cache": False,
-    }
-
-
-def _spliced_logits(ad: ModelAdapter, resid: torch.Tensor, layer: int, ids, mask) -> torch.Tensor:
-    """Full forward pass, every block run, with block `layer`'s output replaced by `resid` (grad enabled)."""
-    with ad.replace_output(layer, lambda h: resid):
-        return ad.model(**_full_kwargs(ids, mask)).logits
-
-
-# ----------------------------------------------------------------------------- padding
-
-
-@pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("pad_choice", ["rule", "other"])
-def test_padded_batches_give_the_unpadded_last_position_logits(tiny, side, pad_choice):
-    pad = tiny.pad_token_id if pad_choice == "rule" else 37  # the pad id itself changes nothing
-    ids, mask = pad_sequences(SEQS, pad, side=side)
-    alone = torch.cat([tiny.logits(torch.tensor([s]), last_only=True) for s in SEQS])
-    alone_full = torch.stack([tiny.logits(torch.tensor([s]))[0, -1] for s in SEQS])
-    torch.testing.assert_close(alone, alone_full, atol=1e-5, rtol=0)  # logits_to_keep=1 = the full head's last row
-    if side == "left":
-        batched = tiny.logits(ids, mask, last_only=True)
-    else:
-        full = tiny.logits(ids, mask)
-        batched = torch.stack([full[i, len(s) - 1] for i, s in enumerate(SEQS)])
-    assert batched.shape == (len(SEQS), VOCAB)
-    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
-
-
-# ----------------------------------------------------------------------------- logits from a residual
-
-
-def _edited_residual(ad: ModelAdapter, layer: int, ids, mask) -> torch.Tensor:
-    resid = ad.activations(ids, layer, attention_mask=mask)
-    noise = torch.randn(resid.shape, generator=torch.Generator().manual_seed(layer))
-    return resid * 1.5 + noise
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_logits_from_residual_equal_the_full_pass_with_the_residual_spliced_in(arch):
-    ad = _adapter(arch)
-    ids, mask = pad_sequences(SEQS, ad.pad_token_id, side="left")
-    real = mask.bool()
-    for layer in range(N_LAYERS):
-        resid = _edited_residual(ad, layer, ids, mask)
-        with torch.no_grad():
-            full = _spliced_logits(ad, resid, layer, ids, mask)
-        assert ad.resumes_from_residual(layer) is None
-        first = ad.logits_from_residual(resid, layer, ids, mask)  # checks resuming, returns the full pass
-        assert ad.resumes_from_residual(layer) is True
-        resumed = ad.logits_from_residual(resid, layer, ids, mask)
-        all_positions = ad.logits_from_residual(resid, layer, ids, mask, last_only=False)
-        assert first.shape == resumed.shape == (len(SEQS), VOCAB)
-        torch.testing.assert_close(first, full[:, -1], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(resumed, full[:, -1], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(all_positions[real], full[real], atol=1e-5, rtol=1e-5)
-        clean = ad.logits(ids, mask, last_only=True)
-        assert not torch.allclose(resumed, clean, atol=1e-3)  # the given residual, not the model's own, was used
-    assert all(type(b).__name__ != "_PassThrough" for b in ad.layers())  # every block restored
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_gradient_w_r_t_the_residual_matches_autograd_through_the_full_model(arch):
-    ad = _adapter(arch)
-    ids, mask = pad_sequences(SEQS, ad.pad_token_id, side="left")
-    layer = 1
-    targets = torch.tensor([5, 17, 40, 63])
-    base = _edited_residual(ad, layer, ids, mask)
-
-    def loss(logits: torch.Tensor) -> torch.Tensor:
-        logp = torch.log_softmax(logits.float(), -1)
-        return -logp[torch.arange(len(targets)), targets].sum()
-
-    ref = base.clone().requires_grad_(True)
-    (expected,) = torch.autograd.grad(loss(_spliced_logits(ad, ref, layer, ids, mask)[:, -1]), ref)
-    assert expected[mask.bool()].abs().max() > 1e-4  # a gradient worth comparing
-    for _ in range(2):  # the first call (which also checks resuming) and a resumed one
-        resid = base.clone().requires_grad_(True)
-        (got,) = torch.autograd.grad(loss(ad.logits_from_residual(resid, layer, ids, mask, grad=True)), resid)
-        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-4)
-    assert ad.resumes_from_residual(layer) is True
-    with torch.no_grad():  # grad=True is differentiable even inside no_grad
-        resid = base.clone().requires_grad_(True)
-        assert ad.logits_from_residual(resid, layer, ids, mask, grad=True).requires_grad
-
-
-def test_resuming_that_disagrees_with_the_full_pass_falls_back_to_full_passes(monkeypatch, caplog):
-    ad = ModelAdapter(*tiny_llama(seed=0))
-    ids, mask = pad_sequences(SEQS, ad.pad_token_id, side="left")
-    resid = _edited_residual(ad, 1, ids, mask)
-    with torch.no_grad():
-        full = _spliced_logits(ad, resid, 1, ids, mask)[:, -1]
-
-    class Broken(adapter_mod._PassThrough):  # a block skipped wrongly: the given residual doubled
-        def forward(self, hidden_states, *args, **kwargs):
-            out = super().forward(hidden_states, *args, **kwargs)
-            return out if self.output is None else 2 * out
-
-    monkeypatch.setattr(adapter_mod, "_PassThrough", Broken)
-    with caplog.at_level("WARNING", logger="abstopk_eval"):
-        first = ad.logits_from_residual(resid, 1, ids, mask)
-    assert ad.resumes_from_residual(1) is False and "differ from full ones" in caplog.text
-    later = ad.logits_from_residual(resid, 1, ids, mask)
-    torch.testing.assert_close(first, full, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(later, full, atol=1e-5, rtol=1e-5)
-    forced = ad.logits_from_residual(resid, 1, ids, mask, resume=True)  # the broken shortcut, used on request
-    assert not torch.allclose(forced, full, atol=1e-3)
-
-
-def test_residual_of_the_wrong_shape_is_refused():
-    ad = ModelAdapter(*tiny_llama(seed=0))
-    ids, mask = pad_sequences(SEQS, ad.pad_token_id, side="left")
-    with pytest.raises(ValueError, match="resid has shape"):
-        ad.logits_from_residual(torch.zeros(2, ids.shape[1], ad.d_model), 1, ids, mask)
-
-
-# ----------------------------------------------------------------------------- pad id
-
-
-def _no_pad_hf_tokenizer():
-    from transformers import PreTrainedTokenizerFast
-
-    tok = tiny_hf_tokenizer()
-    return PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, bos_token="<bos>", eos_token="<eos>")
-
-
-@pytest.mark.parametrize(
-    "make, expected",
-    [
-        (TinyTokenizer, TinyTokenizer.pad_token_id),
-        (tiny_hf_tokenizer, 0),  # a real tokenizer with a pad token: its pad
-        (_no_pad_hf_tokenizer, 2),  # without one: its EOS
-        (lambda: SimpleNamespace(pad_token_id=None, eos_token_id=None, bos_token_id=5), 5),
-        (lambda: SimpleNamespace(pad_token_id=None, eos_token_id=None, bos_token_id=None), 0),
-    ],
-)
-def test_pad_token_id_rule(make, expected):
-    model, _ = tiny_llama(seed=0)
-    assert ModelAdapter(model, make()).pad_token_id == expected
-
-
-def test_generate_pads_finished_rows_with_the_pad_id():
-    model, _ = tiny_llama(seed=0)
-    tok = _no_pad_hf_tokenizer()
-    ad = ModelAdapter(model, tok)
-    assert tok.pad_token_id is None and ad.pad_token_id == tok.eos_token_id
-    ids, mask = pad_sequences(SEQS[:2], ad.pad_token_id, side="left")
-    # force row 0 to finish at once: its first new token is EOS; row 1 goes on
-    eos_first = torch.zeros(VOCAB)
-    eos_first[tok.eos_token_id] = 1e4
-
-    class FinishRowZero:
-        def __call__(self, input_ids, scores):
-            if input_ids.shape[1] == ids.shape[1]:
-                scores[0] = eos_first
-            return scores
-
-    from transformers import LogitsProcessorList
-
-    out = ad.generate(
-        ids,
-        attention_mask=mask,
-        max_new_tokens=4,
-        do_sample=False,
-        eos_token_id=tok.eos_token_id,
-        logits_processor=LogitsProcessorList([FinishRowZero()]),
+def _hook_count(adapter: ModelAdapter) -> int:
+    """Forward hooks the adapter left on its blocks (transformers installs its own output-capturing hooks)."""
+    return sum(
+        getattr(hook, "__module__", "") == "abstopk_eval.models.adapter"
+        for block in adapter.layers()
+        for hook in block._forward_hooks.values()
     )
-    new = out[:, ids.shape[1] :]
-    assert new.shape[1] > 1  # row 1 went on, so row 0 has padded steps
-    assert new[0, 0] == tok.eos_token_id and (new[0, 1:] == ad.pad_token_id).all()
+
+
+def test_activations_match_hidden_states(tiny):
+    adapter, batch = tiny
+    ids, _mask = batch["input_ids"], batch["attention_mask"]
+    assert adapter.n_layers == 3 and adapter.d_model == 32 and adapter.bos_token_id == 1
+    with torch.no_grad():
+        full = adapter.model(input_ids=ids, output_hidden_states=True, use_cache=False)
+    for layer in range(adapter.n_layers):
+        acts = adapter.activations(ids, layer)
+        assert acts.shape == (2, ids.shape[1], 32) and acts.dtype == torch.float32 and not acts.requires_grad
+        if layer < adapter.n_layers - 1:
+            torch.testing.assert_close(acts, full.hidden_states[layer + 1], atol=1e-5, rtol=0)
+        else:  # HF's last hidden state has the final norm applied; ours is the raw block output
+            with torch.no_grad():
+                torch.testing.assert_close(_final_norm(adapter.model)(acts), full.hidden_states[-1], atol=1e-5, rtol=0)
+    assert _hook_count(adapter) == 0
+
+
+def test_activations_stop_early(tiny):
+    adapter, batch = tiny
+    ran: list[int] = []
+    handles = [b.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, b in enumerate(adapter.layers())]
+    try:
+        adapter.activations(batch["input_ids"], 0)
+    finally:
+        for h in handles:
+            h.remove()
+    assert ran == [0]
+
+
+def test_left_padding_does_not_shift_activations(tiny):
+    adapter, _ = tiny
+    seq = torch.tensor([[1, 10, 20, 30, 40, 50]])
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), seq], dim=1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones_like(seq)], dim=1)
+    for layer in range(adapter.n_layers):
+        torch.testing.assert_close(
+            adapter.activations(padded, layer, mask)[:, 3:], adapter.activations(seq, layer), atol=1e-5, rtol=0
+        )
+    torch.testing.assert_close(adapter.logits(padded, mask)[:, 3:], adapter.logits(seq), atol=1e-5, rtol=0)
+
+
+def test_identity_replacement_keeps_logits(tiny):
+    adapter, batch = tiny
+    base = adapter.logits(batch["input_ids"])
+    for layer in range(adapter.n_layers):
+        out = adapter.forward_with_replacement(batch["input_ids"], layer, lambda h: h)
+        torch.testing.assert_close(out, base, atol=0, rtol=0)
+    with adapter.replace_output([0, 1, 2], lambda h: h.clone()):
+        torch.testing.assert_close(adapter.logits(batch["input_ids"]), base, atol=0, rtol=0)
+    assert _hook_count(adapter) == 0
+
+
+def test_replacement_changes_only_from_its_layer(tiny):
+    adapter, batch = tiny
+    ids = batch["input_ids"]
+    base_logits = adapter.logits(ids)
+    base = [adapter.activations(ids, layer) for layer in range(adapter.n_layers)]
+    shift = torch.linspace(-1, 1, 32)
+
+    def fn(h: torch.Tensor) -> torch.Tensor:
+        return 0.5 * h + shift
+
+    target = 1
+    with adapter.replace_output(target, fn):
+        acts = [adapter.activations(ids, layer) for layer in range(adapter.n_layers)]
+        logits = adapter.logits(ids)
+    torch.testing.assert_close(acts[0], base[0], atol=0, rtol=0)
+    torch.testing.assert_close(acts[target], fn(base[target]), atol=1e-6, rtol=0)
+    assert not torch.allclose(acts[2], base[2], atol=1e-3)
+    assert not torch.allclose(logits, base_logits, atol=1e-3)
+    assert _hook_count(adapter) == 0
+    torch.testing.assert_close(adapter.logits(ids), base_logits, atol=0, rtol=0)
+
+
+def test_hooks_removed_on_exception(tiny):
+    adapter, batch = tiny
+    base = adapter.logits(batch["input_ids"])
+    with pytest.raises(RuntimeError, match="boom"), adapter.replace_output([0, 2], lambda h: h * 0):
+        assert _hook_count(adapter) == 2
+        raise RuntimeError("boom")
+    assert _hook_count(adapter) == 0
+
+    def failing(h: torch.Tensor) -> torch.Tensor:
+        raise ZeroDivisionError("inside the hook")
+
+    with pytest.raises(ZeroDivisionError):
+        adapter.forward_with_replacement(batch["input_ids"], 1, failing)
+    assert _hook_count(adapter) == 0
+    torch.testing.assert_close(adapter.logits(batch["input_ids"]), base, atol=0, rtol=0)
+
+
+def test_generate_with_and_without_replacement(tiny):
+    adapter, _ = tiny
+    prompt = torch.tensor([[1, 10, 11, 12, 13]])
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    with torch.no_grad():
+        reference = adapter.model.generate(input_ids=prompt, pad_token_id=0, **kwargs)
+    plain = adapter.generate(prompt, **kwargs)
+    assert torch.equal(plain, reference)
+
+    seen: list[int] = []
+    steer = torch.randn(32, generator=torch.Generator().manual_seed(1)) * 50
+
+    def fn(h: torch.Tensor) -> torch.Tensor:
+        seen.append(h.shape[1])
+        return h * 0 + steer
+
+    steered = adapter.generate(prompt, layers=0, fn=fn, **kwargs)
+    assert steered.shape == plain.shape and not torch.equal(steered, plain)
+    assert seen[0] == prompt.shape[1] and seen[1:] == [1] * 5  # prompt pass, then one token per step
+    assert _hook_count(adapter) == 0
+
+
+def test_unknown_layer_and_arch():
+    model, tok = tiny_llama()
+    adapter = ModelAdapter(model, tok)
+    with pytest.raises(UserError, match="out of range"):
+        adapter.activations(torch.tensor([[1, 2]]), 3)
+    with pytest.raises(UserError, match="unsupported architecture"):
+        ModelAdapter(torch.nn.Linear(2, 2), tok)  # type: ignore[arg-type]
+
+
+def test_loss_helpers():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 64, (3, 9))
+    logits = torch.randn(3, 9, 64) * 3
+    ref = F.cross_entropy(logits[:, :-1].reshape(-1, 64), ids[:, 1:].reshape(-1), reduction="none").view(3, 8)
+    torch.testing.assert_close(lm_loss_per_token(ids, logits), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ModelAdapter.lm_loss_per_token(ids, logits), ref, atol=1e-5, rtol=1e-5)
+    chunked = per_token_cross_entropy(logits[:, :-1].bfloat16(), ids[:, 1:], chunk_rows=5)
+    assert chunked.dtype == torch.float32 and chunked.shape == (3, 8)
+    torch.testing.assert_close(chunked, ref, atol=0.1, rtol=0.02)

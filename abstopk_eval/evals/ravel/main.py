@@ -28,7 +28,7 @@ Following sae_bench's RAVEL (sae_bench/evals/ravel), on offline data (abstopk_ev
    `chance_margin` are reported in the details but left out of the headline means (when any other remains).
 
 Negating a latent (encoder column, bias, decoder row) negates z_j and W_dec[j] together, so every product
-above, every intervention and every score is unchanged (tests/test_ravel_unlearning.py).
+above, every intervention and every score is unchanged (tests/evals/test_ravel.py).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ Following sae_bench's unlearning eval (sae_bench/evals/unlearning; Farrell et al
   The whole sweep (retain threshold, n latents, multiplier, forget / retain accuracy) is in the details.
 
 Negating a latent negates z_j, its clamp value and W_dec[j] together; frequencies and scales use |z| or
-z != 0, so every score is unchanged (tests/test_ravel_unlearning.py).
+z != 0, so every score is unchanged (tests/evals/test_unlearning.py).
 """
 
 from __future__ import annotations

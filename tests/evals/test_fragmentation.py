@@ -9,7 +9,8 @@ from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 from abstopk_eval.evals.context import EvalContext
 from abstopk_eval.evals.fragmentation.eval_config import FragmentationEvalConfig
 from abstopk_eval.evals.fragmentation.main import run_fragmentation
-from tests.test_sign_flip import negate_latent
+from tests.helpers.context import make_eval_context
+from tests.helpers.saes import negate_latent
 
 D, N = 32, 40
 
@@ -32,15 +33,7 @@ def _decoder() -> torch.Tensor:
 
 def _ctx() -> EvalContext:
     acts = torch.randn(512, D, generator=torch.Generator().manual_seed(1))
-    return EvalContext(
-        adapter=None,
-        model_key="tiny",
-        model_name="tiny",
-        layer=0,
-        eval_tokens=torch.zeros(1, 2, dtype=torch.long),
-        heldout_activations=lambda: acts,
-        dataset="synthetic",
-    )
+    return make_eval_context(None, layer=0, heldout_activations=acts, dataset="synthetic")
 
 
 CFG = FragmentationEvalConfig(model_name="tiny", layer=0, alive_only=False)

@@ -14,7 +14,8 @@ from abstopk_eval.errors import UserError
 from abstopk_eval.evals.bidirectional.eval_config import BidirectionalEvalConfig
 from abstopk_eval.evals.bidirectional.main import run_bidirectional
 from abstopk_eval.evals.context import EvalContext
-from tests.test_sign_flip import negate_latent
+from tests.helpers.context import make_eval_context
+from tests.helpers.saes import negate_latent
 
 D = 16
 AXIS = AXES[3]  # temperature: hot/cold, warm/cool
@@ -52,15 +53,7 @@ class StubAdapter:
 
 
 def _ctx(direction: torch.Tensor) -> EvalContext:
-    return EvalContext(
-        adapter=StubAdapter(direction),
-        model_key="stub",
-        model_name="stub",
-        layer=0,
-        eval_tokens=torch.zeros(1, 2, dtype=torch.long),
-        heldout_activations=lambda: torch.zeros(1, D),
-        dataset="-",
-    )
+    return make_eval_context(StubAdapter(direction), layer=0, model_key="stub", model_name="stub", dataset="-")
 
 
 def _sae(cls, cfg_cls, atoms: torch.Tensor):

@@ -9,13 +9,10 @@ import numpy as np
 import pytest
 import torch
 from sae_lens.saes.abstopk_sae import AbsTopKSAE, AbsTopKSAEConfig
-from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
 from abstopk_eval.data.labelled import DataCard, LabelledDataset
 from abstopk_eval.errors import UserError
-from abstopk_eval.evals import pooled as pooled_mod
 from abstopk_eval.evals.context import EVALS, EvalContext
-from abstopk_eval.evals.pooled import ablate, decoder_rows, pooled_activations
 from abstopk_eval.evals.scr.eval_config import ScrEvalConfig
 from abstopk_eval.evals.scr.main import run_scr
 from abstopk_eval.evals.sparse_probing.eval_config import SparseProbingEvalConfig
@@ -23,8 +20,10 @@ from abstopk_eval.evals.sparse_probing.main import run_sparse_probing
 from abstopk_eval.evals.tpp.eval_config import TppEvalConfig
 from abstopk_eval.evals.tpp.main import run_tpp
 from abstopk_eval.models.adapter import ModelAdapter
-from tests.test_sign_flip import _random_sae, negate_latent
-from tests.tiny_models import ALPHABET, D_MODEL, TinyTokenizer, tiny_llama
+from tests.helpers.context import make_eval_context
+from tests.helpers.models import D_MODEL, tiny_llama
+from tests.helpers.saes import negate_latent, random_sae
+from tests.helpers.tokenizer import ALPHABET, tiny_tokenizer
 
 SMALL = dict(train_per_class=20, test_per_class=12, min_per_class=10, k_values=[1, 2, 5], context_length=24)
 SMALL_TPP = dict(train_per_class=20, test_per_class=12, min_per_class=10, n_values=[1, 2, 5], context_length=24)
@@ -108,33 +107,17 @@ def adapter():
 
 
 def _ctx(adapter, **options) -> EvalContext:
-    return EvalContext(
-        adapter=adapter,
-        model_key="tiny",
-        model_name="tiny",
+    return make_eval_context(
+        adapter,
         layer=1,
-        eval_tokens=torch.zeros(1, 2, dtype=torch.long),
-        heldout_activations=lambda: torch.zeros(1, D_MODEL),
         dataset="none",
         provenance={"model": "tiny", "versions": {"sae-lens": "test"}},
         eval_options=options,
     )
 
 
-@pytest.fixture(autouse=True)
-def _fresh_memo():
-    pooled_mod.clear_pooled_cache()
-    yield
-    pooled_mod.clear_pooled_cache()
-
-
 def _topk_sae(seed: int = 1):
-    torch.manual_seed(seed)
-    sae = TopKSAE(TopKSAEConfig(d_in=D_MODEL, d_sae=64, k=4))
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.copy_(torch.randn_like(p) * 0.3)
-    return sae
+    return random_sae("topk", seed=seed)
 
 
 def _json_roundtrip(out) -> dict:
@@ -149,7 +132,7 @@ def test_registered():
 
 
 def test_all_three_end_to_end_share_one_model_pass_per_dataset(adapter):
-    saes = {"abstopk": _random_sae("abstopk"), "batch-abstopk": _random_sae("batch-abstopk"), "topk": _topk_sae()}
+    saes = {"abstopk": random_sae("abstopk"), "batch-abstopk": random_sae("batch-abstopk"), "topk": _topk_sae()}
     ds = {"letters": multiclass()}
     ctx = _ctx(adapter)
     CountingAdapter.calls = 0
@@ -217,7 +200,7 @@ def _metrics_equal(a, b):
 
 @pytest.mark.parametrize("kind", ["abstopk", "batch-abstopk"])
 def test_sparse_probing_invariant_to_negating_a_latent(adapter, kind):
-    sae = _random_sae(kind)
+    sae = random_sae(kind)
     cfg = SparseProbingEvalConfig(dataset_names=["letters"], **SMALL)
     ds = {"letters": multiclass()}
     first = run_sparse_probing(_ctx(adapter), {"orig": sae}, cfg, datasets=ds)["orig"]
@@ -229,7 +212,7 @@ def test_sparse_probing_invariant_to_negating_a_latent(adapter, kind):
 
 @pytest.mark.parametrize("kind", ["abstopk", "batch-abstopk"])
 def test_tpp_invariant_to_negating_a_latent(adapter, kind):
-    sae = _random_sae(kind)
+    sae = random_sae(kind)
     cfg = TppEvalConfig(dataset_names=["letters"], **SMALL_TPP)
     ds = {"letters": multiclass()}
     first = run_tpp(_ctx(adapter), {"orig": sae}, cfg, datasets=ds)["orig"]
@@ -244,7 +227,7 @@ def test_tpp_invariant_to_negating_a_latent(adapter, kind):
 
 @pytest.mark.parametrize("kind", ["abstopk", "batch-abstopk"])
 def test_scr_invariant_to_negating_a_latent(adapter, kind):
-    sae = _random_sae(kind)
+    sae = random_sae(kind)
     cfg = ScrEvalConfig(**SMALL_SCR)
     first = run_scr(_ctx(adapter), {"orig": sae}, cfg, dataset=two_label())["orig"]
     flipped, j = _flip_selected(sae, first.eval_result_unstructured["pairs"][0]["selected_latents"]["dir1"])
@@ -253,43 +236,6 @@ def test_scr_invariant_to_negating_a_latent(adapter, kind):
     a, b = (out[k].eval_result_unstructured["pairs"][0] for k in ("orig", "flip"))
     assert a["selected_latents"] == b["selected_latents"]
     assert a["ablated_biased_probe_accuracy"] == b["ablated_biased_probe_accuracy"]
-
-
-def test_pooled_ablation_equals_mean_of_per_token_ablation(adapter):
-    sae = _random_sae("abstopk")
-    texts = ["abcdefgh", "hello world!", "xyz"]
-    pooled = pooled_activations(_ctx(adapter), {"s": sae}, texts, dataset="t", seed=0, context_length=16)
-    rows = decoder_rows(sae)
-    S = np.array([3, 7, 11])
-    got = ablate(pooled.model.double().numpy(), pooled.latents["s"].double().numpy(), rows, S)
-    tok = adapter.tokenizer
-    torch.set_grad_enabled(False)
-    try:
-        _check_per_token(adapter, sae, texts, tok, S, got, pooled)
-    finally:
-        torch.set_grad_enabled(True)
-
-
-def _check_per_token(adapter, sae, texts, tok, S, got, pooled):
-    for i, text in enumerate(texts):
-        ids = torch.tensor([tok.encode(text)])
-        x = adapter.activations(ids, 1)[0, 1:]  # BOS excluded
-        z = sae.encode(x)
-        keep = z.clone()
-        keep[:, S] = 0
-        x_abl = x - (sae.decode(z) - sae.decode(keep))
-        assert np.allclose(got[i], x_abl.mean(0).double().numpy(), atol=1e-5)
-        assert np.allclose(pooled.latents["s"][i].numpy(), z.mean(0).numpy(), atol=1e-5)
-
-
-def test_padding_and_bos_are_not_pooled(adapter):
-    sae = _topk_sae()
-    short, long = "abc", "abcdefghijklmnopqrstuvwx"
-    together = pooled_activations(_ctx(adapter), {"s": sae}, [short, long], dataset="pad", seed=0, context_length=64)
-    alone = pooled_activations(_ctx(adapter), {"s": sae}, [short], dataset="pad-alone", seed=0, context_length=64)
-    assert together.n_tokens.tolist() == [3, 24]
-    assert torch.allclose(together.model[0], alone.model[0], atol=1e-5)
-    assert torch.allclose(together.latents["s"][0], alone.latents["s"][0], atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- known answers
@@ -306,7 +252,7 @@ class EmbeddingAdapter:
 
     def __init__(self, c_label: float = 1.0, c_sent: float = 1.0, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
-        self.tokenizer = TinyTokenizer()
+        self.tokenizer = tiny_tokenizer()
         self.bos_token_id = self.tokenizer.bos_token_id
         basis, _ = torch.linalg.qr(torch.randn(D_MODEL, D_MODEL, generator=g))
         n = len(GROUPS)
@@ -425,24 +371,6 @@ def test_tpp_planted_latent_hurts_only_its_own_class():
     assert abs(out["blind"].eval_result_unstructured["metrics"]["tpp_threshold_1_total_metric"]) < 0.1
 
 
-def test_sae_bench_probe_recipe_is_sae_bench_probe_and_deterministic():
-    from abstopk_eval.evals.probes import fit_task_probe
-
-    rng = np.random.default_rng(0)
-    direction = rng.normal(size=16)
-    y = rng.integers(0, 2, size=200)
-    x = rng.normal(size=(200, 16)) + np.outer(2 * y - 1, direction)
-    cfg = TppEvalConfig()
-    probe = fit_task_probe(x[:150], y[:150], x[150:], y[150:], cfg, seed=5)
-    assert probe.accuracy(x[150:], y[150:]) > 0.9
-    again = fit_task_probe(x[:150], y[:150], x[150:], y[150:], cfg, seed=5)
-    np.testing.assert_array_equal(probe.weight, again.weight)  # every SAE is scored against the same probe
-    sklearn_probe = fit_task_probe(x[:150], y[:150], x[150:], y[150:], TppEvalConfig(probe_recipe="sklearn"), seed=5)
-    assert not np.allclose(probe.weight, sklearn_probe.weight)
-    with pytest.raises(UserError, match="probe_recipe"):
-        fit_task_probe(x[:150], y[:150], x[150:], y[150:], TppEvalConfig(probe_recipe="svm"), seed=5)
-
-
 # ---------------------------------------------------------------------------------------------- errors
 
 
@@ -508,3 +436,31 @@ def test_bad_source_and_unreachable_hub_are_user_errors(adapter, monkeypatch):
     with pytest.raises(UserError) as err:
         run_scr(_ctx(adapter), {"s": _topk_sae()}, ScrEvalConfig(dataset_source="sae_bench"))
     assert "\n" not in str(err.value) and "amazon_reviews" in str(err.value)
+
+
+def test_sparse_probing_accuracy_interval_resamples_each_task():
+    import numpy as np
+
+    from abstopk_eval.evals.sparse_probing.main import bootstrap_accuracy_intervals
+
+    rng = np.random.default_rng(0)
+    correct = {
+        "d1": {
+            "sae_top_1_test_accuracy": {
+                "a": (rng.random(60) < 0.7).astype(float),
+                "b": (rng.random(60) < 0.9).astype(float),
+            }
+        },
+        "d2": {"sae_top_1_test_accuracy": {"a": (rng.random(40) < 0.6).astype(float)}},
+    }
+    point = np.mean(
+        [
+            np.mean([v.mean() for v in correct["d1"]["sae_top_1_test_accuracy"].values()]),
+            correct["d2"]["sae_top_1_test_accuracy"]["a"].mean(),
+        ]
+    )
+    lo, hi = bootstrap_accuracy_intervals(correct, n_resamples=500, seed=0)["sae_top_1_test_accuracy"]
+    assert lo < point < hi and 0.02 < hi - lo < 0.3
+    assert bootstrap_accuracy_intervals(correct, n_resamples=500, seed=0)["sae_top_1_test_accuracy"] == [lo, hi]
+    perfect = {"d1": {"sae_top_1_test_accuracy": {"a": np.ones(30)}}}
+    assert bootstrap_accuracy_intervals(perfect, n_resamples=200, seed=0)["sae_top_1_test_accuracy"] == [1.0, 1.0]

@@ -7,7 +7,6 @@ import time
 
 import pytest
 import torch
-from tiny_tokenizer import tiny_tokenizer
 
 from abstopk_eval.data import corpus as corpus_mod
 from abstopk_eval.data.corpus import (
@@ -21,6 +20,7 @@ from abstopk_eval.data.corpus import (
     split_documents,
 )
 from abstopk_eval.errors import UserError
+from tests.helpers.tokenizer import tiny_tokenizer
 
 DOCS = [
     f"Document number {i} talks about the quick brown fox and sparse autoencoders." * (1 + i % 3) for i in range(60)

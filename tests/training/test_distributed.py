@@ -11,14 +11,14 @@ import torch.multiprocessing as mp
 from sae_lens import SAE
 
 from abstopk_eval.training.trainer import TrainJob, train_jobs
-from tests.test_training import D_IN, MEAN, PRESET, SCALE, _stream_factory
+from tests.helpers.training import D_IN, MEAN, PRESET, SCALE, stream_factory
 
 VARIANTS = ("relu", "jumprelu", "topk", "abstopk")
 
 
 def _train(root: Path) -> None:
     jobs = [TrainJob(v, 2, 0, PRESET.name, root / v) for v in VARIANTS]
-    train_jobs(jobs, _stream_factory(), d_in=D_IN, preset=PRESET, mean=MEAN, scale=SCALE, metadata={})
+    train_jobs(jobs, stream_factory(), d_in=D_IN, preset=PRESET, mean=MEAN, scale=SCALE, metadata={})
 
 
 def _worker(rank: int, port: int, root: str) -> None:

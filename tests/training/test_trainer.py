@@ -8,45 +8,9 @@ import pytest
 import torch
 from sae_lens import SAE
 
-from abstopk_eval.config import get_preset
 from abstopk_eval.saes.variants import ALL_VARIANTS
 from abstopk_eval.training.trainer import CHECKPOINT, TrainJob, train_jobs
-
-D_IN = 8
-PRESET = get_preset("smoke")  # 32 steps of 64, checkpoints every 8 steps
-
-
-def _data(n: int = 4096, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    atoms = torch.randn(32, D_IN, generator=g)
-    codes = torch.randn(n, 32, generator=g) * (torch.rand(n, 32, generator=g) < 0.1)
-    return codes @ atoms + 0.01 * torch.randn(n, D_IN, generator=g)
-
-
-DATA = _data()
-MEAN, SCALE = DATA.mean(0), float((DATA - DATA.mean(0)).pow(2).sum(-1).mean().div(D_IN).sqrt())
-
-
-class Interrupted(Exception):
-    pass
-
-
-def _stream_factory(stop_after: int | None = None, calls: list | None = None):
-    def for_seed(seed: int):
-        def stream(start_step: int):
-            if calls is not None:
-                calls.append(start_step)
-            g = torch.Generator().manual_seed(seed)
-            order = [torch.randperm(DATA.shape[0], generator=g) for _ in range(PRESET.total_steps)]
-            for step in range(start_step, PRESET.total_steps):
-                if stop_after is not None and step >= stop_after:
-                    raise Interrupted
-                idx = order[step][: PRESET.batch_size]
-                yield (DATA[idx] - MEAN) / SCALE
-
-        return stream
-
-    return for_seed
+from tests.helpers.training import D_IN, DATA, MEAN, PRESET, SCALE, Interrupted, stream_factory
 
 
 def _jobs(root, variants=ALL_VARIANTS):
@@ -56,7 +20,7 @@ def _jobs(root, variants=ALL_VARIANTS):
 def _train(jobs, **kw):
     train_jobs(
         jobs,
-        kw.pop("factory", _stream_factory()),
+        kw.pop("factory", stream_factory()),
         d_in=D_IN,
         preset=PRESET,
         mean=MEAN,
@@ -69,7 +33,7 @@ def _train(jobs, **kw):
 def test_all_variants_train_from_one_pass_and_reload_with_sae_lens(tmp_path):
     calls: list[int] = []
     jobs = _jobs(tmp_path)
-    _train(jobs, factory=_stream_factory(calls=calls))
+    _train(jobs, factory=stream_factory(calls=calls))
     assert calls == [0]  # one shared pass for the six variants
     for job in jobs:
         sae = SAE.load_from_disk(job.sae_dir)
@@ -91,11 +55,11 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     _train(_jobs(tmp_path / "straight", variants))
     jobs = _jobs(tmp_path / "resumed", variants)
     with pytest.raises(Interrupted):
-        _train(jobs, factory=_stream_factory(stop_after=20))
+        _train(jobs, factory=stream_factory(stop_after=20))
     ckpt = torch.load(jobs[0].out_dir / CHECKPOINT, weights_only=False)
     assert ckpt["step"] == 16  # last checkpoint before the interruption
     calls: list[int] = []
-    _train(jobs, factory=_stream_factory(calls=calls))
+    _train(jobs, factory=stream_factory(calls=calls))
     assert calls == [16]
     for v in variants:
         a = SAE.load_from_disk(tmp_path / "straight" / v / "sae")
@@ -108,7 +72,7 @@ def test_finished_jobs_are_skipped(tmp_path):
     jobs = _jobs(tmp_path, ("topk",))
     _train(jobs)
     calls: list[int] = []
-    _train(jobs, factory=_stream_factory(calls=calls))
+    _train(jobs, factory=stream_factory(calls=calls))
     assert calls == []
 
 

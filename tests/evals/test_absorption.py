@@ -12,7 +12,6 @@ import pytest
 import torch
 from sae_lens.saes.abstopk_sae import AbsTopKSAE, AbsTopKSAEConfig
 from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
-from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.absorption.eval_config import AbsorptionEvalConfig
@@ -34,9 +33,11 @@ from abstopk_eval.evals.absorption.main import (
 from abstopk_eval.evals.context import EVALS, EvalContext
 from abstopk_eval.models.adapter import ModelAdapter
 from abstopk_eval.results import write_eval_output
-from tests.test_sign_flip import negate_latent
+from tests.helpers.context import make_eval_context
+from tests.helpers.models import D_MODEL, tiny_llama
+from tests.helpers.saes import negate_latent, random_sae
+from tests.helpers.tokenizer import SPECIAL_TOKENS, tiny_tokenizer
 
-D_MODEL = 32
 SPELLED = "abcdefgh"  # the letters the tiny model "knows"
 WORDS_PER_LETTER = 16
 
@@ -58,7 +59,6 @@ WORDS = _words()
 def _tokenizer():
     """A byte-level BPE trained so that every test word is one token (a real vocabulary to filter)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -69,34 +69,18 @@ def _tokenizer():
     trainer = trainers.BpeTrainer(
         vocab_size=4000,
         min_frequency=1,
-        special_tokens=["<pad>", "<bos>", "<eos>"],
+        special_tokens=list(SPECIAL_TOKENS["bos"]),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     core.train_from_iterator(lines * 3, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    return tiny_tokenizer("bos", core=core)
 
 
 @pytest.fixture(scope="module")
 def spelling_model():
     """Tiny Llama whose token embeddings carry the first letter of every word (plus noise)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = _tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=D_MODEL,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model, tok = tiny_llama(tokenizer=_tokenizer(), max_position_embeddings=512)
     letter_dirs = torch.nn.functional.normalize(torch.randn(26, D_MODEL), dim=-1)
     with torch.no_grad():
         emb = model.model.embed_tokens.weight
@@ -106,16 +90,15 @@ def spelling_model():
     return ModelAdapter(model, tok), letter_dirs
 
 
-def _ctx(adapter) -> EvalContext:
-    return EvalContext(
-        adapter=adapter,
-        model_key="tiny-spelling",
-        model_name="tiny",
+def _ctx(adapter, **overrides) -> EvalContext:
+    return make_eval_context(
+        adapter,
         layer=1,
+        model_key="tiny-spelling",
         eval_tokens=torch.zeros(1, 4, dtype=torch.long),
-        heldout_activations=lambda: torch.zeros(1, D_MODEL),
         dataset="none",
         provenance={"model": "tiny-spelling", "versions": {"sae-lens": "x"}},
+        **overrides,
     )
 
 
@@ -168,13 +151,8 @@ def test_absorption_is_registered():
 
 def test_end_to_end_on_a_tiny_model(spelling_model, tmp_path):
     adapter, letter_dirs = spelling_model
-    torch.manual_seed(1)
-    relu = StandardSAE(StandardSAEConfig(d_in=D_MODEL, d_sae=48))
-    topk = TopKSAE(TopKSAEConfig(d_in=D_MODEL, d_sae=48, k=6))
-    for sae in (relu, topk):
-        with torch.no_grad():
-            for p in sae.parameters():
-                p.copy_(torch.randn_like(p) * 0.3)
+    relu = random_sae("relu", d_sae=48, seed=1)
+    topk = random_sae("topk", d_sae=48, k=6, seed=2)
     saes = {"relu": relu, "topk": topk, "abstopk": _letter_sae(letter_dirs, [1, -1] * 4)}
     outs = run_absorption(_ctx(adapter), saes, _cfg())
     assert set(outs) == set(saes)
@@ -194,14 +172,13 @@ def test_end_to_end_on_a_tiny_model(spelling_model, tmp_path):
 
 def test_eval_options_override_the_config(spelling_model):
     adapter, letter_dirs = spelling_model
-    ctx = _ctx(adapter)
-    ctx.eval_options = {"absorption": {"max_k_value": 2}}
+    ctx = _ctx(adapter, eval_options={"absorption": {"max_k_value": 2}})
     out = run_absorption(ctx, {"a": _letter_sae(letter_dirs, [1] * 8)}, _cfg())["a"]
     assert out.eval_config.max_k_value == 2
-    ctx.eval_options = {"absorption": {"no_such_field": 1}}
+    ctx = _ctx(adapter, eval_options={"absorption": {"no_such_field": 1}})
     with pytest.raises(UserError, match="no_such_field"):
         run_absorption(ctx, {}, _cfg())
-    ctx.eval_options = {"absorption": {"n_words": 1}}
+    ctx = _ctx(adapter, eval_options={"absorption": {"n_words": 1}})
     with pytest.raises(UserError, match="n_words"):
         run_absorption(ctx, {}, _cfg())
 

@@ -17,8 +17,9 @@ from abstopk_eval.evals.steering.main import SteeringPrompts, run_steering
 from abstopk_eval.evals.steering.table import render_table1
 from abstopk_eval.models.adapter import ModelAdapter
 from abstopk_eval.results import baseline_path, result_path, write_eval_output
-from tests.test_sign_flip import negate_latent
-from tests.tiny_models import D_MODEL, N_LAYERS, VOCAB, tiny_llama
+from tests.helpers.context import make_eval_context, random_tokens
+from tests.helpers.models import D_MODEL, N_LAYERS, tiny_llama
+from tests.helpers.saes import negate_latent, random_sae
 
 LAYER = 1
 
@@ -162,16 +163,10 @@ def _prompts() -> SteeringPrompts:
 
 
 def _ctx(adapter, **options) -> EvalContext:
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(3, VOCAB, (6, 16), generator=g)
-    tokens[:, 0] = adapter.tokenizer.bos_token_id
-    return EvalContext(
-        adapter=adapter,
-        model_key="tiny",
-        model_name="tiny",
+    return make_eval_context(
+        adapter,
         layer=LAYER,
-        eval_tokens=tokens,
-        heldout_activations=lambda: torch.zeros(1, D_MODEL),
+        eval_tokens=random_tokens(6, 16, bos_token_id=adapter.tokenizer.bos_token_id),
         dataset="random tokens",
         provenance={"model": "tiny", "layer": LAYER},
         eval_options={
@@ -205,11 +200,7 @@ def _summary(out) -> dict:
 
 
 def test_sae_steering_is_invariant_to_negating_the_chosen_latent(adapter, tmp_path):
-    torch.manual_seed(0)
-    sae = AbsTopKSAE(AbsTopKSAEConfig(d_in=D_MODEL, d_sae=48, k=4))
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.copy_(torch.randn_like(p) * 0.3)
+    sae = random_sae("abstopk", d_sae=48)
     ctx = _ctx(adapter)
     out = run_steering(ctx, {"orig": sae}, prompts=_prompts(), judge=_fake_judge)
     baselines = dict(ctx.baselines["steering"])
@@ -241,13 +232,7 @@ def test_sae_steering_is_invariant_to_negating_the_chosen_latent(adapter, tmp_pa
 
 
 def test_non_negative_sae_never_gets_a_negative_value(adapter):
-    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
-
-    torch.manual_seed(1)
-    sae = TopKSAE(TopKSAEConfig(d_in=D_MODEL, d_sae=48, k=4))
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.copy_(torch.randn_like(p) * 0.3)
+    sae = random_sae("topk", d_sae=48, seed=1)
     out = run_steering(_ctx(adapter, dim_ablation=False), {"topk": sae}, prompts=_prompts(), judge=_fake_judge)
     tried = out["topk"].eval_result_unstructured["tried"]
     assert tried and all(t["value"] >= 0 for t in tried)
@@ -274,63 +259,6 @@ def test_unknown_intervention_and_registration():
     assert isinstance(SteeringEvalConfig(), SteeringEvalConfig)
 
 
-def test_workflow_writes_baselines_without_a_weights_digest(tmp_path, monkeypatch):
-    """workflow.evaluate writes an evaluation's baselines (steering's "dim", "original") as the layer's baselines;
-    only the SAEs' results carry a weights digest."""
-    from types import SimpleNamespace
-
-    from abstopk_eval import workflow
-    from abstopk_eval.config import get_preset
-
-    sae_dir = tmp_path / "runs" / "abstopk_k4_s0_smoke" / "sae"
-    sae_dir.mkdir(parents=True)
-    (sae_dir / "sae_weights.safetensors").write_bytes(b"weights")
-    target = workflow.EvalTarget("abstopk_k4_s0_smoke", sae_dir)
-
-    def fake_run(ctx, saes):
-        made = {key: SimpleNamespace(provenance=ctx.sae_provenance.get(key)) for key in [*saes, "dim", "original"]}
-        for method in ("dim", "original"):
-            ctx.add_baseline("steering", method, made[method])
-        return {key: made[key] for key in saes}
-
-    written = {}
-    monkeypatch.setattr(workflow, "get_eval", lambda name: SimpleNamespace(name=name, run=fake_run))
-    monkeypatch.setattr(workflow, "load_sae", lambda *a, **k: None)
-    monkeypatch.setattr(workflow, "write_eval_output", lambda path, out: written.__setitem__(path, out))
-    heldout = SimpleNamespace(
-        tokens=torch.zeros(4, 8, dtype=torch.long),
-        seq_len=8,
-        n_tokens=32,
-        info=SimpleNamespace(name="t", source="s"),
-        provenance=dict,
-    )
-    plan = SimpleNamespace(
-        preset=get_preset("smoke"),
-        results_dir=tmp_path / "results",
-        device="cpu",
-        model=SimpleNamespace(key="m", hf_id="m", d_model=D_MODEL),
-        layer=1,
-        evals=["steering"],
-        eval_options={},
-    )
-    session = SimpleNamespace(
-        plan=plan,
-        tokens=lambda split, n: heldout,
-        cache=lambda p, n: SimpleNamespace(activations=[]),
-        provenance=lambda **fields: {},
-        adapter=None,
-    )
-    workflow.evaluate(plan, [target], session)
-    paths = {p.relative_to(tmp_path / "results").as_posix(): out for p, out in written.items()}
-    assert set(paths) == {
-        f"m/layer_1/{target.sae_id}/steering.json",
-        *(f"m/layer_1/baselines/steering/{k}.json" for k in ("dim", "original")),
-    }
-    digest = paths[f"m/layer_1/{target.sae_id}/steering.json"].provenance.sae_weights_sha256
-    assert digest == target.digest() and len(digest) == 64
-    assert paths["m/layer_1/baselines/steering/dim.json"].provenance is None
-
-
 def test_logits_from_the_cached_residual_match_full_passes(adapter):
     """The fast path (blocks 0..L skipped, the steered layer-L residual given) equals a full steered pass."""
     seqs = S.encode_chat(adapter.tokenizer, ["how do i bake bread?", "tell me a story about a fox", "hi"])
@@ -341,8 +269,7 @@ def test_logits_from_the_cached_residual_match_full_passes(adapter):
         assert not torch.allclose(fixed._resumed(b, iv), fixed._resumed(b, S.NO_INTERVENTION), atol=1e-3)
     list(fixed.logits(iv))
     assert fixed.resume is True and sorted(i for idx in index for i in idx) == [0, 1, 2]
-    text = torch.randint(3, VOCAB, (3, 12), generator=torch.Generator().manual_seed(3))
-    text[:, 0] = adapter.tokenizer.bos_token_id
+    text = random_tokens(3, 12, bos_token_id=adapter.tokenizer.bos_token_id, seed=3)
     ce_fixed = S.ce_batches(adapter, text, LAYER, batch_size=2)
     fast = S.mean_ce(ce_fixed, iv)
     ce_fixed.resume = False

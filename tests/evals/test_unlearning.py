@@ -1,0 +1,95 @@
+"""Unlearning on a tiny local model: the clamp rule, end to end, sign-flip invariance, user errors (see
+`tests.helpers.knowledge` for the facts the tiny model knows)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from abstopk_eval.errors import UserError
+from abstopk_eval.evals.unlearning.eval_config import UnlearningEvalConfig
+from abstopk_eval.evals.unlearning.main import clamp_latents, run_unlearning
+from abstopk_eval.models.adapter import ModelAdapter
+from tests.helpers.knowledge import (
+    LAYER,
+    knowledge_adapter,
+    knowledge_context,
+    metrics_and_details,
+    tiny_fact_domains,
+)
+from tests.helpers.saes import negate_latent, random_sae
+
+
+@pytest.fixture(scope="module")
+def adapter() -> ModelAdapter:
+    return knowledge_adapter()
+
+
+@pytest.fixture(scope="module")
+def registered(adapter):
+    """Tiny entity types and fact domains, registered for the module's tests and removed afterwards."""
+    with tiny_fact_domains(adapter):
+        yield
+
+
+def _unlearning_config(**kw) -> UnlearningEvalConfig:
+    base = dict(
+        model_name="tiny",
+        layer=LAYER,
+        forget_set="facts",
+        forget_domains=["tiny-color"],
+        retain_domains=["tiny-use"],
+        max_entities_per_domain=32,
+        min_forget_facts=4,
+        max_forget_facts=16,
+        max_retain_facts_per_domain=12,
+        retain_thresholds=[0.05, 0.5],
+        n_features_list=[3],
+        multipliers=[1.0, 8.0],
+        n_retain_tokens=512,
+        llm_batch_size=16,
+    )
+    return UnlearningEvalConfig(**{**base, **kw})
+
+
+def test_clamp_pushes_a_latent_against_the_sign_it_fired_with():
+    z = torch.tensor([[0.0, 2.0, -3.0, 0.5], [1.0, 0.0, -0.5, 0.0]])
+    latents = torch.tensor([1, 2])
+    out = clamp_latents(z, latents, multiplier=4.0, scale=torch.tensor([0.5, 2.0]))
+    assert out[0, 1] == -2.0  # fired positive -> -m * s (sae_bench's -m, scaled)
+    assert out[0, 2] == 8.0  # fired negative (AbsTopK) -> +m * s
+    assert out[1, 2] == 8.0
+    assert out[1, 1] == 0.0  # did not fire: stays 0
+    assert torch.equal(out[:, [0, 3]], z[:, [0, 3]])  # unselected latents untouched
+    assert torch.equal(clamp_latents(-z, latents, 4.0, torch.tensor([0.5, 2.0]))[:, latents], -out[:, latents])
+
+
+def test_unlearning_end_to_end_and_sign_flip_invariance(adapter, registered):
+    ctx, cfg = knowledge_context(adapter), _unlearning_config()
+    sae = random_sae("abstopk", seed=2)
+    first = run_unlearning(ctx, {"orig": sae}, cfg)["orig"]
+    m = first.eval_result_metrics
+    assert 0.0 <= m.unlearning.unlearning_score <= 1.0
+    assert m.knowledge.n_forget_facts >= 4 and m.knowledge.forget_base_accuracy > 0.3
+    assert len(first.eval_result_details) == 2 * 1 * 2  # thresholds x n_features x multipliers
+    assert first.eval_result_unstructured["mode"] == "facts"
+    assert m.best_intervention.forget_accuracy_before == pytest.approx(1.0)
+    chosen = first.eval_result_unstructured["selected_latents"]["0.5"]
+    assert chosen
+    j = chosen[0]
+    out = run_unlearning(ctx, {"orig": sae, "flip": negate_latent(sae, j)}, cfg)
+    assert metrics_and_details(out["flip"]) == metrics_and_details(out["orig"]) == metrics_and_details(first)
+    assert (
+        out["flip"].eval_result_unstructured["selected_latents"] == first.eval_result_unstructured["selected_latents"]
+    )
+
+
+def test_user_errors(adapter, registered):
+    ctx = knowledge_context(adapter)
+    sae = random_sae("abstopk", seed=1)
+    with pytest.raises(UserError, match="forget set too small after filtering"):
+        run_unlearning(ctx, {"s": sae}, _unlearning_config(min_forget_facts=1000))
+    with pytest.raises(UserError, match="unknown fact domain"):
+        run_unlearning(ctx, {"s": sae}, _unlearning_config(forget_domains=["moon-phases"]))
+    with pytest.raises(UserError, match="unknown forget_set"):
+        run_unlearning(ctx, {"s": sae}, _unlearning_config(forget_set="wmdp"))
