@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from abstopk_eval.config import PRESETS, get_preset
+from abstopk_eval.data.corpus import check_corpus
+from abstopk_eval.errors import UserError
 from abstopk_eval.evals.context import default_evals, get_eval, ordered_evals
 from abstopk_eval.evals.options import parse_eval_options
 from abstopk_eval.models.loading import check_device
@@ -100,6 +103,23 @@ def setup_logging(quiet: bool) -> None:
     )
 
 
+def check_output_dir(path: Path, flag: str) -> None:
+    """UserError unless `path` is a directory or can be created as one (by this user) without touching anything."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} exists and is not a directory")
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {ancestor} is not a writable directory")
+
+
+def check_model_path(path: str | None) -> None:
+    if path is not None and not Path(path).expanduser().is_dir():
+        raise UserError(f"--model-path {path} does not exist or is not a directory (expected a save_pretrained folder)")
+
+
 def shared_plan_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The `RunPlan` fields the shared argument groups give, each checked (UserError) before any work."""
     import abstopk_eval.evals  # noqa: F401  (registers the evaluations the names refer to)
@@ -107,6 +127,16 @@ def shared_plan_fields(args: argparse.Namespace) -> dict[str, Any]:
     spec = get_model_spec(args.model)
     layer = spec.check_layer(spec.default_layer if args.layer is None else args.layer)
     check_device(args.device)
+    check_model_path(args.model_path)
+    check_corpus(args.corpus)
+    for flag, path in (
+        ("--results-dir", args.results_dir),
+        ("--runs-dir", args.runs_dir),
+        ("--reports-dir", args.reports_dir),
+        ("--cache-dir", args.cache_dir),
+    ):
+        if path is not None:
+            check_output_dir(path, flag)
     return {
         "model": spec,
         "layer": layer,

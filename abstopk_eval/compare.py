@@ -22,6 +22,7 @@ from pathlib import Path
 
 from abstopk_eval import cli
 from abstopk_eval.errors import UserError, exit_on_user_error
+from abstopk_eval.identity import ExternalIdentity
 from abstopk_eval.io import atomic_directory, atomic_write_json
 from abstopk_eval.results import layer_dir
 from abstopk_eval.saes.formats import ACTIVATIONS, ExternalSAE, default_name, load_external
@@ -58,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_output_arguments(p, runs_help="where converted checkpoints are written")
     cli.add_logging_arguments(p)
     return p
+
+
+CONVERSION_FIELDS = ("source_format", "activation", "architecture", "k", "decoder_norms_folded")
+"""What, besides the source weights, decides the converted SAE."""
+
+
+def external_identity(ext: ExternalSAE) -> ExternalIdentity:
+    prov = ext.provenance
+    return ExternalIdentity(source_sha256=ext.sha256, conversion={key: prov.get(key) for key in CONVERSION_FIELDS})
 
 
 def _write_checkpoint(ext: ExternalSAE, job: ExternalJob, spec_key: str, layer: int) -> None:
@@ -122,16 +132,20 @@ def compare(args: argparse.Namespace) -> dict[str, Path]:
         )
     # no SAE is trained: the plan only says which model, layer, held-out data and evaluations
     plan = workflow.RunPlan(**shared, variants=[], ks=[spec.paper_k], seeds=[0])
-    jobs = {name: ExternalJob(name, workflow.sae_run_dir(plan, name)) for name in loaded}
-    for name, job in jobs.items():
-        _write_checkpoint(loaded[name], job, spec.key, layer)
-    targets = [workflow.EvalTarget(name, job.sae_dir, source=loaded[name].provenance) for name, job in jobs.items()]
-    workflow.evaluate(plan, targets)
+    session = workflow.Session(plan)
+    targets = []
+    for name, ext in loaded.items():
+        identity = external_identity(ext)
+        job = ExternalJob(name, workflow.sae_run_dir(plan, identity.folder(name)))
+        _write_checkpoint(ext, job, spec.key, layer)
+        folder = workflow.results_folder(name, identity.hash, session.ids.eval_data.hash)
+        targets.append(workflow.EvalTarget(folder, job.sae_dir, identity=identity.record(), source=ext.provenance))
+    workflow.evaluate(plan, targets, session)
     if plan.write_report:
         from abstopk_eval.report import build_reports
 
         build_reports(plan.results_dir, plan.reports_dir)
-    return {name: layer_dir(plan.results_dir, spec.key, layer) / name for name in loaded}
+    return {t.sae_id: layer_dir(plan.results_dir, spec.key, layer) / t.sae_id for t in targets}
 
 
 @exit_on_user_error

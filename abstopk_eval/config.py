@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from abstopk_eval.errors import UserError
 from abstopk_eval.registry import Registry
@@ -49,12 +51,44 @@ class TrainPreset:
         if not 0 <= self.warmup_frac + self.decay_frac <= 1:
             raise UserError(f"preset {self.name}: warmup_frac + decay_frac must be within [0, 1]")
 
+    def training_identity(self) -> dict[str, Any]:
+        """The fields that change a trained SAE (part of its identity; the preset's name is not)."""
+        return {name: _plain(getattr(self, name)) for name in TRAINING_FIELDS}
+
+    def eval_identity(self) -> dict[str, Any]:
+        """The fields that change the evaluation data (part of every result's identity)."""
+        return {name: _plain(getattr(self, name)) for name in EVAL_FIELDS}
+
     @property
     def total_steps(self) -> int:
         return math.ceil(self.train_tokens / self.batch_size)
 
     def dead_window_steps(self) -> int:
         return max(1, self.dead_window_tokens // self.batch_size)
+
+
+TRAINING_FIELDS = (
+    "expansion",
+    "lr",
+    "betas",
+    "batch_size",
+    "train_tokens",
+    "cache_tokens",
+    "sparsity",
+    "warmup_frac",
+    "decay_frac",
+    "sparsity_warmup_frac",
+    "dead_window_tokens",
+)
+"""TrainPreset fields that change the trained weights."""
+EVAL_FIELDS = ("eval_tokens", "heldout_tokens")
+"""TrainPreset fields that change the held-out data every evaluation reads."""
+BOOKKEEPING_FIELDS = ("name", "checkpoint_every_steps", "log_every_steps")
+"""TrainPreset fields that change neither (a resumed run is bit-identical; the log only samples the curve)."""
+
+
+def _plain(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
 # Calibrated on gemma-3-270m layer 9 (quick preset) so ReLU and JumpReLU end near L0 = k = 64.

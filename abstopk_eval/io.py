@@ -165,6 +165,33 @@ def sha256_file(path: Path, block: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+DIGEST_CACHE = "digests.json"
+
+
+def sha256_file_cached(path: Path, cache_dir: Path) -> str:
+    """sha256 of `path`, remembered in `cache_dir/digests.json` by (absolute path, size, mtime): an unchanged file of
+    gigabytes (a model's weights, an activation cache) is hashed once, not on every run. A changed size or mtime
+    (any rewrite) hashes it again."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache_file = Path(cache_dir) / DIGEST_CACHE
+    try:
+        known = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if isinstance(known.get(key), str):
+        return known[key]
+    digest = sha256_file(path)
+    known = {k: v for k, v in known.items() if not k.startswith(f"{path}|")}  # drop stale entries of this file
+    known[key] = digest
+    with contextlib.suppress(OSError):  # a read-only cache dir only costs the hashing next time
+        atomic_write_json(cache_file, known)
+    return digest
+
+
 # ----------------------------------------------------------------------------- installed packages
 
 

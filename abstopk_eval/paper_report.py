@@ -30,7 +30,7 @@ from abstopk_eval.columns import FIGURE_METRICS, TABLE2_TASKS
 from abstopk_eval.intervals import seed_interval
 from abstopk_eval.io import atomic_write_bytes
 from abstopk_eval.paper_values import ALL_VALUES, METHOD_VARIANTS, PAPER, PAPER_MODELS, TABLE1, paper_value
-from abstopk_eval.results import ResultKind, ResultRecord, iter_results
+from abstopk_eval.results import ResultKind, ResultRecord, iter_results, seed_group
 
 log = logging.getLogger("abstopk_eval.paper_report")
 
@@ -51,7 +51,7 @@ def sae_frame(group: list[ResultRecord]) -> pd.DataFrame:
     """One row per SAE of one (model, layer): identity, Table 2 metrics, core metrics and the training curve."""
     by_sae: dict[str, dict[str, dict[str, Any]]] = {}
     for r in group:
-        if r.kind is ResultKind.SAE:
+        if r.kind is ResultKind.SAE and r.config_tag is None:
             by_sae.setdefault(r.name, {})[r.eval_name] = r.data
     rows = []
     for sae, evals in sorted(by_sae.items()):
@@ -62,6 +62,8 @@ def sae_frame(group: list[ResultRecord]) -> pd.DataFrame:
             "k": prov.get("k"),
             "seed": prov.get("seed"),
             "preset": prov.get("preset"),
+            "corpus": prov.get("corpus"),
+            "group": seed_group(evals),
         }
         for task in TABLE2_TASKS:
             row[task.label] = _metric(evals.get(task.eval), task.path)
@@ -73,11 +75,14 @@ def sae_frame(group: list[ResultRecord]) -> pd.DataFrame:
 
 
 def summarise(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Mean and 95% t-interval half-width over seeds per (variant, k)."""
+    """Mean and 95% t-interval half-width over seeds per identity group (`results.seed_group`), in (variant, k)
+    order."""
     rows = []
     keyed = frame.assign(_k=frame["k"].map(lambda v: -1 if v is None or pd.isna(v) else int(v)))
-    for (variant, k), g in keyed.groupby(["variant", "_k"], sort=True):
-        row: dict[str, Any] = {"variant": variant, "k": None if k == -1 else int(k), "seeds": len(g)}
+    keyed = keyed.sort_values(["variant", "_k", "group"], kind="stable")
+    for _, g in keyed.groupby("group", sort=False):
+        variant, k = g["variant"].iloc[0], int(g["_k"].iloc[0])
+        row: dict[str, Any] = {"variant": variant, "k": None if k == -1 else k, "seeds": len(g)}
         for col in columns:
             interval = seed_interval(pd.to_numeric(g[col], errors="coerce"))
             row[col], row[f"{col} ci95"] = interval.mean, interval.half_width
@@ -200,7 +205,7 @@ def figures(frame: pd.DataFrame, out_dir: Path, stem: str, label: str) -> list[P
     curves = _curve_frame(frame)
     if not curves.empty:
         final = curves.sort_values("step").groupby("sae").tail(1)
-        final_frame = frame[["sae", "variant", "k", "seed"]].merge(final[["sae", "mse"]], on="sae")
+        final_frame = frame[["sae", "variant", "k", "seed", "group"]].merge(final[["sae", "mse"]], on="sae")
         summary = summarise(final_frame.rename(columns={"mse": "final training MSE"}), ["final training MSE"])
         shown = summary[["variant", "k", "seeds"]].assign(k=summary["k"].map(_k_text), seeds=summary["seeds"].map(str))
         shown["final training MSE"] = [

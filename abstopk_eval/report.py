@@ -18,19 +18,23 @@ from abstopk_eval.errors import UserError, exit_on_user_error
 from abstopk_eval.intervals import seed_interval
 from abstopk_eval.io import atomic_write_bytes
 from abstopk_eval.paper_report import build_paper_report, index_lines
-from abstopk_eval.results import ResultKind, ResultRecord, iter_results
+from abstopk_eval.results import ResultKind, ResultRecord, iter_results, seed_group
 
 log = logging.getLogger("abstopk_eval.report")
 
 
 def _sae_row(sae: str, evals: dict[str, dict[str, Any]]) -> dict[str, Any]:
     core = evals.get("core", {})
-    prov = core.get("provenance", {})
+    first = core or next(iter(evals.values()), {})
+    prov = first.get("provenance", {})
     row: dict[str, Any] = {
         "sae": sae,
         "variant": prov.get("variant", sae.split("_")[0]),
         "k": prov.get("k"),
         "seed": prov.get("seed"),
+        "preset": prov.get("preset"),
+        "corpus": prov.get("corpus"),
+        "group": seed_group(evals),
     }
     for col in COLUMNS:
         data = evals.get(col.eval, {})
@@ -55,11 +59,11 @@ def _bootstrap_interval(data: dict[str, Any], name: str) -> tuple[float, float] 
 
 
 def layer_table(results: list[ResultRecord]) -> pd.DataFrame:
-    """One row per SAE of one (model, layer) (the per-SAE CSV); baselines are not SAEs (steering's are in
-    Table 1)."""
+    """One row per SAE of one (model, layer) (the per-SAE CSV), from results under each evaluation's default
+    config; baselines are not SAEs (steering's are in Table 1), results under other options are listed apart."""
     by_sae: dict[str, dict[str, dict[str, Any]]] = {}
     for r in results:
-        if r.kind is ResultKind.SAE:
+        if r.kind is ResultKind.SAE and r.config_tag is None:
             by_sae.setdefault(r.name, {})[r.eval_name] = r.data
     frame = pd.DataFrame([_sae_row(sae, evals) for sae, evals in sorted(by_sae.items())])
     return frame.sort_values(["variant", "k", "seed"], na_position="first", key=lambda s: s.astype(str)).reset_index(
@@ -68,13 +72,22 @@ def layer_table(results: list[ResultRecord]) -> pd.DataFrame:
 
 
 def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (variant, k): the mean over seeds of every numeric column and a 95% interval `<col> low` /
-    `<col> high` with its kind in `<col> interval`: a t-interval over seeds with two or more seeds, else the
-    metric's bootstrap interval over held-out examples where the evaluation gives one."""
+    """One row per identity group (the same SAE but for its seed, on the same evaluation data): the mean over seeds
+    of every numeric column and a 95% interval `<col> low` / `<col> high` with its kind in `<col> interval`: a
+    t-interval over seeds with two or more seeds, else the metric's bootstrap interval over held-out examples where
+    the evaluation gives one."""
     metrics = [c for c in FORMATS if c in frame]
     rows = []
-    for (variant, k), group in frame.groupby(["variant", frame["k"].fillna(-1)], sort=False):
-        row: dict[str, Any] = {"variant": variant, "k": None if k == -1 else k, "seeds": len(group)}
+    for _, group in frame.groupby("group", sort=False):
+        first = group.iloc[0]
+        k = first["k"]
+        row: dict[str, Any] = {
+            "variant": first["variant"],
+            "k": None if k is None or pd.isna(k) else k,
+            "preset": first.get("preset"),
+            "corpus": first.get("corpus"),
+            "seeds": len(group),
+        }
         for col in metrics:
             values = pd.to_numeric(group[col], errors="coerce").dropna()
             interval = seed_interval(values)
@@ -130,7 +143,7 @@ def _cell(value: Any, low: Any, high: Any, kind: Any, n: Any, seeds: int, fmt: s
 def _markdown(summary: pd.DataFrame) -> str:
     """Mean ± 95% t-interval over seeds (or value [bootstrap interval] with one seed); a value is bold only when
     its lead is beyond the intervals."""
-    shown = summary[["variant", "k", "seeds"]].copy()
+    shown = summary[["variant", "k", "preset", "corpus", "seeds"]].copy()
     shown["k"] = shown["k"].map(lambda v: "" if v is None or pd.isna(v) else str(int(v)))
     leaders = {c.name: _leader(summary, c) for c in COLUMNS}
     for col, fmt in FORMATS.items():
@@ -144,6 +157,20 @@ def _markdown(summary: pd.DataFrame) -> str:
         ]
         shown[col] = [f"**{text}**" if text and leaders.get(col) == i else text for i, text in enumerate(cells)]
     return shown.to_markdown(index=False, disable_numparse=True)
+
+
+def _other_options_lines(results: list[ResultRecord]) -> list[str]:
+    """Results computed under non-default evaluation options: listed with their options, never in the table."""
+    tagged = sorted(
+        (r for r in results if r.kind is ResultKind.SAE and r.config_tag), key=lambda r: (r.eval_name, r.name)
+    )
+    if not tagged:
+        return []
+    lines = ["", "Results under non-default evaluation options (not in the table above):", ""]
+    for r in tagged:
+        options = ", ".join(f"{k}={v}" for k, v in sorted((r.identity.get("options") or {}).items()))
+        lines.append(f"- `{r.name}` {r.eval_name} ({options or r.config_tag}): `{r.path.name}`")
+    return lines
 
 
 def _provenance_lines(results: list[ResultRecord]) -> list[str]:
@@ -278,6 +305,7 @@ def build_reports(results_dir: Path, reports_dir: Path) -> list[Path]:
             "",
             NOTES,
         ]
+        lines += _other_options_lines(group)
         lines += [f"![{name}]({name})" for name in figures]
         atomic_write_bytes(reports_dir / f"{stem}.md", ("\n".join(lines) + "\n").encode())
         atomic_write_bytes(reports_dir / f"{stem}.csv", frame.to_csv(index=False).encode())

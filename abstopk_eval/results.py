@@ -21,10 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from abstopk_eval.errors import UserError
+from abstopk_eval.identity import IDENTITY_JSON
 from abstopk_eval.io import atomic_write_json
 
 log = logging.getLogger("abstopk_eval.results")
 
+CONFIG_TAG_SEP = "@"
+"""Separates an evaluation's name from the tag of a non-default config in a result's file name."""
 BASELINES_DIR = "baselines"
 """The folder of a layer that holds baselines; reserved, so no SAE id may take it."""
 
@@ -33,11 +36,15 @@ def layer_dir(results_dir: Path, model: str, layer: int) -> Path:
     return Path(results_dir) / model / f"layer_{layer}"
 
 
-def result_path(results_dir: Path, model: str, layer: int, sae_id: str, eval_name: str) -> Path:
-    """results/<model>/layer_<L>/<sae_id>/<eval>.json"""
+def result_path(
+    results_dir: Path, model: str, layer: int, sae_id: str, eval_name: str, config_tag: str | None = None
+) -> Path:
+    """results/<model>/layer_<L>/<sae_id>/<eval>.json, or <eval>@<config_tag>.json for a result computed with
+    options other than the evaluation's defaults (so it never replaces, or is taken for, the default result)."""
     if sae_id == BASELINES_DIR:
         raise UserError(f"{BASELINES_DIR!r} is reserved for a layer's baselines and cannot be an SAE id")
-    return layer_dir(results_dir, model, layer) / sae_id / f"{eval_name}.json"
+    stem = eval_name if config_tag is None else f"{eval_name}{CONFIG_TAG_SEP}{config_tag}"
+    return layer_dir(results_dir, model, layer) / sae_id / f"{stem}.json"
 
 
 def baseline_path(results_dir: Path, model: str, layer: int, eval_name: str, method: str) -> Path:
@@ -45,9 +52,12 @@ def baseline_path(results_dir: Path, model: str, layer: int, eval_name: str, met
     return layer_dir(results_dir, model, layer) / BASELINES_DIR / eval_name / f"{method}.json"
 
 
-def write_eval_output(path: Path, output: Any) -> None:
-    """Validate (pydantic dataclass) and write atomically."""
-    atomic_write_json(Path(path), asdict(output))
+def write_eval_output(path: Path, output: Any, identity: Mapping[str, Any] | None = None) -> None:
+    """Validate (pydantic dataclass) and write atomically, with the result's identity record when given."""
+    data = asdict(output)
+    if identity is not None:
+        data["identity"] = dict(identity)
+    atomic_write_json(Path(path), data)
 
 
 def read_result(path: Path) -> dict[str, Any]:
@@ -79,10 +89,17 @@ class ResultRecord:
     eval_name: str
     path: Path
     data: dict[str, Any]
+    config_tag: str | None = None
+    """None for the evaluation's default config, else the short hash of the config it ran with."""
 
     @property
     def provenance(self) -> dict[str, Any]:
         return self.data.get("provenance") or {}
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """The result's identity record (see `abstopk_eval.identity.ResultIdentity`); empty for old results."""
+        return self.data.get("identity") or {}
 
 
 def _layer_of(folder: Path) -> int | None:
@@ -113,8 +130,13 @@ def iter_results(
     for path, found_kind in sorted(_candidates(Path(results_dir), model, layer), key=lambda found: found[0]):
         if kind is not None and found_kind is not kind:
             continue
+        tag = None
         if found_kind is ResultKind.SAE:
             name, evaluation, folder = path.parent.name, path.stem, path.parent.parent
+            evaluation, sep, tag_text = evaluation.partition(CONFIG_TAG_SEP)
+            tag = tag_text if sep else None
+            if path.name == IDENTITY_JSON:
+                continue  # the folder's identity, not a result
         else:
             name, evaluation, folder = path.stem, path.parent.name, path.parent.parent.parent
         if eval_name is not None and evaluation != eval_name:
@@ -129,16 +151,38 @@ def iter_results(
         if not isinstance(data, dict):
             log.warning("skipping unreadable result %s", path)
             continue
-        yield ResultRecord(folder.parent.name, layer_number, found_kind, name, evaluation, path, data)
+        yield ResultRecord(folder.parent.name, layer_number, found_kind, name, evaluation, path, data, tag)
 
 
 def current_results(
-    results_dir: Path, model: str, layer: int, digests: Mapping[str, str | None]
-) -> set[tuple[str, str]]:
-    """(SAE id, evaluation) pairs of one layer whose result scored the checkpoint with the given weights digest,
-    so a retrained (or replaced) SAE is evaluated again; an SAE whose digest is None has no current result."""
-    return {
-        (r.name, r.eval_name)
-        for r in iter_results(results_dir, kind=ResultKind.SAE, model=model, layer=layer)
-        if digests.get(r.name) is not None and r.provenance.get("sae_weights_sha256") == digests[r.name]
-    }
+    results_dir: Path, model: str, layer: int, expected: Mapping[tuple[str, str, str | None], tuple[str, str | None]]
+) -> set[tuple[str, str, str | None]]:
+    """The (SAE id, evaluation, config tag) keys of `expected` whose result is current: its stored identity hash is
+    the expected one and it scored the checkpoint with the expected weights digest. A retrained SAE, another
+    corpus, preset, option set or code version with other defaults is therefore evaluated again; an SAE whose
+    digest is None (no checkpoint) has no current result."""
+    current = set()
+    for r in iter_results(results_dir, kind=ResultKind.SAE, model=model, layer=layer):
+        key = (r.name, r.eval_name, r.config_tag)
+        if key not in expected:
+            continue
+        identity_hash, digest = expected[key]
+        if (
+            digest is not None
+            and r.identity.get("hash") == identity_hash
+            and r.provenance.get("sae_weights_sha256") == digest
+        ):
+            current.add(key)
+    return current
+
+
+def seed_group(results_of_one_sae: Mapping[str, Mapping[str, Any]]) -> str:
+    """The key under which results may be averaged over seeds: the result identity's "group" (the SAE's identity
+    without its seed, on the same evaluation data), so SAEs trained or evaluated under other settings are never
+    merged; results written before identities existed fall back to (variant, k, preset, corpus)."""
+    first = results_of_one_sae.get("core") or next(iter(results_of_one_sae.values()), {})
+    group = (first.get("identity") or {}).get("group")
+    if group:
+        return str(group)
+    prov = first.get("provenance") or {}
+    return "|".join(str(prov.get(key)) for key in ("variant", "k", "preset", "corpus"))

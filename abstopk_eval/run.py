@@ -61,8 +61,14 @@ def plan_from_args(args: argparse.Namespace) -> RunPlan:
     shared = cli.shared_plan_fields(args)
     variants = [get_variant(v).name for v in dict.fromkeys(args.variants)]
     ks = sorted(set(args.k or [shared["model"].paper_k]))
+    d_sae = shared["preset"].expansion * shared["model"].d_model
     if any(k <= 0 for k in ks):
         raise UserError("--k values must be positive")
+    if any(k > d_sae for k in ks):
+        raise UserError(
+            f"--k {max(ks)} exceeds the SAE width d_sae = {d_sae} ({shared['preset'].name} preset: "
+            f"{shared['preset'].expansion} x d_model {shared['model'].d_model})"
+        )
     if args.seeds <= 0:
         raise UserError("--seeds must be at least 1")
     return RunPlan(

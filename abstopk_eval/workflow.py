@@ -16,14 +16,25 @@ import torch
 
 from abstopk_eval.config import TrainPreset
 from abstopk_eval.data.activation_cache import ActivationCache, CacheKey
-from abstopk_eval.data.corpus import PackedTokens, build_token_sequences
+from abstopk_eval.data.corpus import DEFAULT_HELDOUT_FRACTION, PackedTokens, build_token_sequences, corpus_version
 from abstopk_eval.evals.context import EvalContext, get_eval, hook_name
-from abstopk_eval.io import default_cache_dir, sha256_file
+from abstopk_eval.evals.options import config_identity
+from abstopk_eval.identity import (
+    IDENTITY_JSON,
+    SHORT,
+    CorpusIdentity,
+    EvalDataIdentity,
+    ModelIdentity,
+    ResultIdentity,
+    TrainIdentity,
+    identity_hash,
+)
+from abstopk_eval.io import atomic_write_json, default_cache_dir, sha256_file
 from abstopk_eval.models.adapter import ModelAdapter
-from abstopk_eval.models.loading import load_model
+from abstopk_eval.models.loading import load_model, weights_identity
 from abstopk_eval.models.registry import ModelSpec
 from abstopk_eval.provenance import RunProvenance, SaeProvenance, package_versions
-from abstopk_eval.results import baseline_path, current_results, result_path, write_eval_output
+from abstopk_eval.results import baseline_path, current_results, layer_dir, result_path, write_eval_output
 from abstopk_eval.saes.io import load_sae
 from abstopk_eval.saes.variants import get_variant, sae_id
 from abstopk_eval.training import distributed
@@ -55,29 +66,88 @@ class RunPlan:
     """eval name -> {config field: value}, validated by `abstopk_eval.evals.options`."""
 
 
-def sae_run_dir(plan: RunPlan, sae_id: str) -> Path:
-    """runs/<model>/layer_<L>/<sae_id>: where an SAE's checkpoint (trained here or converted) lives."""
-    return plan.runs_dir / plan.model.key / f"layer_{plan.layer}" / sae_id
+def sae_run_dir(plan: RunPlan, folder: str) -> Path:
+    """runs/<model>/layer_<L>/<folder>: where an SAE's checkpoint (trained here or converted) lives."""
+    return plan.runs_dir / plan.model.key / f"layer_{plan.layer}" / folder
 
 
-def plan_jobs(plan: RunPlan) -> list[TrainJob]:
-    """One job per (variant, k, seed); variants without k get one job per seed."""
+@dataclass(frozen=True)
+class RunIdentities:
+    """What identifies a run's model, text and evaluation data, found without loading the model."""
+
+    model: ModelIdentity
+    corpus: CorpusIdentity
+    eval_data: EvalDataIdentity
+
+    @classmethod
+    def of(cls, plan: RunPlan) -> RunIdentities:
+        weights = weights_identity(plan.model, model_path=plan.model_path, cache_dir=plan.cache_dir)
+        model = ModelIdentity(key=plan.model.key, weights=weights, dtype="float32")
+        corpus = CorpusIdentity(
+            name=plan.corpus,
+            version=corpus_version(plan.corpus),
+            seq_len=plan.model.context_size,
+            heldout_fraction=DEFAULT_HELDOUT_FRACTION,
+        )
+        return cls(model, corpus, EvalDataIdentity(model, plan.layer, corpus, plan.preset.eval_identity()))
+
+    def cache_source(self) -> str:
+        """What besides its key decides an activation cache (see `CacheKey.source`)."""
+        return identity_hash({"model": self.model.as_dict(), "corpus_version": self.corpus.version})
+
+
+def train_identity(plan: RunPlan, ids: RunIdentities, variant: str, k: int, seed: int) -> TrainIdentity:
+    return TrainIdentity(
+        model=ids.model,
+        layer=plan.layer,
+        corpus=ids.corpus,
+        training=plan.preset.training_identity(),
+        variant=variant,
+        k=k if get_variant(variant).uses_k else None,
+        seed=seed,
+        training_path="sparse" if plan.sparse_training else "dense",
+        encoder_dtype="bfloat16" if plan.bf16_training else "float32",
+    )
+
+
+def plan_jobs(plan: RunPlan, ids: RunIdentities) -> list[TrainJob]:
+    """One job per (variant, k, seed); variants without k get one job per seed. Each job's folder is named by its
+    identity, so SAEs trained under other settings are never taken for it."""
     jobs: dict[str, TrainJob] = {}
     for variant in plan.variants:
         ks = plan.ks if get_variant(variant).uses_k else plan.ks[:1]
         for k in ks:
             for seed in plan.seeds:
                 sid = sae_id(variant, k, seed, plan.preset.name)
-                jobs.setdefault(sid, TrainJob(variant, k, seed, plan.preset.name, sae_run_dir(plan, sid)))
+                ident = train_identity(plan, ids, variant, k, seed)
+                jobs.setdefault(
+                    sid,
+                    TrainJob(variant, k, seed, plan.preset.name, sae_run_dir(plan, ident.folder(sid)), ident.record()),
+                )
     return list(jobs.values())
+
+
+def results_folder(label: str, sae_identity_hash: str, eval_data_hash: str) -> str:
+    """`<label>-<hash8>`: the results folder of one SAE evaluated on one run's data."""
+    return f"{label}-{identity_hash({'sae': sae_identity_hash, 'eval_data': eval_data_hash})[:SHORT]}"
+
+
+def group_hash(sae_identity: dict[str, Any], eval_data_hash: str) -> str:
+    """Identity of the SAE without its seed, with the evaluation data: results that may be averaged over seeds."""
+    without_seed = {k: v for k, v in sae_identity.items() if k not in ("seed", "hash")}
+    return identity_hash({"sae": without_seed, "eval_data": eval_data_hash})
 
 
 @dataclass(frozen=True)
 class EvalTarget:
-    """One SAE checkpoint to evaluate: its result name, its sae_lens checkpoint, and what its results record."""
+    """One SAE checkpoint to evaluate: its results folder name, its sae_lens checkpoint, its identity, and what its
+    results record."""
 
     sae_id: str
+    """The results folder name, `<label>-<hash8>` (see `results_folder`)."""
     sae_dir: Path
+    identity: dict[str, Any] = field(default_factory=dict, compare=False)
+    """The SAE's identity record (a TrainIdentity, or a checkpoint's source identity), with its "hash"."""
     training_json: Path | None = None
     """training.json of an SAE trained here (core reports its training curve and time)."""
     source: dict[str, Any] | None = None
@@ -97,17 +167,54 @@ class EvalTarget:
         return json.loads(self.training_json.read_text())
 
 
-def target_of(job: TrainJob) -> EvalTarget:
-    return EvalTarget(job.sae_id, job.sae_dir, training_json=job.out_dir / TRAINING_JSON)
+def target_of(job: TrainJob, ids: RunIdentities) -> EvalTarget:
+    identity = dict(job.identity or {})
+    return EvalTarget(
+        results_folder(job.sae_id, identity.get("hash", ""), ids.eval_data.hash),
+        job.sae_dir,
+        identity=identity,
+        training_json=job.out_dir / TRAINING_JSON,
+    )
 
 
-def pending_evaluations(plan: RunPlan, targets: Sequence[EvalTarget]) -> dict[str, list[EvalTarget]]:
-    """Evaluation name -> the targets without a current result for it, in the plan's evaluation order."""
+@dataclass(frozen=True)
+class PlannedResult:
+    """What one evaluation of one target must be to count as current."""
+
+    identity: dict[str, Any]
+    """ResultIdentity record, plus the seed-free "group" hash the report averages over and the options as given
+    (neither enters the hash: the config already holds the options)."""
+    config_tag: str | None
+    """None for the evaluation's default config, else the short hash of the one the plan asks for."""
+
+
+def planned_result(plan: RunPlan, ids: RunIdentities, target: EvalTarget, eval_name: str) -> PlannedResult:
+    config = config_identity(eval_name, plan.eval_options.get(eval_name))
+    tag = None if config == config_identity(eval_name) else identity_hash(config)[:SHORT]
+    result = ResultIdentity(
+        sae=target.identity.get("hash", ""), eval_data=ids.eval_data.hash, eval_name=eval_name, config=config
+    )
+    group = group_hash(target.identity, ids.eval_data.hash)
+    options = dict(plan.eval_options.get(eval_name) or {})
+    return PlannedResult({**result.record(), "group": group, "options": options}, tag)
+
+
+def pending_evaluations(
+    plan: RunPlan, targets: Sequence[EvalTarget], ids: RunIdentities
+) -> dict[str, list[tuple[EvalTarget, PlannedResult]]]:
+    """Evaluation name -> the targets (with what their result must be) that have no current result for it, in the
+    plan's evaluation order."""
     digests = {t.sae_id: t.digest() for t in targets}
-    current = current_results(plan.results_dir, plan.model.key, plan.layer, digests)
+    planned = {(t.sae_id, name): planned_result(plan, ids, t, name) for name in plan.evals for t in targets}
+    expected = {(sid, name, p.config_tag): (p.identity["hash"], digests[sid]) for (sid, name), p in planned.items()}
+    current = current_results(plan.results_dir, plan.model.key, plan.layer, expected)
     pending = {}
     for name in plan.evals:
-        todo = [t for t in targets if (t.sae_id, name) not in current]
+        todo = [
+            (t, planned[t.sae_id, name])
+            for t in targets
+            if (t.sae_id, name, planned[t.sae_id, name].config_tag) not in current
+        ]
         if todo:
             pending[name] = todo
     return pending
@@ -116,11 +223,18 @@ def pending_evaluations(plan: RunPlan, targets: Sequence[EvalTarget]) -> dict[st
 class Session:
     """Lazily loaded model, token sequences and activation caches shared by the steps of one run."""
 
-    def __init__(self, plan: RunPlan):
+    def __init__(self, plan: RunPlan, ids: RunIdentities | None = None):
         self.plan = plan
         self.cache_root = plan.cache_dir or default_cache_dir()
+        self._ids = ids
         self._adapter: ModelAdapter | None = None
         self.model_source = ""
+
+    @property
+    def ids(self) -> RunIdentities:
+        if self._ids is None:
+            self._ids = RunIdentities.of(self.plan)
+        return self._ids
 
     @property
     def adapter(self) -> ModelAdapter:
@@ -146,6 +260,7 @@ class Session:
             n_tokens=n_tokens,
             seq_len=self.plan.model.context_size,
             split=packed.split,
+            source=self.ids.cache_source(),
         )
 
         def build_or_load() -> ActivationCache:
@@ -209,21 +324,23 @@ def train_missing(session: Session, jobs: list[TrainJob]) -> None:
 def evaluate(plan: RunPlan, targets: Sequence[EvalTarget], session: Session | None = None) -> dict[str, list[str]]:
     """The one evaluation entry point (`run`, `compare` and `sweep` come through here).
 
-    Runs every evaluation of the plan on every target without a current result (`pending_evaluations`), with the
-    plan's evaluation options, and writes the results; returns {evaluation: [sae ids evaluated]}.
+    Runs every evaluation of the plan on every target without a current result (`pending_evaluations`: same
+    identity, same weights), with the plan's evaluation options, and writes the results with their identity;
+    returns {evaluation: [results folders evaluated]}.
     """
-    pending = pending_evaluations(plan, targets)
-    if not pending:
-        log.info("every requested evaluation already has results in %s", plan.results_dir)
-        return {}
     session = session or Session(plan)
+    ids = session.ids
+    pending = pending_evaluations(plan, targets, ids)
+    if not pending:
+        log.info("every requested evaluation already has current results in %s", plan.results_dir)
+        return {}
     heldout = session.tokens("eval", plan.preset.heldout_tokens)
     heldout_cache = session.cache(heldout, heldout.n_tokens)
     n_ce_seqs = max(1, math.ceil(plan.preset.eval_tokens / heldout.seq_len))
     done: dict[str, list[str]] = {}
     for eval_name, todo in pending.items():
         spec = get_eval(eval_name)
-        saes = {t.sae_id: load_sae(t.sae_dir, device=plan.device, expected_d_in=plan.model.d_model) for t in todo}
+        saes = {t.sae_id: load_sae(t.sae_dir, device=plan.device, expected_d_in=plan.model.d_model) for t, _ in todo}
         ctx = EvalContext(
             adapter=session.adapter,
             model_key=plan.model.key,
@@ -237,19 +354,36 @@ def evaluate(plan: RunPlan, targets: Sequence[EvalTarget], session: Session | No
                 t.sae_id: SaeProvenance.from_sae(
                     t.sae_id, saes[t.sae_id], sae_weights_sha256=t.digest(), source=t.source
                 )
-                for t in todo
+                for t, _ in todo
             },
-            training_info={t.sae_id: t.training_info() for t in todo},
+            training_info={t.sae_id: t.training_info() for t, _ in todo},
             device=plan.device,
             eval_options=plan.eval_options,
         )
         log.info("evaluation %s on %d SAEs", eval_name, len(saes))
-        for sae_name, output in spec.run(ctx, saes).items():
-            write_eval_output(result_path(plan.results_dir, plan.model.key, plan.layer, sae_name, eval_name), output)
+        outputs = spec.run(ctx, saes)
+        for target, planned in todo:
+            _write_folder_identity(plan, ids, target, planned)
+            path = result_path(
+                plan.results_dir, plan.model.key, plan.layer, target.sae_id, eval_name, planned.config_tag
+            )
+            write_eval_output(path, outputs[target.sae_id], identity=planned.identity)
         for method, output in ctx.baselines.get(eval_name, {}).items():  # e.g. steering's "dim": no SAE checkpoint
             write_eval_output(baseline_path(plan.results_dir, plan.model.key, plan.layer, eval_name, method), output)
-        done[eval_name] = [t.sae_id for t in todo]
+        done[eval_name] = [t.sae_id for t, _ in todo]
     return done
+
+
+def _write_folder_identity(plan: RunPlan, ids: RunIdentities, target: EvalTarget, planned: PlannedResult) -> None:
+    """results/<model>/layer_<L>/<folder>/identity.json: the SAE and evaluation data its results belong to."""
+    record = {"sae": target.identity, "eval_data": ids.eval_data.record(), "group": planned.identity["group"]}
+    path = layer_dir(plan.results_dir, plan.model.key, plan.layer) / target.sae_id / IDENTITY_JSON
+    try:
+        if json.loads(path.read_text()) == json.loads(json.dumps(record)):
+            return
+    except (OSError, ValueError):
+        pass
+    atomic_write_json(path, record)
 
 
 def execute(plan: RunPlan) -> None:
@@ -258,13 +392,13 @@ def execute(plan: RunPlan) -> None:
     Under torchrun every rank trains its share of each batch; evaluation and reports run on rank 0 only.
     """
     distributed.init_from_env(plan.device)
-    jobs = plan_jobs(plan)
     session = Session(plan)
+    jobs = plan_jobs(plan, session.ids)
     if any(not job.is_finished() for job in jobs):
         train_missing(session, jobs)
     if not distributed.is_main():
         return
-    evaluate(plan, [target_of(job) for job in jobs], session)
+    evaluate(plan, [target_of(job, session.ids) for job in jobs], session)
     if plan.write_report:
         from abstopk_eval.report import build_reports
 

@@ -16,6 +16,7 @@ from abstopk_eval.models.registry import MODEL_REGISTRY
 from abstopk_eval.saes.formats import RawSAE, default_name, raw_to_sae
 from abstopk_eval.saes.io import load_sae
 from tests.helpers.models import TINY
+from tests.helpers.runs import sae_folder
 from tests.helpers.saes import random_raw_sae, save_raw_safetensors
 
 LAYER = 1
@@ -136,13 +137,12 @@ def compared(tiny_model_dir, tmp_path_factory):
         *_dirs(tmp),
     ]
     run.main([*common, "--variants", "abstopk", "batch-abstopk", "--no-report"])
-    layer_runs = tmp / "runs" / TINY.key / f"layer_{LAYER}"
     trained = {"abstopk": "abstopk_k4_s0_smoke", "batch_abstopk": "batch-abstopk_k4_s0_smoke"}
     checkpoints = tmp / "checkpoints"
     checkpoints.mkdir()
     paths = {}
     for activation, sid in trained.items():
-        raw = _raw(load_sae(layer_runs / sid / "sae"), activation)
+        raw = _raw(load_sae(sae_folder(tmp / "runs", TINY.key, LAYER, sid) / "sae"), activation)
         if activation == "batch_abstopk":
             raw.k = None
         for fmt, path in write_formats(raw, checkpoints, activation.replace("_", "")).items():
@@ -153,8 +153,7 @@ def compared(tiny_model_dir, tmp_path_factory):
 
 
 def _metrics(tmp: Path, name: str) -> dict:
-    path = tmp / "results" / TINY.key / f"layer_{LAYER}" / name / "core.json"
-    return json.loads(path.read_text())
+    return json.loads((sae_folder(tmp / "results", TINY.key, LAYER, name) / "core.json").read_text())
 
 
 @pytest.mark.parametrize("activation", ["abstopk", "batch_abstopk"])

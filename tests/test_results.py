@@ -25,7 +25,10 @@ def _write(path, data) -> None:
 
 
 def _layout(root) -> None:
-    _write(result_path(root, "m", 3, "topk_k8_s0", "core"), {"provenance": {"sae_weights_sha256": "aaa"}})
+    _write(
+        result_path(root, "m", 3, "topk_k8_s0", "core"),
+        {"provenance": {"sae_weights_sha256": "aaa"}, "identity": {"hash": "h1"}},
+    )
     _write(result_path(root, "m", 3, "topk_k8_s0", "steering"), {"provenance": {"variant": "topk"}})
     # an SAE may be called "dim": it stays an SAE, distinct from steering's dim baseline
     _write(result_path(root, "m", 3, "dim", "steering"), {"provenance": {"variant": "dim-sae"}})
@@ -97,10 +100,20 @@ def test_unreadable_files_are_skipped_with_one_warning_each(tmp_path, caplog):
     assert sorted(warnings) == sorted(f"skipping unreadable result {p}" for p in (truncated, not_an_object))
 
 
-def test_current_results_are_those_that_scored_the_same_checkpoint(tmp_path):
+def test_current_results_are_those_of_the_same_identity_and_checkpoint(tmp_path):
     _layout(tmp_path)
-    assert current_results(tmp_path, "m", 3, {"topk_k8_s0": "aaa"}) == {("topk_k8_s0", "core")}
-    assert current_results(tmp_path, "m", 3, {"topk_k8_s0": "retrained"}) == set()
-    assert current_results(tmp_path, "m", 3, {"topk_k8_s0": None}) == set()  # no checkpoint: nothing is current
+    key = ("topk_k8_s0", "core", None)
+    assert current_results(tmp_path, "m", 3, {key: ("h1", "aaa")}) == {key}
+    assert current_results(tmp_path, "m", 3, {key: ("h1", "retrained")}) == set()
+    assert current_results(tmp_path, "m", 3, {key: ("h2", "aaa")}) == set()  # another corpus, preset, option set...
+    assert current_results(tmp_path, "m", 3, {key: ("h1", None)}) == set()  # no checkpoint: nothing is current
+    # a result under other options sits in its own file and is current only for that option set
+    tagged = result_path(tmp_path, "m", 3, "topk_k8_s0", "core", "0123abcd")
+    _write(tagged, {"provenance": {"sae_weights_sha256": "aaa"}, "identity": {"hash": "h3"}})
+    assert tagged.name == "core@0123abcd.json"
+    both = {key: ("h1", "aaa"), ("topk_k8_s0", "core", "0123abcd"): ("h3", "aaa")}
+    assert current_results(tmp_path, "m", 3, both) == set(both)
+    assert current_results(tmp_path, "m", 3, {key: ("h3", "aaa")}) == set()
     # the steering result records no digest, and a baseline never counts for an SAE of the same name
-    assert current_results(tmp_path, "m", 3, {"dim": None, "original": "x"}) == set()
+    assert current_results(tmp_path, "m", 3, {("dim", "steering", None): ("x", None)}) == set()
+    assert current_results(tmp_path, "m", 3, {("original", "steering", None): ("x", "x")}) == set()

@@ -12,6 +12,7 @@ from abstopk_eval.models.registry import MODEL_REGISTRY
 from abstopk_eval.saes.io import load_sae
 from abstopk_eval.saes.variants import ALL_VARIANTS
 from tests.helpers.models import TINY
+from tests.helpers.runs import sae_folder
 
 # The evaluations that apply to a 3-layer model with a 64-character vocabulary: the task evaluations need real
 # words and labelled text (absorption refuses fewer than 100 words), and have their own tests.
@@ -52,7 +53,7 @@ def finished_run(tiny_model_dir, tmp_path_factory):
 
 def test_default_run_gives_core_results_for_all_six_variants_and_a_report(finished_run):
     layer_dir = finished_run / "results" / TINY.key / "layer_1"
-    saes = sorted(p.name for p in layer_dir.iterdir())
+    saes = sorted(p.name for p in layer_dir.iterdir() if p.is_dir())
     assert sorted(s.split("_")[0] for s in saes) == sorted(ALL_VARIANTS)
     for sae in saes:
         result = json.loads((layer_dir / sae / "core.json").read_text())
@@ -99,7 +100,7 @@ def test_activation_cache_is_reused_by_a_new_variant_run(finished_run, tiny_mode
 
     monkeypatch.setattr(activation_cache.ActivationCache, "_build", classmethod(no_build))
     run.main(_argv(finished_run, tiny_model_dir, "--variants", "abstopk", "--seeds", "2", "--no-report"))
-    assert (finished_run / "results" / TINY.key / "layer_1" / "abstopk_k4_s1_smoke" / "core.json").is_file()
+    assert (sae_folder(finished_run / "results", TINY.key, 1, "abstopk_k4_s1_smoke") / "core.json").is_file()
 
 
 @pytest.mark.parametrize(
@@ -145,13 +146,13 @@ def test_a_changed_checkpoint_is_re_evaluated(finished_run, tiny_model_dir, tiny
     """Results record the sha256 of the weights they scored; a different checkpoint gets a fresh result."""
     from safetensors.torch import load_file, save_file
 
-    sae_dir = finished_run / "runs" / TINY.key / "layer_1" / "abstopk_k4_s0_smoke" / "sae"
-    result = finished_run / "results" / TINY.key / "layer_1" / "abstopk_k4_s0_smoke" / "core.json"
+    sae_dir = sae_folder(finished_run / "runs", TINY.key, 1, "abstopk_k4_s0_smoke") / "sae"
+    result = sae_folder(finished_run / "results", TINY.key, 1, "abstopk_k4_s0_smoke") / "core.json"
     old = json.loads(result.read_text())
     weights = load_file(sae_dir / "sae_weights.safetensors")
     weights["b_dec"] = weights["b_dec"] + 0.5
     save_file(weights, sae_dir / "sae_weights.safetensors")
-    other = finished_run / "results" / TINY.key / "layer_1" / "relu_s0_smoke" / "core.json"
+    other = sae_folder(finished_run / "results", TINY.key, 1, "relu_s0_smoke") / "core.json"
     other_mtime = other.stat().st_mtime_ns
     run.main(_argv(finished_run, tiny_model_dir, "--no-report"))
     new = json.loads(result.read_text())
@@ -164,10 +165,10 @@ def test_a_changed_checkpoint_is_re_evaluated(finished_run, tiny_model_dir, tiny
 
 
 def test_corrupt_checkpoint_is_one_line_error(finished_run, tiny_model_dir, tiny_registered, capsys):
-    sae_dir = finished_run / "runs" / TINY.key / "layer_1" / "topk_k4_s0_smoke" / "sae"
+    sae_dir = sae_folder(finished_run / "runs", TINY.key, 1, "topk_k4_s0_smoke") / "sae"
     weights = sae_dir / "sae_weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    (finished_run / "results" / TINY.key / "layer_1" / "topk_k4_s0_smoke" / "core.json").unlink()
+    (sae_folder(finished_run / "results", TINY.key, 1, "topk_k4_s0_smoke") / "core.json").unlink()
     with pytest.raises(SystemExit) as exit_info:
         run.main(_argv(finished_run, tiny_model_dir, "--variants", "topk", "--no-report"))
     assert exit_info.value.code == 2
@@ -175,6 +176,6 @@ def test_corrupt_checkpoint_is_one_line_error(finished_run, tiny_model_dir, tiny
 
 
 def test_checkpoint_with_wrong_d_in_is_refused(finished_run):
-    sae_dir = finished_run / "runs" / TINY.key / "layer_1" / "abstopk_k4_s0_smoke" / "sae"
+    sae_dir = sae_folder(finished_run / "runs", TINY.key, 1, "abstopk_k4_s0_smoke") / "sae"
     with pytest.raises(UserError, match="d_in=32 but the model layer has d_model=640"):
         load_sae(sae_dir, expected_d_in=640)

@@ -9,6 +9,7 @@ import pytest
 
 from abstopk_eval import sweep
 from abstopk_eval.errors import UserError
+from abstopk_eval.results import iter_results
 from tests.helpers.models import TINY
 
 
@@ -49,9 +50,7 @@ def _argv(spec: Path, out: Path, cache: Path, *extra: str) -> list[str]:
 
 def _results(out: Path) -> dict[str, dict]:
     root = out / "results"
-    return {
-        str(p.relative_to(root)): json.loads(p.read_text())["eval_result_metrics"] for p in sorted(root.rglob("*.json"))
-    }
+    return {str(r.path.relative_to(root)): r.data["eval_result_metrics"] for r in iter_results(root)}
 
 
 def test_expand_lists_one_job_per_model_layer_variant_k_seed(tmp_path, tiny_model_dir, tiny_registered, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from abstopk_eval.identity import CorpusIdentity, EvalDataIdentity, ModelIdentity
 from tests.helpers.models import D_MODEL
 
 
@@ -18,7 +19,7 @@ def test_workflow_writes_baselines_without_a_weights_digest(tmp_path, monkeypatc
     sae_dir = tmp_path / "runs" / "abstopk_k4_s0_smoke" / "sae"
     sae_dir.mkdir(parents=True)
     (sae_dir / "sae_weights.safetensors").write_bytes(b"weights")
-    target = workflow.EvalTarget("abstopk_k4_s0_smoke", sae_dir)
+    target = workflow.EvalTarget("abstopk_k4_s0_smoke-00000000", sae_dir, identity={"variant": "abstopk", "hash": "h"})
 
     def fake_run(ctx, saes):
         made = {key: SimpleNamespace(provenance=ctx.sae_provenance.get(key)) for key in [*saes, "dim", "original"]}
@@ -29,7 +30,7 @@ def test_workflow_writes_baselines_without_a_weights_digest(tmp_path, monkeypatc
     written = {}
     monkeypatch.setattr(workflow, "get_eval", lambda name: SimpleNamespace(name=name, run=fake_run))
     monkeypatch.setattr(workflow, "load_sae", lambda *a, **k: None)
-    monkeypatch.setattr(workflow, "write_eval_output", lambda path, out: written.__setitem__(path, out))
+    monkeypatch.setattr(workflow, "write_eval_output", lambda path, out, **k: written.__setitem__(path, out))
     heldout = SimpleNamespace(
         tokens=torch.zeros(4, 8, dtype=torch.long),
         seq_len=8,
@@ -46,7 +47,11 @@ def test_workflow_writes_baselines_without_a_weights_digest(tmp_path, monkeypatc
         evals=["steering"],
         eval_options={},
     )
+    model = ModelIdentity(key="m", weights="test")
+    corpus = CorpusIdentity(name="t", version="v", seq_len=8, heldout_fraction=0.05)
+    ids = workflow.RunIdentities(model, corpus, EvalDataIdentity(model, 1, corpus, plan.preset.eval_identity()))
     session = SimpleNamespace(
+        ids=ids,
         plan=plan,
         tokens=lambda split, n: heldout,
         cache=lambda p, n: SimpleNamespace(activations=[]),

@@ -53,13 +53,17 @@ class CacheKey:
     n_tokens: int
     seq_len: int
     split: str = "train"
+    source: str = ""
+    """Hash of what else decides the activations (the model's weights identity and dtype, the corpus version);
+    its first 8 digits end the folder name, so another model or text never meets this cache."""
 
     @property
     def dirname(self) -> str:
-        """e.g. ``gemma-3-270m/layer_9/wiki-en_T500000_L128`` (held-out split: ``wiki-en-eval_...``)."""
+        """e.g. ``gemma-3-270m/layer_9/wiki-en_T500000_L128-1a2b3c4d`` (held-out split: ``wiki-en-eval_...``)."""
         model = self.model.replace("/", "__")
         corpus = self.corpus if self.split == "train" else f"{self.corpus}-{self.split}"
-        return f"{model}/layer_{self.layer}/{corpus}_T{self.n_tokens}_L{self.seq_len}"
+        suffix = f"-{self.source[:8]}" if self.source else ""
+        return f"{model}/layer_{self.layer}/{corpus}_T{self.n_tokens}_L{self.seq_len}{suffix}"
 
 
 def _corrupt(path: Path, reason: str) -> UserError:

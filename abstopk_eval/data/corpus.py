@@ -190,20 +190,55 @@ def _pile_info(n_documents: int) -> CorpusInfo:
     )
 
 
+def _stdlib_version() -> str:
+    return f"CPython {'.'.join(map(str, sys.version_info[:3]))} standard library"
+
+
 @dataclass(frozen=True)
 class _CorpusSpec:
     name: str
     description: str
+    version: Callable[[], str]
+    """What pins the text (the package version or Python version it comes from): part of a run's identity."""
     load: Callable[[], tuple[list[str], CorpusInfo]] | None = None
     stream: Callable[[], Iterator[str]] | None = None
 
+    @property
+    def needs_hub(self) -> bool:
+        return self.stream is not None
+
 
 CORPUS_REGISTRY: dict[str, _CorpusSpec] = {
-    "wiki-en": _CorpusSpec("wiki-en", "Wikipedia lead summaries (offline, default)", load=_load_wiki),
-    "python-stdlib": _CorpusSpec("python-stdlib", "CPython standard-library sources (offline)", load=_load_stdlib),
-    "mixed": _CorpusSpec("mixed", "wiki-en + python-stdlib interleaved (offline)", load=_load_mixed),
-    "pile": _CorpusSpec("pile", f"{PILE_HF_ID} streamed from the hub (online only)", stream=_iter_pile),
+    "wiki-en": _CorpusSpec(
+        "wiki-en",
+        "Wikipedia lead summaries (offline, default)",
+        lambda: f"{_WIKI_PACKAGE}=={_WIKI_VERSION}",
+        _load_wiki,
+    ),
+    "python-stdlib": _CorpusSpec(
+        "python-stdlib", "CPython standard-library sources (offline)", _stdlib_version, _load_stdlib
+    ),
+    "mixed": _CorpusSpec(
+        "mixed",
+        "wiki-en + python-stdlib interleaved (offline)",
+        lambda: f"{_WIKI_PACKAGE}=={_WIKI_VERSION} + {_stdlib_version()}",
+        _load_mixed,
+    ),
+    "pile": _CorpusSpec(
+        "pile", f"{PILE_HF_ID} streamed from the hub (online only)", lambda: f"hf:{PILE_HF_ID}", stream=_iter_pile
+    ),
 }
+
+
+def corpus_version(name: str) -> str:
+    """What pins corpus `name`'s text (see `_CorpusSpec.version`)."""
+    return _get_spec(name).version()
+
+
+def check_corpus(name: str) -> None:
+    """UserError unless `name` is a known corpus that can be read from here (a hub corpus needs the hub)."""
+    if _get_spec(name).needs_hub and not hub_reachable(timeout=_HUB_PROBE_TIMEOUT_S):
+        raise UserError(_PILE_OFFLINE)
 
 
 def known_corpora() -> list[str]:

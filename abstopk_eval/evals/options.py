@@ -138,3 +138,13 @@ def resolve_config(cls: type[C], ctx: EvalContext, eval_name: str, config: C | N
         return dataclasses.replace(config, **{**options, **base, **fixed})  # type: ignore[type-var]
     except ValidationError as err:
         raise UserError(f"bad configuration for {eval_name} ({_first_error(err)})") from None
+
+
+def config_identity(eval_name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The evaluation's config as it enters a result's identity: defaults overridden by `options`, without the
+    fields the run fills in (model, layer, measured sizes), as plain JSON values."""
+    spec = get_eval(eval_name)
+    config = spec.config_cls(**validate_options(eval_name, options or {}))
+    excluded = filled_by_run(spec.config_cls)
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in excluded}
+    return json.loads(json.dumps(values, sort_keys=True, default=str))

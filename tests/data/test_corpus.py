@@ -124,7 +124,7 @@ def test_build_token_sequences_provenance_and_disjoint_splits():
 def test_short_corpus_uses_what_exists(monkeypatch, caplog):
     info = CorpusInfo("tiny", "test", "none", "tiny", 3)
     docs = ["alpha beta gamma " * 20, "delta epsilon " * 20, "zeta eta theta " * 20]
-    spec = corpus_mod._CorpusSpec("tiny", "test corpus", load=lambda: (docs, info))
+    spec = corpus_mod._CorpusSpec("tiny", "test corpus", lambda: "test", load=lambda: (docs, info))
     monkeypatch.setitem(corpus_mod.CORPUS_REGISTRY, "tiny", spec)
     monkeypatch.setattr(corpus_mod, "is_heldout", lambda doc, frac=0.05: False)
     tok = tiny_tokenizer()

@@ -15,9 +15,9 @@ from tests.helpers.tokenizer import VOCAB
 def make_eval_context(adapter: Any, *, layer: int, **overrides: Any) -> EvalContext:
     """An `EvalContext` for `adapter` at `layer`; `overrides` set any other field.
 
-    Defaults: model key and name "tiny", provenance `RunProvenance(model=<model_key>)`, a 1 x 2 placeholder for the held-out
-    tokens and one zero row (of the adapter's d_model, else `D_MODEL`) for the held-out activations, which may also
-    be given as a tensor.
+    Defaults: model key and name "tiny", provenance `RunProvenance(model=<model_key>)`, a 1 x 2 placeholder for the
+    held-out tokens and one zero row (of the adapter's d_model, else `D_MODEL`) for the held-out activations, which
+    may also be given as a tensor.
     """
     heldout = overrides.pop("heldout_activations", None)
     if heldout is None:
