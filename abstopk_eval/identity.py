@@ -51,10 +51,19 @@ def identity_hash(obj: Any) -> str:
 
 
 class _Identity:
-    """Mixin: a frozen dataclass with a JSON form and a hash."""
+    """Mixin: a frozen dataclass with a JSON form and a hash.
+
+    Fields added after identities were first written default to None and are left out of the JSON while None
+    (`ADDED_LATER`), so adding one changes the identity only of what it actually changes."""
+
+    ADDED_LATER: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return json.loads(canonical_json(dataclasses.asdict(self)))  # type: ignore[call-overload]
+        data = dataclasses.asdict(self)  # type: ignore[call-overload]
+        for name in self.ADDED_LATER:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return json.loads(canonical_json(data))
 
     @property
     def hash(self) -> str:
@@ -103,6 +112,11 @@ class TrainIdentity(_Identity):
     """"sparse" (this package's kernels where a variant has them) or "dense" (sae_lens's step for all)."""
     encoder_dtype: str
     version: int = IDENTITY_VERSION
+    export: dict[str, Any] | None = None
+    """What the export does beyond saving the trained weights (batch-level variants: their inference threshold is
+    calibrated to mean L0 = k on training activations); None when nothing."""
+
+    ADDED_LATER = ("export",)
 
     def folder(self, sae_id: str) -> str:
         """`<sae_id>-<hash8>`: the run and results folder name of this SAE."""

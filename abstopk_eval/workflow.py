@@ -36,7 +36,7 @@ from abstopk_eval.models.registry import ModelSpec
 from abstopk_eval.provenance import RunProvenance, SaeProvenance, package_versions
 from abstopk_eval.results import baseline_path, current_results, layer_dir, result_path, write_eval_output
 from abstopk_eval.saes.io import load_sae
-from abstopk_eval.saes.variants import get_variant, sae_id
+from abstopk_eval.saes.variants import InferenceRule, get_variant, sae_id
 from abstopk_eval.training import distributed
 from abstopk_eval.training.trainer import TRAINING_JSON, TrainJob, train_jobs
 
@@ -96,7 +96,15 @@ class RunIdentities:
         return identity_hash({"model": self.model.as_dict(), "corpus_version": self.corpus.version})
 
 
+CALIBRATION_ROWS = 65_536
+"""Training activations on which batch-level variants' inference thresholds are calibrated (`saes.calibration`)."""
+
+
 def train_identity(plan: RunPlan, ids: RunIdentities, variant: str, k: int, seed: int) -> TrainIdentity:
+    spec = get_variant(variant)
+    export = None
+    if spec.inference is InferenceRule.RUNNING_THRESHOLD:
+        export = {"inference_threshold": f"calibrated to mean L0 = k on up to {CALIBRATION_ROWS} training activations"}
     return TrainIdentity(
         model=ids.model,
         layer=plan.layer,
@@ -107,6 +115,7 @@ def train_identity(plan: RunPlan, ids: RunIdentities, variant: str, k: int, seed
         seed=seed,
         training_path="sparse" if plan.sparse_training else "dense",
         encoder_dtype="bfloat16" if plan.bf16_training else "float32",
+        export=export,
     )
 
 
@@ -318,7 +327,15 @@ def train_missing(session: Session, jobs: list[TrainJob]) -> None:
         device=plan.device,
         sparse=plan.sparse_training,
         bf16=plan.bf16_training,
+        calibration_rows=_calibration_rows(cache),
     )
+
+
+def _calibration_rows(cache: ActivationCache) -> torch.Tensor:
+    """A seeded sample of the raw training activations (in cache order) for threshold calibration."""
+    n = min(cache.n_rows, CALIBRATION_ROWS)
+    index = np.sort(np.random.default_rng(0).choice(cache.n_rows, size=n, replace=False))
+    return torch.from_numpy(np.asarray(cache.activations[index], dtype=np.float32))
 
 
 def evaluate(plan: RunPlan, targets: Sequence[EvalTarget], session: Session | None = None) -> dict[str, list[str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,20 @@ def _unit_norm_decoder(sae: SAE) -> None:
 
 
 def export_inference_sae(
-    training_sae: TrainingSAE, out_dir: Path, *, mean: torch.Tensor, scale: float, metadata: dict[str, Any]
-) -> Path:
+    training_sae: TrainingSAE,
+    out_dir: Path,
+    *,
+    mean: torch.Tensor,
+    scale: float,
+    metadata: dict[str, Any],
+    finalize: Callable[[SAE], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Write `training_sae` as an sae_lens inference checkpoint (cfg.json + sae_weights.safetensors).
 
-    The checkpoint acts on raw (un-normalised) activations and reloads with `SAE.load_from_disk`.
-    Written to a temporary folder and renamed into place, so a crash never leaves half a checkpoint.
+    The checkpoint acts on raw (un-normalised) activations and reloads with `SAE.load_from_disk`. `finalize`, if
+    given, may change the inference SAE before it is saved (e.g. calibrate its threshold); what it returns is
+    recorded in the checkpoint's metadata and returned. Written to a temporary folder and renamed into place, so a
+    crash never leaves half a checkpoint.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -54,10 +63,11 @@ def export_inference_sae(
         sae = SAE.load_from_disk(raw, device="cpu")
         _unit_norm_decoder(sae)
         fold_input_normalisation(sae, mean.float().cpu(), float(scale))
-        for key, value in metadata.items():
+        recorded = finalize(sae) if finalize is not None else {}
+        for key, value in {**metadata, **recorded}.items():
             sae.cfg.metadata[key] = value
         sae.save_model(staged)
-    return out_dir
+    return recorded
 
 
 def load_sae(path: str | Path, *, device: str = "cpu", expected_d_in: int | None = None) -> SAE:

@@ -32,6 +32,7 @@ from abstopk_eval.config import TrainPreset
 from abstopk_eval.errors import UserError
 from abstopk_eval.identity import IDENTITY_JSON
 from abstopk_eval.io import atomic_write_json
+from abstopk_eval.saes.calibration import calibrate_threshold
 from abstopk_eval.saes.io import export_inference_sae
 from abstopk_eval.saes.variants import (
     InferenceRule,
@@ -270,8 +271,22 @@ def _train_step(
             )
 
 
-def _finish(state: _JobState, preset: TrainPreset, mean: torch.Tensor, scale: float, metadata: dict[str, Any]) -> None:
+def _finish(
+    state: _JobState,
+    preset: TrainPreset,
+    mean: torch.Tensor,
+    scale: float,
+    metadata: dict[str, Any],
+    calibration_rows: torch.Tensor | None = None,
+) -> None:
     job = state.job
+    spec = get_variant(job.variant)
+    calibrate = None
+    if spec.inference is InferenceRule.RUNNING_THRESHOLD and calibration_rows is not None:
+
+        def calibrate(sae):
+            return {"inference_threshold": calibrate_threshold(sae, calibration_rows, job.k).as_dict()}
+
     sae_meta = {
         **metadata,
         "variant": job.variant,
@@ -281,11 +296,14 @@ def _finish(state: _JobState, preset: TrainPreset, mean: torch.Tensor, scale: fl
         "preset": preset.name,
         "identity_hash": (job.identity or {}).get("hash"),
     }
-    export_inference_sae(state.sae.cpu(), job.sae_dir, mean=mean, scale=scale, metadata=sae_meta)
+    recorded = export_inference_sae(
+        state.sae.cpu(), job.sae_dir, mean=mean, scale=scale, metadata=sae_meta, finalize=calibrate
+    )
     atomic_write_json(
         job.out_dir / TRAINING_JSON,
         {
             **sae_meta,
+            **recorded,
             "steps": state.step,
             "tokens": state.step * preset.batch_size,
             "batch_size": preset.batch_size,
@@ -313,8 +331,12 @@ def train_jobs(
     device: str = "cpu",
     sparse: bool = True,
     bf16: bool = False,
+    calibration_rows: torch.Tensor | None = None,
 ) -> None:
     """Train every unfinished job; jobs sharing a seed share one pass over that seed's batch stream.
+
+    calibration_rows: raw training activations on which the batch-level variants' exported inference threshold is
+    set so their mean L0 equals k (`saes.calibration`); without them the running threshold is kept.
 
     bf16=True: the encoder matmul (sparse path) or the whole forward (dense path, autocast) runs in bf16;
     parameters, optimiser state and the sparse path's selected values stay fp32.
@@ -345,7 +367,8 @@ def train_jobs(
         }
         for state in states:
             if distributed.is_main():
-                _finish(state, preset, mean, scale, {**metadata, **path, "world_size": distributed.world_size()})
+                meta = {**metadata, **path, "world_size": distributed.world_size()}
+                _finish(state, preset, mean, scale, meta, calibration_rows)
                 log.info("trained %s in %.0fs", state.job.sae_id, state.seconds)
         distributed.barrier()
 

@@ -67,7 +67,8 @@ def test_inference_checkpoint_activation_matches_hand_rule(variant, tmp_path):
             sae.threshold.fill_(1.5)
         if hasattr(sae, "topk_threshold"):
             sae.topk_threshold.fill_(1.5)
-    loaded = load_sae(export_inference_sae(sae, tmp_path / variant, mean=torch.zeros(d), scale=1.0, metadata={}))
+    export_inference_sae(sae, tmp_path / variant, mean=torch.zeros(d), scale=1.0, metadata={})
+    loaded = load_sae(tmp_path / variant)
     z = loaded.encode(U)
     expected = {
         "relu": U.relu(),

@@ -276,7 +276,8 @@ def test_has_signed_latents_is_true_exactly_for_signed_variants_checkpoints(vari
     assert (spec.architecture in signed_architectures()) == spec.signed
     torch.manual_seed(0)
     training_sae = spec.build(D_IN, 16, SparsityHyperparams(k=K, l1_coefficient=1.0, l0_coefficient=1.0))
-    sae = load_sae(export_inference_sae(training_sae, tmp_path / "sae", mean=torch.zeros(D_IN), scale=1.0, metadata={}))
+    export_inference_sae(training_sae, tmp_path / "sae", mean=torch.zeros(D_IN), scale=1.0, metadata={})
+    sae = load_sae(tmp_path / "sae")
     assert sae.cfg.architecture() == spec.architecture
     assert has_signed_latents(sae) == spec.signed
 
