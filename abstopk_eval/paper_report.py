@@ -7,7 +7,7 @@ For every model and layer with results, writes under reports/paper/:
   published value beside ours where `abstopk_eval.paper_values` records one for that model, layer and method;
 - ``<model>_layer<L>_fig2_training_mse.{md,csv,tex,png}``: training MSE curves (Figure 2; the CSV holds every
   logged point, the tables the final value);
-- ``<model>_layer<L>_fig3_nmse_vs_k.{md,csv,tex,png}`` and ``..._fig4_loss_recovered_vs_k...``: normalised MSE and
+- ``<model>_layer<L>_fig3_nmse_vs_l0.{md,csv,tex,png}`` and ``..._fig4_loss_recovered_vs_l0...``: normalised MSE and
   loss recovered against k (Figures 3 and 4 and the Appendix D sweeps);
 - ``table1.*``: the steering table (Table 1), from ``abstopk_eval.evals.steering.table.render_table1`` when that
   module exists (skipped with a note otherwise);
@@ -236,17 +236,22 @@ def figures(frame: pd.DataFrame, out_dir: Path, stem: str, label: str) -> list[P
             ax.legend(fontsize=6)
 
         written += [*paths, _plot(out_dir / f"{name}.png", draw_curves)]
-    swept = frame[frame["k"].notna()]
-    for number, metric, slug in ((3, "nMSE", "nmse_vs_k"), (4, "loss recovered", "loss_recovered_vs_k")):
+    swept = frame[frame["L0"].notna()] if "L0" in frame else frame.iloc[:0]
+    for number, metric, slug in ((3, "nMSE", "nmse_vs_l0"), (4, "loss recovered", "loss_recovered_vs_l0")):
         if swept.empty or swept[metric].isna().all():
             continue
-        summary = summarise(swept, [metric]).sort_values(["variant", "k"])
+        extra = ["nMSE per token"] if metric == "nMSE" and swept["nMSE per token"].notna().any() else []
+        summary = summarise(swept, ["L0", metric, *extra]).sort_values(["variant", "L0"])
         shown = summary[["variant", "k", "seeds"]].assign(k=summary["k"].map(_k_text), seeds=summary["seeds"].map(str))
-        shown[metric] = [_cell(v, c, "{:.4f}") for v, c in zip(summary[metric], summary[f"{metric} ci95"])]
+        for col, fmt in (("L0", "{:.1f}"), (metric, "{:.4f}"), *((e, "{:.4f}") for e in extra)):
+            shown[f"measured {col}" if col == "L0" else col] = [
+                _cell(v, c, fmt) for v, c in zip(summary[col], summary[f"{col} ci95"])
+            ]
         name = f"{stem}_fig{number}_{slug}"
-        numeric = summary[["variant", "k", "seeds", metric, f"{metric} ci95"]]
+        numeric = summary[["variant", "k", "seeds", "L0", "L0 ci95", metric, f"{metric} ci95", *extra]]
         note = (
-            "nMSE = sum||x - x_hat||^2 / sum||x||^2 on held-out raw residuals."
+            "nMSE = sum||x - x_hat||^2 / sum||x||^2 on held-out raw residuals (ratio of sums); `nMSE per token` is "
+            "the mean over tokens of ||x - x_hat||^2 / ||x||^2, the average the paper's code reports."
             if metric == "nMSE"
             else "Loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean) on held-out text."
         )
@@ -255,19 +260,33 @@ def figures(frame: pd.DataFrame, out_dir: Path, stem: str, label: str) -> list[P
             name,
             shown,
             numeric,
-            f"Figure {number} data: {metric} vs k, {label}",
-            [note, "Only SAEs with a k (k-sparse variants, external checkpoints that state one).", "", FIGURE_NOTE],
+            f"Figure {number} data: {metric} vs measured L0, {label}",
+            [
+                note,
+                "x is the measured L0 (mean active latents per token, z != 0) on held-out activations, not the "
+                "nominal k: batch-level and penalty-based SAEs do not hold exactly k latents at inference.",
+                "",
+                FIGURE_NOTE,
+            ],
         )
 
-        def draw_k(ax, summary=summary, metric=metric, number=number):
+        def draw_l0(ax, summary=summary, metric=metric, number=number):
             for variant, g in summary.groupby("variant"):
-                ax.errorbar(g["k"], g[metric], yerr=g[f"{metric} ci95"].fillna(0), marker="o", label=variant, capsize=2)
-            ax.set_xlabel("k")
+                ax.errorbar(
+                    g["L0"],
+                    g[metric],
+                    xerr=g["L0 ci95"].fillna(0),
+                    yerr=g[f"{metric} ci95"].fillna(0),
+                    marker="o",
+                    label=variant,
+                    capsize=2,
+                )
+            ax.set_xlabel("measured L0 (active latents per token)")
             ax.set_ylabel(metric)
-            ax.set_title(f"Figure {number}: {metric} vs k ({label})")
+            ax.set_title(f"Figure {number}: {metric} vs L0 ({label})")
             ax.legend(fontsize=7)
 
-        written.append(_plot(out_dir / f"{name}.png", draw_k))
+        written.append(_plot(out_dir / f"{name}.png", draw_l0))
     return written
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from abstopk_eval.columns import COLUMNS, FORMATS, TRAIN_SECONDS, Column
+from abstopk_eval.columns import COLUMNS, FORMATS, L0, L0_TOLERANCE, TRAIN_SECONDS, Column
 from abstopk_eval.errors import UserError, exit_on_user_error
 from abstopk_eval.intervals import seed_interval
 from abstopk_eval.io import atomic_write_bytes
@@ -110,21 +110,30 @@ def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _leader(summary: pd.DataFrame, col: Column) -> int | None:
-    """Index of the row whose lead on `col` is beyond both 95% intervals (the best row's worse bound beats the
-    runner-up's better bound); None without a clear leader or without intervals."""
-    if col.higher_is_better is None or col.name not in summary:
-        return None
+def _leaders(summary: pd.DataFrame, col: Column) -> set[int]:
+    """Rows whose lead on `col` is beyond both 95% intervals among the SAEs at matched sparsity: a row is compared
+    only with rows whose measured L0 is within `L0_TOLERANCE` of its own, and is bold when it is the best of them
+    and its worse bound beats the runner-up's better bound. Rows without L0 or intervals are never bold; SAEs at
+    other sparsities are never beaten or beaten by it."""
+    if col.higher_is_better is None or col.name not in summary or L0 not in summary:
+        return set()
     values = pd.to_numeric(summary[col.name], errors="coerce")
-    ranked = values.dropna().sort_values(ascending=not col.higher_is_better)
-    if len(ranked) < 2:
-        return None
-    best, second = ranked.index[0], ranked.index[1]
+    l0 = pd.to_numeric(summary[L0], errors="coerce")
     low, high = (pd.to_numeric(summary[f"{col.name} {end}"], errors="coerce") for end in ("low", "high"))
-    if any(pd.isna(v) for v in (low[best], high[best], low[second], high[second])):
-        return None
-    clear = low[best] > high[second] if col.higher_is_better else high[best] < low[second]
-    return int(best) if clear else None
+    bold = set()
+    for row in values.dropna().index:
+        if pd.isna(l0[row]):
+            continue
+        band = values[(abs(l0 - l0[row]) <= L0_TOLERANCE * l0[row]) & values.notna()]
+        ranked = band.sort_values(ascending=not col.higher_is_better)
+        if len(ranked) < 2 or ranked.index[0] != row:
+            continue
+        second = ranked.index[1]
+        if any(pd.isna(v) for v in (low[row], high[row], low[second], high[second])):
+            continue
+        if low[row] > high[second] if col.higher_is_better else high[row] < low[second]:
+            bold.add(int(row))
+    return bold
 
 
 def _cell(value: Any, low: Any, high: Any, kind: Any, n: Any, seeds: int, fmt: str) -> str:
@@ -145,7 +154,7 @@ def _markdown(summary: pd.DataFrame) -> str:
     its lead is beyond the intervals."""
     shown = summary[["variant", "k", "preset", "corpus", "seeds"]].copy()
     shown["k"] = shown["k"].map(lambda v: "" if v is None or pd.isna(v) else str(int(v)))
-    leaders = {c.name: _leader(summary, c) for c in COLUMNS}
+    leaders = {c.name: _leaders(summary, c) for c in COLUMNS}
     for col, fmt in FORMATS.items():
         if col not in summary or summary[col].isna().all():
             continue
@@ -155,7 +164,7 @@ def _markdown(summary: pd.DataFrame) -> str:
                 *(summary[f"{col}{end}"] for end in ("", " low", " high", " interval", " n")), summary["seeds"]
             )
         ]
-        shown[col] = [f"**{text}**" if text and leaders.get(col) == i else text for i, text in enumerate(cells)]
+        shown[col] = [f"**{text}**" if text and i in leaders.get(col, set()) else text for i, text in enumerate(cells)]
     return shown.to_markdown(index=False, disable_numparse=True)
 
 

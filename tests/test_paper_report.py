@@ -75,10 +75,10 @@ def test_paper_tables_figures_and_index(tmp_path, capsys):
     report.main(["--paper", "--results-dir", str(results), "--reports-dir", str(reports)])
     paper = reports / "paper"
     stem = "qwen3-4b_layer18"
-    for suffix in ("table2", "fig2_training_mse", "fig3_nmse_vs_k", "fig4_loss_recovered_vs_k"):
+    for suffix in ("table2", "fig2_training_mse", "fig3_nmse_vs_l0", "fig4_loss_recovered_vs_l0"):
         for ext in ("md", "csv", "tex"):
             assert (paper / f"{stem}_{suffix}.{ext}").is_file(), (suffix, ext)
-    for fig in ("fig2_training_mse", "fig3_nmse_vs_k", "fig4_loss_recovered_vs_k"):
+    for fig in ("fig2_training_mse", "fig3_nmse_vs_l0", "fig4_loss_recovered_vs_l0"):
         assert (paper / f"{stem}_{fig}.png").stat().st_size > 1000
 
     table = pd.read_csv(paper / f"{stem}_table2.csv")
@@ -91,8 +91,9 @@ def test_paper_tables_figures_and_index(tmp_path, capsys):
     tex = (paper / f"{stem}_table2.tex").read_text()
     assert r"\begin{tabular}" in tex and r"$\pm$" in tex and "batch-abstopk" in tex
 
-    sweep = pd.read_csv(paper / f"{stem}_fig3_nmse_vs_k.csv")
+    sweep = pd.read_csv(paper / f"{stem}_fig3_nmse_vs_l0.csv")
     assert sorted(sweep.loc[sweep["variant"] == "topk", "k"]) == [128, 256]
+    assert sweep["L0"].notna().all()  # plotted against the measured L0
     curves = pd.read_csv(paper / f"{stem}_fig2_training_mse.csv")
     assert len(curves) == 3 * 10  # every logged point of every SAE
 

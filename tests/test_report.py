@@ -73,7 +73,9 @@ def _fvu_cells(root):
     lines = (root / "reports" / "m_layer3.md").read_text().splitlines()
     header = [c.strip() for c in next(line for line in lines if line.startswith("| variant")).strip("|").split("|")]
     rows = [
-        [c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith(("| topk", "| abstopk"))
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in lines
+        if line.startswith(("| topk", "| abstopk", "| batch-abstopk"))
     ]
     return {row[0]: row[header.index("FVU")] for row in rows}
 
@@ -175,3 +177,27 @@ def test_single_seed_task_metric_shows_its_bootstrap_interval(tmp_path):
     )
     build_reports(tmp_path / "results", tmp_path / "reports")
     assert "0.640 [0.600, 0.680] (n=1)" in (tmp_path / "reports" / "m_layer3.md").read_text()
+
+
+def test_a_lead_at_another_sparsity_is_never_bold(tmp_path):
+    """batch-abstopk's lower FVU at L0 82 vs 64 is not compared with the k = 64 SAEs; at matched L0 it is."""
+
+    def write(root, variant, fvu, l0):
+        data = _core(variant, 64, fvu, 1 - fvu)
+        data["eval_result_metrics"]["sparsity"]["l0"] = l0
+        data["eval_result_metrics"]["bootstrap_ci95"] = {"fvu_low": fvu - 0.005, "fvu_high": fvu + 0.005}
+        path = root / "results" / "m" / "layer_3" / f"{variant}_k64_s0" / "core.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(data))
+
+    write(tmp_path / "unmatched", "topk", 0.30, 64.0)
+    write(tmp_path / "unmatched", "abstopk", 0.28, 64.0)
+    write(tmp_path / "unmatched", "batch-abstopk", 0.10, 82.0)
+    build_reports(tmp_path / "unmatched" / "results", tmp_path / "unmatched" / "reports")
+    cells = _fvu_cells(tmp_path / "unmatched")
+    assert not cells["batch-abstopk"].startswith("**")  # nobody at L0 82 to beat
+    assert cells["abstopk"].startswith("**")  # the best among the SAEs at L0 64
+    write(tmp_path / "matched", "topk", 0.30, 64.0)
+    write(tmp_path / "matched", "batch-abstopk", 0.10, 64.5)  # within 5%
+    build_reports(tmp_path / "matched" / "results", tmp_path / "matched" / "reports")
+    assert _fvu_cells(tmp_path / "matched")["batch-abstopk"].startswith("**")

@@ -75,8 +75,13 @@ def test_core_intervals_bracket_the_point_estimates():
     # loss recovered is left out of the bracket check: on a random tiny model CE_zero - CE_clean is near 0, so
     # its resampled ratio is heavy-tailed and a percentile interval need not contain the full-sample value
     assert boot.loss_recovered_low < boot.loss_recovered_high
+    with torch.no_grad():
+        x_hat = sae.decode(sae.encode(acts))
+    per_token = float(((acts - x_hat).pow(2).sum(-1) / acts.pow(2).sum(-1)).mean())
+    assert metrics.normalised_reconstruction.nmse_per_token_mean == pytest.approx(per_token, rel=1e-5)
     point = {
         "nmse": metrics.normalised_reconstruction.nmse,
+        "nmse_per_token_mean": per_token,
         "fvu": metrics.normalised_reconstruction.fvu,
         "ce_loss_with_sae": metrics.model_performance_preservation.ce_loss_with_sae,
         "kl_div_with_sae": metrics.model_behavior_preservation.kl_div_with_sae,

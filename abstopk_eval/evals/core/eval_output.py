@@ -70,6 +70,12 @@ class NormalisedReconstructionMetrics(BaseMetrics):
         description="(CE_zero - CE_sae) / (CE_zero - CE_clean)",
         json_schema_extra=DEFAULT_DISPLAY,
     )
+    nmse_per_token_mean: float | None = Field(
+        default=None,
+        title="nMSE (per-token mean)",
+        description="mean over tokens of ||x - x_hat||^2 / ||x||^2: the average the paper's code reports (`nmse` above "
+        "is the ratio of sums); None in results written before it existed",
+    )
 
 
 @dataclass
@@ -94,6 +100,12 @@ class BootstrapIntervals(BaseMetrics):
     )
     kl_div_with_sae_low: float = Field(title="KL low", description="2.5th percentile over resampled sequences")
     kl_div_with_sae_high: float = Field(title="KL high", description="97.5th percentile over resampled sequences")
+    nmse_per_token_mean_low: float | None = Field(
+        default=None, title="Per-token nMSE low", description="2.5th percentile over resampled row blocks"
+    )
+    nmse_per_token_mean_high: float | None = Field(
+        default=None, title="Per-token nMSE high", description="97.5th percentile over resampled row blocks"
+    )
     n_resamples: int = Field(title="Resamples", description="Bootstrap resamples")
     n_sequences: int = Field(title="Sequences", description="Held-out sequences resampled for CE / KL")
     n_row_blocks: int = Field(

@@ -175,12 +175,14 @@ def bootstrap_intervals(
 ) -> BootstrapIntervals:
     """Percentile intervals of nMSE / FVU (resampling row blocks) and CE / KL / loss recovered (resampling
     sequences); the counts depend only on the seed and the data size, so every SAE sees the same resamples."""
-    err = block_sums(torch.cat(recon.err_rows), recon.block)
-    norm = block_sums(torch.cat(recon.norm_rows), recon.block)
+    err_rows, norm_rows = torch.cat(recon.err_rows), torch.cat(recon.norm_rows)
+    err = block_sums(err_rows, recon.block)
+    norm = block_sums(norm_rows, recon.block)
+    ratio = block_sums(err_rows / norm_rows.clamp_min(1e-30), recon.block)
     x_sum = torch.cat(recon.x_blocks)
     rows = block_sums(torch.ones(recon.n), recon.block)
     counts = resample_counts(len(err), n_resamples, seed)
-    tot_err, tot_norm, tot_x, tot_rows = (weighted_sums(counts, v) for v in (err, norm, x_sum, rows))
+    tot_err, tot_norm, tot_x, tot_rows, tot_ratio = (weighted_sums(counts, v) for v in (err, norm, x_sum, rows, ratio))
     nmse = tot_err / tot_norm
     fvu = tot_err / (tot_norm - tot_x.pow(2).sum(-1) / tot_rows)
 
@@ -194,6 +196,7 @@ def bootstrap_intervals(
     )
     intervals = {
         "nmse": nmse,
+        "nmse_per_token_mean": tot_ratio / tot_rows,
         "fvu": fvu,
         "loss_recovered": (t_zero - t_sae) / (t_zero - t_clean),
         "ce_loss_with_sae": t_sae / t_tokens,
@@ -241,7 +244,10 @@ def _output(
             cossim=recon.cos / n,
         ),
         normalised_reconstruction=NormalisedReconstructionMetrics(
-            nmse=recon.sq_err / recon.sq_norm, fvu=fvu, loss_recovered=(ce_zero - ce_sae) / (ce_zero - ce_clean)
+            nmse=recon.sq_err / recon.sq_norm,
+            fvu=fvu,
+            loss_recovered=(ce_zero - ce_sae) / (ce_zero - ce_clean),
+            nmse_per_token_mean=float((torch.cat(recon.err_rows) / torch.cat(recon.norm_rows).clamp_min(1e-30)).mean()),
         ),
         shrinkage=ShrinkageMetrics(
             l2_norm_in=recon.norm_in / n,
