@@ -9,27 +9,12 @@ from abstopk_eval.data import facts
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.ravel.eval_config import RavelEvalConfig
 from abstopk_eval.evals.ravel.main import run_ravel
-from abstopk_eval.models.adapter import ModelAdapter
 from tests.helpers.knowledge import (
     LAYER,
-    knowledge_adapter,
     knowledge_context,
     metrics_and_details,
-    tiny_fact_domains,
 )
 from tests.helpers.saes import negate_latent, random_sae
-
-
-@pytest.fixture(scope="module")
-def adapter() -> ModelAdapter:
-    return knowledge_adapter()
-
-
-@pytest.fixture(scope="module")
-def registered(adapter):
-    """Tiny entity types and fact domains, registered for the module's tests and removed afterwards."""
-    with tiny_fact_domains(adapter):
-        yield
 
 
 def _ravel_config(**kw) -> RavelEvalConfig:
@@ -49,8 +34,8 @@ def _ravel_config(**kw) -> RavelEvalConfig:
     return RavelEvalConfig(**{**base, **kw})
 
 
-def test_ravel_end_to_end_and_sign_flip_invariance(adapter, registered):
-    ctx, cfg = knowledge_context(adapter), _ravel_config()
+def test_ravel_end_to_end_and_sign_flip_invariance(knowledge_model, knowledge_facts):
+    ctx, cfg = knowledge_context(knowledge_model), _ravel_config()
     sae = random_sae("abstopk", seed=1)
     first = run_ravel(ctx, {"orig": sae}, cfg)["orig"]
     m = first.eval_result_metrics
@@ -74,8 +59,8 @@ def test_ravel_end_to_end_and_sign_flip_invariance(adapter, registered):
     )
 
 
-def test_user_errors(adapter, registered):
-    ctx = knowledge_context(adapter)
+def test_user_errors(knowledge_model, knowledge_facts):
+    ctx = knowledge_context(knowledge_model)
     sae = random_sae("abstopk", seed=1)
     with pytest.raises(UserError, match="unknown entity type 'planets'"):
         facts.load_entities("planets")

@@ -9,27 +9,12 @@ import torch
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.unlearning.eval_config import UnlearningEvalConfig
 from abstopk_eval.evals.unlearning.main import clamp_latents, run_unlearning
-from abstopk_eval.models.adapter import ModelAdapter
 from tests.helpers.knowledge import (
     LAYER,
-    knowledge_adapter,
     knowledge_context,
     metrics_and_details,
-    tiny_fact_domains,
 )
 from tests.helpers.saes import negate_latent, random_sae
-
-
-@pytest.fixture(scope="module")
-def adapter() -> ModelAdapter:
-    return knowledge_adapter()
-
-
-@pytest.fixture(scope="module")
-def registered(adapter):
-    """Tiny entity types and fact domains, registered for the module's tests and removed afterwards."""
-    with tiny_fact_domains(adapter):
-        yield
 
 
 def _unlearning_config(**kw) -> UnlearningEvalConfig:
@@ -64,8 +49,8 @@ def test_clamp_pushes_a_latent_against_the_sign_it_fired_with():
     assert torch.equal(clamp_latents(-z, latents, 4.0, torch.tensor([0.5, 2.0]))[:, latents], -out[:, latents])
 
 
-def test_unlearning_end_to_end_and_sign_flip_invariance(adapter, registered):
-    ctx, cfg = knowledge_context(adapter), _unlearning_config()
+def test_unlearning_end_to_end_and_sign_flip_invariance(knowledge_model, knowledge_facts):
+    ctx, cfg = knowledge_context(knowledge_model), _unlearning_config()
     sae = random_sae("abstopk", seed=2)
     first = run_unlearning(ctx, {"orig": sae}, cfg)["orig"]
     m = first.eval_result_metrics
@@ -84,8 +69,8 @@ def test_unlearning_end_to_end_and_sign_flip_invariance(adapter, registered):
     )
 
 
-def test_user_errors(adapter, registered):
-    ctx = knowledge_context(adapter)
+def test_user_errors(knowledge_model, knowledge_facts):
+    ctx = knowledge_context(knowledge_model)
     sae = random_sae("abstopk", seed=1)
     with pytest.raises(UserError, match="forget set too small after filtering"):
         run_unlearning(ctx, {"s": sae}, _unlearning_config(min_forget_facts=1000))
