@@ -26,6 +26,7 @@ import socket
 import tarfile
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -123,6 +124,17 @@ def atomic_directory(
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def wait_for_path(path: Path, *, what: str, timeout_s: float, poll_s: float = 1.0) -> None:
+    """Block until `path` exists (another process finishes building it, e.g. rank 0 of a torchrun job writing a
+    cache that appears by an atomic rename); a UserError after `timeout_s`. A file marker rather than a collective,
+    whose timeout is torch's and which would hold the process group while one rank works."""
+    deadline = time.monotonic() + timeout_s
+    while not Path(path).exists():
+        if time.monotonic() > deadline:
+            raise UserError(f"waited {timeout_s:.0f}s for {what} at {path}; is the process building it still alive?")
+        time.sleep(poll_s)
 
 
 def _commit_directory(staging: Path, final: Path, replace: bool | Callable[[Path], bool]) -> None:

@@ -29,7 +29,7 @@ from abstopk_eval.identity import (
     TrainIdentity,
     identity_hash,
 )
-from abstopk_eval.io import atomic_write_json, default_cache_dir, sha256_file
+from abstopk_eval.io import atomic_write_json, default_cache_dir, sha256_file, wait_for_path
 from abstopk_eval.models.adapter import ModelAdapter
 from abstopk_eval.models.loading import load_model, weights_identity
 from abstopk_eval.models.registry import ModelSpec
@@ -277,10 +277,13 @@ class Session:
                 self.cache_root / "activations", key, self.adapter, packed, d_in=self.plan.model.d_model
             )
 
-        if distributed.is_main():  # one LM pass; the other ranks wait, then load what it wrote
-            cache = build_or_load()
-        distributed.barrier()
-        return cache if distributed.is_main() else build_or_load()
+        if not distributed.is_main():  # rank 0 builds (one LM pass); the others wait for its finished folder
+            wait_for_path(
+                self.cache_root / "activations" / key.dirname,
+                what="the activation cache rank 0 builds",
+                timeout_s=distributed.timeout_s(),
+            )
+        return build_or_load()
 
     def provenance(self, **fields: Any) -> RunProvenance:
         plan = self.plan
@@ -313,7 +316,11 @@ def train_missing(session: Session, jobs: list[TrainJob]) -> None:
 
     def stream_for_seed(seed: int):
         return lambda start_step: cache.iter_batches(
-            preset.batch_size, n_tokens=preset.train_tokens, seed=seed, start_token=start_step * preset.batch_size
+            preset.batch_size,
+            n_tokens=preset.train_tokens,
+            seed=seed,
+            start_token=start_step * preset.batch_size,
+            rows=distributed.shard_bounds(preset.batch_size),  # each rank reads only its share
         )
 
     train_jobs(
@@ -406,17 +413,17 @@ def _write_folder_identity(plan: RunPlan, ids: RunIdentities, target: EvalTarget
 def execute(plan: RunPlan) -> None:
     """Train what is missing, evaluate what has no result, rebuild reports.
 
-    Under torchrun every rank trains its share of each batch; evaluation and reports run on rank 0 only.
+    Under torchrun every rank trains its share of each batch, then evaluates its share of the SAEs
+    (`distributed.my_share`); rank 0 writes the reports once every rank is done.
     """
     distributed.init_from_env(plan.device)
     session = Session(plan)
     jobs = plan_jobs(plan, session.ids)
     if any(not job.is_finished() for job in jobs):
         train_missing(session, jobs)
-    if not distributed.is_main():
-        return
-    evaluate(plan, [target_of(job, session.ids) for job in jobs], session)
-    if plan.write_report:
+    evaluate(plan, distributed.my_share([target_of(job, session.ids) for job in jobs]), session)
+    distributed.barrier()
+    if plan.write_report and distributed.is_main():
         from abstopk_eval.report import build_reports
 
         build_reports(plan.results_dir, plan.reports_dir)

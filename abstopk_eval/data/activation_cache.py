@@ -389,12 +389,16 @@ class ActivationCache:
         start_token: int = 0,
         normalise: bool = True,
         ram_limit_bytes: int = RAM_LIMIT_BYTES,
+        rows: tuple[int, int] | None = None,
     ) -> Iterator[torch.Tensor]:
         """Float32 batches ``[batch_size, d_in]`` drawn without replacement per epoch (seeded
         permutation, a new one each epoch) until ``ceil(n_tokens / batch_size)`` batches are out.
 
         ``start_token`` (a multiple of ``batch_size``) resumes: the batches equal the tail of the
         sequence started at 0. Rows within a batch are in ascending index order.
+
+        ``rows=(start, stop)`` reads only those rows of every batch (a data-parallel rank's share,
+        `training.distributed.shard_bounds`): the other ranks' rows are never read from disk.
         """
         if batch_size <= 0 or n_tokens <= 0:
             raise UserError(f"batch_size and n_tokens must be positive, got {batch_size} and {n_tokens}")
@@ -422,6 +426,8 @@ class ActivationCache:
                 parts.append(perm[offset : offset + take])
                 pos += take
             idx = np.sort(np.concatenate(parts))
+            if rows is not None:
+                idx = idx[rows[0] : rows[1]]
             if isinstance(source, torch.Tensor):
                 x = source[torch.from_numpy(idx)]
             else:

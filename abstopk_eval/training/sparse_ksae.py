@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from sae_lens.saes.sae import TrainingSAE
 
 from abstopk_eval.saes.variants import SelectionRule, VariantSpec
+from abstopk_eval.training import distributed
 
 
 @dataclass
@@ -170,7 +171,7 @@ def _select(hidden_pre: torch.Tensor, selection: SelectionRule, signed: bool, k:
     elif selection is SelectionRule.BATCH_TOPK:
         if not signed:
             score = torch.clamp(hidden_pre, min=0, out=_scratch("relu_score", hidden_pre.shape, hidden_pre))
-        flat = _batch_topk_positions(score, int(k * B), per_row=min(S, 4 * int(k) + 1))
+        flat = _global_batch_topk_positions(score, k, B * distributed.world_size())
         rows, cols = flat // S, flat % S
         values = hidden_pre.flatten()[flat]
     else:
@@ -199,6 +200,21 @@ def _batch_topk_positions(score: torch.Tensor, n_keep: int, per_row: int) -> tor
     rows = top.indices // per_row
     cols = cand_idx.flatten()[top.indices]
     return (rows * S + cols).sort().values
+
+
+def _global_batch_topk_positions(score: torch.Tensor, k: float, global_rows: int) -> torch.Tensor:
+    """Sorted flat positions, in this rank's `score` [B, S], of the top k * global_rows entries of the global
+    batch (under torchrun every rank holds B of its rows; in one process this is the batch's top B*k). A global
+    winner is among its own rank's top n, so each rank takes its top n and keeps those at or above the global
+    cut-off (`distributed.global_cutoff`): exactly the global selection, up to ties at the cut-off."""
+    world = distributed.world_size()
+    n_keep = int(k * global_rows)
+    per_row = min(score.shape[1], 4 * int(k) * world + 1)
+    flat = _batch_topk_positions(score, min(n_keep, score.numel()), per_row=per_row)
+    if world == 1:
+        return flat
+    values = score.flatten()[flat]
+    return flat[values >= distributed.global_cutoff(values, n_keep)]
 
 
 def _aux_active(hidden_pre: torch.Tensor, dead: torch.Tensor, k_aux: int, signed: bool) -> Active:

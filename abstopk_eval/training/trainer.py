@@ -394,7 +394,7 @@ def _run_group(
     )
     step = start
     for batch in stream(start):
-        batch = distributed.shard(batch).to(device, non_blocking=True)
+        batch = distributed.shard(batch, preset.batch_size).to(device, non_blocking=True)
         for state in states:
             if state.step == step and state.step < total:
                 began = time.perf_counter()

@@ -207,6 +207,27 @@ def test_iter_batches_resume_equals_tail(built):
         next(cache.iter_batches(24, n_tokens=250, seed=11, start_token=5))
 
 
+def test_iter_batches_rows_reads_only_that_share(built, monkeypatch):
+    """A data-parallel rank's share (`rows=`) is its slice of the global batch, and only its rows are read."""
+    cache, *_ = built
+    kw = dict(batch_size=24, n_tokens=250, seed=11)
+    full = _collect(cache, **kw)
+    raw = np.asarray(cache.activations)
+    read: list[np.ndarray] = []
+
+    class Recording:
+        def __getitem__(self, idx):
+            read.append(np.asarray(idx))
+            return raw[idx]
+
+    monkeypatch.setattr(cache, "_source", lambda _limit: Recording())
+    for bounds in ((0, 12), (12, 24)):
+        read.clear()
+        share = _collect(cache, rows=bounds, **kw)
+        assert all(torch.equal(a, b[bounds[0] : bounds[1]]) for a, b in zip(share, full))
+        assert all(len(idx) == 12 for idx in read) and len(read) == len(full)
+
+
 def test_memmap_path_equals_ram_path(built):
     cache, _, packed, root = built
     fresh = ActivationCache.load(root / KEY.dirname)

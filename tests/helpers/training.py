@@ -8,6 +8,8 @@ from abstopk_eval.config import get_preset
 
 D_IN = 8
 PRESET = get_preset("smoke")  # 32 steps of 64, checkpoints every 8 steps
+VARIANTS = ("relu", "jumprelu", "topk", "batchtopk", "abstopk", "batch-abstopk")
+"""Every registered variant, batch-level selection included (the data-parallel tests train each)."""
 
 
 def _data(n: int = 4096, seed: int = 0) -> torch.Tensor:
@@ -26,9 +28,10 @@ class Interrupted(Exception):
     """Raised by a stream made with `stop_after`, standing in for a killed training run."""
 
 
-def stream_factory(stop_after: int | None = None, calls: list | None = None):
+def stream_factory(stop_after: int | None = None, calls: list | None = None, rows: tuple[int, int] | None = None):
     """seed -> (start_step -> normalised batches of DATA in a seeded order); `calls` records each start step and
-    `stop_after` raises `Interrupted` at that step."""
+    `stop_after` raises `Interrupted` at that step; `rows=(start, stop)` yields only those rows of each batch (a
+    data-parallel rank's share, as `ActivationCache.iter_batches(rows=...)` reads it)."""
 
     def for_seed(seed: int):
         def stream(start_step: int):
@@ -39,7 +42,9 @@ def stream_factory(stop_after: int | None = None, calls: list | None = None):
             for step in range(start_step, PRESET.total_steps):
                 if stop_after is not None and step >= stop_after:
                     raise Interrupted
-                idx = order[step][: PRESET.batch_size]
+                idx = order[step][: PRESET.batch_size].sort().values
+                if rows is not None:
+                    idx = idx[rows[0] : rows[1]]
                 yield (DATA[idx] - MEAN) / SCALE
 
         return stream

@@ -1,8 +1,13 @@
-"""Two gloo processes with the same global batch train the same SAEs as one process."""
+"""Data-parallel training (gloo on CPU) equals one process with the same global batch, for every variant,
+batch-level selection included; launched both with torch.multiprocessing and with torchrun itself."""
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -11,9 +16,9 @@ import torch.multiprocessing as mp
 from sae_lens import SAE
 
 from abstopk_eval.training.trainer import TrainJob, train_jobs
-from tests.helpers.training import D_IN, MEAN, PRESET, SCALE, stream_factory
+from tests.helpers.training import D_IN, MEAN, PRESET, SCALE, VARIANTS, stream_factory
 
-VARIANTS = ("relu", "jumprelu", "topk", "abstopk")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _train(root: Path) -> None:
@@ -36,15 +41,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _assert_same_saes(one: Path, two: Path) -> None:
+    for variant in VARIANTS:
+        a = SAE.load_from_disk(one / variant / "sae").state_dict()
+        b = SAE.load_from_disk(two / variant / "sae").state_dict()
+        for name, value in a.items():
+            assert torch.allclose(b[name], value, atol=1e-4, rtol=1e-4), (variant, name, (b[name] - value).abs().max())
+
+
 def test_two_process_gloo_training_matches_one_process(tmp_path):
+    """Every rank reads the global batch and cuts its share (the trainer's `distributed.shard`)."""
     _train(tmp_path / "single")
     mp.spawn(_worker, args=(_free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
-    for variant in VARIANTS:
-        one = SAE.load_from_disk(tmp_path / "single" / variant / "sae").state_dict()
-        two = SAE.load_from_disk(tmp_path / "ddp" / variant / "sae").state_dict()
-        for name, value in one.items():
-            assert torch.allclose(two[name], value, atol=1e-4, rtol=1e-4), (
-                variant,
-                name,
-                (two[name] - value).abs().max(),
-            )
+    _assert_same_saes(tmp_path / "single", tmp_path / "ddp")
+
+
+def test_torchrun_sharded_reading_and_global_batch_selection_match_one_process(tmp_path):
+    """torchrun, 2 gloo processes, each reading only its rows: batchtopk and batch-abstopk select over the
+    global batch, so they too equal one process; the evaluation split gives each item to exactly one rank."""
+    _train(tmp_path / "single")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "tests.helpers.torchrun_train", str(tmp_path / "ddp")]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same_saes(tmp_path / "single", tmp_path / "ddp")
+    shares = [json.loads((tmp_path / "ddp" / f"share-{r}.json").read_text()) for r in (0, 1)]
+    assert sorted(shares[0] + shares[1]) == list(range(7)) and not set(shares[0]) & set(shares[1])
