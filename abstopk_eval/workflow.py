@@ -417,10 +417,16 @@ def execute(plan: RunPlan) -> None:
     distributed.init_from_env(plan.device)
     session = Session(plan)
     jobs = plan_jobs(plan, session.ids)
-    if any(not job.is_finished() for job in jobs):
+    fresh = [job for job in jobs if not job.is_finished()]
+    if fresh:
         train_missing(session, jobs)
     if not distributed.is_main():
         return
+    if plan.wandb_project and fresh:
+        from abstopk_eval import tracking
+
+        trained = [(job.sae_id, job.out_dir / TRAINING_JSON, dict(job.identity or {})) for job in fresh]
+        tracking.log_training_curves(plan.wandb_project, trained, group=f"{plan.model.key}/layer_{plan.layer}")
     evaluate(plan, [target_of(job, session.ids) for job in jobs], session)
     if plan.write_report:
         from abstopk_eval.report import build_reports
