@@ -8,7 +8,6 @@ import importlib.metadata
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from abstopk_eval import compare, run
 from abstopk_eval.data.corpus import CORPUS_REGISTRY
@@ -20,6 +19,7 @@ SCRIPTS = {"abstopk-run", "abstopk-compare", "abstopk-report", "abstopk-export"}
 
 
 def _declared() -> dict[str, str]:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     return tomllib.loads(PYPROJECT.read_text())["project"]["scripts"]
 
 
