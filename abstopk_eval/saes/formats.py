@@ -26,7 +26,9 @@ Five on-disk formats are recognised (`detect_format`), and published sae_lens re
   ``sae.safetensors`` (``encoder.weight`` [d_sae, d_in], ``encoder.bias``, ``W_dec`` [d_sae, d_in], ``b_dec``).
   Its encoder is ReLU(W (x - b_dec) + b) followed by the k largest, which is sae_lens's TopK exactly; transcoders,
   skip connections and the ``groupmax`` activation are refused. The folder's name is sparsify's hookpoint
-  (``layers.6``: the output of decoder layer 6) and the run folder's ``config.json`` may name the model.
+  (``layers.6``: the output of decoder layer 6) and the run folder's ``config.json`` may name the model. (Read
+  here after sparsify's own ``SparseCoder`` code rather than with sae_lens 6.54's ``sparsify_disk_loader``, which
+  transposes ``W_dec`` and ties the ``b_dec`` subtraction to ``normalize_decoder``.)
 
 Every checkpoint becomes an sae_lens SAE of the matching architecture: relu -> standard, jumprelu -> jumprelu,
 topk -> topk, batchtopk -> jumprelu (its scalar inference threshold on ReLU(u), as sae_lens saves BatchTopK),
