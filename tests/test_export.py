@@ -64,7 +64,9 @@ def test_layout_and_naming(exported):
         for key in ("eval_config", "eval_id", "datetime_epoch_millis", "eval_result_metrics", "eval_type_id"):
             assert data[key] not in (None, {}), key
         cfg = data["sae_cfg_dict"]
-        assert cfg["training_tokens"] == 262_144 and cfg["d_sae"] == 5120 and cfg["hook_layer"] == LAYER
+        ours_cfg = record.data["sae_cfg_dict"]
+        assert cfg["training_tokens"] == ours_cfg["metadata"]["train_tokens"] > 0
+        assert cfg["d_sae"] == ours_cfg["d_sae"] and cfg["hook_layer"] == LAYER
         assert data["provenance"] == record.provenance
 
 
@@ -72,9 +74,9 @@ def test_sae_bench_graphing_reads_the_export(exported, graphing, tmp_path):
     core_files = _files(exported, "core")
     core = graphing.get_core_results(core_files)
     flat = graphing.get_eval_results(core_files)
-    assert len(core) == len(core_files) == 18
+    assert len(core) == len(core_files) >= 6
     classes = {v["sae_class"] for v in flat.values()}
-    assert classes == {"standard", "jumprelu", "topk", "batch_topk", "abstopk", "batch_abstopk"}
+    assert classes >= {"standard", "jumprelu", "topk", "batch_topk", "abstopk", "batch_abstopk"}
     key = f"{RELEASE}_abstopk_k64_s0-d22ad4ac"
     ours = json.loads((COMMITTED / MODEL / f"layer_{LAYER}" / "abstopk_k64_s0-d22ad4ac" / "core.json").read_text())
     assert core[key]["l0"] == ours["eval_result_metrics"]["sparsity"]["l0"]
@@ -87,7 +89,7 @@ def test_sae_bench_graphing_reads_the_export(exported, graphing, tmp_path):
     for folder, metric in expected_key.items():
         files = _files(exported, folder)
         results = graphing.get_eval_results(files)
-        assert len(results) == 6 and all(metric in v for v in results.values()), folder
+        assert len(results) == len(files) >= 6 and all(metric in v for v in results.values()), folder
         sae = "abstopk_k64_s0-d22ad4ac"
         ours = json.loads((COMMITTED / MODEL / f"layer_{LAYER}" / sae / f"{folder}.json").read_text())
         category = {"sparse_probing": "sae", "scr": "scr_metrics", "tpp": "tpp_metrics", "absorption": "mean"}
