@@ -288,3 +288,20 @@ def test_published_release_is_compared_with_its_ids_recorded(tmp_path, tiny_mode
     again = _metrics(tmp_path, name)
     assert again["eval_id"] != first
     assert again["eval_result_metrics"] == result["eval_result_metrics"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "nothing to compare"),
+        (["--sae-regex-pattern", "no-such-release-.*", "--sae-block-pattern", ".*"], "no SAE in sae_lens's"),
+        (["--sae-regex-pattern", "("], "pair up"),
+        (["--release", "gpt2-small-res-jb", "--sae-id", "blocks.7.hook_resid_pre"], "is for model 'gpt2-small'"),
+    ],
+)
+def test_bad_published_selections_are_one_line_errors(tmp_path, tiny_registered, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main([*args, "--model", TINY.key, "--layer", "1", "--no-report", *_dirs(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
