@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,30 @@ from abstopk_eval.models.loading import check_device
 from abstopk_eval.models.registry import DEFAULT_MODEL, MODEL_REGISTRY, get_model_spec
 
 
-def new_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+def new_parser(prog: str, doc: str | None, *, epilog: str | None = None) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog=prog, description=doc, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def registries_epilog(*, sae_formats: Sequence[str] | None = None) -> str:
+    """What `--help` lists after the options: the registered evaluations, corpora and (for commands that read
+    checkpoints) SAE formats, read from their registries so the list is never stale."""
+    import abstopk_eval.evals  # noqa: F401  (registers the evaluations)
+    from abstopk_eval.data.corpus import CORPUS_REGISTRY
+    from abstopk_eval.evals.context import EVALS
+
+    lines = ["evaluations (--evals; * = only when asked for by name):"]
+    for name in ordered_evals():
+        spec = EVALS[name]
+        lines.append(f"  {name}{'' if spec.in_default_run else ' *'}: {spec.description}")
+    lines.append("corpora (--corpus):")
+    lines += [f"  {name}: {spec.description}" for name, spec in CORPUS_REGISTRY.items()]
+    if sae_formats is not None:
+        lines.append("SAE formats (PATH), detected from the files:")
+        lines += [f"  {name}" for name in sae_formats]
+        lines.append("  published sae_lens releases: --release / --sae-id or --sae-regex-pattern")
+    return "\n".join(lines)
 
 
 def add_model_arguments(p: argparse.ArgumentParser, *, layer_help: str = "residual-stream layer") -> None:
@@ -67,6 +90,12 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
         help="set a field of an evaluation's config, e.g. scr.probe_recipe=sklearn or "
         "'sparse_probing.k_values=[1,5]' (VALUE is JSON, else a string; lists may also be comma-separated); "
         "repeatable",
+    )
+    p.add_argument(
+        "--force-rerun",
+        action="store_true",
+        help="evaluate again even where current results exist (trained SAEs are reused: delete a run's folder in "
+        "--runs-dir to retrain it)",
     )
 
 
@@ -151,4 +180,5 @@ def shared_plan_fields(args: argparse.Namespace) -> dict[str, Any]:
         "reports_dir": args.reports_dir,
         "cache_dir": args.cache_dir,
         "write_report": not args.no_report,
+        "force_rerun": getattr(args, "force_rerun", False),
     }

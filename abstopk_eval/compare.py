@@ -1,15 +1,21 @@
-"""`python -m abstopk_eval.compare PATH [PATH ...]`: evaluate SAEs from disk next to the trained variants.
+"""`python -m abstopk_eval.compare PATH [PATH ...]`: evaluate SAEs from disk or published ones next to the trained
+variants.
 
 Each PATH is an SAE checkpoint in one of the formats of `abstopk_eval.saes.formats` (sae_lens folder, sae_bench
-state dict, dictionary_learning ae.pt + config.json, or a plain safetensors file naming its activation). It is
+state dict, dictionary_learning ae.pt + config.json, EleutherAI sparsify folder, or a plain safetensors file
+naming its activation). Published SAEs are named by sae_lens release and id (`--release R --sae-id ID`,
+repeatable) or by regular expressions over sae_lens's pretrained-SAE directory (`--sae-regex-pattern` with
+`--sae-block-pattern`, as SAEBench's flags: both must match fully) and load through `SAE.from_pretrained`
+(`abstopk_eval.saes.published`; offline, from the Hugging Face cache). Each SAE is
 checked against --model / --layer (declared model, layer and hook, and d_in), converted to an sae_lens SAE of
 the matching architecture (AbsTopK families keep signed latents), written to
 runs/<model>/layer_<L>/<name>/sae, evaluated with every registered evaluation (or --evals) on the same held-out
 data as the trained variants of the same --preset, and its results land in the usual layout,
 results/<model>/layer_<L>/<name>/<eval>.json, with the source path, detected format and source weights' sha256
-in `provenance`. <name> is `ext-<folder or file name>` (or --name). The reports are then rebuilt, so the
-checkpoints appear in the same tables as the trained variants. Rerunning skips checkpoints whose results are
-current (same source weights).
+in `provenance` (published SAEs: the release and id, also as sae_bench's `sae_lens_release_id` / `sae_lens_id`).
+<name> is `ext-<folder or file name>`, `ext-<release>-<sae id>` for published SAEs (or --name). The reports are
+then rebuilt, so the checkpoints appear in the same tables as the trained variants. Rerunning skips checkpoints
+whose results are current (same source weights), unless --force-rerun.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from abstopk_eval.errors import UserError, exit_on_user_error
 from abstopk_eval.identity import ExternalIdentity
 from abstopk_eval.io import atomic_directory, atomic_write_json
 from abstopk_eval.results import layer_dir
-from abstopk_eval.saes.formats import ACTIVATIONS, ExternalSAE, default_name, load_external
+from abstopk_eval.saes import published
+from abstopk_eval.saes.formats import ACTIVATIONS, FORMATS, ExternalSAE, default_name, load_external
 
 log = logging.getLogger("abstopk_eval.compare")
 
@@ -45,8 +52,35 @@ class ExternalJob:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = cli.new_parser("python -m abstopk_eval.compare", __doc__)
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="SAE checkpoints (folders or files)")
+    p = cli.new_parser("python -m abstopk_eval.compare", __doc__, epilog=cli.registries_epilog(sae_formats=FORMATS))
+    p.add_argument(
+        "paths", nargs="*", type=Path, metavar="PATH", help=f"SAE checkpoints (folders or files: {', '.join(FORMATS)})"
+    )
+    p.add_argument(
+        "--release",
+        action="append",
+        default=[],
+        metavar="R",
+        help="sae_lens release of published SAEs (e.g. gpt2-small-res-jb); one for all --sae-id or one per id",
+    )
+    p.add_argument("--sae-id", action="append", default=[], metavar="ID", help="SAE id within --release; repeatable")
+    p.add_argument(
+        "--sae-regex-pattern",
+        "--sae_regex_pattern",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="releases of sae_lens's pretrained-SAE directory to take (full match, as SAEBench); repeatable, "
+        "paired with --sae-block-pattern",
+    )
+    p.add_argument(
+        "--sae-block-pattern",
+        "--sae_block_pattern",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="SAE ids within the matching releases (full match, e.g. 'blocks\\.8\\.hook_resid_pre')",
+    )
     cli.add_model_arguments(p, layer_help="residual-stream layer the SAEs read")
     p.add_argument(
         "--activation", default=None, help=f"activation for checkpoints that do not name one ({', '.join(ACTIVATIONS)})"
@@ -105,21 +139,33 @@ def compare(args: argparse.Namespace) -> dict[str, Path]:
 
     shared = cli.shared_plan_fields(args)
     spec, layer = shared["model"], shared["layer"]
-    if args.name and len(args.paths) > 1:
-        raise UserError("--name applies to a single PATH")
+    refs = published.resolve(args.release, args.sae_id)
+    refs += [ref for ref in published.select(args.sae_regex_pattern, args.sae_block_pattern) if ref not in refs]
+    if not args.paths and not refs:
+        raise UserError("nothing to compare: give checkpoint PATHs, --release with --sae-id, or --sae-regex-pattern")
+    if args.name and len(args.paths) + len(refs) > 1:
+        raise UserError("--name applies to a single SAE")
     if args.k is not None and args.k <= 0:
         raise UserError("--k must be positive")
+    for ref in refs:  # before any download
+        published.check_release_model(ref, spec)
+    sources: list[tuple[str, Path | published.PublishedRef]] = [
+        (args.name or default_name(path), path) for path in args.paths
+    ]
+    sources += [(args.name or ref.default_name(), ref) for ref in refs]
     loaded: dict[str, ExternalSAE] = {}
-    for path in args.paths:
-        name = args.name or default_name(path)
+    for name, source in sources:
         if not name.startswith("ext-"):
             name = f"ext-{name}"
         if name in loaded:
             raise UserError(
-                f"{path} and {loaded[name].source_path} both map to the result name {name}; "
+                f"{source} and {loaded[name].source_path} both map to the result name {name}; "
                 "compare them in separate calls with --name"
             )
-        loaded[name] = load_external(path, spec=spec, layer=layer, activation=args.activation, k=args.k)
+        if isinstance(source, published.PublishedRef):
+            loaded[name] = published.load_published(source, spec=spec, layer=layer)
+        else:
+            loaded[name] = load_external(source, spec=spec, layer=layer, activation=args.activation, k=args.k)
         ext = loaded[name]
         log.info(
             "%s: %s checkpoint, %s (%s), d_sae %d%s",

@@ -78,18 +78,31 @@ class SaeProvenance:
     sae_weights_sha256: str | None = None
     """sha256 of the sae_lens checkpoint's weights file: a result is current only for these very weights."""
     source: dict[str, Any] | None = None
-    """Checkpoints from disk: source path, format, source sha256 and what the source declares."""
+    """Checkpoints from disk: source path, format, source sha256 and what the source declares; published SAEs
+    also their sae_lens release and id (`sae_lens_release`, `sae_lens_id`)."""
+    hook_note: str | None = None
+    """Set when the SAE reads another hook holding the same activation as the evaluated layer (a
+    `blocks.{L+1}.hook_resid_pre` SAE evaluated as layer L); written only when set."""
 
     @classmethod
     def from_sae(cls, sae_id: str, sae: Any, **fields: Any) -> SaeProvenance:
-        """From the checkpoint's sae_lens metadata (variant, k, seed, preset), plus `fields`."""
+        """From the checkpoint's sae_lens metadata (variant, k, seed, preset), plus `fields` (the hook note is
+        taken from the source unless given)."""
         metadata = getattr(getattr(sae, "cfg", None), "metadata", None)
 
         def meta(key: str) -> Any:
             return metadata.get(key) if metadata is not None else None
 
         values = {key: meta(key) for key in ("variant", "k", "seed", "preset")}
+        values["hook_note"] = (fields.get("source") or {}).get("hook_note")
         return cls(sae_id=sae_id, **{**values, **fields})
+
+    @property
+    def sae_lens_ids(self) -> tuple[str | None, str]:
+        """(sae_lens_release_id, sae_lens_id) as sae_bench's result schema names them: a published SAE's release
+        and id, else (None, our SAE id)."""
+        source = self.source or {}
+        return source.get("sae_lens_release"), source.get("sae_lens_id") or self.sae_id
 
 
 def result_provenance(run: RunProvenance, sae: SaeProvenance | None, **extra: Any) -> dict[str, Any]:
@@ -98,6 +111,8 @@ def result_provenance(run: RunProvenance, sae: SaeProvenance | None, **extra: An
     if sae is not None:
         source = sae.source
         fields = {k: v for k, v in dataclasses.asdict(sae).items() if k != "source"}
+        if fields.get("hook_note") is None:
+            fields.pop("hook_note", None)
         # the run's preset stays where the SAE does not state its own (checkpoints from disk, baselines)
         out.update({k: v for k, v in fields.items() if v is not None or k not in out})
         if source is not None:

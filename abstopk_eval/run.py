@@ -14,13 +14,14 @@ import time
 from abstopk_eval import cli
 from abstopk_eval.errors import UserError, exit_on_user_error
 from abstopk_eval.saes.variants import ALL_VARIANTS, get_variant
+from abstopk_eval.tracking import require_wandb
 from abstopk_eval.workflow import RunPlan, execute
 
 log = logging.getLogger("abstopk_eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = cli.new_parser("python -m abstopk_eval.run", __doc__)
+    p = cli.new_parser("python -m abstopk_eval.run", __doc__, epilog=cli.registries_epilog())
     cli.add_model_arguments(p)
     p.add_argument(
         "--variants",
@@ -53,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="train every variant with sae_lens's dense forward/backward instead of the sparse kernels (same math, "
         "slower)",
     )
+    p.add_argument(
+        "--wandb",
+        default=None,
+        metavar="PROJECT",
+        help="log the training curves of the SAEs this run trains to this Weights & Biases project (needs wandb; "
+        "off by default)",
+    )
     cli.add_logging_arguments(p)
     return p
 
@@ -71,6 +79,7 @@ def plan_from_args(args: argparse.Namespace) -> RunPlan:
         )
     if args.seeds <= 0:
         raise UserError("--seeds must be at least 1")
+    require_wandb(getattr(args, "wandb", None))
     return RunPlan(
         **shared,
         variants=variants,
@@ -78,6 +87,7 @@ def plan_from_args(args: argparse.Namespace) -> RunPlan:
         seeds=list(range(args.seeds)),
         sparse_training=not args.dense_training,
         bf16_training=args.bf16,
+        wandb_project=getattr(args, "wandb", None),
     )
 
 

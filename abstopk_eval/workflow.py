@@ -64,6 +64,12 @@ class RunPlan:
     bf16_training: bool = False
     eval_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """eval name -> {config field: value}, validated by `abstopk_eval.evals.options`."""
+    force_rerun: bool = False
+    """Evaluate every target again even where a current result exists (`--force-rerun`); training is unaffected:
+    a finished SAE is reused (delete its folder under runs_dir to retrain it)."""
+    wandb_project: str | None = None
+    """Weights & Biases project that the training curves of SAEs trained by this run are logged to
+    (`--wandb`, `abstopk_eval.tracking`); None: no logging."""
 
 
 def sae_run_dir(plan: RunPlan, folder: str) -> Path:
@@ -216,7 +222,8 @@ def pending_evaluations(
     digests = {t.sae_id: t.digest() for t in targets}
     planned = {(t.sae_id, name): planned_result(plan, ids, t, name) for name in plan.evals for t in targets}
     expected = {(sid, name, p.config_tag): (p.identity["hash"], digests[sid]) for (sid, name), p in planned.items()}
-    current = current_results(plan.results_dir, plan.model.key, plan.layer, expected)
+    forced = getattr(plan, "force_rerun", False)  # stand-in plans in tests may lack the field
+    current = set() if forced else current_results(plan.results_dir, plan.model.key, plan.layer, expected)
     pending = {}
     for name in plan.evals:
         todo = [
@@ -419,8 +426,14 @@ def execute(plan: RunPlan) -> None:
     distributed.init_from_env(plan.device)
     session = Session(plan)
     jobs = plan_jobs(plan, session.ids)
-    if any(not job.is_finished() for job in jobs):
+    fresh = [job for job in jobs if not job.is_finished()]
+    if fresh:
         train_missing(session, jobs)
+    if plan.wandb_project and fresh and distributed.is_main():
+        from abstopk_eval import tracking
+
+        trained = [(job.sae_id, job.out_dir / TRAINING_JSON, dict(job.identity or {})) for job in fresh]
+        tracking.log_training_curves(plan.wandb_project, trained, group=f"{plan.model.key}/layer_{plan.layer}")
     evaluate(plan, distributed.my_share([target_of(job, session.ids) for job in jobs]), session)
     distributed.barrier()
     if plan.write_report and distributed.is_main():

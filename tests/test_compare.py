@@ -235,3 +235,73 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path, tiny_registered, capsys, 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+# ------------------------------------------------------------------------------------- published SAEs
+
+
+def test_published_release_is_compared_with_its_ids_recorded(tmp_path, tiny_model_dir, tiny_registered, monkeypatch):
+    """`--release R --sae-id ID` loads through sae_lens from an offline HF cache; the result names release and id
+    in sae_bench's fields; a rerun skips current results and --force-rerun evaluates again."""
+    from tests.helpers.hub import legacy_cfg, offline_release, scaled_decoder
+    from tests.helpers.saes import random_sae
+
+    relu = scaled_decoder(random_sae("relu", seed=5))
+    pre_id = "blocks.2.hook_resid_pre"
+    rel = offline_release(
+        monkeypatch,
+        tmp_path / "hub",
+        {pre_id: (relu, legacy_cfg(relu, model=TINY.hf_id, hook_name=pre_id, hook_layer=2))},
+        model=TINY.key,
+    )
+    argv = [
+        "--release",
+        rel.release,
+        "--sae-id",
+        pre_id,
+        "--model",
+        TINY.key,
+        "--layer",
+        str(LAYER),
+        "--model-path",
+        str(tiny_model_dir),
+        "--preset",
+        "smoke",
+        "--evals",
+        "core",
+        "-q",
+        "--no-report",
+        *_dirs(tmp_path),
+    ]
+    compare.main(argv)
+    name = f"ext-{rel.release}-{pre_id}"
+    result = _metrics(tmp_path, name)
+    assert result["sae_lens_release_id"] == rel.release and result["sae_lens_id"] == pre_id
+    prov = result["provenance"]
+    assert prov["source_format"] == "sae_lens_release" and prov["external"]["hf_revision"] == rel.commit
+    assert "blocks.1.hook_resid_post" in prov["hook_note"]
+    assert result["eval_result_metrics"]["sparsity"]["l0"] > 0
+    first = result["eval_id"]
+    compare.main(argv)
+    assert _metrics(tmp_path, name)["eval_id"] == first
+    compare.main([*argv, "--force-rerun"])
+    again = _metrics(tmp_path, name)
+    assert again["eval_id"] != first
+    assert again["eval_result_metrics"] == result["eval_result_metrics"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "nothing to compare"),
+        (["--sae-regex-pattern", "no-such-release-.*", "--sae-block-pattern", ".*"], "no SAE in sae_lens's"),
+        (["--sae-regex-pattern", "("], "pair up"),
+        (["--release", "gpt2-small-res-jb", "--sae-id", "blocks.7.hook_resid_pre"], "is for model 'gpt2-small'"),
+    ],
+)
+def test_bad_published_selections_are_one_line_errors(tmp_path, tiny_registered, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main([*args, "--model", TINY.key, "--layer", "1", "--no-report", *_dirs(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err

@@ -179,3 +179,37 @@ def test_checkpoint_with_wrong_d_in_is_refused(finished_run):
     sae_dir = sae_folder(finished_run / "runs", TINY.key, 1, "abstopk_k4_s0_smoke") / "sae"
     with pytest.raises(UserError, match="d_in=32 but the model layer has d_model=640"):
         load_sae(sae_dir, expected_d_in=640)
+
+
+def test_wandb_logs_new_trainings_and_force_rerun_re_evaluates(
+    finished_run, tiny_model_dir, tiny_registered, monkeypatch
+):
+    """--wandb logs the curve of each SAE this run trains (a fake wandb module); --force-rerun evaluates again
+    without retraining."""
+    import sys
+    import types
+
+    runs = []
+
+    class FakeRun:
+        def __init__(self, **kwargs):
+            self.kwargs, self.logged, self.summary = kwargs, [], {}
+            runs.append(self)
+
+        def log(self, values, step):
+            self.logged.append(step)
+
+        def finish(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=FakeRun))
+    argv = _argv(finished_run, tiny_model_dir, "--variants", "topk", "--k", "3", "--evals", "core", "--no-report")
+    run.main([*argv, "--wandb", "proj"])
+    assert [r.kwargs["name"] for r in runs] == ["topk_k3_s0_smoke"] and runs[0].logged
+    assert runs[0].kwargs["group"] == f"{TINY.key}/layer_1"
+    result = sae_folder(finished_run / "results", TINY.key, 1, "topk_k3_s0_smoke") / "core.json"
+    first = json.loads(result.read_text())["eval_id"]
+    run.main([*argv, "--wandb", "proj"])  # nothing trained, nothing logged, nothing evaluated
+    assert len(runs) == 1 and json.loads(result.read_text())["eval_id"] == first
+    run.main([*argv, "--force-rerun"])
+    assert len(runs) == 1 and json.loads(result.read_text())["eval_id"] != first

@@ -34,12 +34,13 @@ def output_common(
     `sae` is None for a baseline that scores no SAE (e.g. steering's unsteered model); `provenance` overrides what
     the context knows about `sae_id` (by default `ctx.sae_provenance`, else the SAE's own metadata)."""
     sae_prov = provenance or ctx.sae_provenance.get(sae_id) or SaeProvenance.from_sae(sae_id, sae)
+    release_id, lens_id = sae_prov.sae_lens_ids
     return dict(
         eval_id=str(uuid.uuid4()),
         datetime_epoch_millis=int(time.time() * 1000),
         sae_bench_commit_hash=sae_bench_version(),
-        sae_lens_id=sae_id,
-        sae_lens_release_id=None,
+        sae_lens_id=lens_id,
+        sae_lens_release_id=release_id,
         sae_lens_version=ctx.provenance.versions.get("sae-lens") or package_version("sae-lens"),
         sae_cfg_dict=sae.cfg.to_dict() if sae is not None else None,
         provenance=result_provenance(ctx.provenance, sae_prov),

@@ -1,6 +1,7 @@
 """Load SAE checkpoints written by other tools and convert them to sae_lens SAEs of this project's registry.
 
-Four on-disk formats are recognised (`detect_format`):
+Five on-disk formats are recognised (`detect_format`), and published sae_lens releases load through
+`abstopk_eval.saes.published`:
 
 - ``sae_lens``: a folder with ``cfg.json`` + ``sae_weights.safetensors`` (``SAE.save_model`` / ``load_from_disk``),
   architectures standard, jumprelu, topk, abstopk and batch_abstopk (the last registered by this package).
@@ -20,6 +21,14 @@ Four on-disk formats are recognised (`detect_format`):
   metadata names the activation (``activation``: relu | jumprelu | topk | batchtopk | abstopk | batch_abstopk, and
   ``k``), or the ``--activation`` / ``--k`` flags. Optional metadata: ``model``, ``layer``, ``hook_name``,
   ``apply_b_dec_to_input`` ("true" by default: the encoder reads ``x - b_dec``).
+- ``sparsify`` (EleutherAI/sparsify ``SparseCoder.save_to_disk``): a folder with ``cfg.json`` (``d_in``, ``k``,
+  ``activation`` = topk, ``num_latents`` or ``expansion_factor``, ``transcode``, ``skip_connection``) and
+  ``sae.safetensors`` (``encoder.weight`` [d_sae, d_in], ``encoder.bias``, ``W_dec`` [d_sae, d_in], ``b_dec``).
+  Its encoder is ReLU(W (x - b_dec) + b) followed by the k largest, which is sae_lens's TopK exactly; transcoders,
+  skip connections and the ``groupmax`` activation are refused. The folder's name is sparsify's hookpoint
+  (``layers.6``: the output of decoder layer 6) and the run folder's ``config.json`` may name the model. (Read
+  here after sparsify's own ``SparseCoder`` code rather than with sae_lens 6.54's ``sparsify_disk_loader``, which
+  transposes ``W_dec`` and ties the ``b_dec`` subtraction to ``normalize_decoder``.)
 
 Every checkpoint becomes an sae_lens SAE of the matching architecture: relu -> standard, jumprelu -> jumprelu,
 topk -> topk, batchtopk -> jumprelu (its scalar inference threshold on ReLU(u), as sae_lens saves BatchTopK),
@@ -31,7 +40,10 @@ norms folded into the encoder (reconstructions unchanged; latents in the unit-de
 uses); per-sample k-sparse SAEs are kept as they are, since folding would change which latents win.
 
 A checkpoint that declares another model, layer or hook, whose d_in differs from the model's d_model, or whose
-activation is unknown or ambiguous, is refused with a one-line `UserError`.
+activation is unknown or ambiguous, is refused with a one-line `UserError`. A checkpoint reading
+``blocks.{L+1}.hook_resid_pre`` is accepted as layer L: the residual stream entering block L+1 is the one leaving
+block L (``blocks.L.hook_resid_post``), so it is the same activation; the result's provenance says so
+(`hook_note`).
 """
 
 from __future__ import annotations
@@ -54,7 +66,11 @@ from abstopk_eval.saes import batch_abstopk as _registers  # noqa: F401  (regist
 from abstopk_eval.saes.signs import has_signed_latents
 from abstopk_eval.saes.variants import VARIANTS, InferenceRule, VariantSpec
 
-FORMATS = ("sae_lens", "sae_bench", "dictionary_learning", "safetensors")
+FORMATS = ("sae_lens", "sae_bench", "dictionary_learning", "safetensors", "sparsify")
+"""The on-disk formats `detect_format` recognises (`--help` of compare lists them)."""
+PUBLISHED_FORMAT = "sae_lens_release"
+"""The `source_format` of SAEs loaded by release and id through `SAE.from_pretrained` (`saes.published`)."""
+SPARSIFY_WEIGHTS = "sae.safetensors"
 
 
 def activation_name(variant: str) -> str:
@@ -180,9 +196,10 @@ class ExternalSAE:
     """A converted checkpoint and where it came from."""
 
     sae: SAE
-    source_path: Path
+    source_path: Path | str
+    """The checkpoint's path, or for published SAEs the hub address hf://<repo>/<folder>."""
     format: str
-    weights_file: Path
+    weights_file: Path | str
     sha256: str
     activation: str
     architecture: str
@@ -190,9 +207,14 @@ class ExternalSAE:
     signed: bool
     declared: dict[str, Any]
     decoder_norms_folded: bool = False
+    hook_note: str | None = None
+    """Set when the checkpoint reads another hook holding the same activation (see `check_target`)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """What else the source states (published SAEs: sae_lens release and id, hub repo, folder and revision)."""
 
     @property
     def provenance(self) -> dict[str, Any]:
+        optional = {"hook_note": self.hook_note} if self.hook_note else {}
         return {
             "source_path": str(self.source_path),
             "source_format": self.format,
@@ -204,6 +226,8 @@ class ExternalSAE:
             "signed_latents": self.signed,
             "declared": self.declared,
             "decoder_norms_folded": self.decoder_norms_folded,
+            **optional,
+            **self.extra,
         }
 
 
@@ -227,6 +251,8 @@ def detect_format(path: str | Path) -> tuple[str, Path]:
             return "sae_lens", path / "sae_weights.safetensors"
         if (path / "ae.pt").is_file():
             return "dictionary_learning", path / "ae.pt"
+        if (path / "cfg.json").is_file() and (path / SPARSIFY_WEIGHTS).is_file():
+            return "sparsify", path / SPARSIFY_WEIGHTS
         tensors = sorted(path.glob("*.safetensors"))
         torch_files = sorted([*path.glob("*.pt"), *path.glob("*.pth")])
         if len(tensors) == 1 and not torch_files:
@@ -235,12 +261,15 @@ def detect_format(path: str | Path) -> tuple[str, Path]:
             return "sae_bench", torch_files[0]
         raise UserError(
             f"cannot tell the SAE format of folder {path}: expected cfg.json + sae_weights.safetensors "
-            "(sae_lens), ae.pt + config.json (dictionary_learning), or one .pt / .safetensors file"
+            "(sae_lens), cfg.json + sae.safetensors (sparsify), ae.pt + config.json (dictionary_learning), or one "
+            ".pt / .safetensors file"
         )
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         if path.name == "sae_weights.safetensors" and (path.parent / "cfg.json").is_file():
             return "sae_lens", path
+        if path.name == SPARSIFY_WEIGHTS and (path.parent / "cfg.json").is_file():
+            return "sparsify", path
         return "safetensors", path
     if suffix in (".pt", ".pth"):
         if path.name == "ae.pt" or _is_dictionary_learning_config(path.parent / "config.json"):
@@ -302,28 +331,37 @@ def _bool(value: Any, default: bool) -> bool:
     return bool(value)
 
 
+def sae_lens_activation(arch: str, metadata: Mapping[str, Any], where: str) -> str:
+    """The activation an sae_lens SAE of architecture `arch` (with checkpoint metadata `metadata`) is read as."""
+    by_architecture = _activation_of_architecture()
+    if arch not in by_architecture:
+        raise UserError(
+            f"{where}: sae_lens architecture {arch!r} is not supported here; supported: {', '.join(by_architecture)}"
+        )
+    activation = by_architecture[arch]
+    trained_as = _known_activation(metadata.get("training_architecture") or "")
+    if trained_as is not None and ACTIVATIONS[trained_as].architecture == arch:
+        activation = trained_as  # e.g. sae_lens saves a trained BatchTopK SAE as a JumpReLU with its threshold
+    return activation
+
+
+def sae_lens_declared(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Model, layer and hook as an sae_lens config's metadata states them."""
+    return {
+        "model": metadata.get("model") or metadata.get("model_name"),
+        "layer": metadata.get("layer", metadata.get("hook_layer")),
+        "hook_name": metadata.get("hook_name"),
+    }
+
+
 def _read_sae_lens(path: Path) -> tuple[SAE, dict[str, Any], str]:
     from abstopk_eval.saes.io import load_sae
 
     folder = path if path.is_dir() else path.parent
     cfg = _read_json(folder / "cfg.json")
-    arch = cfg.get("architecture", "standard")
-    by_architecture = _activation_of_architecture()
-    if arch not in by_architecture:
-        raise UserError(
-            f"{folder}: sae_lens architecture {arch!r} is not supported here; supported: {', '.join(by_architecture)}"
-        )
     meta = cfg.get("metadata") or {}
-    declared = {
-        "model": meta.get("model") or meta.get("model_name"),
-        "layer": meta.get("layer"),
-        "hook_name": meta.get("hook_name"),
-    }
-    activation = by_architecture[arch]
-    trained_as = _known_activation(meta.get("training_architecture") or "")
-    if trained_as is not None and ACTIVATIONS[trained_as].architecture == arch:
-        activation = trained_as  # e.g. sae_lens saves a trained BatchTopK SAE as a JumpReLU with its threshold
-    return load_sae(folder), declared, activation
+    activation = sae_lens_activation(cfg.get("architecture", "standard"), meta, str(folder))
+    return load_sae(folder), sae_lens_declared(meta), activation
 
 
 def _read_sae_bench(path: Path) -> RawSAE:
@@ -453,12 +491,68 @@ def _read_safetensors(path: Path) -> RawSAE:
     )
 
 
+_SPARSIFY_HOOKPOINT = re.compile(r"(?:^|\.)(?:layers|h)\.\d+(?:\.|$)|^embed")
+
+
+def _read_sparsify(path: Path) -> RawSAE:
+    folder = path if path.is_dir() else path.parent
+    cfg = _read_json(folder / "cfg.json")
+    for flag, what in (
+        ("transcode", "a transcoder"),
+        ("skip_connection", "an SAE with a skip connection"),
+        ("embed_skip", "an SAE with an embedding skip connection"),
+        ("gram_lookup", "an SAE with an n-gram lookup"),
+        ("signed", "a signed sparsify coder"),
+    ):
+        if cfg.get(flag):
+            raise UserError(f"{folder}: {what} ({flag}=true) is not supported; only plain sparsify SAEs are")
+    activation = str(cfg.get("activation", "topk"))
+    if activation != "topk":
+        raise UserError(f"{folder}: sparsify activation {activation!r} is not supported (only topk)")
+    from safetensors import safe_open
+
+    weights = folder / SPARSIFY_WEIGHTS
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            sd = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except Exception as err:
+        raise UserError(f"{weights} is not a readable safetensors file ({err.__class__.__name__})") from None
+    if "W_skip" in sd:
+        raise UserError(f"{folder}: an SAE with a skip connection (W_skip) is not supported")
+    W_enc = _tensor(sd, "encoder.weight", path=weights).T.contiguous()
+    d_in, d_sae = W_enc.shape
+    W_dec = _tensor(sd, "W_dec", path=weights)
+    if W_dec.shape == (d_in, d_sae) and d_in != d_sae:  # an nn.Linear-style decoder
+        W_dec = W_dec.T.contiguous()
+    stated_d_sae = cfg.get("num_latents") or d_in * int(cfg.get("expansion_factor") or 0) or None
+    run_config = folder.parent / "config.json"
+    model = _read_json(run_config).get("model") if run_config.is_file() else None
+    return RawSAE(
+        W_enc=W_enc,
+        W_dec=W_dec,
+        b_enc=_tensor(sd, "encoder.bias", path=weights),
+        b_dec=_tensor(sd, "b_dec", path=weights),
+        activation="topk",
+        k=_int_or_none(cfg.get("k")),
+        apply_b_dec_to_input=True,  # SparseCoder.encode reads x - b_dec (all but transcoders)
+        declared={
+            "model": model,
+            "hook_name": folder.name if _SPARSIFY_HOOKPOINT.search(folder.name) else None,
+            "d_in": cfg.get("d_in"),
+            "d_sae": stated_d_sae,
+        },
+    )
+
+
 # --------------------------------------------------------------------------------------------- checks
 
 
-def _model_names(spec: ModelSpec) -> set[str]:
+def model_names(spec: ModelSpec) -> set[str]:
     names = {spec.key, spec.hf_id, spec.hf_id.split("/")[-1], *_MODEL_ALIASES.get(spec.key, ())}
     return {n.lower() for n in names}
+
+
+_RESID_PRE = re.compile(r"blocks\.(\d+)\.hook_resid_pre")
 
 
 def _declared_layer(declared: dict[str, Any]) -> int | None:
@@ -473,21 +567,47 @@ def _declared_layer(declared: dict[str, Any]) -> int | None:
     return int(next(g for g in found.groups() if g is not None)) if found else None
 
 
-def check_target(path: Path, declared: dict[str, Any], d_in: int, spec: ModelSpec, layer: int) -> None:
-    """Refuse a checkpoint for another model, layer, hook or width (one-line UserErrors)."""
+def resid_pre_note(hook: str) -> tuple[int, str] | None:
+    """(layer, note) for a hook `blocks.{L+1}.hook_resid_pre`: the residual stream entering block L+1 is the one
+    leaving block L, so such an SAE reads layer L (`blocks.L.hook_resid_post`); None for any other hook."""
+    found = _RESID_PRE.fullmatch(hook.strip())
+    if found is None or int(found.group(1)) == 0:
+        return None
+    block = int(found.group(1))
+    return block - 1, (
+        f"the checkpoint reads {hook}, the residual stream entering block {block}, which is the same activation as "
+        f"blocks.{block - 1}.hook_resid_post (leaving block {block - 1}); evaluated as layer {block - 1}"
+    )
+
+
+def check_target(path: Path | str, declared: dict[str, Any], d_in: int, spec: ModelSpec, layer: int) -> str | None:
+    """Refuse a checkpoint for another model, layer, hook or width (one-line UserErrors); returns the hook note of
+    a checkpoint accepted through `resid_pre_note`, else None."""
     if d_in != spec.d_model:
         raise UserError(f"{path}: checkpoint has d_in={d_in} but {spec.key} has d_model={spec.d_model}")
     model = declared.get("model")
-    if model and str(model).lower() not in _model_names(spec):
+    if model and str(model).lower() not in model_names(spec):
         raise UserError(f"{path}: checkpoint is for model {model!r}, not {spec.key} ({spec.hf_id})")
     hook = str(declared.get("hook_name") or "")
+    pre = resid_pre_note(hook) if hook else None
+    if pre is not None:
+        pre_layer, note = pre
+        stated = declared.get("layer")
+        # sae_lens / sae_bench state the hook's block (L+1) as hook_layer; L itself is consistent too
+        if stated not in (None, "") and _declared_layer({"layer": stated}) not in (pre_layer, pre_layer + 1):
+            raise UserError(f"{path}: checkpoint declares layer {stated} but reads {hook}")
+        if pre_layer != layer:
+            raise UserError(f"{path}: checkpoint is for layer {pre_layer} ({hook}), not --layer {layer}")
+        return note
     if hook and re.search(r"mlp|attn|attention|hook_z|resid_pre|resid_mid|ln\d|norm|embed", hook, re.IGNORECASE):
         raise UserError(
-            f"{path}: checkpoint reads {hook!r}, not the residual stream after a block (blocks.L.hook_resid_post)"
+            f"{path}: checkpoint reads {hook!r}, not the residual stream after a block (blocks.L.hook_resid_post, "
+            "or blocks.{L+1}.hook_resid_pre)"
         )
     declared_layer = _declared_layer(declared)
     if declared_layer is not None and declared_layer != layer:
         raise UserError(f"{path}: checkpoint is for layer {declared_layer}, not --layer {layer}")
+    return None
 
 
 # --------------------------------------------------------------------------------------------- conversion
@@ -540,12 +660,18 @@ def raw_to_sae(raw: RawSAE, path: Path) -> tuple[SAE, bool]:
         raise UserError(
             f"{path}: weights do not fit a {act.architecture} SAE ({str(err).splitlines()[0][:120]})"
         ) from None
-    folded = False
-    if not act.uses_k and not _unit_rows(sae.W_dec.data):
-        with torch.no_grad():
-            sae.fold_W_dec_norm()  # function-preserving for ReLU / thresholds (thresholds scale too)
-        folded = True
-    return sae, folded
+    return sae, fold_decoder_norms(sae, act)
+
+
+def fold_decoder_norms(sae: SAE, act: Activation) -> bool:
+    """Give a ReLU / threshold SAE unit-norm decoder rows (function-preserving: encoder and thresholds scale
+    instead); per-sample k-sparse SAEs are left as they are, since folding would change which latents win.
+    Returns whether anything was folded."""
+    if act.uses_k or _unit_rows(sae.W_dec.data):
+        return False
+    with torch.no_grad():
+        sae.fold_W_dec_norm()
+    return True
 
 
 def load_external(
@@ -566,13 +692,14 @@ def load_external(
             raise UserError(f"{path}: --activation {flag_activation} contradicts the checkpoint's architecture {arch}")
         if k is not None and sae_k is not None and k != sae_k:
             raise UserError(f"{path}: --k {k} contradicts the checkpoint's k={sae_k}")
-        check_target(path, declared, sae.cfg.d_in, spec, layer)
+        note = check_target(path, declared, sae.cfg.d_in, spec, layer)
         folded = False
     else:
         reader = {
             "sae_bench": _read_sae_bench,
             "dictionary_learning": _read_dictionary_learning,
             "safetensors": _read_safetensors,
+            "sparsify": _read_sparsify,
         }[fmt]
         raw = reader(path)
         if flag_activation:
@@ -588,7 +715,7 @@ def load_external(
             actual = raw.W_enc.shape[0 if key == "d_in" else 1]
             if stated is not None and int(stated) != actual:
                 raise UserError(f"{path}: config says {key}={stated} but the weights have {actual}")
-        check_target(path, raw.declared, int(raw.W_enc.shape[0]), spec, layer)
+        note = check_target(path, raw.declared, int(raw.W_enc.shape[0]), spec, layer)
         sae, folded = raw_to_sae(raw, path)
         act_name, declared = raw.activation, raw.declared
     act = ACTIVATIONS[act_name]
@@ -604,6 +731,7 @@ def load_external(
         signed=has_signed_latents(sae),
         declared={k_: v for k_, v in declared.items() if v is not None},
         decoder_norms_folded=folded,
+        hook_note=note,
     )
 
 
@@ -613,5 +741,7 @@ def default_name(path: str | Path) -> str:
     stem = path.name if path.is_dir() else path.stem
     if stem.lower() in _GENERIC_STEMS:  # e.g. runs/.../topk_k64_s0/sae or .../trainer_3/ae.pt
         stem = path.parent.name
+    elif re.fullmatch(r"(?:layers|h)\.\d+", stem):  # a sparsify hookpoint folder: <run>-layers.6
+        stem = f"{path.parent.name}-{stem}"
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "sae"
     return f"ext-{safe}"
