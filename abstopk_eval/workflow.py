@@ -222,7 +222,7 @@ def pending_evaluations(
     digests = {t.sae_id: t.digest() for t in targets}
     planned = {(t.sae_id, name): planned_result(plan, ids, t, name) for name in plan.evals for t in targets}
     expected = {(sid, name, p.config_tag): (p.identity["hash"], digests[sid]) for (sid, name), p in planned.items()}
-    forced = getattr(plan, "force_rerun", False)  # stand-in plans in tests may lack the field
+    forced = plan.force_rerun
     current = set() if forced else current_results(plan.results_dir, plan.model.key, plan.layer, expected)
     pending = {}
     for name in plan.evals:
