@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
 
+from abstopk_eval import faults
 from abstopk_eval.errors import UserError
 
 SETUP_COMMAND = "bash scripts/setup.sh"
@@ -74,6 +75,7 @@ def atomic_file(path: Path) -> Iterator[IO[bytes]]:
             os.fchmod(handle.fileno(), _NEW_FILE_MODE)
             yield handle
             handle.flush()
+            faults.point("atomic-write", path.name)  # the temporary file written, not yet renamed into place
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
