@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from abstopk_eval import results as results_mod
-from abstopk_eval import run
+from abstopk_eval import run, verify
 from abstopk_eval.io import atomic_file
 from abstopk_eval.models.registry import MODEL_REGISTRY
 from abstopk_eval.results import ResultKind, iter_results
@@ -66,6 +66,8 @@ def _kill_then_rerun(fault: str, tmp: Path, model_dir: Path, expected, check_lef
     run.main(argv)
     assert _comparable(tmp / "results") == expected
     assert not list((tmp / "runs").rglob(CHECKPOINT_JSON)) and not list((tmp / "runs").rglob(TENSORS_GLOB))
+    verdicts = verify.verify(tmp / "results", tmp / "runs")  # no leftover of the killed run is listed
+    assert [(v.path, v.status) for v in verdicts if v.status != verify.OK] == [] and len(verdicts) == 4
 
 
 def _no_cache(tmp: Path) -> None:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from abstopk_eval import faults, locks
 from abstopk_eval.data.corpus import PackedTokens
 from abstopk_eval.errors import UserError
-from abstopk_eval.io import atomic_directory, atomic_write_text, sha256_bytes, sha256_file
+from abstopk_eval.io import atomic_directory, atomic_write_text, pid_alive, sha256_bytes, sha256_file
 
 logger = logging.getLogger("abstopk_eval.data")
 
@@ -87,16 +87,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _clean_stale_tmp(final: Path) -> None:
     """Remove temp dirs of interrupted builds of ``final`` (those whose process is gone)."""
     prefix = f".{final.name}{_TMP_MARK}"
@@ -109,7 +99,7 @@ def _clean_stale_tmp(final: Path) -> None:
             pid = int(path.name[len(prefix) :].split("-")[0])
         except ValueError:
             pid = -1
-        if pid == os.getpid() or pid <= 0 or not _pid_alive(pid):
+        if pid == os.getpid() or pid <= 0 or not pid_alive(pid):
             logger.info("removing the leftover of an interrupted cache build: %s", path)
             shutil.rmtree(path, ignore_errors=True)
 
