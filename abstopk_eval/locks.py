@@ -6,12 +6,14 @@ sweep). Whoever builds or repairs a cache directory holds an exclusive `fcntl.fl
 releases the lock when its holder exits or is killed, so a crashed builder never leaves a stale lock (the lock file
 itself stays; it is empty apart from the holder's pid and host, shown to waiters). The directory itself is still
 built in a staging sibling and renamed into place (`io.atomic_directory`), so a reader that does not lock never sees
-half of one. flock needs a local file system or an NFS that supports it (NFSv4 does).
+half of one. flock needs a local file system or an NFS that supports it (NFSv4 does). Where the lock file cannot be
+written (a read-only shared cache) the cache is used without a lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -52,7 +54,14 @@ def exclusive(target: Path, what: str, timeout_s: float | None = None) -> Iterat
     path = lock_path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     limit = _timeout() if timeout_s is None else timeout_s
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        log.info("cannot write the lock %s (%s): using %s without a lock", path, err.strerror, what)
+        yield  # a read-only shared cache: nothing here can build or repair it anyway
+        return
     try:
         began, announced = time.monotonic(), False
         while True:

@@ -3,7 +3,9 @@ same content; the lock of a killed builder is free again."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import time
 from pathlib import Path
 
@@ -35,7 +37,7 @@ class SlowAdapter:
 
     def activations(self, ids: torch.Tensor, layer: int) -> torch.Tensor:
         with open(self.log, "a") as fh:
-            fh.write(f"{__import__('os').getpid()}\n")
+            fh.write(f"{os.getpid()}\n")
         time.sleep(0.1)
         return torch.stack([ids.float() * (i + 1) for i in range(D)], dim=-1)
 
@@ -95,7 +97,7 @@ def fake_gguf(monkeypatch, tmp_path):
 
     def dequantise(spec, work, out):
         with open(tmp_path / "builds.log", "a") as fh:
-            fh.write(f"{__import__('os').getpid()}\n")
+            fh.write(f"{os.getpid()}\n")
         time.sleep(0.5)
         save_tiny_model(model, tok, out)
         return {"gguf_file": "tiny-Q4_K_M.gguf", "gguf_sha256": "0" * 64}
@@ -152,3 +154,18 @@ def _wait_for(target: Path) -> None:
     except UserError as err:
         assert "waiting for process" in str(err) and "\n" not in str(err)
         raise SystemExit(3) from None
+
+
+def test_a_read_only_cache_is_used_without_a_lock(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).endswith(".lock"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    entered = []
+    with locks.exclusive(tmp_path / "shared", "a shared cache"):
+        entered.append(True)
+    assert entered == [True]
