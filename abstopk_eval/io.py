@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
 
+from abstopk_eval import faults
 from abstopk_eval.errors import UserError
 
 SETUP_COMMAND = "bash scripts/setup.sh"
@@ -69,17 +71,41 @@ def atomic_file(path: Path) -> Iterator[IO[bytes]]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_dead_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), _NEW_FILE_MODE)
             yield handle
             handle.flush()
+            faults.point("atomic-write", path.name)  # the temporary file written, not yet renamed into place
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (a process of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_temporaries(path: Path) -> None:
+    """Delete the temporary files of `path` that atomic writes killed mid-way left (`.<name>.<pid>.<random>.tmp`
+    whose process is gone); they were never read as `path`, and this keeps them from piling up."""
+    path = Path(path)
+    prefix = f".{path.name}."
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = tmp.name[len(prefix) :].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -116,6 +116,37 @@ def _candidates(results_dir: Path, model: str | None, layer: int | None) -> Iter
         yield path, ResultKind.BASELINE
 
 
+@dataclass(frozen=True)
+class ResultFile:
+    """Where a candidate result file sits in the layout (its content not read yet)."""
+
+    model: str
+    layer: int
+    kind: ResultKind
+    name: str
+    eval_name: str
+    path: Path
+    config_tag: str | None = None
+
+
+def result_files(results_dir: Path, *, model: str | None = None, layer: int | None = None) -> Iterator[ResultFile]:
+    """Every file in `results_dir` that the layout says is a result (SAE results and baselines), in path order."""
+    for path, found_kind in sorted(_candidates(Path(results_dir), model, layer), key=lambda found: found[0]):
+        tag = None
+        if found_kind is ResultKind.SAE:
+            if path.name == IDENTITY_JSON:
+                continue  # the folder's identity, not a result
+            name, evaluation, folder = path.parent.name, path.stem, path.parent.parent
+            evaluation, sep, tag_text = evaluation.partition(CONFIG_TAG_SEP)
+            tag = tag_text if sep else None
+        else:
+            name, evaluation, folder = path.stem, path.parent.name, path.parent.parent.parent
+        layer_number = _layer_of(folder)
+        if layer_number is None:
+            continue  # not a layer_<L> folder: not part of the layout
+        yield ResultFile(folder.parent.name, layer_number, found_kind, name, evaluation, path, tag)
+
+
 def iter_results(
     results_dir: Path,
     *,
@@ -126,32 +157,18 @@ def iter_results(
 ) -> Iterator[ResultRecord]:
     """Every readable result under `results_dir` in path order, optionally only of one kind, evaluation, model or
     layer. An unreadable file is skipped with one warning (a half-written or hand-edited result must not stop a
-    report)."""
-    for path, found_kind in sorted(_candidates(Path(results_dir), model, layer), key=lambda found: found[0]):
-        if kind is not None and found_kind is not kind:
+    report; `python -m abstopk_eval.verify` lists it)."""
+    for f in result_files(results_dir, model=model, layer=layer):
+        if (kind is not None and f.kind is not kind) or (eval_name is not None and f.eval_name != eval_name):
             continue
-        tag = None
-        if found_kind is ResultKind.SAE:
-            name, evaluation, folder = path.parent.name, path.stem, path.parent.parent
-            evaluation, sep, tag_text = evaluation.partition(CONFIG_TAG_SEP)
-            tag = tag_text if sep else None
-            if path.name == IDENTITY_JSON:
-                continue  # the folder's identity, not a result
-        else:
-            name, evaluation, folder = path.stem, path.parent.name, path.parent.parent.parent
-        if eval_name is not None and evaluation != eval_name:
-            continue
-        layer_number = _layer_of(folder)
-        if layer_number is None:
-            continue  # not a layer_<L> folder: not part of the layout
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(f.path.read_text())
         except (OSError, ValueError):
             data = None
         if not isinstance(data, dict):
-            log.warning("skipping unreadable result %s", path)
+            log.warning("skipping unreadable result %s", f.path)
             continue
-        yield ResultRecord(folder.parent.name, layer_number, found_kind, name, evaluation, path, data, tag)
+        yield ResultRecord(f.model, f.layer, f.kind, f.name, f.eval_name, f.path, data, f.config_tag)
 
 
 def current_results(

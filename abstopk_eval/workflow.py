@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from abstopk_eval import faults
 from abstopk_eval.config import TrainPreset
 from abstopk_eval.data.activation_cache import ActivationCache, CacheKey
 from abstopk_eval.data.corpus import DEFAULT_HELDOUT_FRACTION, PackedTokens, build_token_sequences, corpus_version
@@ -402,6 +403,7 @@ def evaluate(plan: RunPlan, targets: Sequence[EvalTarget], session: Session | No
         for method, output in ctx.baselines.get(eval_name, {}).items():  # e.g. steering's "dim": no SAE checkpoint
             write_eval_output(baseline_path(plan.results_dir, plan.model.key, plan.layer, eval_name, method), output)
         done[eval_name] = [t.sae_id for t, _ in todo]
+        faults.point("eval-done", eval_name)
     return done
 
 

@@ -7,7 +7,8 @@ Layout of a cache directory ``root/<model>/layer_<L>/<corpus>_T<n_tokens>_L<seq_
   file, versions, and normalisation statistics ``mean`` / ``scale``.
 
 A build writes into a temporary sibling directory and renames it into place, so an interrupted
-build never leaves a directory that looks valid.
+build never leaves a directory that looks valid; it runs under the cache's lock (`abstopk_eval.locks`), so
+concurrent processes build it once and the others reuse it.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from abstopk_eval import faults, locks
 from abstopk_eval.data.corpus import PackedTokens
 from abstopk_eval.errors import UserError
-from abstopk_eval.io import atomic_directory, atomic_write_text, sha256_bytes, sha256_file
+from abstopk_eval.io import atomic_directory, atomic_write_text, pid_alive, sha256_bytes, sha256_file
 
 logger = logging.getLogger("abstopk_eval.data")
 
@@ -85,16 +87,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _clean_stale_tmp(final: Path) -> None:
     """Remove temp dirs of interrupted builds of ``final`` (those whose process is gone)."""
     prefix = f".{final.name}{_TMP_MARK}"
@@ -107,7 +99,7 @@ def _clean_stale_tmp(final: Path) -> None:
             pid = int(path.name[len(prefix) :].split("-")[0])
         except ValueError:
             pid = -1
-        if pid == os.getpid() or pid <= 0 or not _pid_alive(pid):
+        if pid == os.getpid() or pid <= 0 or not pid_alive(pid):
             logger.info("removing the leftover of an interrupted cache build: %s", path)
             shutil.rmtree(path, ignore_errors=True)
 
@@ -212,19 +204,23 @@ class ActivationCache:
         final = Path(root) / key.dirname
         expected_d = d_in if d_in is not None else getattr(adapter, "d_model", None)
         tokens_sha = _tokens_sha256(packed.tokens)
-        if final.is_dir() and not any(final.iterdir()):
-            final.rmdir()  # an empty directory holds nothing to protect
-        if final.exists():
-            cache = cls.load(final, key=key, d_in=expected_d, verify=verify)
-            if cache.meta.get("tokens_sha256") not in (None, tokens_sha):
-                raise UserError(
-                    f"activation cache at {final} was built from different tokens than this run's "
-                    f"{key.corpus} sequences (tokenizer or corpus changed); delete it and rerun to rebuild"
-                )
-            logger.info("reusing activation cache %s (%d rows x %d)", final, cache.n_rows, cache.d_in)
-            return cache
-        cls._build(final, key, adapter, packed, batch_size, dtype, expected_d, tokens_sha)
-        return cls.load(final, key=key, d_in=expected_d, verify=False)
+        if not final.is_dir() or not any(final.iterdir()):
+            # create once: the builder holds the lock; a process that waited for it finds the cache built
+            with locks.exclusive(final, f"the activation cache {final}"):
+                if final.is_dir() and not any(final.iterdir()):
+                    final.rmdir()  # an empty directory holds nothing to protect
+                if not final.exists():
+                    cls._build(final, key, adapter, packed, batch_size, dtype, expected_d, tokens_sha)
+                    return cls.load(final, key=key, d_in=expected_d, verify=False)
+        # a finished cache is never replaced (a corrupt one is an error), so reading it needs no lock
+        cache = cls.load(final, key=key, d_in=expected_d, verify=verify)
+        if cache.meta.get("tokens_sha256") not in (None, tokens_sha):
+            raise UserError(
+                f"activation cache at {final} was built from different tokens than this run's "
+                f"{key.corpus} sequences (tokenizer or corpus changed); delete it and rerun to rebuild"
+            )
+        logger.info("reusing activation cache %s (%d rows x %d)", final, cache.n_rows, cache.d_in)
+        return cache
 
     @classmethod
     def load(
@@ -341,6 +337,7 @@ class ActivationCache:
                     if not np.isfinite(rows).all():
                         raise UserError(f"the model produced non-finite activations at layer {key.layer}")
                     out[row : row + len(rows)] = rows
+                    faults.point("cache-build")
                     digest.update(np.ascontiguousarray(rows).tobytes())
                     assert moments is not None
                     moments.update(rows)

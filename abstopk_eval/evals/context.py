@@ -70,6 +70,9 @@ class EvalSpec:
     config_cls: type
     """The evaluation's config (a pydantic dataclass on sae_bench's BaseEvalConfig): its fields are the options
     `--eval-option NAME.KEY=VALUE` may set, typed by their annotations."""
+    output_cls: type | None = None
+    """The result schema (a pydantic dataclass of sae_bench's BaseEvalOutput): `python -m abstopk_eval.verify`
+    checks every stored result of this evaluation against it."""
     in_default_run: bool = True
     """Run when no --evals is given; False for evaluations that need a particular kind of model (steering
     needs an instruction-tuned model with a chat template) and are asked for by name."""

@@ -2,7 +2,8 @@
 
 GGUF-packaged models are dequantised once and cached as a float32 `save_pretrained` copy under
 `{cache_dir}/models/{key}/` with a `manifest.json` of sha256 checksums; later loads verify the
-checksums and load the copy (seconds instead of a minute). A corrupt copy is rebuilt.
+checksums and load the copy (seconds instead of a minute). A corrupt copy is rebuilt. Checking, building and
+repairing the copy happen under its lock (`abstopk_eval.locks`), so concurrent processes build it once.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
+from abstopk_eval import faults, locks
 from abstopk_eval.errors import UserError
 from abstopk_eval.io import (
     SETUP_COMMAND,
@@ -341,27 +343,31 @@ def verify_cached_copy(folder: Path) -> dict[str, Any]:
 
 
 def _load_gguf_package(spec: ModelSpec, cache_dir: Path, dtype: torch.dtype, device: str) -> tuple[Any, Any, str]:
+    """The cached copy (checked, rebuilt when unusable) under its lock: a second process waits, then reuses it."""
     folder = cache_dir / "models" / spec.key
     version = _package_version(spec)
-    if folder.exists():
-        try:
-            t0 = time.perf_counter()
-            manifest = verify_cached_copy(folder)
-            if manifest.get("package_version") != version:
-                raise ValueError(f"built from {spec.package} {manifest.get('package_version')}, installed is {version}")
-            model, tokenizer = _load_local(spec, folder, dtype, device, what=f"cached copy {folder}")
-            log.info("loaded %s from cached copy %s in %.1f s", spec.key, folder, time.perf_counter() - t0)
-            return model, tokenizer, _describe(spec, manifest, dtype)
-        except (ValueError, UserError, OSError, RuntimeError) as err:
-            log.warning(
-                "cached copy of %s at %s is unusable (%s); rebuilding it from %s",
-                spec.key,
-                folder,
-                _one_line(err),
-                spec.package,
-            )
-            shutil.rmtree(folder, ignore_errors=True)
-    manifest = _build_cached_copy(spec, folder, version)
+    with locks.exclusive(folder, f"the cached copy of {spec.key}"):
+        if folder.exists():
+            try:
+                t0 = time.perf_counter()
+                manifest = verify_cached_copy(folder)
+                if manifest.get("package_version") != version:
+                    raise ValueError(
+                        f"built from {spec.package} {manifest.get('package_version')}, installed is {version}"
+                    )
+                model, tokenizer = _load_local(spec, folder, dtype, device, what=f"cached copy {folder}")
+                log.info("loaded %s from cached copy %s in %.1f s", spec.key, folder, time.perf_counter() - t0)
+                return model, tokenizer, _describe(spec, manifest, dtype)
+            except (ValueError, UserError, OSError, RuntimeError) as err:
+                log.warning(
+                    "cached copy of %s at %s is unusable (%s); rebuilding it from %s",
+                    spec.key,
+                    folder,
+                    _one_line(err),
+                    spec.package,
+                )
+                shutil.rmtree(folder, ignore_errors=True)
+        manifest = _build_cached_copy(spec, folder, version)
     model, tokenizer = _load_local(spec, folder, dtype, device, what=f"cached copy {folder}")
     return model, tokenizer, _describe(spec, manifest, dtype)
 
@@ -380,7 +386,7 @@ def _build_cached_copy(spec: ModelSpec, folder: Path, version: str) -> dict[str,
     When another process finished the same build first, its copy is used if it is intact.
     """
     folder.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_builds(folder.parent, spec.key)
+    _remove_stale_builds(folder.parent, spec.key, max_age_s=0)  # under the lock: no live build owns them
     t_start = time.perf_counter()
     theirs: list[dict[str, Any]] = []
 
@@ -397,6 +403,7 @@ def _build_cached_copy(spec: ModelSpec, folder: Path, version: str) -> dict[str,
         atomic_directory(folder, prefix=build_prefix, replace=replace_unless_intact) as out,
     ):
         provenance = _dequantise_into(spec, Path(work), out)
+        faults.point("model-copy")
         manifest = write_manifest(
             out,
             {

@@ -28,6 +28,7 @@ import torch
 from sae_lens.saes.sae import TrainingSAE, TrainStepInput
 from tqdm.auto import tqdm
 
+from abstopk_eval import faults
 from abstopk_eval.config import TrainPreset
 from abstopk_eval.errors import UserError
 from abstopk_eval.identity import IDENTITY_JSON
@@ -43,7 +44,15 @@ from abstopk_eval.saes.variants import (
     sae_id,
 )
 from abstopk_eval.training import distributed
-from abstopk_eval.training.checkpoint import atomic_torch_save, load_checkpoint
+from abstopk_eval.training.checkpoint import (
+    Checkpoint,
+    join_optimizer_state,
+    load_checkpoint,
+    refused,
+    remove_checkpoint,
+    save_checkpoint,
+    split_optimizer_state,
+)
 from abstopk_eval.training.sparse_ksae import sparse_training_forward, update_batch_threshold
 from abstopk_eval.training.sparse_threshold import sparse_threshold_forward, supports_sparse_threshold
 
@@ -54,7 +63,6 @@ BatchStream = Callable[[int], Iterator[torch.Tensor]]
 
 SAE_DIRNAME = "sae"
 TRAINING_JSON = "training.json"
-CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass(frozen=True)
@@ -147,25 +155,49 @@ def _new_state(job: TrainJob, d_in: int, preset: TrainPreset, device: str) -> _J
     return _JobState(job, sae, optimizer, scheduler, torch.zeros(sae.cfg.d_sae, device=device))
 
 
-def _restore(state: _JobState, ckpt: dict[str, Any]) -> None:
-    state.sae.load_state_dict(ckpt["sae"])
-    state.optimizer.load_state_dict(ckpt["optimizer"])
-    state.scheduler.load_state_dict(ckpt["scheduler"])
-    state.steps_since_fired = ckpt["steps_since_fired"].to(state.steps_since_fired.device)
-    state.step, state.seconds, state.curve = ckpt["step"], ckpt["seconds"], ckpt["curve"]
+def _belongs_to(state: _JobState) -> dict[str, Any]:
+    """What a checkpoint must have been written for to be resumed by this job."""
+    job = state.job
+    return {
+        "sae_id": job.sae_id,
+        "identity_hash": (job.identity or {}).get("hash"),
+        "d_in": state.sae.cfg.d_in,
+        "d_sae": state.sae.cfg.d_sae,
+    }
+
+
+def _restore(state: _JobState, ckpt: Checkpoint) -> None:
+    sae_tensors = {k.removeprefix("sae."): v for k, v in ckpt.tensors.items() if k.startswith("sae.")}
+    try:
+        state.sae.load_state_dict(sae_tensors)
+        state.optimizer.load_state_dict(join_optimizer_state(ckpt.tensors, ckpt.state["optimizer"]))
+        state.scheduler.load_state_dict(ckpt.state["scheduler"])
+        state.steps_since_fired = ckpt.tensors["steps_since_fired"].to(state.steps_since_fired.device)
+        state.step, state.seconds, state.curve = (
+            int(ckpt.state["step"]),
+            float(ckpt.state["seconds"]),
+            ckpt.state["curve"],
+        )
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
+        raise refused(state.job.out_dir, f"does not fit this SAE ({type(err).__name__})") from None
 
 
 def _save(state: _JobState) -> None:
-    atomic_torch_save(
-        state.job.out_dir / CHECKPOINT,
+    opt_tensors, opt_rest = split_optimizer_state(state.optimizer.state_dict())
+    save_checkpoint(
+        state.job.out_dir,
         {
-            "sae": state.sae.state_dict(),
-            "optimizer": state.optimizer.state_dict(),
-            "scheduler": state.scheduler.state_dict(),
-            "steps_since_fired": state.steps_since_fired.cpu(),
+            **{f"sae.{k}": v for k, v in state.sae.state_dict().items()},
+            **opt_tensors,
+            "steps_since_fired": state.steps_since_fired,
+        },
+        {
+            "belongs_to": _belongs_to(state),
             "step": state.step,
             "seconds": state.seconds,
             "curve": state.curve,
+            "optimizer": opt_rest,
+            "scheduler": state.scheduler.state_dict(),
         },
     )
 
@@ -316,7 +348,7 @@ def _finish(
             "curve": state.curve,
         },
     )
-    (job.out_dir / CHECKPOINT).unlink(missing_ok=True)
+    remove_checkpoint(job.out_dir)
 
 
 def train_jobs(
@@ -355,7 +387,7 @@ def train_jobs(
             if distributed.is_main():
                 job.claim_folder()
             state = _new_state(job, d_in, preset, device)
-            ckpt = load_checkpoint(job.out_dir / CHECKPOINT)
+            ckpt = load_checkpoint(job.out_dir, belongs_to=_belongs_to(state))
             if ckpt is not None:
                 _restore(state, ckpt)
                 log.info("resuming %s from step %d/%d", job.sae_id, state.step, preset.total_steps)
@@ -400,6 +432,7 @@ def _run_group(
                 began = time.perf_counter()
                 _train_step(state, batch, preset, sparse, bf16)
                 state.seconds += time.perf_counter() - began
+        faults.point("train-step")
         step += 1
         bar.update(1)
         if step % preset.checkpoint_every_steps == 0 and step < total and distributed.is_main():

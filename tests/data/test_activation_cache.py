@@ -13,6 +13,7 @@ import torch
 from abstopk_eval.data.activation_cache import ActivationCache, CacheKey
 from abstopk_eval.data.corpus import CorpusInfo, PackedTokens
 from abstopk_eval.errors import UserError
+from abstopk_eval.locks import lock_path
 
 VOCAB, D, SEQ_LEN, N_SEQ, BOS = 50, 12, 9, 10, 2
 
@@ -73,7 +74,8 @@ def test_build_writes_rows_without_bos(built):
     assert cache.n_rows == N_SEQ * (SEQ_LEN - 1) and cache.d_in == D
     assert cache.directory == root / KEY.dirname
     assert sorted(p.name for p in cache.directory.iterdir()) == ["activations.f32", "meta.json"]
-    assert [p.name for p in cache.directory.parent.iterdir() if p.name.startswith(".")] == []  # no temp dir left
+    leftovers = [p for p in cache.directory.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == [lock_path(cache.directory)]  # no temp dir left; the lock file stays
     np.testing.assert_allclose(np.asarray(cache.activations), _expected_rows(FakeAdapter(), packed), rtol=1e-6)
     assert not cache.activations.flags.writeable
     meta = json.loads((cache.directory / "meta.json").read_text())
@@ -122,7 +124,7 @@ def test_interrupted_build_leaves_no_cache(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         ActivationCache.build_or_load(tmp_path, KEY, Crashing(), packed, batch_size=3)
     final = tmp_path / KEY.dirname
-    assert not final.exists() and list(final.parent.iterdir()) == []
+    assert not final.exists() and list(final.parent.iterdir()) == [lock_path(final)]
     stale = final.parent / f".{final.name}.tmp-999999999-deadbeef"  # a crashed process's leftover
     stale.mkdir()
     (stale / "activations.f32").write_bytes(b"\0" * 16)

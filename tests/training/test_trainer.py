@@ -9,7 +9,8 @@ import torch
 from sae_lens import SAE
 
 from abstopk_eval.saes.variants import ALL_VARIANTS
-from abstopk_eval.training.trainer import CHECKPOINT, TrainJob, train_jobs
+from abstopk_eval.training.checkpoint import CHECKPOINT_JSON, checkpoint_exists
+from abstopk_eval.training.trainer import TrainJob, train_jobs
 from tests.helpers.training import D_IN, DATA, MEAN, PRESET, SCALE, Interrupted, stream_factory
 
 
@@ -39,7 +40,7 @@ def test_all_variants_train_from_one_pass_and_reload_with_sae_lens(tmp_path):
         sae = SAE.load_from_disk(job.sae_dir)
         info = json.loads((job.out_dir / "training.json").read_text())
         assert info["steps"] == PRESET.total_steps and info["curve"]
-        assert not (job.out_dir / CHECKPOINT).exists()
+        assert not checkpoint_exists(job.out_dir) and not list(job.out_dir.glob("checkpoint.*"))
         assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(sae.cfg.d_sae), atol=1e-5)
         z = sae.encode(DATA[:256])
         fvu = (sae.decode(z) - DATA[:256]).pow(2).sum() / (DATA[:256] - MEAN).pow(2).sum()
@@ -56,8 +57,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     jobs = _jobs(tmp_path / "resumed", variants)
     with pytest.raises(Interrupted):
         _train(jobs, factory=stream_factory(stop_after=20))
-    ckpt = torch.load(jobs[0].out_dir / CHECKPOINT, weights_only=False)
-    assert ckpt["step"] == 16  # last checkpoint before the interruption
+    assert json.loads((jobs[0].out_dir / CHECKPOINT_JSON).read_text())["step"] == 16  # last one before the stop
     calls: list[int] = []
     _train(jobs, factory=stream_factory(calls=calls))
     assert calls == [16]
@@ -65,7 +65,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
         a = SAE.load_from_disk(tmp_path / "straight" / v / "sae")
         b = SAE.load_from_disk(tmp_path / "resumed" / v / "sae")
         for name, p in a.state_dict().items():
-            assert torch.allclose(p, b.state_dict()[name], atol=1e-6), (v, name)
+            assert torch.equal(p, b.state_dict()[name]), (v, name)  # bit-identical
 
 
 def test_finished_jobs_are_skipped(tmp_path):

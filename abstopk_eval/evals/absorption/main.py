@@ -713,6 +713,7 @@ ABSORPTION = register_eval(
     EvalSpec(
         name=EVAL_NAME,
         config_cls=AbsorptionEvalConfig,
+        output_cls=AbsorptionEvalOutput,
         description="SAEBench first-letter feature absorption (absorption fraction, full absorption, feature splits), "
         "sign-correct for signed latents, plus 1 - absorption",
         run=run_absorption,

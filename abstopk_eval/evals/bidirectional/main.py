@@ -146,6 +146,7 @@ BIDIRECTIONAL = register_eval(
     EvalSpec(
         name=EVAL_NAME,
         config_cls=BidirectionalEvalConfig,
+        output_cls=BidirectionalEvalOutput,
         description="Figure 1 case study: per bipolar axis, one signed latent or two split latents",
         run=run_bidirectional,
     )

@@ -310,6 +310,7 @@ CORE = register_eval(
     EvalSpec(
         name=EVAL_NAME,
         config_cls=CoreEvalConfig,
+        output_cls=CoreEvalOutput,
         description="nMSE, FVU, L0 (!= 0), dead and negative fractions, CE / loss recovered / KL with the SAE "
         "spliced in",
         run=run_core,

@@ -141,6 +141,7 @@ FRAGMENTATION = register_eval(
     EvalSpec(
         name=EVAL_NAME,
         config_cls=FragmentationEvalConfig,
+        output_cls=FragmentationEvalOutput,
         description="decoder atoms in nearly antiparallel pairs (a bipolar axis split in two), sign-invariant for "
         "signed SAEs",
         run=run_fragmentation,

@@ -529,6 +529,7 @@ RAVEL = register_eval(
     EvalSpec(
         name=EVAL_NAME,
         config_cls=RavelEvalConfig,
+        output_cls=RavelEvalOutput,
         description="RAVEL: interchange the SAE latents of one entity attribute (signed) at the entity token; cause, "
         "isolation and disentanglement on facts the model knows (offline cities and Nobel laureates)",
         run=run_ravel,

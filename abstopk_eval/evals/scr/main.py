@@ -358,6 +358,7 @@ SCR = register_eval(
     EvalSpec(
         name=EVAL_NAME,
         config_cls=ScrEvalConfig,
+        output_cls=ScrEvalOutput,
         description="Spurious correlation removal on domain x sentiment: ablate the latents tied to the spurious "
         "label, "
         "score the biased probe's shift toward the balanced-data oracle (both directions)",

@@ -202,6 +202,7 @@ SPARSE_PROBING = register_eval(
     EvalSpec(
         name=EVAL_NAME,
         config_cls=SparseProbingEvalConfig,
+        output_cls=SparseProbingEvalOutput,
         description="Logistic-regression probes on the top-k latents by |mean difference| (sentiment, language, "
         "code, topic) "
         "vs probes on the model's pooled residual",

@@ -505,6 +505,7 @@ STEERING = register_eval(
     EvalSpec(
         name=EVAL_NAME,
         config_cls=SteeringEvalConfig,
+        output_cls=SteeringEvalOutput,
         description="Refusal steering with one SAE latent vs Difference-in-Means (paper Table 1): HarmBench refusal, "
         "MMLU and held-out CE under steering; baselines 'original' and 'dim'",
         run=run_steering,

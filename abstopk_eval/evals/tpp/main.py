@@ -162,6 +162,7 @@ TPP = register_eval(
     EvalSpec(
         name=EVAL_NAME,
         config_cls=TppEvalConfig,
+        output_cls=TppEvalOutput,
         description="Targeted probe perturbation on language and topic: ablate each class's latents, "
         "S_TPP = drop of its own probe minus mean drop of the other probes",
         run=run_tpp,

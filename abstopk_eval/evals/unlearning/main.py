@@ -481,6 +481,7 @@ UNLEARNING = register_eval(
     EvalSpec(
         name=EVAL_NAME,
         config_cls=UnlearningEvalConfig,
+        output_cls=UnlearningEvalOutput,
         description="Unlearning: clamp the latents most specific to a forget set against their sign where they fire; "
         "forget-accuracy drop within a retain-accuracy bound (MMLU bio/med proxy, else known fact domains)",
         run=run_unlearning,
