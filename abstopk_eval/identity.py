@@ -87,6 +87,12 @@ class ModelIdentity(_Identity):
     `local:<sha256 of the folder's files>`."""
     dtype: str = "float32"
     """The dtype the model computes activations in."""
+    sequence_start: str | None = None
+    """The sequence-start rule where it differs from the one identities had before this field (`models.
+    sequence_start`): "none" for tokenizers without BOS (nothing prepended, the first position excluded);
+    None for tokenizers with a BOS (BOS prepended and excluded, as before)."""
+
+    ADDED_LATER = ("sequence_start",)
 
 
 @dataclass(frozen=True)
