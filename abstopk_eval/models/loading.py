@@ -86,9 +86,9 @@ def load_model(
     if dtype not in _ALLOWED_DTYPES:
         raise UserError(f"unsupported dtype {dtype} for model {key}; use float32, bfloat16 or float16")
     check_device(device)
-    flag = "--model-path"
+    flag = "--model" if spec.source == "local" else "--model-path"
     if model_path is None and spec.source == "local":
-        model_path, flag = spec.hf_id, "--model"
+        model_path = spec.hf_id
     if model_path is not None:
         path = Path(model_path).expanduser()
         if not path.is_dir():
