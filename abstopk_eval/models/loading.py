@@ -125,7 +125,8 @@ def resolve_model(name: str, model_path: str | Path | None = None) -> tuple[Mode
     """(spec, folder to load from or None) for `--model name [--model-path DIR]`.
 
     - a registry key: its entry (the paper's layers and k); `--model-path` loads it from a local copy;
-    - an existing folder (save_pretrained): a spec from its config, keyed by the folder's name;
+    - an existing folder (save_pretrained): a spec from its config, keyed by the folder's name (`local-<name>`
+      when that is a registry key);
     - anything else with one "/" is a Hugging Face hub id (org/name): its registry entry when one has that hub
       id, else a spec from its config (read from `--model-path` when given, else the local HF cache or the hub).
     Specs from a config take layers and d_model from it and k = `registry.default_k(d_model)`.
@@ -136,11 +137,14 @@ def resolve_model(name: str, model_path: str | Path | None = None) -> tuple[Mode
         return MODEL_REGISTRY[name], path
     folder = Path(name).expanduser()
     if folder.is_dir():
-        if path is not None and Path(path).resolve() != folder.resolve():
+        folder = folder.resolve()
+        if path is not None and Path(path).resolve() != folder:
             raise UserError(f"--model {name} is a folder and --model-path {model_path} another one; give one of them")
         config = read_local_config(folder, what=f"--model {name}")
-        spec = spec_from_config(config, key=model_key(folder.resolve().name), source="local", hf_id=str(folder))
-        return spec, str(folder)
+        key = model_key(folder.name)
+        if key in MODEL_REGISTRY:  # a folder named like a registered model is not that model's entry
+            key = f"local-{key}"
+        return spec_from_config(config, key=key, source="local", hf_id=str(folder)), str(folder)
     if _looks_like_path(name) or "/" not in name or not _valid_hub_id(name):
         raise UserError(
             f"unknown model {name!r}: not a registry key ({', '.join(MODEL_REGISTRY)}), not an existing folder, "

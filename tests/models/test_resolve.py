@@ -57,7 +57,8 @@ def test_a_registry_key_and_its_hub_id_give_the_entry():
 def test_a_local_folder_of_any_family_resolves_from_its_config(family, tiny_model_dirs):
     folder = tiny_model_dirs[family]
     spec, path = resolve_model(str(folder))
-    assert (spec.key, spec.source, spec.hf_id, path) == (family, "local", str(folder), str(folder))
+    key = f"local-{family}" if family in MODEL_REGISTRY else family  # the gpt2 folder is not the registry's gpt2
+    assert (spec.key, spec.source, spec.hf_id, path) == (key, "local", str(folder), str(folder))
     assert (spec.n_layers, spec.d_model, spec.paper_k, spec.default_layer) == (N_LAYERS, D_MODEL, 3, 1)
     assert spec.context_size == 128  # the tiny models' max_position_embeddings, under the default 1024
     loaded = load_model(spec)
@@ -221,3 +222,10 @@ def test_a_hub_id_loads_through_the_hub_code_from_a_local_cache_offline(tmp_path
     assert got["start"] == "none" and got["start_kind"] == "none"
     assert got["desc"].startswith("Hugging Face hub tiny-org/tiny-qwen3")
     assert got["param_sum"] == pytest.approx(float(sum(p.double().sum() for p in model.parameters())), rel=1e-6)
+
+
+def test_a_folder_named_like_a_registered_model_gets_its_own_key(tiny_model_dirs, tmp_path):
+    folder = shutil.copytree(tiny_model_dirs["gpt2"], tmp_path / "gpt2")
+    spec, path = resolve_model(str(folder))
+    assert spec.key == "local-gpt2" and spec.source == "local" and path == str(folder.resolve())
+    assert spec.d_model == D_MODEL  # from the folder's config, not the registry's gpt2 (768)
