@@ -28,9 +28,9 @@ def new_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
 def add_model_arguments(p: argparse.ArgumentParser, *, layer_help: str = "residual-stream layer") -> None:
     p.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
+        default=None,
         help=f"a registry key ({', '.join(MODEL_REGISTRY)}), a Hugging Face hub id (org/name) or a local "
-        "save_pretrained folder of any causal LM; default %(default)s",
+        f"save_pretrained folder of any causal LM; default {DEFAULT_MODEL}, or the --model-path folder's model",
     )
     p.add_argument(
         "--layer",
@@ -42,7 +42,7 @@ def add_model_arguments(p: argparse.ArgumentParser, *, layer_help: str = "residu
         "--model-path",
         default=None,
         help="load the --model (registry key or hub id) from this local folder (save_pretrained format) instead of "
-        "its package or the hub",
+        "its package or the hub; alone, it is the same as --model DIR",
     )
 
 
@@ -129,7 +129,10 @@ def shared_plan_fields(args: argparse.Namespace) -> dict[str, Any]:
     import abstopk_eval.evals  # noqa: F401  (registers the evaluations the names refer to)
 
     check_model_path(args.model_path)
-    spec, model_path = resolve_model(args.model, args.model_path)
+    if args.model is None:  # --model-path alone names the model; nothing names the default model
+        spec, model_path = resolve_model(args.model_path or DEFAULT_MODEL, args.model_path)
+    else:
+        spec, model_path = resolve_model(args.model, args.model_path)
     layer = spec.check_layer(spec.default_layer if args.layer is None else args.layer)
     check_device(args.device)
     check_corpus(args.corpus)

@@ -229,3 +229,14 @@ def test_a_folder_named_like_a_registered_model_gets_its_own_key(tiny_model_dirs
     spec, path = resolve_model(str(folder))
     assert spec.key == "local-gpt2" and spec.source == "local" and path == str(folder.resolve())
     assert spec.d_model == D_MODEL  # from the folder's config, not the registry's gpt2 (768)
+
+
+@pytest.mark.parametrize("flags", [["--model-path"], ["--model"]])
+def test_model_path_alone_or_model_folder_plan_the_folders_model(flags, tiny_model_dirs, tmp_path):
+    from abstopk_eval import run
+
+    folder = tiny_model_dirs["qwen3"]
+    dirs = [a for d in ("results", "runs", "reports") for a in (f"--{d}-dir", str(tmp_path / d))]
+    plan = run.plan_from_args(run.build_parser().parse_args([*flags, str(folder), "--preset", "smoke", *dirs]))
+    assert (plan.model.key, plan.model.source, plan.model_path) == ("qwen3", "local", str(folder))
+    assert (plan.layer, plan.ks) == (1, [3])  # the middle layer, k = d_model // 10
