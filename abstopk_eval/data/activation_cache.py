@@ -3,7 +3,7 @@
 Layout of a cache directory ``root/<model>/layer_<L>/<corpus>_T<n_tokens>_L<seq_len>``:
 
 * ``activations.f32``: raw little-endian rows ``[n_rows, d_model]`` (the special positions of
-  `models.sequence_start` excluded: each row's first position and start-token positions);
+  `models.sequence_start` excluded: each row's first position, and separators where BOS is EOS);
 * ``meta.json`` (written last): shape, dtype, key, corpus provenance, sha256 of the activation
   file, versions, and normalisation statistics ``mean`` / ``scale``.
 
@@ -304,7 +304,7 @@ class ActivationCache:
         if tokens.ndim != 2 or tokens.shape[0] == 0:
             raise UserError(f"cannot build an activation cache from token tensor of shape {tuple(tokens.shape)}")
         start = adapter.sequence_start  # the one sequence-start rule (models.sequence_start)
-        keep = ~start.special_mask(tokens)  # the first position of every row and start-token positions
+        keep = ~start.special_mask(tokens)  # the first position of every row (and BOS = EOS separators)
         n_rows = int(keep.sum())
         if n_rows == 0:
             raise UserError("every token position is special (sequence start): nothing to cache")

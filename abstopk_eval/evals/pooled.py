@@ -9,7 +9,7 @@ returns per text
 - for every SAE, the mean-pooled *signed* latent vector (`latents[sae_id]`, [n, d_sae]): each token is
   encoded on its own, then the latents are averaged over the same tokens.
 
-Each text's first position, start / EOS tokens and padding are excluded from both means (`pooled_positions`;
+Each text's first position, BOS / EOS tokens and padding are excluded from both means (`pooled_positions`;
 sae_bench's `mask_bos_pad_eos_tokens`, plus the first position of tokenizers without a BOS, an attention sink
 the SAEs never trained on).
 Latents keep their sign (AbsTopK latents may be negative), so nothing downstream has to know the variant.
@@ -121,13 +121,13 @@ def tokenize_texts(tokenizer: Any, texts: Sequence[str], context_length: int) ->
 
 
 def special_token_ids(adapter: Any) -> list[int]:
-    """Start / EOS / padding ids: positions that are never pooled (`SequenceStart.pooling_excluded_ids`)."""
+    """BOS / EOS / padding ids: positions that are never pooled (`SequenceStart.pooling_excluded_ids`)."""
     return sorted(sequence_start_of(adapter.tokenizer).pooling_excluded_ids)
 
 
 def pooled_positions(tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Bool mask of the positions that are pooled: real tokens that are neither special positions of
-    `models.sequence_start` (each text's first position) nor start / EOS / padding ids."""
+    `models.sequence_start` (each text's first position) nor BOS / EOS / padding ids."""
     start = sequence_start_of(tokenizer)
     excluded = torch.tensor(sorted(start.pooling_excluded_ids), dtype=torch.long)
     return attention_mask.bool() & ~start.special_mask(input_ids, attention_mask) & ~torch.isin(input_ids, excluded)

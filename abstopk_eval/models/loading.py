@@ -261,21 +261,27 @@ def hub_error(repo_id: str, err: BaseException) -> UserError:
 def sequence_start_identity(spec: ModelSpec, model_path: str | Path | None = None) -> str | None:
     """What enters `ModelIdentity.sequence_start`: None for tokenizers with a BOS (the rule run identities had
     before the field existed: BOS first, its positions excluded), the rule's kind otherwise ("none": nothing is
-    prepended since then). Reads only the tokenizer; the packaged GGUF models both have a BOS."""
+    prepended since then). Reads only the tokenizer (the local copy or HF cache first); the packaged GGUF models
+    both have a BOS."""
     if spec.source == "gguf_package" and model_path is None:
         return None
     from transformers import AutoTokenizer
 
-    where = Path(model_path).expanduser() if model_path is not None else spec.hf_id
-    local = model_path is not None or spec.source == "local" or hub_offline() or not hub_reachable()
+    on_hub = spec.source == "hub" and model_path is None
+    where = spec.hf_id if on_hub else Path(model_path if model_path is not None else spec.hf_id).expanduser()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local)
+        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
     except Exception as err:
-        if spec.source == "hub" and model_path is None:
-            if hub_offline():
-                raise _not_cached_offline(spec.hf_id) from None
-            raise (_unreachable(spec.hf_id) if local else hub_error(spec.hf_id, err)) from None
-        raise UserError(f"cannot read the tokenizer of {spec.key} from {where}: {_one_line(err)}") from None
+        if not on_hub:
+            raise UserError(f"cannot read the tokenizer of {spec.key} from {where}: {_one_line(err)}") from None
+        if hub_offline():
+            raise _not_cached_offline(spec.hf_id) from None
+        if not hub_reachable():
+            raise _unreachable(spec.hf_id) from None
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(where)
+        except Exception as hub_err:
+            raise hub_error(spec.hf_id, hub_err) from None
     kind = sequence_start_of(tokenizer).kind
     return None if kind != "none" else kind
 

@@ -17,12 +17,15 @@ Three kinds of tokenizer:
   feed the model a sequence it was not trained on.
 
 Special positions (left out of activation caches and every statistic, kept at their original activation when an
-SAE is spliced in or the layer is zero-ablated): the **first real position of every sequence**, and every
-position holding the start token. The first position is an attention sink with a norm one to two orders of
-magnitude above the rest whether or not it is a BOS (it is the first text token for Qwen), so SAEs never train
-on it; for ``"bos_eq_eos"`` the start token also separates packed documents, and those positions are excluded
-too (as before this rule, and as SAEBench's masks do). Pooled evaluations further exclude EOS and padding
-(`pooling_excluded_ids`, SAEBench's `mask_bos_pad_eos_tokens`).
+SAE is spliced in or the layer is zero-ablated; no steering intervention applies there): the **first real position
+of every sequence**, and, for ``"bos_eq_eos"``, every position holding the start token (`special_ids`). The first
+position is an attention sink with a norm one to two orders of magnitude above the rest whether or not it is a BOS
+(it is the first text token for Qwen), so SAEs never train on it. For ``"bos_eq_eos"`` the start token also
+separates packed documents and so begins each of them as it begins the row; those positions are excluded too (as
+before this rule, and as SAEBench's masks do). A distinct BOS occurs only first in packed rows and prompts; where
+a chat template reuses it later (SmolLM2's ``<|im_start|>`` turn markers) it is an ordinary turn token. Pooled
+evaluations further exclude EOS, padding and BOS ids wherever they occur (`pooling_excluded_ids`, SAEBench's
+`mask_bos_pad_eos_tokens`).
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ class SequenceStart:
     start_token_id: int | None
     """Prepended to every packed row and prompt; None: nothing is prepended."""
     special_ids: frozenset[int]
-    """Ids whose every position is special (the start token, when there is one)."""
+    """Ids whose every position is special: the start token where it is also EOS (``"bos_eq_eos"``), else none."""
+    bos_token_id: int | None
+    """The tokenizer's BOS (excluded from pooled means wherever it occurs)."""
     eos_token_id: int | None
     """The tokenizer's EOS (document separator in packed rows; excluded from pooled means)."""
     pad_token_id: int | None
@@ -61,7 +66,8 @@ class SequenceStart:
 
     def special_mask(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Bool mask (shape of `tokens` [..., T]) of the special positions: the first real position of each row
-        (the first position where `attention_mask` is 1, else column 0) and every start-token position."""
+        (the first position where `attention_mask` is 1, else column 0) and every position holding a `special_ids`
+        id."""
         tokens = torch.as_tensor(tokens)
         if attention_mask is None:
             first = torch.zeros_like(tokens, dtype=torch.bool)
@@ -76,8 +82,8 @@ class SequenceStart:
 
     @property
     def pooling_excluded_ids(self) -> frozenset[int]:
-        """Ids never pooled (besides the special positions and padding): start, EOS and pad (SAEBench's mask)."""
-        extra = {i for i in (self.eos_token_id, self.pad_token_id) if i is not None}
+        """Ids never pooled (besides the special positions and padding): BOS, EOS and pad (SAEBench's mask)."""
+        extra = {i for i in (self.bos_token_id, self.eos_token_id, self.pad_token_id) if i is not None}
         return self.special_ids | extra
 
     def record(self) -> dict[str, Any]:
@@ -103,6 +109,7 @@ def sequence_start_of(tokenizer: Any) -> SequenceStart:
     eos = _single_id(getattr(tokenizer, "eos_token_id", None))
     pad = _single_id(getattr(tokenizer, "pad_token_id", None))
     if bos is None:
-        return SequenceStart("none", None, frozenset(), eos, pad)
-    kind: StartKind = "bos_eq_eos" if bos == eos else "bos"
-    return SequenceStart(kind, bos, frozenset({bos}), eos, pad)
+        return SequenceStart("none", None, frozenset(), None, eos, pad)
+    if bos == eos:
+        return SequenceStart("bos_eq_eos", bos, frozenset({bos}), bos, eos, pad)
+    return SequenceStart("bos", bos, frozenset(), bos, eos, pad)

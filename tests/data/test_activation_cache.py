@@ -22,7 +22,7 @@ class FakeAdapter:
     """Deterministic random linear map of a token embedding (plus a position term); counts calls."""
 
     bos_token_id = BOS
-    sequence_start = SequenceStart("bos", BOS, frozenset({BOS}), None, None)
+    sequence_start = SequenceStart("bos_eq_eos", BOS, frozenset({BOS}), BOS, BOS, None)
     d_model = D
 
     def __init__(self, seed: int = 0) -> None:

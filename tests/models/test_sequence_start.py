@@ -69,10 +69,12 @@ def test_rule_per_tokenizer_kind(start):
         assert policy.prepend([5, 6]) == [5, 6]
     else:  # Llama/Gemma BOS; GPT-2/Pythia <|endoftext|> (BOS = EOS), prepended although the tokenizer adds nothing
         assert policy.start_token_id == tok.bos_token_id == 1
-        assert policy.special_ids == {1}
+        # <|endoftext|> also separates packed documents: special wherever it is; a distinct BOS only comes first
+        assert policy.special_ids == ({1} if start == "eos" else set())
         assert policy.prepend([5, 6]) == [1, 5, 6] and policy.prepend([1, 5]) == [1, 5]
     assert policy.eos_token_id == tok.eos_token_id and policy.pad_token_id == tok.pad_token_id
-    assert policy.pooling_excluded_ids == policy.special_ids | {tok.eos_token_id, tok.pad_token_id}
+    present = {i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if i is not None}
+    assert policy.pooling_excluded_ids == present
 
 
 def test_special_mask_marks_first_real_position_and_start_tokens():
@@ -81,8 +83,9 @@ def test_special_mask_marks_first_real_position_and_start_tokens():
     mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
     assert policy.special_mask(tokens, mask).tolist() == [[True, False, True, False], [False, False, True, False]]
     assert policy.special_mask(tokens).tolist() == [[True, False, True, False], [True, False, False, False]]
-    none = sequence_start_of(tiny_tokenizer("none"))
-    assert none.special_mask(tokens).tolist() == [[True, False, False, False], [True, False, False, False]]
+    for start in ("none", "bos"):  # only the first position (a later BOS is an ordinary token, e.g. a chat turn)
+        other = sequence_start_of(tiny_tokenizer(start))
+        assert other.special_mask(tokens).tolist() == [[True, False, False, False], [True, False, False, False]]
 
 
 # ----------------------------------------------------------------------------- every consumer, every kind
@@ -169,7 +172,7 @@ def test_every_consumer_follows_the_rule(start, tmp_path, monkeypatch):
 def test_consumers_do_not_decide_on_their_own(monkeypatch, tmp_path):
     """Swap the rule for an arbitrary one (start token 7 for a tokenizer without BOS): every consumer follows."""
     tok = tiny_tokenizer("none")
-    fake = SequenceStart("bos", 7, frozenset({7}), tok.eos_token_id, tok.pad_token_id)
+    fake = SequenceStart("bos_eq_eos", 7, frozenset({7}), 7, tok.eos_token_id, tok.pad_token_id)
     patched = 0
     for name, module in list(sys.modules.items()):
         if name.startswith("abstopk_eval") and getattr(module, "sequence_start_of", None) is sequence_start_of:

@@ -9,9 +9,8 @@ An `Intervention` maps a block's output hidden state h to h + delta(h):
 * ``sae_add``: delta = c W_dec[j] (adding c times latent j's decoder row), at layer L.
 
 Every intervention acts on every position except padding and the special positions of `models.sequence_start`
-(each sequence's first real token, an attention sink, and start-token positions, e.g. SmolLM2's `<|im_start|>`
-turn markers, which is its BOS: SAEs never see them in training, as the caches exclude them), in the prompt pass
-and at every generated token.
+(each sequence's first real token, its attention-sink activation, and for GPT-2 / Pythia every `<|endoftext|>`:
+SAEs never see them in training, as the caches exclude them), in the prompt pass and at every generated token.
 """
 
 from __future__ import annotations
@@ -119,7 +118,7 @@ def encode_chat(tokenizer: Any, user_messages: Sequence[str], max_tokens: int | 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad: int, start: SequenceStart) -> tuple[Tensor, Tensor, Tensor]:
     """(input_ids, attention_mask, skip) with left padding; skip marks padding and the special positions of
-    `start` (each first real token and start-token positions), where no intervention applies."""
+    `start` (each first real token, see `SequenceStart.special_mask`), where no intervention applies."""
     ids, mask = pad_sequences(seqs, pad, side="left")
     return ids, mask, ~mask.bool() | start.special_mask(ids, mask)
 

@@ -19,7 +19,7 @@ Following sae_bench's unlearning eval (sae_bench/evals/unlearning; Farrell et al
   where z > 0 (m = 25..200 on Gemma-2-2B); our rule equals that for a non-negative latent up to the scale s,
   which makes m comparable across SAEs whose activations differ in size. A latent firing negatively is pushed
   to a positive value. The SAE error term is kept: r' = r + decode(z') - decode(z), at every position but the
-  special ones of `models.sequence_start` (each prompt's first token, start tokens).
+  special ones of `models.sequence_start` (each prompt's first token).
 * Score: 1 - forget accuracy after / before at the sweep entry with the lowest forget accuracy among those
   whose retain accuracy is >= retain_bound x its value before (sae_bench: 0.99); 0 when none is within the bound.
   The whole sweep (retain threshold, n latents, multiplier, forget / retain accuracy) is in the details.
@@ -150,7 +150,7 @@ def _statement_rows(
     runner: PromptRunner, texts: list[list[int]], pad: int, batch_size: int, start: SequenceStart
 ) -> Tensor:
     """Layer-L residuals of every token of the given token lists but the special positions of
-    `models.sequence_start` (each first token and start tokens), [n_tokens, d_model]."""
+    `models.sequence_start` (each first token), [n_tokens, d_model]."""
     rows = []
     for batch in length_batches([len(t) for t in texts], batch_size):
         ids, mask = pad_sequences([texts[i] for i in batch], pad, side="left")
