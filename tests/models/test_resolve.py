@@ -240,3 +240,11 @@ def test_model_path_alone_or_model_folder_plan_the_folders_model(flags, tiny_mod
     plan = run.plan_from_args(run.build_parser().parse_args([*flags, str(folder), "--preset", "smoke", *dirs]))
     assert (plan.model.key, plan.model.source, plan.model_path) == ("qwen3", "local", str(folder))
     assert (plan.layer, plan.ks) == (1, [3])  # the middle layer, k = d_model // 10
+
+
+def test_a_local_spec_is_identified_by_its_folders_files(tiny_model_dirs, tmp_path):
+    spec, path = resolve_model(str(tiny_model_dirs["llama"]))
+    pinned = loading.weights_identity(spec, cache_dir=tmp_path)
+    assert pinned.startswith("local:") and pinned == loading.weights_identity(spec, model_path=path, cache_dir=tmp_path)
+    other, _ = resolve_model(str(tiny_model_dirs["gemma2"]))
+    assert loading.weights_identity(other, cache_dir=tmp_path) != pinned
