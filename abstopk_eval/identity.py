@@ -1,6 +1,7 @@
 """What identifies a trained SAE and a result: everything that changes them, hashed, in one place.
 
-- `TrainIdentity`: the model (its key, what identifies its weights, the dtype activations are computed in), the
+- `TrainIdentity`: the model (its key, what identifies its weights, the dtype activations are computed in, and
+  its sequence-start rule where that changed: tokenizers without BOS), the
   layer, the training text (corpus name and source version, held-out rule, sequence length), the preset's training
   fields (`config.TRAINING_FIELDS`), the variant, k (for variants that use it), the seed, and the training path
   and precision. Its short hash names the run folder: `runs/<model>/layer_<L>/<sae_id>-<hash8>/`.
