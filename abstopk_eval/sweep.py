@@ -10,7 +10,7 @@ finished work. Rebuild the reports once every shard is done: `python -m abstopk_
 
 Spec keys (unknown keys are refused):
 
-    models:   [gemma-3-270m]            # or entries {model: gpt2, layers: [6, 8], k: [76], model_path: /data/gpt2}
+    models:   [gemma-3-270m, Org/name]  # keys, hub ids, folders, or {model: gpt2, layers: [6], model_path: /data/gpt2}
     layers:   default                   # default | paper | [6, 8] (per-model `layers` wins)
     variants: [topk, abstopk]           # default: all six
     k:        [32, 64]                  # default: the model's k
@@ -41,8 +41,8 @@ from abstopk_eval.config import get_preset
 from abstopk_eval.errors import UserError, exit_on_user_error
 from abstopk_eval.evals.context import default_evals, get_eval, ordered_evals
 from abstopk_eval.evals.options import check_eval_options
-from abstopk_eval.models.loading import check_device
-from abstopk_eval.models.registry import get_model_spec
+from abstopk_eval.models.loading import check_device, resolve_model
+from abstopk_eval.models.registry import MODEL_REGISTRY, ModelSpec
 from abstopk_eval.saes.variants import ALL_VARIANTS, get_variant, sae_id
 
 log = logging.getLogger("abstopk_eval.sweep")
@@ -174,7 +174,7 @@ def expand(spec: dict[str, Any]) -> list[SweepJob]:
         bad = set(entry) - MODEL_KEYS
         if bad:
             raise UserError(f"sweep spec: unknown key(s) {', '.join(sorted(bad))} in the entry for {entry['model']}")
-        model = get_model_spec(str(entry["model"]))
+        model, model_path = resolve_model(str(entry["model"]), entry.get("model_path"))  # key, hub id or folder
         layers_value = entry.get("layers", spec.get("layers", "default"))
         if layers_value == "default":
             layers = [model.default_layer]
@@ -189,12 +189,12 @@ def expand(spec: dict[str, Any]) -> list[SweepJob]:
                 for k in ks if get_variant(variant).uses_k else ks[:1]:
                     for seed in seeds:
                         job = SweepJob(
-                            model=model.key,
+                            model=model.key if model.key in MODEL_REGISTRY else str(entry["model"]),
                             layer=layer,
                             variant=variant,
                             k=k,
                             seed=seed,
-                            model_path=entry.get("model_path"),
+                            model_path=model_path,
                             **shared,
                         )
                         if job.job_id not in seen:
@@ -219,12 +219,19 @@ def shard_jobs(jobs: list[SweepJob], index: int, count: int) -> list[SweepJob]:
     return jobs[index::count]
 
 
+def _job_model(job: SweepJob) -> ModelSpec:
+    """The job's model spec: its registry entry, else resolved again from its folder (or hub id + folder)."""
+    if job.model in MODEL_REGISTRY:
+        return MODEL_REGISTRY[job.model]
+    return resolve_model(job.model, job.model_path)[0]
+
+
 def run_job(job: SweepJob, *, results_dir: Path, runs_dir: Path, reports_dir: Path, cache_dir: Path | None) -> None:
     """Train and evaluate one job through the ordinary workflow (no report)."""
     from abstopk_eval.workflow import RunPlan, execute
 
     plan = RunPlan(
-        model=get_model_spec(job.model),
+        model=_job_model(job),
         layer=job.layer,
         variants=[job.variant],
         ks=[job.k],

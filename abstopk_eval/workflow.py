@@ -32,7 +32,7 @@ from abstopk_eval.identity import (
 )
 from abstopk_eval.io import atomic_write_json, default_cache_dir, sha256_file, wait_for_path
 from abstopk_eval.models.adapter import ModelAdapter
-from abstopk_eval.models.loading import load_model, weights_identity
+from abstopk_eval.models.loading import load_model, sequence_start_identity, weights_identity
 from abstopk_eval.models.registry import ModelSpec
 from abstopk_eval.provenance import RunProvenance, SaeProvenance, package_versions
 from abstopk_eval.results import baseline_path, current_results, layer_dir, result_path, write_eval_output
@@ -89,7 +89,8 @@ class RunIdentities:
     @classmethod
     def of(cls, plan: RunPlan) -> RunIdentities:
         weights = weights_identity(plan.model, model_path=plan.model_path, cache_dir=plan.cache_dir)
-        model = ModelIdentity(key=plan.model.key, weights=weights, dtype="float32")
+        start = sequence_start_identity(plan.model, plan.model_path)
+        model = ModelIdentity(key=plan.model.key, weights=weights, dtype="float32", sequence_start=start)
         corpus = CorpusIdentity(
             name=plan.corpus,
             version=corpus_version(plan.corpus),
@@ -258,7 +259,7 @@ class Session:
         if self._adapter is None:
             log.info("loading model %s", self.plan.model.key)
             loaded = load_model(
-                self.plan.model.key, model_path=self.plan.model_path, cache_dir=self.cache_root, device=self.plan.device
+                self.plan.model, model_path=self.plan.model_path, cache_dir=self.cache_root, device=self.plan.device
             )
             self.model_source = loaded.source_description
             self._adapter = ModelAdapter.from_loaded(loaded)

@@ -2,7 +2,8 @@
 
 Layout of a cache directory ``root/<model>/layer_<L>/<corpus>_T<n_tokens>_L<seq_len>``:
 
-* ``activations.f32``: raw little-endian rows ``[n_rows, d_model]`` (BOS positions excluded);
+* ``activations.f32``: raw little-endian rows ``[n_rows, d_model]`` (the special positions of
+  `models.sequence_start` excluded: each row's first position, and separators where BOS is EOS);
 * ``meta.json`` (written last): shape, dtype, key, corpus provenance, sha256 of the activation
   file, versions, and normalisation statistics ``mean`` / ``scale``.
 
@@ -298,14 +299,11 @@ class ActivationCache:
         tokens = packed.tokens
         if tokens.ndim != 2 or tokens.shape[0] == 0:
             raise UserError(f"cannot build an activation cache from token tensor of shape {tuple(tokens.shape)}")
-        bos = getattr(adapter, "bos_token_id", None)
-        keep = torch.ones_like(tokens, dtype=torch.bool)
-        keep[:, 0] = False  # column 0 is always BOS
-        if bos is not None:
-            keep &= tokens != int(bos)
+        start = adapter.sequence_start  # the one sequence-start rule (models.sequence_start)
+        keep = ~start.special_mask(tokens)  # the first position of every row (and BOS = EOS separators)
         n_rows = int(keep.sum())
         if n_rows == 0:
-            raise UserError("every token position is BOS: nothing to cache")
+            raise UserError("every token position is special (sequence start): nothing to cache")
 
         final.parent.mkdir(parents=True, exist_ok=True)
         _clean_stale_tmp(final)
@@ -352,7 +350,8 @@ class ActivationCache:
                 "shape": [n_rows, d],
                 "dtype": dtype,
                 "key": asdict(key),
-                "bos_token_id": None if bos is None else int(bos),
+                "bos_token_id": start.start_token_id,
+                "sequence_start": start.record(),
                 "corpus": packed.provenance(),
                 "tokens_sha256": tokens_sha,
                 "sha256": digest.hexdigest(),

@@ -11,7 +11,8 @@ Corpora (``--corpus``):
   (only when the hub is reachable).
 
 Packing follows the SAEBench / sae_lens convention: documents are joined with EOS into one token
-stream, cut into chunks of ``seq_len - 1`` tokens, and every row starts with BOS.
+stream, cut into chunks, and every row starts with the start token of `models.sequence_start` (BOS; nothing
+for tokenizers without one, e.g. Qwen).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 
 from abstopk_eval.errors import UserError
 from abstopk_eval.io import hub_reachable, not_installed, package_file
+from abstopk_eval.models.sequence_start import sequence_start_of
 
 logger = logging.getLogger("abstopk_eval.data")
 
@@ -291,16 +293,13 @@ def split_documents(
 # ----------------------------------------------------------------------------- packing
 
 
-def _special_ids(tokenizer: Any) -> tuple[int, list[int]]:
-    """(BOS id, separator ids). BOS falls back to EOS; the separator is EOS or "\\n\\n"."""
-    bos = getattr(tokenizer, "bos_token_id", None)
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if bos is None:
-        bos = eos
-    if bos is None:
-        raise UserError("the tokenizer has neither a BOS nor an EOS token; cannot pack sequences")
+def _special_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """(start ids, separator ids): the sequence-start rule's start token (none for tokenizers without BOS, see
+    `models.sequence_start`); documents are separated by EOS, or "\\n\\n" for a tokenizer without one."""
+    policy = sequence_start_of(tokenizer)
+    eos = policy.eos_token_id
     sep = [int(eos)] if eos is not None else _encode_batch(tokenizer, ["\n\n"])[0]
-    return int(bos), sep
+    return policy.prepend([]), sep
 
 
 def _is_hf_tokenizer(tokenizer: Any) -> bool:
@@ -317,13 +316,14 @@ def _encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
 
 
 def _pack(docs: Iterable[str], tokenizer: Any, seq_len: int, max_tokens: int | None) -> tuple[torch.Tensor, int]:
-    """Pack ``docs`` into rows ``[BOS, t_1 .. t_{seq_len-1}]``; returns (tokens, documents used)."""
+    """Pack ``docs`` into rows ``[start, t_1 .. t_{seq_len-1}]`` (``[t_1 .. t_{seq_len}]`` for tokenizers without
+    a start token); returns (tokens, documents used)."""
     if seq_len < 2:
-        raise UserError(f"seq_len must be at least 2 (BOS + one token), got {seq_len}")
+        raise UserError(f"seq_len must be at least 2 (start token + one token), got {seq_len}")
     if max_tokens is not None and max_tokens <= 0:
         raise UserError(f"max_tokens must be positive, got {max_tokens}")
-    bos, sep = _special_ids(tokenizer)
-    body = seq_len - 1
+    start, sep = _special_ids(tokenizer)
+    body = seq_len - len(start)
     max_rows = None if max_tokens is None else -(-max_tokens // seq_len)
     rows: list[torch.Tensor] = []
     n_rows = 0
@@ -347,7 +347,7 @@ def _pack(docs: Iterable[str], tokenizer: Any, seq_len: int, max_tokens: int | N
             n_full = min(n_full, max_rows - n_rows)
         if n_full:
             chunk = torch.from_numpy(np.asarray(buffer[: n_full * body], dtype=np.int64)).view(n_full, body)
-            rows.append(torch.cat([torch.full((n_full, 1), bos, dtype=torch.long), chunk], dim=1))
+            rows.append(torch.cat([torch.tensor(start, dtype=torch.long).expand(n_full, len(start)), chunk], dim=1))
             del buffer[: n_full * body]
             n_rows += n_full
     tokens = torch.cat(rows) if rows else torch.empty((0, seq_len), dtype=torch.long)
@@ -355,8 +355,9 @@ def _pack(docs: Iterable[str], tokenizer: Any, seq_len: int, max_tokens: int | N
 
 
 def pack_documents(docs: Iterable[str], tokenizer: Any, seq_len: int, max_tokens: int | None = None) -> torch.Tensor:
-    """Tokenize ``docs`` (no special tokens), join with EOS, cut into rows of ``seq_len - 1`` tokens
-    and prepend BOS; the incomplete tail is dropped; stops once ``N * seq_len >= max_tokens``."""
+    """Tokenize ``docs`` (no special tokens), join with EOS, cut into rows and prepend the start token of the
+    sequence-start rule (`models.sequence_start`: BOS, or nothing for tokenizers without one); the incomplete
+    tail is dropped; stops once ``N * seq_len >= max_tokens``."""
     return _pack(docs, tokenizer, seq_len, max_tokens)[0]
 
 

@@ -14,7 +14,8 @@ from abstopk_eval.registry import Registry
 
 
 class ActivationSource(Protocol):
-    """Held-out activations at the SAE's layer (BOS excluded), as an [n, d_in] float tensor."""
+    """Held-out activations at the SAE's layer (special positions of `models.sequence_start` excluded), as an
+    [n, d_in] float tensor."""
 
     def __call__(self) -> torch.Tensor: ...
 
@@ -29,7 +30,7 @@ class EvalContext:
     model_name: str
     layer: int
     eval_tokens: torch.Tensor
-    """Held-out packed token sequences [N, T] (column 0 is BOS) for loss-based metrics."""
+    """Held-out packed token sequences [N, T] (starting as `models.sequence_start` says) for loss-based metrics."""
     heldout_activations: ActivationSource
     dataset: str
     """Human-readable description of the held-out text (corpus, split, source package)."""

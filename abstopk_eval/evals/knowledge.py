@@ -1,6 +1,7 @@
 """Shared machinery of the knowledge-based evaluations (RAVEL, unlearning): short prompts, next-token answers.
 
-* Prompts are tokenised without special tokens and BOS is prepended (as in the packed training rows), then
+* Prompts are tokenised without special tokens and the start token of `models.sequence_start` is prepended (as
+  in the packed training rows), then
   batched by length and left-padded (`abstopk_eval.models.batching`), so the answer is read from the last
   position of every row.
 * An answer is its value's first token after the template, in the value's given, lower or capitalised case
@@ -24,6 +25,8 @@ from abstopk_eval.data.facts import Template
 
 
 def encode(tokenizer: Any, text: str, bos: int | None) -> list[int]:
+    """`text`'s ids without special tokens, after `bos`: the start token of `models.sequence_start`
+    (`ModelAdapter.bos_token_id`; None: nothing is prepended)."""
     ids = list(tokenizer.encode(text, add_special_tokens=False))
     return ([bos] if bos is not None else []) + ids
 

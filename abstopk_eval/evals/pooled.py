@@ -1,6 +1,7 @@
 """One language-model pass over a labelled dataset, shared by every SAE and by the probing evaluations.
 
-`pooled_activations(ctx, saes, texts, ...)` tokenises the texts (BOS as the tokenizer adds it, truncated to
+`pooled_activations(ctx, saes, texts, ...)` tokenises the texts (the start token of `models.sequence_start`
+prepended, as in every packed training row, truncated to
 `context_length` tokens), runs the model up to `ctx.layer` in padded batches with an attention mask, and
 returns per text
 
@@ -8,7 +9,9 @@ returns per text
 - for every SAE, the mean-pooled *signed* latent vector (`latents[sae_id]`, [n, d_sae]): each token is
   encoded on its own, then the latents are averaged over the same tokens.
 
-BOS, EOS and padding positions are excluded from both means (as sae_bench's `mask_bos_pad_eos_tokens`).
+Each text's first position, BOS / EOS tokens and padding are excluded from both means (`pooled_positions`;
+sae_bench's `mask_bos_pad_eos_tokens`, plus the first position of tokenizers without a BOS, an attention sink
+the SAEs never trained on).
 Latents keep their sign (AbsTopK latents may be negative), so nothing downstream has to know the variant.
 
 Results are memoised within the process, keyed by (adapter, layer, dataset name, number of texts, seed, a
@@ -42,6 +45,7 @@ from tqdm.auto import tqdm
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.context import EvalContext
 from abstopk_eval.models.batching import length_batches, pad_sequences, pad_token_id_of
+from abstopk_eval.models.sequence_start import sequence_start_of
 
 # characters kept per token before tokenising (only bounds the work on very long texts: 128 tokens of more
 # than 64 characters each do not occur)
@@ -97,7 +101,8 @@ def texts_digest(texts: Sequence[str]) -> str:
 
 
 def tokenize_texts(tokenizer: Any, texts: Sequence[str], context_length: int) -> tuple[list[list[int]], int]:
-    """Token ids of each text (special tokens added, first `context_length` kept) and how many were truncated."""
+    """Token ids of each text (the start token of `models.sequence_start` prepended, first `context_length`
+    kept) and how many were truncated."""
     clipped = [t[: context_length * _CHARS_PER_TOKEN] for t in texts]
     try:
         from transformers import PreTrainedTokenizerBase
@@ -106,23 +111,26 @@ def tokenize_texts(tokenizer: Any, texts: Sequence[str], context_length: int) ->
     except ImportError:  # pragma: no cover
         is_hf = False
     if is_hf:
-        ids = tokenizer(clipped, add_special_tokens=True, truncation=False, padding=False)["input_ids"]
+        ids = tokenizer(clipped, add_special_tokens=False, truncation=False, padding=False)["input_ids"]
     else:
-        ids = [tokenizer.encode(t) for t in clipped]
+        ids = [tokenizer.encode(t, add_special_tokens=False) for t in clipped]
+    start = sequence_start_of(tokenizer)
+    ids = [start.prepend(i) for i in ids]
     n_truncated = sum(len(i) > context_length for i in ids)
     return [list(i[:context_length]) for i in ids], n_truncated
 
 
 def special_token_ids(adapter: Any) -> list[int]:
-    """BOS / EOS / padding ids: positions that are never pooled."""
-    tok = adapter.tokenizer
-    ids = {
-        getattr(adapter, "bos_token_id", None),
-        getattr(tok, "bos_token_id", None),
-        getattr(tok, "eos_token_id", None),
-        getattr(tok, "pad_token_id", None),
-    }
-    return sorted(i for i in ids if i is not None)
+    """BOS / EOS / padding ids: positions that are never pooled (`SequenceStart.pooling_excluded_ids`)."""
+    return sorted(sequence_start_of(adapter.tokenizer).pooling_excluded_ids)
+
+
+def pooled_positions(tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Bool mask of the positions that are pooled: real tokens that are neither special positions of
+    `models.sequence_start` (each text's first position) nor BOS / EOS / padding ids."""
+    start = sequence_start_of(tokenizer)
+    excluded = torch.tensor(sorted(start.pooling_excluded_ids), dtype=torch.long)
+    return attention_mask.bool() & ~start.special_mask(input_ids, attention_mask) & ~torch.isin(input_ids, excluded)
 
 
 @torch.no_grad()
@@ -200,7 +208,6 @@ def _run_pass(
     if len(texts) == 0:
         raise UserError(f"dataset {dataset!r} has no texts to evaluate on")
     ids, n_truncated = tokenize_texts(adapter.tokenizer, texts, context_length)
-    special = torch.tensor(special_token_ids(adapter), dtype=torch.long)
     pad_id = pad_token_id_of(adapter.tokenizer)  # = ModelAdapter.pad_token_id; stand-ins need only a tokenizer
     n = len(texts)
     pooled_x: torch.Tensor | None = None
@@ -211,7 +218,7 @@ def _run_pass(
     for group in tqdm(groups, desc=f"{desc}: {dataset} ({n} texts, {what})", unit="batch"):
         input_ids, mask = pad_sequences([ids[i] for i in group], pad_id, side="right")
         acts = adapter.activations(input_ids, ctx.layer, attention_mask=mask).float().cpu()
-        valid = mask.bool() & ~torch.isin(input_ids, special)
+        valid = pooled_positions(adapter.tokenizer, input_ids, mask)
         counts = valid.sum(1)
         rows = acts[valid]
         seg = valid.nonzero()[:, 0]

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from abstopk_eval.errors import UserError
 from abstopk_eval.models.batching import pad_token_id_of
-from abstopk_eval.models.registry import ModelSpec
+from abstopk_eval.models.registry import ModelSpec, config_dims
+from abstopk_eval.models.sequence_start import SequenceStart, sequence_start_of
 
 log = logging.getLogger("abstopk_eval")
 
@@ -34,7 +35,7 @@ HiddenFn = Callable[[Tensor], Tensor]
 RESUME_RTOL = 1e-4
 """Relative max-abs difference of logits tolerated between running only blocks L+1.. and the full spliced pass."""
 
-# attribute paths of the decoder-block ModuleList, tried in order
+# attribute paths of the decoder-block ModuleList of the usual families, tried first (see `find_decoder_layers`)
 _LAYER_PATHS: tuple[tuple[str, ...], ...] = (
     ("model", "layers"),  # Llama, Gemma, Gemma2, Gemma3 text, Qwen2/3, Mistral, SmolLM
     ("model", "language_model", "layers"),  # multimodal wrappers (e.g. Gemma3ForConditionalGeneration)
@@ -42,6 +43,35 @@ _LAYER_PATHS: tuple[tuple[str, ...], ...] = (
     ("gpt_neox", "layers"),  # GPT-NeoX / Pythia
     ("model", "decoder", "layers"),  # OPT
 )
+
+
+def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder-block ModuleList of any HF causal LM: a known attribute path (`_LAYER_PATHS`), else the one
+    ModuleList in the model with as many entries as its config has layers (so a new family needs no code)."""
+    for path in _LAYER_PATHS:
+        obj: Any = model
+        for name in path:
+            obj = getattr(obj, name, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    try:
+        n_layers = config_dims(model.config)[0]
+    except AttributeError:
+        n_layers = None
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and n_layers is not None and len(module) == n_layers
+    ]
+    if len(found) == 1:
+        return found[0][1]
+    where = f" ({len(found)} candidate lists: {', '.join(n for n, _ in found)})" if found else ""
+    raise UserError(
+        f"unsupported architecture {type(model).__name__}: cannot find its decoder blocks (looked for "
+        f"{', '.join('.'.join(p) for p in _LAYER_PATHS)}, then a ModuleList of {n_layers} blocks){where}"
+    )
 
 
 class _StopForward(Exception):
@@ -125,7 +155,8 @@ class ModelAdapter:
         self._model = model
         self._tokenizer = tokenizer
         self.spec = spec
-        self._layers = self._find_layers(model)
+        self._layers = find_decoder_layers(model)
+        self._sequence_start = sequence_start_of(tokenizer)
         self._resume: dict[int, bool] = {}
         """Per layer: whether `logits_from_residual` may run only the later blocks (verified on first use)."""
         if spec is not None and len(self._layers) != spec.n_layers:
@@ -152,18 +183,21 @@ class ModelAdapter:
 
     @property
     def d_model(self) -> int:
-        config = self._model.config
-        text = config.get_text_config() if hasattr(config, "get_text_config") else config
-        return int(text.hidden_size)
+        return config_dims(self._model.config)[1]
 
     @property
     def device(self) -> torch.device:
         return next(self._model.parameters()).device
 
     @property
+    def sequence_start(self) -> SequenceStart:
+        """How this model's sequences begin and which positions are special (`models.sequence_start`)."""
+        return self._sequence_start
+
+    @property
     def bos_token_id(self) -> int | None:
-        bos = getattr(self._tokenizer, "bos_token_id", None)
-        return bos if bos is not None else getattr(self._model.config, "bos_token_id", None)
+        """The start token every sequence gets (`sequence_start.start_token_id`; None: nothing is prepended)."""
+        return self._sequence_start.start_token_id
 
     @property
     def pad_token_id(self) -> int:
@@ -173,21 +207,6 @@ class ModelAdapter:
     def layers(self) -> nn.ModuleList:
         """The decoder-block ModuleList."""
         return self._layers
-
-    @staticmethod
-    def _find_layers(model: nn.Module) -> nn.ModuleList:
-        for path in _LAYER_PATHS:
-            obj: Any = model
-            for name in path:
-                obj = getattr(obj, name, None)
-                if obj is None:
-                    break
-            if isinstance(obj, nn.ModuleList):
-                return obj
-        raise UserError(
-            f"unsupported architecture {type(model).__name__}: cannot find its decoder blocks "
-            f"(looked for {', '.join('.'.join(p) for p in _LAYER_PATHS)})"
-        )
 
     def _check_layer(self, layer: int) -> int:
         if not 0 <= layer < self.n_layers:

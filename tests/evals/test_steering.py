@@ -50,7 +50,7 @@ def _block_outputs(adapter, ids, mask, intervention, skip):
 
 def _batch(adapter):
     seqs = S.encode_chat(adapter.tokenizer, ["how do i bake bread?", "tell me a story about a fox"])
-    return S.left_pad(seqs, adapter.pad_token_id)
+    return S.left_pad(seqs, adapter.pad_token_id, adapter.sequence_start)
 
 
 def test_activation_addition_changes_the_residual_only_at_layer_L(adapter):

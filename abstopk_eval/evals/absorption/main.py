@@ -103,6 +103,7 @@ from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.options import resolve_config
 from abstopk_eval.models.batching import pad_sequences
+from abstopk_eval.models.sequence_start import sequence_start_of
 
 EVAL_NAME = "absorption"
 log = logging.getLogger("abstopk_eval")
@@ -183,7 +184,7 @@ def letter_index(word: str) -> int:
 class _PromptPieces:
     """Token ids of the prompt pieces, so that every word is exactly its vocabulary token."""
 
-    start: list[int]  # BOS (if any) + the separator sae_bench prepends to the first example
+    start: list[int]  # the start token (models.sequence_start) + the separator sae_bench prepends to the first example
     prefix: list[int]  # template text before the word (usually empty)
     line_end: dict[int, list[int]]  # letter -> template text after the word + answer + separator
     word_pos_from_end: int  # the word's position counted from the end of a one-query prompt (sae_bench: -6)
@@ -197,10 +198,9 @@ def _prompt_pieces(tokenizer: Any, cfg: AbsorptionEvalConfig, separator: str = "
     def enc(text: str) -> list[int]:
         return [int(i) for i in tokenizer.encode(text, add_special_tokens=False)] if text else []
 
-    bos = getattr(tokenizer, "bos_token_id", None)
     line_end = {i: enc(after + first_letter(letter) + separator) for i, letter in enumerate(LETTERS)}
     return _PromptPieces(
-        start=([bos] if bos is not None else []) + enc(separator),
+        start=sequence_start_of(tokenizer).prepend(enc(separator)),
         prefix=enc(before),
         line_end=line_end,
         word_pos_from_end=-(len(enc(after)) + 1),

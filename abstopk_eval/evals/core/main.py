@@ -2,8 +2,10 @@
 
 All SAEs of a run are scored from the same language-model passes: per batch of held-out sequences we
 run the clean model once (its logits are the KL reference), the zero-ablated model once, and one spliced
-pass per SAE. BOS positions keep their original activation (as sae_bench's core eval does with
-`exclude_special_tokens_from_reconstruction`), since SAEs are trained without them.
+pass per SAE. The special positions of `models.sequence_start` (each sequence's first position, which is the
+BOS where there is one, and GPT-2 / Pythia's `<|endoftext|>`) keep their original activation in the splice and the
+zero-ablation (as sae_bench's core eval does with `exclude_special_tokens_from_reconstruction`), since SAEs are
+trained without them.
 """
 
 from __future__ import annotations
@@ -151,10 +153,10 @@ def loss_stats(ctx: EvalContext, saes: dict[str, SAE]) -> tuple[_LossTotals, _Lo
     adapter, tokens = ctx.adapter, ctx.eval_tokens
     clean, zero = _LossTotals(), _LossTotals()
     spliced = {name: _LossTotals() for name in saes}
-    bos = adapter.bos_token_id
+    special = adapter.sequence_start  # the one sequence-start rule (models.sequence_start)
     for start in tqdm(range(0, tokens.shape[0], ctx.batch_size), desc="core: CE/KL passes", unit="batch"):
         batch = tokens[start : start + ctx.batch_size].to(ctx.device)
-        keep = batch == bos
+        keep = special.special_mask(batch)
         logits = adapter.logits(batch)
         clean_logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
         ce = -clean_logp.gather(-1, batch[:, 1:, None]).squeeze(-1)

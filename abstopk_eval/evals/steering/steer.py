@@ -8,9 +8,9 @@ An `Intervention` maps a block's output hidden state h to h + delta(h):
   kept, so nothing else in the activation changes), at layer L;
 * ``sae_add``: delta = c W_dec[j] (adding c times latent j's decoder row), at layer L.
 
-Every intervention acts on every position except padding and the first real token of each sequence (its
-attention-sink activation, which SAEs never see in training, as BOS is excluded from their caches), in the
-prompt pass and at every generated token.
+Every intervention acts on every position except padding and the special positions of `models.sequence_start`
+(each sequence's first real token, its attention-sink activation, and for GPT-2 / Pythia every `<|endoftext|>`:
+SAEs never see them in training, as the caches exclude them), in the prompt pass and at every generated token.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from torch import Tensor
 
 from abstopk_eval.errors import UserError
 from abstopk_eval.models.batching import length_batches, pad_sequences
+from abstopk_eval.models.sequence_start import SequenceStart, sequence_start_of
 
 KINDS = ("none", "add", "ablate", "clamp", "sae_add")
 
@@ -103,21 +104,23 @@ def chat_text(tokenizer: Any, user_message: str) -> str:
 
 
 def encode_chat(tokenizer: Any, user_messages: Sequence[str], max_tokens: int | None = None) -> list[list[int]]:
-    """Token ids of each chat-templated message (the template supplies its own special tokens)."""
-    templated = bool(getattr(tokenizer, "chat_template", None))
+    """Token ids of each chat-templated message, starting as `models.sequence_start` says (a template that writes
+    the start token itself, as Gemma's and SmolLM2's do, does not get it twice)."""
+    start = sequence_start_of(tokenizer)
     out = []
     for message in user_messages:
-        ids = list(tokenizer.encode(chat_text(tokenizer, message), add_special_tokens=not templated))
+        ids = start.prepend(tokenizer.encode(chat_text(tokenizer, message), add_special_tokens=False))
         if max_tokens is not None and len(ids) > max_tokens:
             ids = ids[len(ids) - max_tokens :]  # keep the end: the question and the assistant turn
         out.append(ids)
     return out
 
 
-def left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(input_ids, attention_mask, skip) with left padding; skip marks padding and each first real token."""
+def left_pad(seqs: Sequence[Sequence[int]], pad: int, start: SequenceStart) -> tuple[Tensor, Tensor, Tensor]:
+    """(input_ids, attention_mask, skip) with left padding; skip marks padding and the special positions of
+    `start` (each first real token, see `SequenceStart.special_mask`), where no intervention applies."""
     ids, mask = pad_sequences(seqs, pad, side="left")
-    return ids, mask, mask.cumsum(-1) <= 1
+    return ids, mask, ~mask.bool() | start.special_mask(ids, mask)
 
 
 # ---------------------------------------------------------------------------------------------- passes
@@ -130,7 +133,7 @@ def last_position_activations(
     """Residual stream after block `layer` at the last prompt position of each sequence, [N, d] float32."""
     out: list[Tensor | None] = [None] * len(seqs)
     for idx in length_batches([len(s) for s in seqs], batch_size):
-        ids, mask, _ = left_pad([seqs[i] for i in idx], pad)
+        ids, mask, _ = left_pad([seqs[i] for i in idx], pad, adapter.sequence_start)
         acts = adapter.activations(ids, layer, attention_mask=mask)
         for row, i in enumerate(idx):
             out[i] = acts[row, -1].float().cpu()
@@ -151,7 +154,7 @@ def generate(
     texts: list[str | None] = [None] * len(seqs)
     tok = adapter.tokenizer
     for idx in length_batches([len(s) for s in seqs], batch_size):
-        ids, mask, skip = left_pad([seqs[i] for i in idx], pad)
+        ids, mask, skip = left_pad([seqs[i] for i in idx], pad, adapter.sequence_start)
         with intervention.applied(adapter, skip):
             out = adapter.generate(
                 ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
@@ -223,19 +226,18 @@ def mmlu_batches(
 ) -> tuple[FixedBatches, list[list[int]]]:
     """Fixed batches of MMLU prompts (last-position logits) and the prompt index of each row."""
     index = length_batches([len(s) for s in seqs], batch_size)
-    batches = [left_pad([seqs[i] for i in idx], pad) for idx in index]
+    batches = [left_pad([seqs[i] for i in idx], pad, adapter.sequence_start) for idx in index]
     return FixedBatches(adapter, layer, batches, last_only=True), index
 
 
 def ce_batches(adapter: Any, tokens: Tensor, layer: int, *, batch_size: int) -> FixedBatches:
-    """Fixed batches of packed text rows [N, T] (BOS positions keep their activation)."""
-    bos = adapter.bos_token_id
+    """Fixed batches of packed text rows [N, T] (the special positions of `models.sequence_start` keep their
+    activation)."""
+    special = adapter.sequence_start
     batches = []
     for start in range(0, tokens.shape[0], batch_size):
         batch = tokens[start : start + batch_size]
-        skip = batch == bos if bos is not None else torch.zeros_like(batch, dtype=torch.bool)
-        skip[:, 0] = True
-        batches.append((batch, None, skip))
+        batches.append((batch, None, special.special_mask(batch)))
     return FixedBatches(adapter, layer, batches, last_only=False)
 
 

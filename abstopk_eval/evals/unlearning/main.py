@@ -18,7 +18,8 @@ Following sae_bench's unlearning eval (sae_bench/evals/unlearning; Farrell et al
   set to -m * sign(z) * s, with s its mean |z| where it fires on the forget text. sae_bench sets z -> -m only
   where z > 0 (m = 25..200 on Gemma-2-2B); our rule equals that for a non-negative latent up to the scale s,
   which makes m comparable across SAEs whose activations differ in size. A latent firing negatively is pushed
-  to a positive value. The SAE error term is kept: r' = r + decode(z') - decode(z), at every position but BOS.
+  to a positive value. The SAE error term is kept: r' = r + decode(z') - decode(z), at every position but the
+  special ones of `models.sequence_start` (each prompt's first token).
 * Score: 1 - forget accuracy after / before at the sweep entry with the lowest forget accuracy among those
   whose retain accuracy is >= retain_bound x its value before (sae_bench: 0.99); 0 when none is within the bound.
   The whole sweep (retain threshold, n latents, multiplier, forget / retain accuracy) is in the details.
@@ -58,6 +59,7 @@ from abstopk_eval.evals.unlearning.eval_output import (
     UnlearningSweepDetail,
 )
 from abstopk_eval.models.batching import length_batches, pad_sequences
+from abstopk_eval.models.sequence_start import SequenceStart
 
 log = logging.getLogger("abstopk_eval")
 EVAL_NAME = "unlearning"
@@ -144,13 +146,16 @@ def _answer_all(runner: PromptRunner, items: list[Item], pad: int, batch_size: i
             item.resid = resid[row, ids.shape[1] - len(item.ids) :].clone() if item.correct else None
 
 
-def _statement_rows(runner: PromptRunner, texts: list[list[int]], pad: int, batch_size: int, bos: int | None) -> Tensor:
-    """Layer-L residuals of every non-BOS token of the given token lists, [n_tokens, d_model]."""
+def _statement_rows(
+    runner: PromptRunner, texts: list[list[int]], pad: int, batch_size: int, start: SequenceStart
+) -> Tensor:
+    """Layer-L residuals of every token of the given token lists but the special positions of
+    `models.sequence_start` (each first token), [n_tokens, d_model]."""
     rows = []
     for batch in length_batches([len(t) for t in texts], batch_size):
         ids, mask = pad_sequences([texts[i] for i in batch], pad, side="left")
         resid = runner.residual(ids, mask)
-        keep = mask.bool() & (ids != (bos if bos is not None else -1))
+        keep = mask.bool() & ~start.special_mask(ids, mask)
         rows.append(resid[keep])
     return torch.cat(rows) if rows else torch.zeros(0, runner.adapter.d_model)
 
@@ -315,7 +320,7 @@ def _prepare(
             f"{info['mmlu_proxy']['questions']} questions (chance 0.25), so a fact domain it knows "
             "is the forget set"
         )
-    rows = _statement_rows(runner, selection, pad, cfg.llm_batch_size, bos)
+    rows = _statement_rows(runner, selection, pad, cfg.llm_batch_size, ctx.adapter.sequence_start)
     return forget, retain, rows, info
 
 
@@ -352,7 +357,7 @@ def _accuracy(
     multiplier: float,
     scale: Tensor | None,
     pad: int,
-    bos: int | None,
+    start: SequenceStart,
     batch_size: int,
     d_model: int,
 ) -> float:
@@ -365,7 +370,7 @@ def _accuracy(
         for row, item in enumerate(chunk):
             resid[row, width - len(item.ids) :] = item.resid
         if sae is not None and latents is not None and len(latents):
-            edit = mask.bool() & (ids != (bos if bos is not None else -1))
+            edit = mask.bool() & ~start.special_mask(ids, mask)
             x = resid[edit].to(sae.W_dec.device, sae.W_dec.dtype)
             z = sae.encode(x)
             zc = clamp_latents(z, latents.to(z.device), multiplier, scale.to(z.device))
@@ -382,10 +387,10 @@ def run_unlearning(
     cfg = resolve_config(UnlearningEvalConfig, ctx, EVAL_NAME, config)
     _check_config(cfg)
     runner = PromptRunner(ctx.adapter, ctx.layer)
-    pad, bos, d_model = ctx.adapter.pad_token_id, ctx.adapter.bos_token_id, ctx.adapter.d_model
+    pad, seq_start, d_model = ctx.adapter.pad_token_id, ctx.adapter.sequence_start, ctx.adapter.d_model
     forget, retain, forget_rows, info = _prepare(ctx, cfg, runner)
     retain_rows = ctx.heldout_activations()[: cfg.n_retain_tokens].float()
-    args = (pad, bos, cfg.llm_batch_size, d_model)
+    args = (pad, seq_start, cfg.llm_batch_size, d_model)
     forget_before = _accuracy(runner, None, forget.evaluated, None, 0.0, None, *args)
     retain_before = _accuracy(runner, None, retain.evaluated, None, 0.0, None, *args)
     meaningful = not _near_chance(forget.base_accuracy, forget.chance, len(forget.candidates), cfg.chance_margin)
