@@ -8,10 +8,11 @@ an interrupted run resumes from its last checkpoint.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 
-from abstopk_eval import cli
+from abstopk_eval import cli, runtime
 from abstopk_eval.errors import UserError, exit_on_user_error
 from abstopk_eval.saes.variants import ALL_VARIANTS, get_variant
 from abstopk_eval.workflow import RunPlan, execute
@@ -38,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seeds", type=int, default=1, help="number of seeds per variant (seeds 0..N-1); default 1")
     cli.add_data_arguments(p)
+    cli.add_activation_arguments(p)
     cli.add_eval_arguments(p)
     cli.add_runtime_arguments(p)
+    cli.add_compute_arguments(p)
     cli.add_output_arguments(p)
     p.add_argument(
         "--bf16",
@@ -53,12 +56,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="train every variant with sae_lens's dense forward/backward instead of the sparse kernels (same math, "
         "slower)",
     )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (SAEs, evaluations, tokens, disk, memory and time per stage, estimated from the "
+        "model's shapes) and exit without loading anything large",
+    )
     cli.add_logging_arguments(p)
     return p
 
 
-def plan_from_args(args: argparse.Namespace) -> RunPlan:
-    shared = cli.shared_plan_fields(args)
+def plan_from_args(args: argparse.Namespace, *, notes: list[str] | None = None) -> RunPlan:
+    """The checked plan; with `notes` (a dry run) what this machine lacks, or a run that would repeat its data too
+    often, is noted there instead of refused."""
+    shared = cli.shared_plan_fields(args, notes=notes)
+    if args.sae_batch_size is not None:
+        if args.sae_batch_size <= 0:
+            raise UserError("--sae-batch-size must be at least 1")
+        shared["preset"] = dataclasses.replace(shared["preset"], batch_size=args.sae_batch_size)
+    preset = shared["preset"]
+    source = runtime.activation_source(
+        args.activation_source, train_tokens=preset.train_tokens, cache_tokens=preset.cache_tokens
+    )
+    if args.epochs < 1:
+        raise UserError("--epochs must be at least 1")
+    if args.epochs != 1 and source != "stream":
+        raise UserError(
+            "--epochs applies to streamed activations (--stream); a cached run makes train_tokens / cache_tokens "
+            "passes over its cache"
+        )
+    if source == "cache":
+        try:  # the cache holds at most cache_tokens: known before any work
+            runtime.check_repeats(
+                preset.train_tokens, preset.cache_tokens, allow=args.allow_repeats, what="an activation cache"
+            )
+        except UserError as err:
+            if notes is None:
+                raise
+            notes.append(str(err))
     variants = [get_variant(v).name for v in dict.fromkeys(args.variants)]
     ks = sorted(set(args.k or [shared["model"].paper_k]))
     d_sae = shared["preset"].expansion * shared["model"].d_model
@@ -78,6 +113,10 @@ def plan_from_args(args: argparse.Namespace) -> RunPlan:
         seeds=list(range(args.seeds)),
         sparse_training=not args.dense_training,
         bf16_training=args.bf16,
+        activation_source=source,
+        epochs=args.epochs,
+        allow_repeats=args.allow_repeats,
+        cache_dtype=args.cache_dtype,
     )
 
 
@@ -85,6 +124,12 @@ def plan_from_args(args: argparse.Namespace) -> RunPlan:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.quiet)
+    if args.dry_run:
+        from abstopk_eval.dryrun import format_plan
+
+        notes: list[str] = []
+        print(format_plan(plan_from_args(args, notes=notes), notes=notes))
+        return
     plan = plan_from_args(args)
     began = time.perf_counter()
     execute(plan)

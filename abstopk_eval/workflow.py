@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from abstopk_eval import runtime
 from abstopk_eval.config import TrainPreset
 from abstopk_eval.data.activation_cache import ActivationCache, CacheKey
 from abstopk_eval.data.corpus import DEFAULT_HELDOUT_FRACTION, PackedTokens, build_token_sequences, corpus_version
@@ -64,6 +65,21 @@ class RunPlan:
     bf16_training: bool = False
     eval_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """eval name -> {config field: value}, validated by `abstopk_eval.evals.options`."""
+    llm_dtype: str = "float32"
+    """dtype the language model computes in (`runtime.resolve_llm_dtype`); part of the model's identity."""
+    llm_batch_size: int | None = None
+    """Sequences per language-model forward pass; None: `runtime.DEFAULT_LLM_BATCH_SIZE` when caching or streaming,
+    the evaluations' own default (`EvalContext.batch_size`) when evaluating."""
+    tf32: bool = False
+    """TF32 matmuls on CUDA (`runtime.tf32_enabled`); part of the training identity when on."""
+    activation_source: str = "cache"
+    """"cache" (an on-disk activation cache, revisited as needed) or "stream" (`data.activation_stream`)."""
+    epochs: int = 1
+    """Streamed runs: passes over the streamed tokens (unique tokens = train_tokens / epochs)."""
+    allow_repeats: bool = False
+    """Allow more than `runtime.MAX_EPOCHS` passes over the training tokens."""
+    cache_dtype: str = "float32"
+    """Storage dtype of the training activation cache."""
 
 
 def sae_run_dir(plan: RunPlan, folder: str) -> Path:
@@ -82,7 +98,7 @@ class RunIdentities:
     @classmethod
     def of(cls, plan: RunPlan) -> RunIdentities:
         weights = weights_identity(plan.model, model_path=plan.model_path, cache_dir=plan.cache_dir)
-        model = ModelIdentity(key=plan.model.key, weights=weights, dtype="float32")
+        model = ModelIdentity(key=plan.model.key, weights=weights, dtype=plan.llm_dtype)
         corpus = CorpusIdentity(
             name=plan.corpus,
             version=corpus_version(plan.corpus),
@@ -91,9 +107,11 @@ class RunIdentities:
         )
         return cls(model, corpus, EvalDataIdentity(model, plan.layer, corpus, plan.preset.eval_identity()))
 
-    def cache_source(self) -> str:
-        """What besides its key decides an activation cache (see `CacheKey.source`)."""
-        return identity_hash({"model": self.model.as_dict(), "corpus_version": self.corpus.version})
+    def cache_source(self, dtype: str = "float32") -> str:
+        """What besides its key decides an activation cache (see `CacheKey.source`): the model, the text's version
+        and (when not float32) the storage dtype."""
+        stored = {} if dtype == "float32" else {"dtype": dtype}
+        return identity_hash({"model": self.model.as_dict(), "corpus_version": self.corpus.version, **stored})
 
 
 CALIBRATION_ROWS = 65_536
@@ -106,6 +124,8 @@ def train_identity(plan: RunPlan, ids: RunIdentities, variant: str, k: int, seed
     if spec.inference is InferenceRule.RUNNING_THRESHOLD:
         export = {"inference_threshold": f"calibrated to mean L0 = k on up to {CALIBRATION_ROWS} training activations"}
     return TrainIdentity(
+        activations=activations_identity(plan),
+        matmul="tf32" if plan.tf32 else None,
         model=ids.model,
         layer=plan.layer,
         corpus=ids.corpus,
@@ -117,6 +137,25 @@ def train_identity(plan: RunPlan, ids: RunIdentities, variant: str, k: int, seed
         encoder_dtype="bfloat16" if plan.bf16_training else "float32",
         export=export,
     )
+
+
+def activations_identity(plan: RunPlan) -> dict[str, Any] | None:
+    """What decides the training activations beyond model, layer and corpus: None for a float32 cache (the
+    original path, so its identities stay as they were)."""
+    if plan.activation_source == "stream":
+        return {
+            "source": "stream",
+            "epochs": plan.epochs,
+            "shuffle_buffer_tokens": runtime.STREAM_BUFFER_TOKENS,
+            "order_seed": STREAM_ORDER_SEED,
+        }
+    if plan.cache_dtype != "float32":
+        return {"source": "cache", "cache_dtype": plan.cache_dtype}
+    return None
+
+
+STREAM_ORDER_SEED = 0
+"""Streamed runs: every seed trains on the same stream (one LM pass for all), shuffled with this seed."""
 
 
 def plan_jobs(plan: RunPlan, ids: RunIdentities) -> list[TrainJob]:
