@@ -7,6 +7,7 @@ same thing (name, default, help) in every command. `setup_logging` is the one lo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -142,6 +143,12 @@ def add_activation_arguments(p: argparse.ArgumentParser) -> None:
         "%(default)s",
     )
     p.add_argument(
+        "--train-tokens",
+        type=int,
+        default=None,
+        help="activations each SAE trains on, overriding the preset's train_tokens (changes the trained SAE)",
+    )
+    p.add_argument(
         "--sae-batch-size",
         type=int,
         default=None,
@@ -188,6 +195,18 @@ def check_model_path(path: str | None) -> None:
         raise UserError(f"--model-path {path} does not exist or is not a directory (expected a save_pretrained folder)")
 
 
+def preset_with_overrides(preset: TrainPreset, args: argparse.Namespace) -> TrainPreset:
+    """The preset with `--train-tokens` / `--sae-batch-size` applied (its training identity changes with them)."""
+    changes = {}
+    for flag, field_name in (("train_tokens", "train_tokens"), ("sae_batch_size", "batch_size")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            if value <= 0:
+                raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
+            changes[field_name] = value
+    return dataclasses.replace(preset, **changes) if changes else preset
+
+
 def resolve_corpus(name: str | None, preset: TrainPreset) -> str:
     """`--corpus` as given, else the preset's preferred corpus where it can be read from here, else the default."""
     if name is not None:
@@ -206,7 +225,7 @@ def shared_plan_fields(args: argparse.Namespace, *, notes: list[str] | None = No
 
     spec = get_model_spec(args.model)
     layer = spec.check_layer(spec.default_layer if args.layer is None else args.layer)
-    preset = get_preset(args.preset)
+    preset = preset_with_overrides(get_preset(args.preset), args)
     corpus = resolve_corpus(args.corpus, preset)
     for check, value in ((check_device, args.device), (check_corpus, corpus)):
         try:

@@ -8,7 +8,6 @@ an interrupted run resumes from its last checkpoint.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import time
 
@@ -70,10 +69,6 @@ def plan_from_args(args: argparse.Namespace, *, notes: list[str] | None = None) 
     """The checked plan; with `notes` (a dry run) what this machine lacks, or a run that would repeat its data too
     often, is noted there instead of refused."""
     shared = cli.shared_plan_fields(args, notes=notes)
-    if args.sae_batch_size is not None:
-        if args.sae_batch_size <= 0:
-            raise UserError("--sae-batch-size must be at least 1")
-        shared["preset"] = dataclasses.replace(shared["preset"], batch_size=args.sae_batch_size)
     preset = shared["preset"]
     source = runtime.activation_source(
         args.activation_source, train_tokens=preset.train_tokens, cache_tokens=preset.cache_tokens

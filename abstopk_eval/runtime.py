@@ -35,7 +35,7 @@ def device_type(device: str) -> str:
 def resolve_llm_dtype(name: str | None, device: str) -> str:
     """The dtype the language model computes in: `name`, or for "auto"/None bf16 on CUDA and fp32 elsewhere."""
     if name in (None, "auto"):
-        return "bfloat16" if device_type(device) == "cuda" else "float32"
+        return "bfloat16" if on_cuda(device) else "float32"
     if name not in LLM_DTYPES:
         raise UserError(f"unknown --llm-dtype {name!r}; use one of {', '.join(LLM_DTYPES)}")
     return str(name)
@@ -47,7 +47,7 @@ def torch_dtype(name: str) -> torch.dtype:
 
 def tf32_enabled(device: str, *, refused: bool = False) -> bool:
     """TF32 matmuls run on CUDA unless refused (`--no-tf32`); other devices have no TF32."""
-    return device_type(device) == "cuda" and not refused
+    return on_cuda(device) and not refused
 
 
 def apply_matmul_precision(enabled: bool) -> None:
@@ -80,3 +80,14 @@ def check_repeats(train_tokens: int, unique_tokens: int, *, allow: bool, what: s
             "or pass --allow-repeats"
         )
     return epochs
+
+
+def on_cuda(device: str) -> bool:
+    """The one test for CUDA-only behaviour (TF32, pinned-memory prefetch, moving the LM off the GPU)."""
+    return device_type(device) == "cuda"
+
+
+def select_device(device: str) -> None:
+    """Make `cuda:N` the current CUDA device (kernels and cache clearing go there); nothing elsewhere."""
+    if on_cuda(device) and torch.device(device).index is not None:
+        torch.cuda.set_device(torch.device(device))

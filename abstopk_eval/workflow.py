@@ -6,7 +6,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,8 @@ import torch
 
 from abstopk_eval import runtime
 from abstopk_eval.config import TrainPreset
-from abstopk_eval.data.activation_cache import ActivationCache, CacheKey
+from abstopk_eval.data.activation_cache import ActivationCache, CacheKey, trainable_positions
+from abstopk_eval.data.activation_stream import ActivationStream, unique_sequences
 from abstopk_eval.data.corpus import DEFAULT_HELDOUT_FRACTION, PackedTokens, build_token_sequences, corpus_version
 from abstopk_eval.evals.context import EvalContext, get_eval, hook_name
 from abstopk_eval.evals.options import config_identity
@@ -38,7 +39,7 @@ from abstopk_eval.provenance import RunProvenance, SaeProvenance, package_versio
 from abstopk_eval.results import baseline_path, current_results, layer_dir, result_path, write_eval_output
 from abstopk_eval.saes.io import load_sae
 from abstopk_eval.saes.variants import InferenceRule, get_variant, sae_id
-from abstopk_eval.training import distributed
+from abstopk_eval.training import distributed, placement
 from abstopk_eval.training.trainer import TRAINING_JSON, TrainJob, train_jobs
 
 log = logging.getLogger("abstopk_eval")
@@ -277,6 +278,9 @@ class Session:
         self._ids = ids
         self._adapter: ModelAdapter | None = None
         self.model_source = ""
+        runtime.select_device(plan.device)
+        if runtime.on_cuda(plan.device):
+            runtime.apply_matmul_precision(plan.tf32)
 
     @property
     def ids(self) -> RunIdentities:
@@ -289,18 +293,27 @@ class Session:
         if self._adapter is None:
             log.info("loading model %s", self.plan.model.key)
             loaded = load_model(
-                self.plan.model.key, model_path=self.plan.model_path, cache_dir=self.cache_root, device=self.plan.device
+                self.plan.model.key,
+                model_path=self.plan.model_path,
+                cache_dir=self.cache_root,
+                dtype=runtime.torch_dtype(self.plan.llm_dtype),
+                device=self.plan.device,
             )
             self.model_source = loaded.source_description
             self._adapter = ModelAdapter.from_loaded(loaded)
         return self._adapter
+
+    @property
+    def loaded_model(self) -> Any:
+        """The language model if it has been loaded (else None: nothing to move off the GPU)."""
+        return None if self._adapter is None else self._adapter.model
 
     def tokens(self, split: str, max_tokens: int | None) -> PackedTokens:
         return build_token_sequences(
             self.plan.corpus, self.adapter.tokenizer, self.plan.model.context_size, split, max_tokens
         )
 
-    def cache(self, packed: PackedTokens, n_tokens: int) -> ActivationCache:
+    def cache(self, packed: PackedTokens, n_tokens: int, dtype: str = "float32") -> ActivationCache:
         key = CacheKey(
             model=self.plan.model.key,
             layer=self.plan.layer,
@@ -308,12 +321,19 @@ class Session:
             n_tokens=n_tokens,
             seq_len=self.plan.model.context_size,
             split=packed.split,
-            source=self.ids.cache_source(),
+            source=self.ids.cache_source(dtype),
         )
 
         def build_or_load() -> ActivationCache:
             return ActivationCache.build_or_load(
-                self.cache_root / "activations", key, self.adapter, packed, d_in=self.plan.model.d_model
+                self.cache_root / "activations",
+                key,
+                self.adapter,
+                packed,
+                batch_size=self.plan.llm_batch_size or runtime.DEFAULT_LLM_BATCH_SIZE,
+                dtype=dtype,
+                d_in=self.plan.model.d_model,
+                digest_dir=self.cache_root,
             )
 
         if distributed.is_main():  # one LM pass; the other ranks wait, then load what it wrote
@@ -336,45 +356,118 @@ class Session:
         )
 
 
-def train_missing(session: Session, jobs: list[TrainJob]) -> None:
+@dataclass
+class TrainingSource:
+    """Where one run's training batches come from, and what training records about them."""
+
+    batches_for_seed: Callable[[int], Callable[[int], Iterator[torch.Tensor]]]
+    """seed -> (start step -> normalised batches), as `train_jobs` takes it."""
+    mean: torch.Tensor
+    scale: float
+    calibration_rows: torch.Tensor
+    metadata: dict[str, Any]
+    """The corpus, the activations and the unique tokens / epochs (into training.json)."""
+    one_pass: bool
+    """Every seed shares one pass (a stream: the model runs once for all)."""
+    uses_model: bool
+    """The model computes batches during training (a stream), so it stays on the GPU."""
+
+
+def cached_source(session: Session) -> TrainingSource:
+    """Batches drawn from an activation cache of the preset's cache_tokens (built once), one pass per seed."""
     plan, preset = session.plan, session.plan.preset
     packed = session.tokens("train", preset.cache_tokens)
-    cache = session.cache(packed, preset.cache_tokens)
+    cache = session.cache(packed, preset.cache_tokens, plan.cache_dtype)
+    epochs = runtime.check_repeats(
+        preset.train_tokens, cache.n_rows, allow=plan.allow_repeats, what=f"an activation cache of {plan.corpus}"
+    )
+
+    def for_seed(seed: int) -> Callable[[int], Iterator[torch.Tensor]]:
+        return lambda start_step: placement.prefetch(
+            cache.iter_batches(
+                preset.batch_size, n_tokens=preset.train_tokens, seed=seed, start_token=start_step * preset.batch_size
+            ),
+            plan.device,
+        )
+
+    metadata = {
+        "train_corpus": packed.provenance(),
+        "activation_cache": cache.provenance(),
+        "activations": {"source": "cache", "unique_tokens": cache.n_rows, "epochs": epochs, "dtype": plan.cache_dtype},
+        "epochs_over_cache": epochs,
+    }
+    return TrainingSource(for_seed, cache.mean, cache.scale, _calibration_rows(cache), metadata, False, False)
+
+
+def streamed_source(session: Session) -> TrainingSource:
+    """Batches computed by the model on the fly (`data.activation_stream`): the budget's tokens, each seen once
+    unless epochs are asked for; every seed trains on the same stream."""
+    plan, preset = session.plan, session.plan.preset
+    seen = preset.total_steps * preset.batch_size
+    packed = unique_sequences(
+        lambda max_tokens: session.tokens("train", max_tokens),
+        math.ceil(seen / plan.epochs),
+        session.adapter.bos_token_id,
+        plan.model.context_size,
+    )
+    bos = session.adapter.bos_token_id
+    unique = int(trainable_positions(packed.tokens, bos).sum())
+    runtime.check_repeats(seen, unique, allow=plan.allow_repeats, what=f"corpus {plan.corpus}")  # before the LM runs
+    stream = ActivationStream(
+        session.adapter,
+        plan.layer,
+        packed,
+        buffer_rows=runtime.STREAM_BUFFER_TOKENS,
+        seed=STREAM_ORDER_SEED,
+        llm_batch_size=plan.llm_batch_size or runtime.DEFAULT_LLM_BATCH_SIZE,
+    )
+    provenance = stream.provenance(preset.train_tokens, preset.batch_size)
+
+    def for_seed(seed: int) -> Callable[[int], Iterator[torch.Tensor]]:
+        return lambda start_step: stream.iter_batches(
+            preset.batch_size, n_tokens=preset.train_tokens, start_token=start_step * preset.batch_size
+        )
+
+    metadata = {"train_corpus": packed.provenance(), "activations": provenance}
+    rows = stream.calibration_rows(CALIBRATION_ROWS)
+    return TrainingSource(for_seed, stream.mean, stream.scale, rows, metadata, True, True)
+
+
+def train_missing(session: Session, jobs: list[TrainJob]) -> None:
+    plan, preset = session.plan, session.plan.preset
+    source = streamed_source(session) if plan.activation_source == "stream" else cached_source(session)
     metadata = {
         **{k: v for k, v in dataclasses.asdict(session.provenance()).items() if v is not None},
         "model_name": plan.model.hf_id,
         "hook_name": hook_name(plan.layer),
-        "train_corpus": packed.provenance(),
-        "activation_cache": cache.provenance(),
+        **source.metadata,
         "train_tokens": preset.train_tokens,
-        "epochs_over_cache": preset.train_tokens / max(cache.n_rows, 1),
+        "unique_tokens": source.metadata["activations"]["unique_tokens"],
+        "epochs": source.metadata["activations"]["epochs"],
+        "llm_dtype": plan.llm_dtype,
     }
-
-    def stream_for_seed(seed: int):
-        return lambda start_step: cache.iter_batches(
-            preset.batch_size, n_tokens=preset.train_tokens, seed=seed, start_token=start_step * preset.batch_size
+    with placement.offloaded(None if source.uses_model else session.loaded_model, plan.device):
+        train_jobs(
+            jobs,
+            source.batches_for_seed,
+            d_in=plan.model.d_model,
+            preset=preset,
+            mean=source.mean,
+            scale=source.scale,
+            metadata=metadata,
+            device=plan.device,
+            sparse=plan.sparse_training,
+            bf16=plan.bf16_training,
+            calibration_rows=source.calibration_rows,
+            one_pass=source.one_pass,
         )
-
-    train_jobs(
-        jobs,
-        stream_for_seed,
-        d_in=cache.d_in,
-        preset=preset,
-        mean=cache.mean,
-        scale=cache.scale,
-        metadata=metadata,
-        device=plan.device,
-        sparse=plan.sparse_training,
-        bf16=plan.bf16_training,
-        calibration_rows=_calibration_rows(cache),
-    )
 
 
 def _calibration_rows(cache: ActivationCache) -> torch.Tensor:
     """A seeded sample of the raw training activations (in cache order) for threshold calibration."""
     n = min(cache.n_rows, CALIBRATION_ROWS)
     index = np.sort(np.random.default_rng(0).choice(cache.n_rows, size=n, replace=False))
-    return torch.from_numpy(np.asarray(cache.activations[index], dtype=np.float32))
+    return cache.rows(index)
 
 
 def evaluate(plan: RunPlan, targets: Sequence[EvalTarget], session: Session | None = None) -> dict[str, list[str]]:
@@ -414,6 +507,7 @@ def evaluate(plan: RunPlan, targets: Sequence[EvalTarget], session: Session | No
             },
             training_info={t.sae_id: t.training_info() for t, _ in todo},
             device=plan.device,
+            **({"batch_size": plan.llm_batch_size} if plan.llm_batch_size else {}),
             eval_options=plan.eval_options,
         )
         log.info("evaluation %s on %d SAEs", eval_name, len(saes))

@@ -46,6 +46,7 @@ def test_workflow_writes_baselines_without_a_weights_digest(tmp_path, monkeypatc
         layer=1,
         evals=["steering"],
         eval_options={},
+        llm_batch_size=None,
     )
     model = ModelIdentity(key="m", weights="test")
     corpus = CorpusIdentity(name="t", version="v", seq_len=8, heldout_fraction=0.05)
