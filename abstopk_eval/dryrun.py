@@ -10,17 +10,20 @@ What is estimated and how (printed with every plan, so the numbers can be checke
 - FLOPs run at an assumed sustained rate per device type and dtype (`ASSUMED_FLOPS`): not measured on a GPU.
 - Memory: the LM's weights in its dtype; per SAE, weights + gradients + two Adam moments in fp32 (16 bytes per
   parameter) for every SAE of the run (all stay resident), plus one step's workspace (a few [batch, d_sae] fp32
-  tensors); an LM batch holds about (4 d_model + 2 d_mlp) values per token, and logits are fp32 (with two copies).
+  tensors); an LM batch holds about (4 d_model + 2 d_mlp) values per token, and logits are fp32 (with two copies);
+  a stream keeps the LM and its shuffle buffer (the rows and their shuffled copy, fp32) on the device while training.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from abstopk_eval import runtime
+from abstopk_eval.evals.context import EvalContext
 from abstopk_eval.models.shapes import ModelShape, model_shape
 from abstopk_eval.saes.variants import get_variant, sae_id
 
@@ -51,6 +54,8 @@ than any preset asks for. Corpora missing here are known only once tokenised."""
 EVAL_COST_NOTE = "core's CE/KL passes and the held-out cache only; the task evaluations are not estimated"
 
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+_EVAL_BATCH_SIZE = next(f.default for f in dataclasses.fields(EvalContext) if f.name == "batch_size")
+"""Sequences per LM pass in evaluations when --llm-batch-size is not given."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,6 @@ class Stage:
     """(FLOPs, (device type, dtype) of the rate they run at) per kind of work in the stage."""
     gpu_bytes: float
     disk_bytes: float = 0.0
-    ram_bytes: float = 0.0
 
     def seconds(self) -> float:
         return sum(flops / ASSUMED_FLOPS.get(key, ASSUMED_FLOPS[("cpu", "float32")]) for flops, key in self.work)
@@ -132,6 +136,8 @@ def stages(plan: RunPlan, shape: ModelShape, n_saes: int) -> tuple[list[Stage], 
                 disk_bytes=unique * d * _BYTES[plan.cache_dtype],
             )
         )
+    # a stream keeps the LM, one LM batch and the shuffle buffer (its rows and their shuffled copy) on the device
+    stream_resident = llm_weights + llm_batch + 2 * runtime.STREAM_BUFFER_TOKENS * d * 4
     lm_in_training = 0.0
     if plan.activation_source == "stream":
         lm_in_training = per_token_layer * preset.train_tokens / rows_per_token
@@ -149,13 +155,13 @@ def stages(plan: RunPlan, shape: ModelShape, n_saes: int) -> tuple[list[Stage], 
             f"{n_saes} SAE(s) x {preset.total_steps:,} steps of {preset.batch_size:,} (d_sae {d_sae:,}); "
             f"activations {source}",
             ((train_flops, encoder_key), (lm_in_training, llm_key)),
-            sae_state + step_workspace + ((llm_weights + llm_batch) if plan.activation_source == "stream" else 0),
-            ram_bytes=runtime.STREAM_BUFFER_TOKENS * d * 4 * 2 if plan.activation_source == "stream" else 0.0,
+            sae_state + step_workspace + (stream_resident if plan.activation_source == "stream" else 0),
         )
     )
     n_ce = (2 + n_saes) * preset.eval_tokens * 2 * shape.forward_params(None)
     heldout = preset.heldout_tokens * per_token_layer
-    logits = llm_batch_size * seq * shape.vocab_size * 4 * 3
+    eval_batch = plan.llm_batch_size or _EVAL_BATCH_SIZE
+    logits = eval_batch * seq * shape.vocab_size * 4 * 3
     out.append(
         Stage(
             "evaluate",
@@ -204,9 +210,7 @@ def format_plan(plan: RunPlan, *, notes: Sequence[str] = ()) -> str:
     for stage in stage_list:
         seconds = stage.seconds()
         total += seconds
-        extra = "".join(
-            f", {label} {_gb(n)}" for label, n in (("disk", stage.disk_bytes), ("host RAM", stage.ram_bytes)) if n
-        )
+        extra = f", disk {_gb(stage.disk_bytes)}" if stage.disk_bytes else ""
         parts = [_duration(f / ASSUMED_FLOPS.get(key, ASSUMED_FLOPS[("cpu", "float32")])) for f, key in stage.work if f]
         split = f" ({' SAE + '.join(parts)} LM)" if len(parts) == 2 else ""
         lines.append(
@@ -226,7 +230,8 @@ def format_plan(plan: RunPlan, *, notes: Sequence[str] = ()) -> str:
         f"  SAE step = {SAE_STEP_COST:g} x encoder matmul (2 d_in d_sae FLOPs/token; measured ratio on CPU)",
         f"  sustained TFLOP/s on {runtime.device_type(plan.device)} (assumed, not measured): {rates}",
         "  memory: LM weights in its dtype + one LM batch ((4 d_model + 2 d_mlp) values/token); per SAE 16 bytes x "
-        f"parameters (fp32 weights, grads, Adam), all resident; step workspace {STEP_WORKSPACE} x batch x d_sae fp32",
+        f"parameters (fp32 weights, grads, Adam), all resident; step workspace {STEP_WORKSPACE} x batch x d_sae fp32;"
+        " a stream adds the LM and its shuffle buffer (2 x rows x d_model fp32)",
     ]
     lines += [f"note: {note}" for note in notes]
     return "\n".join(lines)
