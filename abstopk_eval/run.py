@@ -70,25 +70,9 @@ def plan_from_args(args: argparse.Namespace, *, notes: list[str] | None = None) 
     often, is noted there instead of refused."""
     shared = cli.shared_plan_fields(args, notes=notes)
     preset = shared["preset"]
-    source = runtime.activation_source(
-        args.activation_source, train_tokens=preset.train_tokens, cache_tokens=preset.cache_tokens
+    source = runtime.planned_source(
+        args.activation_source, preset, epochs=args.epochs, allow_repeats=args.allow_repeats, notes=notes
     )
-    if args.epochs < 1:
-        raise UserError("--epochs must be at least 1")
-    if args.epochs != 1 and source != "stream":
-        raise UserError(
-            "--epochs applies to streamed activations (--stream); a cached run makes train_tokens / cache_tokens "
-            "passes over its cache"
-        )
-    if source == "cache":
-        try:  # the cache holds at most cache_tokens: known before any work
-            runtime.check_repeats(
-                preset.train_tokens, preset.cache_tokens, allow=args.allow_repeats, what="an activation cache"
-            )
-        except UserError as err:
-            if notes is None:
-                raise
-            notes.append(str(err))
     variants = [get_variant(v).name for v in dict.fromkeys(args.variants)]
     ks = sorted(set(args.k or [shared["model"].paper_k]))
     d_sae = shared["preset"].expansion * shared["model"].d_model

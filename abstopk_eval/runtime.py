@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from abstopk_eval.errors import UserError
@@ -64,6 +66,29 @@ def activation_source(choice: str, *, train_tokens: int, cache_tokens: int) -> s
     if choice != "auto":
         return choice
     return "stream" if train_tokens > cache_tokens else "cache"
+
+
+def planned_source(
+    choice: str, preset: Any, *, epochs: int, allow_repeats: bool, notes: list[str] | None = None
+) -> str:
+    """The activation source of a run of `preset`, with the checks that need no data: epochs only for a stream, and
+    a cache smaller than the budget by more than MAX_EPOCHS refused unless allowed (noted instead with `notes`)."""
+    source = activation_source(choice, train_tokens=preset.train_tokens, cache_tokens=preset.cache_tokens)
+    if epochs < 1:
+        raise UserError("--epochs must be at least 1")
+    if epochs != 1 and source != "stream":
+        raise UserError(
+            "--epochs applies to streamed activations (--stream); a cached run makes train_tokens / cache_tokens "
+            "passes over its cache"
+        )
+    if source == "cache":
+        try:  # the cache holds at most cache_tokens: known before any work
+            check_repeats(preset.train_tokens, preset.cache_tokens, allow=allow_repeats, what="an activation cache")
+        except UserError as err:
+            if notes is None:
+                raise
+            notes.append(str(err))
+    return source
 
 
 def epochs_of(train_tokens: int, unique_tokens: int) -> float:

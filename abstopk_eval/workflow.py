@@ -19,6 +19,7 @@ from abstopk_eval.config import TrainPreset
 from abstopk_eval.data.activation_cache import ActivationCache, CacheKey, trainable_positions
 from abstopk_eval.data.activation_stream import ActivationStream, unique_sequences
 from abstopk_eval.data.corpus import DEFAULT_HELDOUT_FRACTION, PackedTokens, build_token_sequences, corpus_version
+from abstopk_eval.errors import UserError
 from abstopk_eval.evals.context import EvalContext, get_eval, hook_name
 from abstopk_eval.evals.options import config_identity
 from abstopk_eval.identity import (
@@ -81,6 +82,8 @@ class RunPlan:
     """Allow more than `runtime.MAX_EPOCHS` passes over the training tokens."""
     cache_dtype: str = "float32"
     """Storage dtype of the training activation cache."""
+    sae_ids: frozenset[str] | None = None
+    """Only these SAEs of the plan's variants x k x seeds (a sweep shard); None: all of them."""
 
 
 def sae_run_dir(plan: RunPlan, folder: str) -> Path:
@@ -536,18 +539,44 @@ def _write_folder_identity(plan: RunPlan, ids: RunIdentities, target: EvalTarget
     atomic_write_json(path, record)
 
 
-def execute(plan: RunPlan) -> None:
-    """Train what is missing, evaluate what has no result, rebuild reports.
+STAGES = ("cache", "train", "evaluate")
+"""A run's stages, in order: build the activation caches, train the SAEs (all in one pass), evaluate them."""
+
+
+def prepare_caches(session: Session, jobs: Sequence[TrainJob]) -> None:
+    """The cache stage: build the training cache (cached runs with SAEs left to train) and the held-out cache
+    (SAEs with evaluations pending), so the later stages only read them."""
+    plan, preset = session.plan, session.plan.preset
+    if plan.activation_source == "cache" and any(not job.is_finished() for job in jobs):
+        session.cache(session.tokens("train", preset.cache_tokens), preset.cache_tokens, plan.cache_dtype)
+    if plan.evals and pending_evaluations(plan, [target_of(job, session.ids) for job in jobs], session.ids):
+        heldout = session.tokens("eval", preset.heldout_tokens)
+        session.cache(heldout, heldout.n_tokens)
+
+
+def execute(plan: RunPlan, stages: Sequence[str] = ("train", "evaluate")) -> None:
+    """Run `stages` of the plan (see `STAGES`): train what is missing, evaluate what has no result, rebuild
+    reports. Caches are built when first needed; the "cache" stage builds them up front (a cluster's first job).
 
     Under torchrun every rank trains its share of each batch; evaluation and reports run on rank 0 only.
     """
+    unknown = [stage for stage in stages if stage not in STAGES]
+    if unknown:
+        raise UserError(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(STAGES)}")
     distributed.init_from_env(plan.device)
     session = Session(plan)
     jobs = plan_jobs(plan, session.ids)
-    if any(not job.is_finished() for job in jobs):
+    if plan.sae_ids is not None:
+        jobs = [job for job in jobs if job.sae_id in plan.sae_ids]
+    if "cache" in stages and distributed.is_main():
+        prepare_caches(session, jobs)
+    if "train" in stages and any(not job.is_finished() for job in jobs):
         train_missing(session, jobs)
-    if not distributed.is_main():
+    if not distributed.is_main() or "evaluate" not in stages:
         return
+    untrained = [job.sae_id for job in jobs if not job.is_finished()]
+    if untrained:
+        raise UserError(f"cannot evaluate {', '.join(untrained)}: not trained yet (run the train stage first)")
     evaluate(plan, [target_of(job, session.ids) for job in jobs], session)
     if plan.write_report:
         from abstopk_eval.report import build_reports
