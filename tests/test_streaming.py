@@ -88,3 +88,13 @@ def test_a_stream_over_a_too_small_corpus_stops_before_the_model_runs(
     with pytest.raises(SystemExit):  # wiki-en is ~4.8M tokens of the tiny character tokenizer: 40M repeat it ~8x
         run.main(_argv(tmp_path, tiny_model_dir, "--stream", "--train-tokens", "40000000"))
     assert "repeats the data" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("hub, preset, expected", [(True, "paper", "pile"), (False, "paper", "wiki-en"),
+                                                   (True, "quick", "wiki-en")])  # fmt: skip
+def test_the_paper_preset_takes_the_pile_where_the_hub_is_reachable(hub, preset, expected, monkeypatch):
+    from abstopk_eval import cli
+
+    monkeypatch.setattr(cli, "corpus_readable", lambda name: hub)
+    assert cli.resolve_corpus(None, get_preset(preset)) == expected
+    assert cli.resolve_corpus("python-stdlib", get_preset(preset)) == "python-stdlib"  # an explicit choice wins
