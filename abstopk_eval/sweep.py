@@ -154,8 +154,9 @@ def load_spec_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def expand(spec: dict[str, Any]) -> list[SweepJob]:
-    """Every job of the sweep, in a fixed order (models and variants as listed, then layer, k, seed)."""
+def expand(spec: dict[str, Any], *, notes: list[str] | None = None) -> list[SweepJob]:
+    """Every job of the sweep, in a fixed order (models and variants as listed, then layer, k, seed); with `notes`
+    (a dry run, planning for another machine) a device this machine lacks is noted there instead of refused."""
     unknown = set(spec) - SPEC_KEYS
     if unknown:
         raise UserError(
@@ -200,7 +201,12 @@ def expand(spec: dict[str, Any]) -> list[SweepJob]:
         epochs=shared["epochs"],
         allow_repeats=shared["allow_repeats"],
     )
-    check_device(shared["device"])
+    try:
+        check_device(shared["device"])
+    except UserError as err:
+        if notes is None:
+            raise
+        notes.append(f"not available here: {err}")
     jobs: list[SweepJob] = []
     seen: set[str] = set()
     for entry in models:
@@ -384,7 +390,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.quiet)
     index, count = parse_shard(args.shard)
-    jobs = expand(load_spec_file(args.spec))
+    notes: list[str] = []
+    jobs = expand(load_spec_file(args.spec), notes=notes if args.dry_run else None)
     groups = group_jobs(jobs)
     mine = shard_jobs(jobs, index, count)
     if args.list:
@@ -402,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         from abstopk_eval.dryrun import format_plan
 
-        print("\n\n".join(format_plan(group_plan(group, _dirs(args))) for group in groups))
+        print("\n\n".join(format_plan(group_plan(group, _dirs(args)), notes=notes) for group in groups))
         return
     if args.stage is not None:
         if args.group is None or not 0 <= args.group < len(groups):

@@ -158,3 +158,8 @@ def test_sweep_dry_run_prints_one_plan_per_group(tmp_path, tiny_model_dir, tiny_
     out = capsys.readouterr().out
     assert len(re.findall(r"^dry run: tiny-test layer \d", out, flags=re.M)) == 2
     assert "SAEs to train (2): topk_k4_s0_smoke, abstopk_k4_s0_smoke" in out
+    gpu = tmp_path / "gpu.json"  # planning a GPU sweep from here: noted, not refused
+    gpu.write_text(json.dumps({**json.loads(_spec(tmp_path, tiny_model_dir).read_text()), "device": "cuda"}))
+    sweep.main([str(gpu), "--dry-run"])
+    out = capsys.readouterr().out
+    assert "computes in bfloat16, TF32 matmuls" in out and "note: not available here: device cuda" in out
