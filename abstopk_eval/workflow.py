@@ -380,10 +380,11 @@ def cached_source(session: Session) -> TrainingSource:
     """Batches drawn from an activation cache of the preset's cache_tokens (built once), one pass per seed."""
     plan, preset = session.plan, session.plan.preset
     packed = session.tokens("train", preset.cache_tokens)
-    cache = session.cache(packed, preset.cache_tokens, plan.cache_dtype)
+    rows = int(trainable_positions(packed.tokens, session.adapter.bos_token_id).sum())  # before the LM runs
     epochs = runtime.check_repeats(
-        preset.train_tokens, cache.n_rows, allow=plan.allow_repeats, what=f"an activation cache of {plan.corpus}"
+        preset.train_tokens, rows, allow=plan.allow_repeats, what=f"an activation cache of {plan.corpus}"
     )
+    cache = session.cache(packed, preset.cache_tokens, plan.cache_dtype)
 
     def for_seed(seed: int) -> Callable[[int], Iterator[torch.Tensor]]:
         return lambda start_step: placement.prefetch(
