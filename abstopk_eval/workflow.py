@@ -32,7 +32,7 @@ from abstopk_eval.identity import (
     TrainIdentity,
     identity_hash,
 )
-from abstopk_eval.io import atomic_write_json, default_cache_dir, sha256_file
+from abstopk_eval.io import atomic_write_json, default_cache_dir, sha256_file, sha256_file_cached
 from abstopk_eval.models.adapter import ModelAdapter
 from abstopk_eval.models.loading import load_model, weights_identity
 from abstopk_eval.models.registry import ModelSpec
@@ -209,9 +209,12 @@ class EvalTarget:
     def weights(self) -> Path:
         return self.sae_dir / "sae_weights.safetensors"
 
-    def digest(self) -> str | None:
-        """sha256 of the weights a result is computed from (None while the checkpoint does not exist)."""
-        return sha256_file(self.weights) if self.weights.is_file() else None
+    def digest(self, digest_dir: Path | None = None) -> str | None:
+        """sha256 of the weights a result is computed from (None while the checkpoint does not exist); with
+        `digest_dir`, remembered there per file version (`io.sha256_file_cached`: paper-size SAEs are ~1 GB each)."""
+        if not self.weights.is_file():
+            return None
+        return sha256_file(self.weights) if digest_dir is None else sha256_file_cached(self.weights, digest_dir)
 
     def training_info(self) -> dict[str, Any]:
         if self.training_json is None or not self.training_json.is_file():
@@ -256,7 +259,8 @@ def pending_evaluations(
 ) -> dict[str, list[tuple[EvalTarget, PlannedResult]]]:
     """Evaluation name -> the targets (with what their result must be) that have no current result for it, in the
     plan's evaluation order."""
-    digests = {t.sae_id: t.digest() for t in targets}
+    digest_dir = plan.cache_dir or default_cache_dir()
+    digests = {t.sae_id: t.digest(digest_dir) for t in targets}
     planned = {(t.sae_id, name): planned_result(plan, ids, t, name) for name in plan.evals for t in targets}
     expected = {(sid, name, p.config_tag): (p.identity["hash"], digests[sid]) for (sid, name), p in planned.items()}
     current = current_results(plan.results_dir, plan.model.key, plan.layer, expected)
@@ -505,7 +509,7 @@ def evaluate(plan: RunPlan, targets: Sequence[EvalTarget], session: Session | No
             provenance=session.provenance(heldout_corpus=heldout.provenance()),
             sae_provenance={
                 t.sae_id: SaeProvenance.from_sae(
-                    t.sae_id, saes[t.sae_id], sae_weights_sha256=t.digest(), source=t.source
+                    t.sae_id, saes[t.sae_id], sae_weights_sha256=t.digest(session.cache_root), source=t.source
                 )
                 for t, _ in todo
             },
