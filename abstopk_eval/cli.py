@@ -7,14 +7,16 @@ same thing (name, default, help) in every command. `setup_logging` is the one lo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from abstopk_eval.config import PRESETS, get_preset
-from abstopk_eval.data.corpus import check_corpus
+from abstopk_eval import runtime
+from abstopk_eval.config import PRESETS, TrainPreset, get_preset
+from abstopk_eval.data.corpus import DEFAULT_CORPUS, check_corpus, corpus_readable
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.context import default_evals, get_eval, ordered_evals
 from abstopk_eval.evals.options import parse_eval_options
@@ -73,8 +75,9 @@ def add_data_arguments(p: argparse.ArgumentParser, *, preset_help: str = "traini
     p.add_argument("--preset", default="quick", help=f"{preset_help} ({', '.join(PRESETS)}); default %(default)s")
     p.add_argument(
         "--corpus",
-        default="wiki-en",
-        help="training / held-out text (wiki-en, python-stdlib, mixed, or pile with network); default %(default)s",
+        default=None,
+        help="training / held-out text (wiki-en, python-stdlib, mixed, or pile with network); default: the preset's "
+        f"preferred corpus where it can be read (paper: pile), else {DEFAULT_CORPUS}",
     )
 
 
@@ -111,6 +114,78 @@ def add_runtime_arguments(p: argparse.ArgumentParser, *, device: bool = True) ->
         type=Path,
         default=None,
         help="model copies and activation caches (default ~/.cache/abstopk_eval or $ABSTOPK_EVAL_CACHE)",
+    )
+
+
+def add_compute_arguments(p: argparse.ArgumentParser) -> None:
+    """How the language model runs (dtype, batch) and whether CUDA matmuls use TF32."""
+    p.add_argument(
+        "--llm-dtype",
+        default="auto",
+        choices=runtime.LLM_DTYPES,
+        help="dtype the language model computes in; auto: bfloat16 on CUDA, float32 elsewhere (part of the run "
+        "identity: activations differ)",
+    )
+    p.add_argument(
+        "--llm-batch-size",
+        type=int,
+        default=None,
+        help=f"sequences per language-model forward pass (caching, streaming, evaluations); default "
+        f"{runtime.DEFAULT_LLM_BATCH_SIZE} when caching or streaming, each evaluation's own when evaluating",
+    )
+    p.add_argument(
+        "--no-tf32", action="store_true", help="on CUDA, keep fp32 matmuls exact (TF32 is on by default there)"
+    )
+
+
+def add_activation_arguments(p: argparse.ArgumentParser) -> None:
+    """Where training activations come from and how often they may repeat."""
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--stream",
+        dest="activation_source",
+        action="store_const",
+        const="stream",
+        default="auto",
+        help="compute training activations on the fly into a shuffled buffer instead of caching them (the default "
+        "when the preset's train_tokens exceed its cache_tokens)",
+    )
+    source.add_argument(
+        "--from-cache",
+        dest="activation_source",
+        action="store_const",
+        const="cache",
+        help="train from an on-disk activation cache of the preset's cache_tokens, revisiting it as needed",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=1,
+        help="with --stream: passes over the streamed tokens (unique tokens = train_tokens / epochs); default 1",
+    )
+    p.add_argument(
+        "--allow-repeats",
+        action="store_true",
+        help=f"allow a run to pass over its training tokens more than {runtime.MAX_EPOCHS:g} times",
+    )
+    p.add_argument(
+        "--cache-dtype",
+        default="float32",
+        choices=runtime.CACHE_DTYPES,
+        help="storage dtype of the training activation cache (half the disk in float16 / bfloat16); default "
+        "%(default)s",
+    )
+    p.add_argument(
+        "--train-tokens",
+        type=int,
+        default=None,
+        help="activations each SAE trains on, overriding the preset's train_tokens (changes the trained SAE)",
+    )
+    p.add_argument(
+        "--sae-batch-size",
+        type=int,
+        default=None,
+        help="activations per optimiser step, overriding the preset's batch_size (changes the trained SAE)",
     )
 
 
@@ -153,8 +228,32 @@ def check_model_path(path: str | None) -> None:
         raise UserError(f"--model-path {path} does not exist or is not a directory (expected a save_pretrained folder)")
 
 
-def shared_plan_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """The `RunPlan` fields the shared argument groups give, each checked (UserError) before any work."""
+def preset_with_overrides(preset: TrainPreset, args: argparse.Namespace) -> TrainPreset:
+    """The preset with `--train-tokens` / `--sae-batch-size` applied (its training identity changes with them)."""
+    changes = {}
+    for flag, field_name in (("train_tokens", "train_tokens"), ("sae_batch_size", "batch_size")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            if value <= 0:
+                raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
+            changes[field_name] = value
+    return dataclasses.replace(preset, **changes) if changes else preset
+
+
+def resolve_corpus(name: str | None, preset: TrainPreset) -> str:
+    """`--corpus` as given, else the preset's preferred corpus where it can be read from here, else the default."""
+    if name is not None:
+        return name
+    if preset.preferred_corpus is not None and corpus_readable(preset.preferred_corpus):
+        return preset.preferred_corpus
+    return DEFAULT_CORPUS
+
+
+def shared_plan_fields(args: argparse.Namespace, *, notes: list[str] | None = None) -> dict[str, Any]:
+    """The `RunPlan` fields the shared argument groups give, each checked (UserError) before any work.
+
+    With `notes` (a dry run, planning for another machine) a device or corpus this machine lacks is noted there
+    instead of refused."""
     import abstopk_eval.evals  # noqa: F401  (registers the evaluations the names refer to)
 
     check_model_path(args.model_path)
@@ -163,8 +262,18 @@ def shared_plan_fields(args: argparse.Namespace) -> dict[str, Any]:
     else:
         spec, model_path = resolve_model(args.model, args.model_path)
     layer = spec.check_layer(spec.default_layer if args.layer is None else args.layer)
-    check_device(args.device)
-    check_corpus(args.corpus)
+    preset = preset_with_overrides(get_preset(args.preset), args)
+    corpus = resolve_corpus(args.corpus, preset)
+    for check, value in ((check_device, args.device), (check_corpus, corpus)):
+        try:
+            check(value)
+        except UserError as err:
+            if notes is None:
+                raise
+            notes.append(f"not available here: {err}")
+    llm_batch_size = getattr(args, "llm_batch_size", None)
+    if llm_batch_size is not None and llm_batch_size <= 0:
+        raise UserError("--llm-batch-size must be at least 1")
     for flag, path in (
         ("--results-dir", args.results_dir),
         ("--runs-dir", args.runs_dir),
@@ -176,11 +285,14 @@ def shared_plan_fields(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": spec,
         "layer": layer,
-        "preset": get_preset(args.preset),
+        "preset": preset,
         "evals": ordered_evals([get_eval(e).name for e in args.evals]) if args.evals else default_evals(),
         "eval_options": parse_eval_options(args.eval_option),
-        "corpus": args.corpus,
+        "corpus": corpus,
         "device": args.device,
+        "llm_dtype": runtime.resolve_llm_dtype(getattr(args, "llm_dtype", "auto"), args.device),
+        "llm_batch_size": llm_batch_size,
+        "tf32": runtime.tf32_enabled(args.device, refused=getattr(args, "no_tf32", False)),
         "model_path": model_path,
         "results_dir": args.results_dir,
         "runs_dir": args.runs_dir,

@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_data_arguments(p, preset_help="held-out data of this preset, as the trained variants used")
     cli.add_eval_arguments(p)
     cli.add_runtime_arguments(p)
+    cli.add_compute_arguments(p)
     cli.add_output_arguments(p, runs_help="where converted checkpoints are written")
     cli.add_logging_arguments(p)
     return p

@@ -24,7 +24,8 @@ class TrainPreset:
     batch_size: int
     """Activation vectors (tokens) per optimiser step."""
     train_tokens: int
-    """Tokens each SAE sees (several epochs over the cache when larger than it)."""
+    """Tokens each SAE sees. When larger than the cache, activations are streamed from the model instead (each
+    token seen once unless epochs are asked for; see `runtime.activation_source`)."""
     cache_tokens: int
     """Size of the training activation cache (one LM pass)."""
     eval_tokens: int
@@ -43,6 +44,9 @@ class TrainPreset:
     """A latent that has not fired for this many tokens is dead (aux-k loss revives it)."""
     checkpoint_every_steps: int = 200
     log_every_steps: int = 10
+    preferred_corpus: str | None = None
+    """The corpus a run of this preset uses when `--corpus` is not given and it can be read from here (the paper
+    preset: the Pile where the hub is reachable); None: the offline default."""
 
     def __post_init__(self) -> None:
         for field_name in ("expansion", "batch_size", "train_tokens", "cache_tokens", "eval_tokens", "heldout_tokens"):
@@ -83,8 +87,9 @@ TRAINING_FIELDS = (
 """TrainPreset fields that change the trained weights."""
 EVAL_FIELDS = ("eval_tokens", "heldout_tokens")
 """TrainPreset fields that change the held-out data every evaluation reads."""
-BOOKKEEPING_FIELDS = ("name", "checkpoint_every_steps", "log_every_steps")
-"""TrainPreset fields that change neither (a resumed run is bit-identical; the log only samples the curve)."""
+BOOKKEEPING_FIELDS = ("name", "checkpoint_every_steps", "log_every_steps", "preferred_corpus")
+"""TrainPreset fields that change neither (a resumed run is bit-identical; the log only samples the curve; the corpus
+a run uses enters its identity by itself)."""
 
 
 def _plain(value: Any) -> Any:
@@ -99,8 +104,9 @@ CALIBRATED_SPARSITY = SparsityHyperparams(
 PRESETS: Registry[TrainPreset] = Registry("preset")
 PRESETS.update(
     {
-        # The paper's setting. Offline, the corpus is far smaller than 30k x 4096 = 123M tokens, so the
-        # cache is revisited for many epochs (recorded in provenance); with network use --corpus pile.
+        # The paper's setting: 30k x 4096 = 123M tokens, more than the cache, so activations are streamed from the
+        # model (each token seen once) from the Pile where the hub is reachable. Offline corpora are far smaller:
+        # such a run stops unless --allow-repeats.
         "paper": TrainPreset(
             name="paper",
             expansion=16,
@@ -113,6 +119,7 @@ PRESETS.update(
             heldout_tokens=200_000,
             sparsity=CALIBRATED_SPARSITY,
             checkpoint_every_steps=1000,
+            preferred_corpus="pile",
         ),
         # CPU default: all six variants + core metrics within ~20 minutes on 2 cores with a warm cache.
         "quick": TrainPreset(

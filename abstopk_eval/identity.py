@@ -3,8 +3,9 @@
 - `TrainIdentity`: the model (its key, what identifies its weights, the dtype activations are computed in, and
   its sequence-start rule where that changed: tokenizers without BOS), the
   layer, the training text (corpus name and source version, held-out rule, sequence length), the preset's training
-  fields (`config.TRAINING_FIELDS`), the variant, k (for variants that use it), the seed, and the training path
-  and precision. Its short hash names the run folder: `runs/<model>/layer_<L>/<sae_id>-<hash8>/`.
+  fields (`config.TRAINING_FIELDS`), the variant, k (for variants that use it), the seed, the training path and
+  precision (encoder dtype, TF32), and where the activations come from (cache dtype, or streamed). Its short hash
+  names the run folder: `runs/<model>/layer_<L>/<sae_id>-<hash8>/`.
 - `EvalDataIdentity`: the data every evaluation of a run reads: model, layer, held-out corpus and the preset's
   evaluation sizes (`config.EVAL_FIELDS`).
 - `ExternalIdentity`: a checkpoint from disk: the sha256 of its source and how it was converted.
@@ -122,8 +123,13 @@ class TrainIdentity(_Identity):
     export: dict[str, Any] | None = None
     """What the export does beyond saving the trained weights (batch-level variants: their inference threshold is
     calibrated to mean L0 = k on training activations); None when nothing."""
+    activations: dict[str, Any] | None = None
+    """Where the training activations come from when not a float32 cache: streamed from the model (epochs, shuffle
+    buffer, order seed) or a float16 / bfloat16 cache; None for a float32 cache."""
+    matmul: str | None = None
+    """"tf32" when fp32 matmuls ran as TF32 (CUDA); None for exact fp32."""
 
-    ADDED_LATER = ("export",)
+    ADDED_LATER = ("export", "activations", "matmul")
 
     def folder(self, sae_id: str) -> str:
         """`<sae_id>-<hash8>`: the run and results folder name of this SAE."""

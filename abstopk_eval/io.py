@@ -206,28 +206,45 @@ def sha256_file(path: Path, block: int = 1 << 22) -> str:
 DIGEST_CACHE = "digests.json"
 
 
+def _digest_key(path: Path) -> tuple[Path, str]:
+    path = Path(path).resolve()
+    stat = path.stat()
+    return path, f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _read_digests(cache_dir: Path) -> dict[str, Any]:
+    try:
+        known = json.loads((Path(cache_dir) / DIGEST_CACHE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def _remember(cache_dir: Path, path: Path, key: str, digest: str) -> None:
+    known = {k: v for k, v in _read_digests(cache_dir).items() if not k.startswith(f"{path}|")}  # stale entries
+    known[key] = digest
+    with contextlib.suppress(OSError):  # a read-only cache dir only costs the hashing next time
+        atomic_write_json(Path(cache_dir) / DIGEST_CACHE, known)
+
+
 def sha256_file_cached(path: Path, cache_dir: Path) -> str:
     """sha256 of `path`, remembered in `cache_dir/digests.json` by (absolute path, size, mtime): an unchanged file of
     gigabytes (a model's weights, an activation cache) is hashed once, not on every run. A changed size or mtime
     (any rewrite) hashes it again."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
-    cache_file = Path(cache_dir) / DIGEST_CACHE
-    try:
-        known = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if not isinstance(known, dict):
-        known = {}
-    if isinstance(known.get(key), str):
-        return known[key]
+    path, key = _digest_key(path)
+    known = _read_digests(cache_dir).get(key)
+    if isinstance(known, str):
+        return known
     digest = sha256_file(path)
-    known = {k: v for k, v in known.items() if not k.startswith(f"{path}|")}  # drop stale entries of this file
-    known[key] = digest
-    with contextlib.suppress(OSError):  # a read-only cache dir only costs the hashing next time
-        atomic_write_json(cache_file, known)
+    _remember(cache_dir, path, key, digest)
     return digest
+
+
+def record_sha256(path: Path, cache_dir: Path, digest: str) -> None:
+    """Remember `digest` as the sha256 of `path` as it is now (its writer computed it while writing), so that
+    `sha256_file_cached` need not hash it."""
+    path, key = _digest_key(path)
+    _remember(cache_dir, path, key, digest)
 
 
 # ----------------------------------------------------------------------------- installed packages

@@ -11,7 +11,7 @@ import argparse
 import logging
 import time
 
-from abstopk_eval import cli
+from abstopk_eval import cli, runtime
 from abstopk_eval.errors import UserError, exit_on_user_error
 from abstopk_eval.saes.variants import ALL_VARIANTS, get_variant
 from abstopk_eval.tracking import require_wandb
@@ -39,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seeds", type=int, default=1, help="number of seeds per variant (seeds 0..N-1); default 1")
     cli.add_data_arguments(p)
+    cli.add_activation_arguments(p)
     cli.add_eval_arguments(p)
     cli.add_runtime_arguments(p)
+    cli.add_compute_arguments(p)
     cli.add_output_arguments(p)
     p.add_argument(
         "--bf16",
@@ -61,12 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="log the training curves of the SAEs this run trains to this Weights & Biases project (needs wandb; "
         "off by default)",
     )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (SAEs, evaluations, tokens, disk, memory and time per stage, estimated from the "
+        "model's shapes) and exit without loading anything large",
+    )
     cli.add_logging_arguments(p)
     return p
 
 
-def plan_from_args(args: argparse.Namespace) -> RunPlan:
-    shared = cli.shared_plan_fields(args)
+def plan_from_args(args: argparse.Namespace, *, notes: list[str] | None = None) -> RunPlan:
+    """The checked plan; with `notes` (a dry run) what this machine lacks, or a run that would repeat its data too
+    often, is noted there instead of refused."""
+    shared = cli.shared_plan_fields(args, notes=notes)
+    preset = shared["preset"]
+    source = runtime.planned_source(
+        args.activation_source, preset, epochs=args.epochs, allow_repeats=args.allow_repeats, notes=notes
+    )
     variants = [get_variant(v).name for v in dict.fromkeys(args.variants)]
     ks = sorted(set(args.k or [shared["model"].paper_k]))
     d_sae = shared["preset"].expansion * shared["model"].d_model
@@ -88,6 +102,10 @@ def plan_from_args(args: argparse.Namespace) -> RunPlan:
         sparse_training=not args.dense_training,
         bf16_training=args.bf16,
         wandb_project=getattr(args, "wandb", None),
+        activation_source=source,
+        epochs=args.epochs,
+        allow_repeats=args.allow_repeats,
+        cache_dtype=args.cache_dtype,
     )
 
 
@@ -95,6 +113,12 @@ def plan_from_args(args: argparse.Namespace) -> RunPlan:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.quiet)
+    if args.dry_run:
+        from abstopk_eval.dryrun import format_plan
+
+        notes: list[str] = []
+        print(format_plan(plan_from_args(args, notes=notes), notes=notes))
+        return
     plan = plan_from_args(args)
     began = time.perf_counter()
     execute(plan)

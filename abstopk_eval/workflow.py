@@ -6,7 +6,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from abstopk_eval import faults
+from abstopk_eval import faults, runtime
 from abstopk_eval.config import TrainPreset
-from abstopk_eval.data.activation_cache import ActivationCache, CacheKey
+from abstopk_eval.data.activation_cache import ActivationCache, CacheKey, trainable_positions
+from abstopk_eval.data.activation_stream import ActivationStream, unique_sequences
 from abstopk_eval.data.corpus import DEFAULT_HELDOUT_FRACTION, PackedTokens, build_token_sequences, corpus_version
+from abstopk_eval.errors import UserError
 from abstopk_eval.evals.context import EvalContext, get_eval, hook_name
 from abstopk_eval.evals.options import config_identity
 from abstopk_eval.identity import (
@@ -30,7 +32,7 @@ from abstopk_eval.identity import (
     TrainIdentity,
     identity_hash,
 )
-from abstopk_eval.io import atomic_write_json, default_cache_dir, sha256_file, wait_for_path
+from abstopk_eval.io import atomic_write_json, default_cache_dir, sha256_file, sha256_file_cached, wait_for_path
 from abstopk_eval.models.adapter import ModelAdapter
 from abstopk_eval.models.loading import load_model, sequence_start_identity, weights_identity
 from abstopk_eval.models.registry import ModelSpec
@@ -38,7 +40,7 @@ from abstopk_eval.provenance import RunProvenance, SaeProvenance, package_versio
 from abstopk_eval.results import baseline_path, current_results, layer_dir, result_path, write_eval_output
 from abstopk_eval.saes.io import load_sae
 from abstopk_eval.saes.variants import InferenceRule, get_variant, sae_id
-from abstopk_eval.training import distributed
+from abstopk_eval.training import distributed, placement
 from abstopk_eval.training.trainer import TRAINING_JSON, TrainJob, train_jobs
 
 log = logging.getLogger("abstopk_eval")
@@ -71,6 +73,23 @@ class RunPlan:
     wandb_project: str | None = None
     """Weights & Biases project that the training curves of SAEs trained by this run are logged to
     (`--wandb`, `abstopk_eval.tracking`); None: no logging."""
+    llm_dtype: str = "float32"
+    """dtype the language model computes in (`runtime.resolve_llm_dtype`); part of the model's identity."""
+    llm_batch_size: int | None = None
+    """Sequences per language-model forward pass; None: `runtime.DEFAULT_LLM_BATCH_SIZE` when caching or streaming,
+    the evaluations' own default (`EvalContext.batch_size`) when evaluating."""
+    tf32: bool = False
+    """TF32 matmuls on CUDA (`runtime.tf32_enabled`); part of the training identity when on."""
+    activation_source: str = "cache"
+    """"cache" (an on-disk activation cache, revisited as needed) or "stream" (`data.activation_stream`)."""
+    epochs: int = 1
+    """Streamed runs: passes over the streamed tokens (unique tokens = train_tokens / epochs)."""
+    allow_repeats: bool = False
+    """Allow more than `runtime.MAX_EPOCHS` passes over the training tokens."""
+    cache_dtype: str = "float32"
+    """Storage dtype of the training activation cache."""
+    sae_ids: frozenset[str] | None = None
+    """Only these SAEs of the plan's variants x k x seeds (a sweep shard); None: all of them."""
 
 
 def sae_run_dir(plan: RunPlan, folder: str) -> Path:
@@ -90,7 +109,7 @@ class RunIdentities:
     def of(cls, plan: RunPlan) -> RunIdentities:
         weights = weights_identity(plan.model, model_path=plan.model_path, cache_dir=plan.cache_dir)
         start = sequence_start_identity(plan.model, plan.model_path)
-        model = ModelIdentity(key=plan.model.key, weights=weights, dtype="float32", sequence_start=start)
+        model = ModelIdentity(key=plan.model.key, weights=weights, dtype=plan.llm_dtype, sequence_start=start)
         corpus = CorpusIdentity(
             name=plan.corpus,
             version=corpus_version(plan.corpus),
@@ -99,9 +118,11 @@ class RunIdentities:
         )
         return cls(model, corpus, EvalDataIdentity(model, plan.layer, corpus, plan.preset.eval_identity()))
 
-    def cache_source(self) -> str:
-        """What besides its key decides an activation cache (see `CacheKey.source`)."""
-        return identity_hash({"model": self.model.as_dict(), "corpus_version": self.corpus.version})
+    def cache_source(self, dtype: str = "float32") -> str:
+        """What besides its key decides an activation cache (see `CacheKey.source`): the model, the text's version
+        and (when not float32) the storage dtype."""
+        stored = {} if dtype == "float32" else {"dtype": dtype}
+        return identity_hash({"model": self.model.as_dict(), "corpus_version": self.corpus.version, **stored})
 
 
 CALIBRATION_ROWS = 65_536
@@ -114,6 +135,8 @@ def train_identity(plan: RunPlan, ids: RunIdentities, variant: str, k: int, seed
     if spec.inference is InferenceRule.RUNNING_THRESHOLD:
         export = {"inference_threshold": f"calibrated to mean L0 = k on up to {CALIBRATION_ROWS} training activations"}
     return TrainIdentity(
+        activations=activations_identity(plan),
+        matmul="tf32" if plan.tf32 else None,
         model=ids.model,
         layer=plan.layer,
         corpus=ids.corpus,
@@ -125,6 +148,25 @@ def train_identity(plan: RunPlan, ids: RunIdentities, variant: str, k: int, seed
         encoder_dtype="bfloat16" if plan.bf16_training else "float32",
         export=export,
     )
+
+
+def activations_identity(plan: RunPlan) -> dict[str, Any] | None:
+    """What decides the training activations beyond model, layer and corpus: None for a float32 cache (the
+    original path, so its identities stay as they were)."""
+    if plan.activation_source == "stream":
+        return {
+            "source": "stream",
+            "epochs": plan.epochs,
+            "shuffle_buffer_tokens": runtime.STREAM_BUFFER_TOKENS,
+            "order_seed": STREAM_ORDER_SEED,
+        }
+    if plan.cache_dtype != "float32":
+        return {"source": "cache", "cache_dtype": plan.cache_dtype}
+    return None
+
+
+STREAM_ORDER_SEED = 0
+"""Streamed runs: every seed trains on the same stream (one LM pass for all), shuffled with this seed."""
 
 
 def plan_jobs(plan: RunPlan, ids: RunIdentities) -> list[TrainJob]:
@@ -174,9 +216,12 @@ class EvalTarget:
     def weights(self) -> Path:
         return self.sae_dir / "sae_weights.safetensors"
 
-    def digest(self) -> str | None:
-        """sha256 of the weights a result is computed from (None while the checkpoint does not exist)."""
-        return sha256_file(self.weights) if self.weights.is_file() else None
+    def digest(self, digest_dir: Path | None = None) -> str | None:
+        """sha256 of the weights a result is computed from (None while the checkpoint does not exist); with
+        `digest_dir`, remembered there per file version (`io.sha256_file_cached`: paper-size SAEs are ~1 GB each)."""
+        if not self.weights.is_file():
+            return None
+        return sha256_file(self.weights) if digest_dir is None else sha256_file_cached(self.weights, digest_dir)
 
     def training_info(self) -> dict[str, Any]:
         if self.training_json is None or not self.training_json.is_file():
@@ -221,7 +266,8 @@ def pending_evaluations(
 ) -> dict[str, list[tuple[EvalTarget, PlannedResult]]]:
     """Evaluation name -> the targets (with what their result must be) that have no current result for it, in the
     plan's evaluation order."""
-    digests = {t.sae_id: t.digest() for t in targets}
+    digest_dir = plan.cache_dir or default_cache_dir()
+    digests = {t.sae_id: t.digest(digest_dir) for t in targets}
     planned = {(t.sae_id, name): planned_result(plan, ids, t, name) for name in plan.evals for t in targets}
     expected = {(sid, name, p.config_tag): (p.identity["hash"], digests[sid]) for (sid, name), p in planned.items()}
     forced = plan.force_rerun
@@ -247,6 +293,9 @@ class Session:
         self._ids = ids
         self._adapter: ModelAdapter | None = None
         self.model_source = ""
+        runtime.select_device(plan.device)
+        if runtime.on_cuda(plan.device):
+            runtime.apply_matmul_precision(plan.tf32)
 
     @property
     def ids(self) -> RunIdentities:
@@ -259,18 +308,27 @@ class Session:
         if self._adapter is None:
             log.info("loading model %s", self.plan.model.key)
             loaded = load_model(
-                self.plan.model, model_path=self.plan.model_path, cache_dir=self.cache_root, device=self.plan.device
+                self.plan.model,
+                model_path=self.plan.model_path,
+                cache_dir=self.cache_root,
+                dtype=runtime.torch_dtype(self.plan.llm_dtype),
+                device=self.plan.device,
             )
             self.model_source = loaded.source_description
             self._adapter = ModelAdapter.from_loaded(loaded)
         return self._adapter
+
+    @property
+    def loaded_model(self) -> Any:
+        """The language model if it has been loaded (else None: nothing to move off the GPU)."""
+        return None if self._adapter is None else self._adapter.model
 
     def tokens(self, split: str, max_tokens: int | None) -> PackedTokens:
         return build_token_sequences(
             self.plan.corpus, self.adapter.tokenizer, self.plan.model.context_size, split, max_tokens
         )
 
-    def cache(self, packed: PackedTokens, n_tokens: int) -> ActivationCache:
+    def cache(self, packed: PackedTokens, n_tokens: int, dtype: str = "float32") -> ActivationCache:
         key = CacheKey(
             model=self.plan.model.key,
             layer=self.plan.layer,
@@ -278,12 +336,19 @@ class Session:
             n_tokens=n_tokens,
             seq_len=self.plan.model.context_size,
             split=packed.split,
-            source=self.ids.cache_source(),
+            source=self.ids.cache_source(dtype),
         )
 
         def build_or_load() -> ActivationCache:
             return ActivationCache.build_or_load(
-                self.cache_root / "activations", key, self.adapter, packed, d_in=self.plan.model.d_model
+                self.cache_root / "activations",
+                key,
+                self.adapter,
+                packed,
+                batch_size=self.plan.llm_batch_size or runtime.DEFAULT_LLM_BATCH_SIZE,
+                dtype=dtype,
+                d_in=self.plan.model.d_model,
+                digest_dir=self.cache_root,
             )
 
         if not distributed.is_main():  # rank 0 builds (one LM pass); the others wait for its finished folder
@@ -309,49 +374,122 @@ class Session:
         )
 
 
-def train_missing(session: Session, jobs: list[TrainJob]) -> None:
+@dataclass
+class TrainingSource:
+    """Where one run's training batches come from, and what training records about them."""
+
+    batches_for_seed: Callable[[int], Callable[[int], Iterator[torch.Tensor]]]
+    """seed -> (start step -> normalised batches), as `train_jobs` takes it."""
+    mean: torch.Tensor
+    scale: float
+    calibration_rows: torch.Tensor
+    metadata: dict[str, Any]
+    """The corpus, the activations and the unique tokens / epochs (into training.json)."""
+    one_pass: bool
+    """Every seed shares one pass (a stream: the model runs once for all)."""
+    uses_model: bool
+    """The model computes batches during training (a stream), so it stays on the GPU."""
+
+
+def cached_source(session: Session) -> TrainingSource:
+    """Batches drawn from an activation cache of the preset's cache_tokens (built once), one pass per seed."""
     plan, preset = session.plan, session.plan.preset
     packed = session.tokens("train", preset.cache_tokens)
-    cache = session.cache(packed, preset.cache_tokens)
+    rows = int(trainable_positions(packed.tokens, session.adapter.sequence_start).sum())  # before the LM runs
+    epochs = runtime.check_repeats(
+        preset.train_tokens, rows, allow=plan.allow_repeats, what=f"an activation cache of {plan.corpus}"
+    )
+    cache = session.cache(packed, preset.cache_tokens, plan.cache_dtype)
+
+    def for_seed(seed: int) -> Callable[[int], Iterator[torch.Tensor]]:
+        return lambda start_step: placement.prefetch(
+            cache.iter_batches(
+                preset.batch_size,
+                n_tokens=preset.train_tokens,
+                seed=seed,
+                start_token=start_step * preset.batch_size,
+                rows=distributed.shard_bounds(preset.batch_size),  # each rank reads only its share
+            ),
+            plan.device,
+        )
+
+    metadata = {
+        "train_corpus": packed.provenance(),
+        "activation_cache": cache.provenance(),
+        "activations": {"source": "cache", "unique_tokens": cache.n_rows, "epochs": epochs, "dtype": plan.cache_dtype},
+        "epochs_over_cache": epochs,
+    }
+    return TrainingSource(for_seed, cache.mean, cache.scale, _calibration_rows(cache), metadata, False, False)
+
+
+def streamed_source(session: Session) -> TrainingSource:
+    """Batches computed by the model on the fly (`data.activation_stream`): the budget's tokens, each seen once
+    unless epochs are asked for; every seed trains on the same stream."""
+    plan, preset = session.plan, session.plan.preset
+    seen = preset.total_steps * preset.batch_size
+    packed = unique_sequences(
+        lambda max_tokens: session.tokens("train", max_tokens),
+        math.ceil(seen / plan.epochs),
+        session.adapter.sequence_start,
+        plan.model.context_size,
+    )
+    unique = int(trainable_positions(packed.tokens, session.adapter.sequence_start).sum())
+    runtime.check_repeats(seen, unique, allow=plan.allow_repeats, what=f"corpus {plan.corpus}")  # before the LM runs
+    stream = ActivationStream(
+        session.adapter,
+        plan.layer,
+        packed,
+        buffer_rows=runtime.STREAM_BUFFER_TOKENS,
+        seed=STREAM_ORDER_SEED,
+        llm_batch_size=plan.llm_batch_size or runtime.DEFAULT_LLM_BATCH_SIZE,
+    )
+    provenance = stream.provenance(preset.train_tokens, preset.batch_size)
+
+    def for_seed(seed: int) -> Callable[[int], Iterator[torch.Tensor]]:
+        return lambda start_step: stream.iter_batches(
+            preset.batch_size, n_tokens=preset.train_tokens, start_token=start_step * preset.batch_size
+        )
+
+    metadata = {"train_corpus": packed.provenance(), "activations": provenance}
+    rows = stream.calibration_rows(CALIBRATION_ROWS)
+    return TrainingSource(for_seed, stream.mean, stream.scale, rows, metadata, True, True)
+
+
+def train_missing(session: Session, jobs: list[TrainJob]) -> None:
+    plan, preset = session.plan, session.plan.preset
+    source = streamed_source(session) if plan.activation_source == "stream" else cached_source(session)
     metadata = {
         **{k: v for k, v in dataclasses.asdict(session.provenance()).items() if v is not None},
         "model_name": plan.model.hf_id,
         "hook_name": hook_name(plan.layer),
-        "train_corpus": packed.provenance(),
-        "activation_cache": cache.provenance(),
+        **source.metadata,
         "train_tokens": preset.train_tokens,
-        "epochs_over_cache": preset.train_tokens / max(cache.n_rows, 1),
+        "unique_tokens": source.metadata["activations"]["unique_tokens"],
+        "epochs": source.metadata["activations"]["epochs"],
+        "llm_dtype": plan.llm_dtype,
     }
-
-    def stream_for_seed(seed: int):
-        return lambda start_step: cache.iter_batches(
-            preset.batch_size,
-            n_tokens=preset.train_tokens,
-            seed=seed,
-            start_token=start_step * preset.batch_size,
-            rows=distributed.shard_bounds(preset.batch_size),  # each rank reads only its share
+    with placement.offloaded(None if source.uses_model else session.loaded_model, plan.device):
+        train_jobs(
+            jobs,
+            source.batches_for_seed,
+            d_in=plan.model.d_model,
+            preset=preset,
+            mean=source.mean,
+            scale=source.scale,
+            metadata=metadata,
+            device=plan.device,
+            sparse=plan.sparse_training,
+            bf16=plan.bf16_training,
+            calibration_rows=source.calibration_rows,
+            one_pass=source.one_pass,
         )
-
-    train_jobs(
-        jobs,
-        stream_for_seed,
-        d_in=cache.d_in,
-        preset=preset,
-        mean=cache.mean,
-        scale=cache.scale,
-        metadata=metadata,
-        device=plan.device,
-        sparse=plan.sparse_training,
-        bf16=plan.bf16_training,
-        calibration_rows=_calibration_rows(cache),
-    )
 
 
 def _calibration_rows(cache: ActivationCache) -> torch.Tensor:
     """A seeded sample of the raw training activations (in cache order) for threshold calibration."""
     n = min(cache.n_rows, CALIBRATION_ROWS)
     index = np.sort(np.random.default_rng(0).choice(cache.n_rows, size=n, replace=False))
-    return torch.from_numpy(np.asarray(cache.activations[index], dtype=np.float32))
+    return cache.rows(index)
 
 
 def evaluate(plan: RunPlan, targets: Sequence[EvalTarget], session: Session | None = None) -> dict[str, list[str]]:
@@ -385,12 +523,13 @@ def evaluate(plan: RunPlan, targets: Sequence[EvalTarget], session: Session | No
             provenance=session.provenance(heldout_corpus=heldout.provenance()),
             sae_provenance={
                 t.sae_id: SaeProvenance.from_sae(
-                    t.sae_id, saes[t.sae_id], sae_weights_sha256=t.digest(), source=t.source
+                    t.sae_id, saes[t.sae_id], sae_weights_sha256=t.digest(session.cache_root), source=t.source
                 )
                 for t, _ in todo
             },
             training_info={t.sae_id: t.training_info() for t, _ in todo},
             device=plan.device,
+            **({"batch_size": plan.llm_batch_size} if plan.llm_batch_size else {}),
             eval_options=plan.eval_options,
         )
         log.info("evaluation %s on %d SAEs", eval_name, len(saes))
@@ -420,23 +559,51 @@ def _write_folder_identity(plan: RunPlan, ids: RunIdentities, target: EvalTarget
     atomic_write_json(path, record)
 
 
-def execute(plan: RunPlan) -> None:
-    """Train what is missing, evaluate what has no result, rebuild reports.
+STAGES = ("cache", "train", "evaluate")
+"""A run's stages, in order: build the activation caches, train the SAEs (all in one pass), evaluate them."""
+
+
+def prepare_caches(session: Session, jobs: Sequence[TrainJob]) -> None:
+    """The cache stage: build the training cache (cached runs with SAEs left to train) and the held-out cache
+    (SAEs with evaluations pending), so the later stages only read them."""
+    plan, preset = session.plan, session.plan.preset
+    if plan.activation_source == "cache" and any(not job.is_finished() for job in jobs):
+        session.cache(session.tokens("train", preset.cache_tokens), preset.cache_tokens, plan.cache_dtype)
+    if plan.evals and pending_evaluations(plan, [target_of(job, session.ids) for job in jobs], session.ids):
+        heldout = session.tokens("eval", preset.heldout_tokens)
+        session.cache(heldout, heldout.n_tokens)
+
+
+def execute(plan: RunPlan, stages: Sequence[str] = ("train", "evaluate")) -> None:
+    """Run `stages` of the plan (see `STAGES`): train what is missing, evaluate what has no result, rebuild
+    reports. Caches are built when first needed; the "cache" stage builds them up front (a cluster's first job).
 
     Under torchrun every rank trains its share of each batch, then evaluates its share of the SAEs
     (`distributed.my_share`); rank 0 writes the reports once every rank is done.
     """
+    unknown = [stage for stage in stages if stage not in STAGES]
+    if unknown:
+        raise UserError(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(STAGES)}")
     distributed.init_from_env(plan.device)
     session = Session(plan)
     jobs = plan_jobs(plan, session.ids)
+    if plan.sae_ids is not None:
+        jobs = [job for job in jobs if job.sae_id in plan.sae_ids]
+    if "cache" in stages and distributed.is_main():
+        prepare_caches(session, jobs)
     fresh = [job for job in jobs if not job.is_finished()]
-    if fresh:
+    if "train" in stages and fresh:
         train_missing(session, jobs)
-    if plan.wandb_project and fresh and distributed.is_main():
-        from abstopk_eval import tracking
+        if plan.wandb_project and distributed.is_main():
+            from abstopk_eval import tracking
 
-        trained = [(job.sae_id, job.out_dir / TRAINING_JSON, dict(job.identity or {})) for job in fresh]
-        tracking.log_training_curves(plan.wandb_project, trained, group=f"{plan.model.key}/layer_{plan.layer}")
+            trained = [(job.sae_id, job.out_dir / TRAINING_JSON, dict(job.identity or {})) for job in fresh]
+            tracking.log_training_curves(plan.wandb_project, trained, group=f"{plan.model.key}/layer_{plan.layer}")
+    if "evaluate" not in stages:
+        return
+    untrained = [job.sae_id for job in jobs if not job.is_finished()]
+    if untrained:
+        raise UserError(f"cannot evaluate {', '.join(untrained)}: not trained yet (run the train stage first)")
     evaluate(plan, distributed.my_share([target_of(job, session.ids) for job in jobs]), session)
     distributed.barrier()
     if plan.write_report and distributed.is_main():

@@ -19,6 +19,7 @@ from abstopk_eval.data.corpus import CorpusInfo, PackedTokens
 from abstopk_eval.errors import UserError
 from abstopk_eval.models import loading
 from abstopk_eval.models.registry import MODEL_REGISTRY, ModelSpec
+from abstopk_eval.models.sequence_start import SequenceStart
 from tests.helpers.models import save_tiny_model, tiny_llama
 from tests.helpers.processes import barrier, fork_call, killed_at, wait
 
@@ -30,6 +31,7 @@ class SlowAdapter:
     """Activations that are a fixed function of the token ids; each call sleeps (a race window) and logs the pid."""
 
     bos_token_id = 1
+    sequence_start = SequenceStart("bos", 1, frozenset(), 1, None, None)
     d_model = D
 
     def __init__(self, log: Path) -> None:

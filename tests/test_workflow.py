@@ -47,6 +47,8 @@ def test_workflow_writes_baselines_without_a_weights_digest(tmp_path, monkeypatc
         evals=["steering"],
         eval_options={},
         force_rerun=False,
+        llm_batch_size=None,
+        cache_dir=tmp_path / "cache",
     )
     model = ModelIdentity(key="m", weights="test")
     corpus = CorpusIdentity(name="t", version="v", seq_len=8, heldout_fraction=0.05)
@@ -58,6 +60,7 @@ def test_workflow_writes_baselines_without_a_weights_digest(tmp_path, monkeypatc
         cache=lambda p, n: SimpleNamespace(activations=[]),
         provenance=lambda **fields: {},
         adapter=None,
+        cache_root=tmp_path / "cache",
     )
     workflow.evaluate(plan, [target], session)
     paths = {p.relative_to(tmp_path / "results").as_posix(): out for p, out in written.items()}

@@ -2,14 +2,17 @@
 
 Layout of a cache directory ``root/<model>/layer_<L>/<corpus>_T<n_tokens>_L<seq_len>``:
 
-* ``activations.f32``: raw little-endian rows ``[n_rows, d_model]`` (the special positions of
-  `models.sequence_start` excluded: each row's first position, and separators where BOS is EOS);
+* ``activations.f32`` (or ``.f16`` / ``.bf16``, the storage dtype being an option): raw little-endian rows
+  ``[n_rows, d_model]`` (the special positions of `models.sequence_start` excluded: each row's first position,
+  and separators where BOS is EOS);
 * ``meta.json`` (written last): shape, dtype, key, corpus provenance, sha256 of the activation
   file, versions, and normalisation statistics ``mean`` / ``scale``.
 
 A build writes into a temporary sibling directory and renames it into place, so an interrupted
 build never leaves a directory that looks valid; it runs under the cache's lock (`abstopk_eval.locks`), so
-concurrent processes build it once and the others reuse it.
+concurrent processes build it once and the others reuse it. Reuse checks the sha256 of the activations once per
+file version: with a digest directory the digest is remembered by (path, size, mtime) (`io.sha256_file_cached`),
+and a build records the digest it computed, so a multi-gigabyte cache is not re-hashed on every run.
 """
 
 from __future__ import annotations
@@ -34,7 +37,16 @@ from tqdm.auto import tqdm
 from abstopk_eval import faults, locks
 from abstopk_eval.data.corpus import PackedTokens
 from abstopk_eval.errors import UserError
-from abstopk_eval.io import atomic_directory, atomic_write_text, pid_alive, sha256_bytes, sha256_file
+from abstopk_eval.io import (
+    atomic_directory,
+    atomic_write_text,
+    pid_alive,
+    record_sha256,
+    sha256_bytes,
+    sha256_file,
+    sha256_file_cached,
+)
+from abstopk_eval.models.sequence_start import SequenceStart
 
 logger = logging.getLogger("abstopk_eval.data")
 
@@ -42,7 +54,11 @@ META_FILE = "meta.json"
 FORMAT_VERSION = 1
 RAM_LIMIT_BYTES = 4 * 1024**3
 _HASH_CHUNK_BYTES = 64 * 1024**2
-_DTYPES = {"float32": ("f32", np.dtype("<f4")), "float16": ("f16", np.dtype("<f2"))}
+_DTYPES = {
+    "float32": ("f32", np.dtype("<f4")),
+    "float16": ("f16", np.dtype("<f2")),
+    "bfloat16": ("bf16", np.dtype("<u2")),  # numpy has no bfloat16: stored as its bits, read back through torch
+}
 _TMP_MARK = ".tmp-"
 
 
@@ -105,6 +121,29 @@ def _clean_stale_tmp(final: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _stored(rows: torch.Tensor, dtype: str) -> np.ndarray:
+    """float32 rows as the storage dtype's numpy array (bfloat16 as its 16 bits)."""
+    if dtype == "bfloat16":
+        return rows.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    return rows.numpy().astype(_DTYPES[dtype][1], copy=False)
+
+
+def _as_float32(stored: np.ndarray, dtype: str) -> torch.Tensor:
+    """Stored rows back as a float32 tensor."""
+    rows = np.ascontiguousarray(stored) if dtype == "bfloat16" else np.ascontiguousarray(stored, dtype=np.float32)
+    rows = rows if rows.flags.writeable else rows.copy()  # torch wants writable memory (a read-only memmap is not)
+    if dtype == "bfloat16":
+        return torch.from_numpy(rows.view(np.int16)).view(torch.bfloat16).float()
+    return torch.from_numpy(rows)
+
+
+def trainable_positions(tokens: torch.Tensor, start: SequenceStart) -> torch.Tensor:
+    """[N, T] bool: the positions whose activations are trained on and cached, i.e. not the special positions of
+    the tokenizer's sequence-start rule (`models.sequence_start`: each row's first position, and separators where
+    BOS is EOS); one rule for caches, streams and the budget checks."""
+    return ~start.special_mask(tokens)
+
+
 class _Moments:
     """Streaming mean and total squared deviation (Chan et al.), in float64."""
 
@@ -157,6 +196,14 @@ class ActivationCache:
         return self._activations
 
     @property
+    def dtype(self) -> str:
+        return str(self.meta["dtype"])
+
+    def rows(self, index: np.ndarray | slice) -> torch.Tensor:
+        """Raw rows `index` as float32 (whatever the storage dtype)."""
+        return _as_float32(np.asarray(self._activations[index]), self.dtype)
+
+    @property
     def mean(self) -> torch.Tensor:
         return self._mean.clone()
 
@@ -198,8 +245,11 @@ class ActivationCache:
         *,
         d_in: int | None = None,
         verify: bool = True,
+        digest_dir: Path | None = None,
     ) -> ActivationCache:
-        """Load ``root/key.dirname`` if it exists and validates, else run ``adapter`` over ``packed``."""
+        """Load ``root/key.dirname`` if it exists and validates, else run ``adapter`` over ``packed``.
+
+        ``digest_dir``: where verified digests are remembered (`io.sha256_file_cached`); None hashes every time."""
         if packed.tokens.ndim != 2 or packed.tokens.shape[1] != key.seq_len:
             raise ValueError(f"packed tokens {tuple(packed.tokens.shape)} do not match key.seq_len={key.seq_len}")
         final = Path(root) / key.dirname
@@ -212,9 +262,12 @@ class ActivationCache:
                     final.rmdir()  # an empty directory holds nothing to protect
                 if not final.exists():
                     cls._build(final, key, adapter, packed, batch_size, dtype, expected_d, tokens_sha)
-                    return cls.load(final, key=key, d_in=expected_d, verify=False)
+                    cache = cls.load(final, key=key, d_in=expected_d, verify=False)
+                    if digest_dir is not None:  # the digest just computed: the next reuse need not hash again
+                        record_sha256(final / cache.meta["file"], digest_dir, cache.meta["sha256"])
+                    return cache
         # a finished cache is never replaced (a corrupt one is an error), so reading it needs no lock
-        cache = cls.load(final, key=key, d_in=expected_d, verify=verify)
+        cache = cls.load(final, key=key, d_in=expected_d, verify=verify, digest_dir=digest_dir)
         if cache.meta.get("tokens_sha256") not in (None, tokens_sha):
             raise UserError(
                 f"activation cache at {final} was built from different tokens than this run's "
@@ -225,9 +278,16 @@ class ActivationCache:
 
     @classmethod
     def load(
-        cls, directory: Path, *, key: CacheKey | None = None, d_in: int | None = None, verify: bool = True
+        cls,
+        directory: Path,
+        *,
+        key: CacheKey | None = None,
+        d_in: int | None = None,
+        verify: bool = True,
+        digest_dir: Path | None = None,
     ) -> ActivationCache:
-        """Open and validate a cache directory (``verify``: recompute the sha256 of the activations)."""
+        """Open and validate a cache directory (``verify``: check the sha256 of the activations, remembered per file
+        version in ``digest_dir`` when given)."""
         directory = Path(directory)
         meta_path = directory / META_FILE
         if not meta_path.is_file():
@@ -273,7 +333,11 @@ class ActivationCache:
         if size != expected_size:
             raise _corrupt(directory, f"{file_name} has {size} bytes, expected {expected_size}")
         if verify:
-            digest = sha256_file(act_path, block=_HASH_CHUNK_BYTES)
+            digest = (
+                sha256_file(act_path, block=_HASH_CHUNK_BYTES)
+                if digest_dir is None
+                else sha256_file_cached(act_path, digest_dir)
+            )
             if digest != meta["sha256"]:
                 raise _corrupt(directory, f"sha256 of {file_name} does not match {META_FILE}")
         memmap = np.memmap(act_path, dtype=np_dtype, mode="r", shape=(n_rows, d))
@@ -300,7 +364,7 @@ class ActivationCache:
         if tokens.ndim != 2 or tokens.shape[0] == 0:
             raise UserError(f"cannot build an activation cache from token tensor of shape {tuple(tokens.shape)}")
         start = adapter.sequence_start  # the one sequence-start rule (models.sequence_start)
-        keep = ~start.special_mask(tokens)  # the first position of every row (and BOS = EOS separators)
+        keep = trainable_positions(tokens, start)
         n_rows = int(keep.sum())
         if n_rows == 0:
             raise UserError("every token position is special (sequence start): nothing to cache")
@@ -331,14 +395,15 @@ class ActivationCache:
                         out = np.memmap(act_path, dtype=np_dtype, mode="w+", shape=(n_rows, d))
                         moments = _Moments(d)
                     mask = keep[b * batch_size : (b + 1) * batch_size]
-                    rows = acts.detach().to("cpu", torch.float32)[mask].numpy().astype(np_dtype, copy=False)
-                    if not np.isfinite(rows).all():
+                    exact = acts.detach().to("cpu", torch.float32)[mask]
+                    if not torch.isfinite(exact).all():
                         raise UserError(f"the model produced non-finite activations at layer {key.layer}")
+                    rows = _stored(exact, dtype)
                     out[row : row + len(rows)] = rows
                     faults.point("cache-build")
                     digest.update(np.ascontiguousarray(rows).tobytes())
                     assert moments is not None
-                    moments.update(rows)
+                    moments.update(_as_float32(rows, dtype).numpy())  # statistics of the rows as stored
                     row += len(rows)
             assert out is not None and moments is not None and row == n_rows
             out.flush()
@@ -369,7 +434,7 @@ class ActivationCache:
         if self._ram is not None:
             return self._ram
         if self._activations.nbytes < ram_limit_bytes:
-            self._ram = torch.from_numpy(np.array(self._activations, dtype=np.float32))
+            self._ram = _as_float32(np.array(self._activations), self.dtype)
             return self._ram
         return self._activations
 
@@ -427,7 +492,7 @@ class ActivationCache:
             if isinstance(source, torch.Tensor):
                 x = source[torch.from_numpy(idx)]
             else:
-                x = torch.from_numpy(np.asarray(source[idx], dtype=np.float32))
+                x = _as_float32(np.asarray(source[idx]), self.dtype)
             if normalise:
                 x = (x - mean) / scale
             yield x

@@ -237,9 +237,14 @@ def corpus_version(name: str) -> str:
     return _get_spec(name).version()
 
 
+def corpus_readable(name: str) -> bool:
+    """Whether known corpus `name` can be read from here (a hub corpus needs the hub)."""
+    return not _get_spec(name).needs_hub or hub_reachable(timeout=_HUB_PROBE_TIMEOUT_S)
+
+
 def check_corpus(name: str) -> None:
     """UserError unless `name` is a known corpus that can be read from here (a hub corpus needs the hub)."""
-    if _get_spec(name).needs_hub and not hub_reachable(timeout=_HUB_PROBE_TIMEOUT_S):
+    if not corpus_readable(name):
         raise UserError(_PILE_OFFLINE)
 
 

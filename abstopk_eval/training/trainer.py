@@ -364,8 +364,12 @@ def train_jobs(
     sparse: bool = True,
     bf16: bool = False,
     calibration_rows: torch.Tensor | None = None,
+    one_pass: bool = False,
 ) -> None:
     """Train every unfinished job; jobs sharing a seed share one pass over that seed's batch stream.
+
+    one_pass=True: every job, whatever its seed, shares one pass over `batch_stream_for_seed(0)` (streamed
+    activations: the model runs once for all seeds; the seed still decides each SAE's initialisation).
 
     calibration_rows: raw training activations on which the batch-level variants' exported inference threshold is
     set so their mean L0 equals k (`saes.calibration`); without them the running threshold is kept.
@@ -381,9 +385,13 @@ def train_jobs(
     for job in jobs:
         if job.is_finished():
             log.info("already trained: %s", job.sae_id)
-    for seed in sorted({job.seed for job in pending}):
+    if one_pass:
+        groups = {0: pending} if pending else {}
+    else:
+        groups = {s: [j for j in pending if j.seed == s] for s in {j.seed for j in pending}}
+    for seed in sorted(groups):
         states = []
-        for job in (j for j in pending if j.seed == seed):
+        for job in groups[seed]:
             if distributed.is_main():
                 job.claim_folder()
             state = _new_state(job, d_in, preset, device)
