@@ -114,6 +114,24 @@ def check_eval_options(options: Mapping[str, Mapping[str, Any]] | None) -> EvalO
     return {name: validate_options(name, dict(values)) for name, values in options.items() if values}
 
 
+def hub_needs(evals: Iterable[str], options: Mapping[str, Mapping[str, Any]], *, check: bool = False) -> list[str]:
+    """What the evaluations `evals`, under their `options`, need the Hugging Face hub for (a config declares it
+    with a `needs_hub()` method, e.g. a canonical dataset or HarmBench's classifier); with `check`, a UserError
+    when something does and the hub is not reachable, so it fails before any work."""
+    from abstopk_eval.io import hub_reachable
+
+    needs: list[str] = []
+    for name in evals:
+        config = get_eval(name).config_cls(**validate_options(name, dict(options.get(name, {}))))
+        needs += list(getattr(config, "needs_hub", list)())
+    if check and needs and not hub_reachable():
+        raise UserError(
+            f"needs the Hugging Face hub, which is not reachable from here: {'; '.join(needs)} "
+            "(use --datasets offline, or the evaluation's offline option)"
+        )
+    return needs
+
+
 def llm_dtype(adapter: Any) -> str:
     try:
         return str(next(adapter.model.parameters()).dtype).removeprefix("torch.")
