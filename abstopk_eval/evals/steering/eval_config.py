@@ -129,6 +129,9 @@ class SteeringEvalConfig(ModelEvalConfig):
         default_factory=dict, title="Sources", description="Where every prompt set comes from"
     )
 
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("harmbench_classifier",)
+    """Left out of the result identity while at their default (`options.config_identity`)."""
+
     FILLED_BY_RUN: ClassVar[tuple[str, ...]] = ("refusal_judge", "selection_rule", "sources")
 
     def __post_init__(self) -> None:
