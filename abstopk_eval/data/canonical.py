@@ -185,9 +185,9 @@ def ravel_entities(entity_type: str, attributes: list[str], max_entities: int | 
     if unknown:
         raise UserError(f"RAVEL entity type {entity_type!r} has no attribute {unknown[0]!r}; known: {', '.join(known)}")
     values = {
-        str(e): {a: str(v[a]).strip() for a in attributes}
+        str(e): {a: str(v[a]) for a in attributes}
         for e, v in values_by_entity.items()
-        if all(str(v.get(a) or "").strip() for a in attributes)
+        if all(v.get(a) not in (None, "") for a in attributes)
     }
     if max_entities:
         values = dict(list(values.items())[:max_entities])
