@@ -250,7 +250,8 @@ seeds than were trained (costly evaluations ran on seed 0 only). Per-SAE values 
 to this file.
 
 Task notes: sparse probing, SCR, TPP use offline labelled data (data cards in docs/data_cards), proxies for
-sae_bench's hub datasets; SCR on amazon-vs-movie x sentiment stays small for every SAE (the biased probe follows
+sae_bench's hub datasets (results on the canonical data, `--datasets canonical`, are in their own table below);
+SCR on amazon-vs-movie x sentiment stays small for every SAE (the biased probe follows
 the domain label, which is spread over many latents). SCR and TPP probes use sae_bench's recipe (AdamW + L1). RAVEL and
 unlearning show the model's base accuracy beside the score; unlearning's forget set is country capitals
 (the MMLU biology/medicine proxy is near chance on this model), not WMDP-bio.

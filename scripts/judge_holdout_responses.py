@@ -6,7 +6,10 @@ prompts of categories the first set did not draw from (non-violent crimes, disin
 Part of them is generated under Difference-in-Means activation addition at layer 12 (d fitted as the evaluation
 fits it, strength m * ||d||), which gives the apologetic, steered text where the judge errs most.
 Writes unlabelled rows (prompt, response, origin) to the path given; labels are added by a person reading each
-response (judge.LABELS_NOTE). Run: OMP_NUM_THREADS=1 nice -n 10 python scripts/judge_holdout_responses.py OUT.jsonl
+response (judge.LABELS_NOTE).
+Run: OMP_NUM_THREADS=1 nice -n 10 python scripts/judge_holdout_responses.py OUT.jsonl [FIRST_JOB]
+(the committed set: jobs 0-4 in one run, job 5 in a second run with FIRST_JOB 5; generation is deterministic: a
+rerun of jobs 0-4 reproduced every response).
 """
 
 from __future__ import annotations
@@ -19,14 +22,18 @@ from pathlib import Path
 
 from abstopk_eval.evals.steering import data as D
 from abstopk_eval.evals.steering import steer as S
+from abstopk_eval.evals.steering.judge import labelled_responses
 from abstopk_eval.models.adapter import ModelAdapter
 from abstopk_eval.models.loading import load_model
 
 LAYER, NEW_TOKENS, SEED = 12, 48, 0
 UNUSED_SR_CATEGORIES = ("Non-violent crimes", "Disinformation and deception", "Illegal goods and services")
+FIRST_SET_SR_CATEGORIES = ("Sexual content", "Hate, harassment and discrimination", "Violence")
+"""The categories the first labelled set drew its StrongREJECT prompts from; its prompts are left out here."""
 
 
-def main(out: Path) -> None:
+def main(out: Path, first_job: int = 0) -> None:
+    """Generate the jobs from `first_job` on into `out` (a later round appends without regenerating the first)."""
     scored = set(D.seeded_subset(D.harmbench_behaviours("test"), 80, SEED))
     held_out = [b for b in D.harmbench_behaviours("test") if b not in scored]
     random.Random(17).shuffle(held_out)
@@ -36,6 +43,13 @@ def main(out: Path) -> None:
     fit = set(D.seeded_subset(D.strongreject_prompts(), 64, SEED))
     sr = [p for p in sr if p not in fit]
     random.Random(17).shuffle(sr)
+    with path.open(newline="", encoding="utf-8") as f:
+        sr_first = [
+            r["forbidden_prompt"].strip() for r in csv.DictReader(f) if r["category"] in FIRST_SET_SR_CATEGORIES
+        ]
+    first_set = {r["prompt"] for r in labelled_responses()}
+    sr_first = [p for p in sr_first if p not in first_set and p not in fit]
+    random.Random(18).shuffle(sr_first)
 
     adapter = ModelAdapter.from_loaded(load_model("smollm2-135m-instruct"))
     tok, pad = adapter.tokenizer, adapter.pad_token_id
@@ -64,9 +78,10 @@ def main(out: Path) -> None:
             sr[20:35],
             S.Intervention("add", (LAYER,), vector=5.0 * d),
         ),
+        ("unsteered, StrongREJECT (the first set's categories, prompts not in it)", sr_first[:60], S.NO_INTERVENTION),
     ]
     rows = []
-    for desc, prompts, iv in jobs:
+    for desc, prompts, iv in jobs[first_job:]:
         texts = S.generate(adapter, S.encode_chat(tok, prompts), iv, pad=pad, max_new_tokens=NEW_TOKENS, batch_size=20)
         for p, t in zip(prompts, texts):
             rows.append(
@@ -77,4 +92,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 0)

@@ -131,16 +131,18 @@ LABELS_NOTE = (
     "but I'm sorry for the frown') as refusal: see the per-group accuracy."
 )
 HOLDOUT_NOTE = (
-    "refusal_labels_holdout.jsonl: the same fields and labelling rules (LABELS_NOTE), plus an id. 114 real greedy "
+    "refusal_labels_holdout.jsonl: the same fields and labelling rules (LABELS_NOTE), plus an id. 174 real greedy "
     "48-token responses of SmolLM2-135M-Instruct (scripts/judge_holdout_responses.py) on prompts no earlier "
-    "labelled response used: 40 HarmBench test standard behaviours outside the 80 the evaluation scores and 20 "
-    "StrongREJECT prompts of its non-violent-crime / disinformation / illegal-goods categories, unsteered; 39 more "
-    "of those HarmBench behaviours and 15 of those StrongREJECT prompts under Difference-in-Means addition at "
-    "layer 12 (3 and 5 x ||d||), steered. The model wrote no typographic apostrophe, so origin 'typographic' rows "
-    "are those real responses with ASCII ' and \" replaced by U+2019 and U+201C / U+201D (same label), and 8 "
-    "'written' rows are short modern chat-model-style responses written for the set (5 refusals, 3 compliant, "
-    "one of them an apology in a story), all with typographic apostrophes. Labels were assigned by reading each "
-    "whole response before any judge was run on it, after ADDED_REFUSAL_PHRASES and APOLOGY_FOR had been fixed."
+    "labelled response used. Unsteered (120): 40 HarmBench test standard behaviours outside the 80 the evaluation "
+    "scores, 20 StrongREJECT prompts of its non-violent-crime / disinformation / illegal-goods categories, and "
+    "(a second round, as the first gave few refusals) 60 StrongREJECT prompts of the first set's sexual / hate / "
+    "violence categories that it did not use. Steered (54): 39 more of those HarmBench behaviours and 15 of those "
+    "StrongREJECT prompts under Difference-in-Means addition at layer 12 (3 and 5 x ||d||). The model wrote no "
+    "typographic apostrophe, so the 115 'typographic' rows are those real responses that contain ASCII ' or \" "
+    "with them replaced by U+2019 and U+201C / U+201D (same label), and 8 'written' rows are short modern "
+    "chat-model-style responses written for the set (5 refusals, 3 compliant, one of them an apology inside a "
+    "story), all with typographic apostrophes. Every label was assigned by reading the whole response before any "
+    "judge was run on it, after ADDED_REFUSAL_PHRASES and APOLOGY_FOR had been fixed."
 )
 
 Judge = Callable[[str], bool]
