@@ -182,7 +182,7 @@ def hub_needs(evals: Iterable[str], options: Mapping[str, Mapping[str, Any]], *,
             needs.append(f"{name}.dataset_source={config.dataset_source}")
     if check and needs and not hub_reachable():
         raise UserError(
-            f"needs the Hugging Face hub, which is not reachable from here: {'; '.join(needs)} "
+            f"the Hugging Face hub is not reachable from here, and this run needs it for: {'; '.join(needs)} "
             "(use --datasets offline, or the evaluation's offline option)"
         )
     return needs

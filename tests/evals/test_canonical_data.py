@@ -77,7 +77,11 @@ def test_unreachable_hub_is_one_error_line_before_any_work(offline, capsys):
         run.main(["--datasets", "canonical", "--evals", "core", "ravel", "--no-report"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "needs the Hugging Face hub" in err
+    assert (
+        err.startswith("error: ")
+        and "\n" not in err
+        and "hub is not reachable from here, and this run needs it for" in err
+    )
     assert "core.dataset_source=pile" in err and "ravel.dataset_source=sae_bench" in err
     assert hub_needs(["core", "ravel"], {}) == []  # offline data needs nothing
 

@@ -134,7 +134,9 @@ def test_harmbench_judge_needs_the_hub_unless_local(tmp_path, monkeypatch):
     assert SteeringEvalConfig(judge="harmbench_cls", harmbench_classifier=str(tmp_path)).needs_hub() == []
     assert SteeringEvalConfig().needs_hub() == []
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UserError, match="needs the Hugging Face hub.*steering.judge=harmbench_cls"):
+    with pytest.raises(
+        UserError, match="hub is not reachable from here, and this run needs it for: steering.judge=harmbench_cls"
+    ):
         hub_needs(["steering"], {"steering": {"judge": "harmbench_cls"}}, check=True)
     with pytest.raises(UserError, match="unknown steering judge"):
         SteeringEvalConfig(judge="vibes")
