@@ -296,3 +296,28 @@ def test_the_configured_judge_scores_the_responses(adapter):
     assert held["n"] >= 100 and len(held["accuracy_ci95"]) == 2
     refused = [d.refused for d in o.eval_result_details]
     assert refused == [is_refusal_arditi(d.response) for d in o.eval_result_details]
+
+
+def test_harmbench_classifier_judge_from_a_local_folder_scores_every_response(adapter, tmp_path, monkeypatch):
+    from abstopk_eval.evals.steering import judge as J
+    from tests.helpers.models import save_tiny_model, tiny_llama
+
+    folder = save_tiny_model(*tiny_llama(seed=5), tmp_path / "cls")
+    seen: list[tuple[list[str], list[str]]] = []
+    answers = J.HarmBenchClassifier.answers
+
+    def spy(self, behaviours, responses):
+        seen.append((list(behaviours), list(responses)))
+        return ["yes" if i % 2 else "no" for i in range(len(responses))]  # the classifier's verdicts, alternating
+
+    monkeypatch.setattr(J.HarmBenchClassifier, "answers", spy)
+    options = {"judge": "harmbench_cls", "harmbench_classifier": str(folder), "dim_ablation": False}
+    out = run_steering(_ctx(adapter, **options), {"t": random_sae("topk", d_sae=48, seed=3)}, prompts=_prompts())
+    monkeypatch.setattr(J.HarmBenchClassifier, "answers", answers)
+    o = out["t"]
+    assert "HarmBench's classifier" in o.eval_config.refusal_judge and str(folder) in o.eval_config.refusal_judge
+    prompts = _prompts()
+    assert any(b == prompts.test_harmful for b, _ in seen) and any(b == prompts.val_harmful for b, _ in seen)
+    refused = [d.refused for d in o.eval_result_details]
+    assert refused == [i % 2 == 0 for i in range(len(refused))]  # refused unless the classifier said yes
+    assert o.eval_result_unstructured["judge_accuracy_on_labelled_set"] is None
