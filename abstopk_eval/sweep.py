@@ -17,6 +17,7 @@ Spec keys (unknown keys are refused):
     seeds:    3                         # N (seeds 0..N-1) or a list; default 1
     evals:    [core]                    # default: every registered evaluation
     eval_options: {scr: {probe_recipe: sklearn}}   # as --eval-option scr.probe_recipe=sklearn
+    datasets: canonical                 # as --datasets canonical (default offline; eval_options win)
     preset:   quick                     # also corpus, device, bf16, dense_training
 
 SLURM array: `sbatch --array=0-7 --wrap 'python -m abstopk_eval.sweep sweep.yaml --shard $SLURM_ARRAY_TASK_ID/8
@@ -40,7 +41,7 @@ from abstopk_eval import evals as _evals  # noqa: F401  (registers the evaluatio
 from abstopk_eval.config import get_preset
 from abstopk_eval.errors import UserError, exit_on_user_error
 from abstopk_eval.evals.context import default_evals, get_eval, ordered_evals
-from abstopk_eval.evals.options import check_eval_options
+from abstopk_eval.evals.options import check_eval_options, hub_needs, with_datasets
 from abstopk_eval.models.loading import check_device
 from abstopk_eval.models.registry import get_model_spec
 from abstopk_eval.saes.variants import ALL_VARIANTS, get_variant, sae_id
@@ -48,6 +49,7 @@ from abstopk_eval.saes.variants import ALL_VARIANTS, get_variant, sae_id
 log = logging.getLogger("abstopk_eval.sweep")
 
 SPEC_KEYS = {
+    "datasets",
     "eval_options",
     "models",
     "layers",
@@ -161,9 +163,12 @@ def expand(spec: dict[str, Any]) -> list[SweepJob]:
         "device": str(spec.get("device", "cpu")),
         "bf16": bool(spec.get("bf16", False)),
         "dense_training": bool(spec.get("dense_training", False)),
-        "eval_options": check_eval_options(spec.get("eval_options")),
+        "eval_options": with_datasets(
+            str(spec.get("datasets", "offline")), evals, check_eval_options(spec.get("eval_options"))
+        ),
     }
     check_device(shared["device"])
+    hub_needs(evals, shared["eval_options"], check=True)
     jobs: list[SweepJob] = []
     seen: set[str] = set()
     for entry in models:
