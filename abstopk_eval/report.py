@@ -351,7 +351,7 @@ def build_reports(results_dir: Path, reports_dir: Path) -> list[Path]:
                 f"## Canonical data (`--datasets canonical`): {DATA_MARK} marks a cell measured on SAEBench's hub "
                 "data (sparse probing / SCR / TPP: sae_bench's datasets; unlearning: WMDP-bio; RAVEL: RAVEL's own "
                 "prompts; core: the Pile held-out split); unmarked cells are the offline results above. Each "
-                "result's `eval_config` and `dataset_cards` name its data.",
+                "result's `eval_config.dataset_source` says which data it used.",
                 "",
                 _markdown(seed_summary(canonical)),
             ]
