@@ -117,7 +117,8 @@ class SteeringEvalConfig(ModelEvalConfig):
     harmbench_classifier: str = Field(
         default=HARMBENCH_CLASSIFIER,
         title="HarmBench classifier",
-        description="Hub id (or local folder) of the classifier judge='harmbench_cls' loads",
+        description="Hub id (or local folder) of the classifier judge='harmbench_cls' loads; the prompt is "
+        "HarmBench's Llama-2-13b classifier prompt (LLAMA2_CLS_PROMPT), so another classifier must share it",
     )
     refusal_judge: str = Field(
         default="", title="Refusal judge", description="How responses are classified as refusals"
