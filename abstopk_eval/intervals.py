@@ -1,5 +1,6 @@
 """The mean over training seeds and its 95% t-interval: the one rule the reports, the paper tables and the
-synthetic benchmark share. (Intervals over evaluation examples are bootstraps: `abstopk_eval.evals.bootstrap`.)"""
+synthetic benchmark share, and the Wilson interval of a proportion (a judge's accuracy on labelled responses).
+(Intervals over evaluation examples are bootstraps: `abstopk_eval.evals.bootstrap`.)"""
 
 from __future__ import annotations
 
@@ -44,3 +45,14 @@ def seed_interval(values: Iterable[float | None]) -> SeedInterval:
         return SeedInterval(mean, None, 1)
     half = float(stats.t.ppf(T_QUANTILE, arr.size - 1) * arr.std(ddof=1) / math.sqrt(arr.size))
     return SeedInterval(mean, half, int(arr.size))
+
+
+def wilson_interval(successes: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion `successes / n` (statsmodels' `proportion_confint`); it stays
+    inside [0, 1] and keeps a sensible width at 0 or n successes, where the normal interval collapses."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    from statsmodels.stats.proportion import proportion_confint
+
+    low, high = proportion_confint(int(successes), int(n), alpha=0.05, method="wilson")
+    return (float(low), float(high))

@@ -13,8 +13,9 @@ from typing import Any
 
 import pandas as pd
 
-from abstopk_eval.columns import COLUMNS, FORMATS, L0, L0_TOLERANCE, TRAIN_SECONDS, Column
+from abstopk_eval.columns import BY_NAME, COLUMNS, FORMATS, L0, L0_TOLERANCE, TRAIN_SECONDS, Column
 from abstopk_eval.errors import UserError, exit_on_user_error
+from abstopk_eval.evals.options import data_source_of
 from abstopk_eval.intervals import seed_interval
 from abstopk_eval.io import atomic_write_bytes
 from abstopk_eval.paper_report import build_paper_report, index_lines
@@ -58,14 +59,36 @@ def _bootstrap_interval(data: dict[str, Any], name: str) -> tuple[float, float] 
     return tuple(loose[name]) if name in loose else None  # type: ignore[return-value]
 
 
-def layer_table(results: list[ResultRecord]) -> pd.DataFrame:
+DATA_MARK = "\u2020"
+"""Marks a cell measured on canonical (hub) data: `--datasets canonical` or an evaluation's dataset_source."""
+
+
+def _data_source(r: ResultRecord) -> str | None:
+    return data_source_of(r.identity.get("options")) if r.config_tag else "offline"
+
+
+def data_column(eval_name: str) -> str:
+    """The per-SAE table's column saying which data `eval_name`'s cells used ('offline' / 'canonical')."""
+    return f"data {eval_name}"
+
+
+def layer_table(results: list[ResultRecord], datasets: str = "offline") -> pd.DataFrame:
     """One row per SAE of one (model, layer) (the per-SAE CSV), from results under each evaluation's default
-    config; baselines are not SAEs (steering's are in Table 1), results under other options are listed apart."""
+    config, or with `datasets='canonical'` its canonical-data result where there is one (the `data <eval>`
+    columns say which); baselines are not SAEs (steering's are in Table 1), results under other options are
+    listed apart."""
     by_sae: dict[str, dict[str, dict[str, Any]]] = {}
-    for r in results:
-        if r.kind is ResultKind.SAE and r.config_tag is None:
+    sources: dict[str, dict[str, str]] = {}
+    for r in sorted(results, key=lambda r: _data_source(r) == datasets):  # the wanted source last: it wins
+        source = _data_source(r)
+        if r.kind is ResultKind.SAE and source in ("offline", datasets):
             by_sae.setdefault(r.name, {})[r.eval_name] = r.data
-    frame = pd.DataFrame([_sae_row(sae, evals) for sae, evals in sorted(by_sae.items())])
+            sources.setdefault(r.name, {})[r.eval_name] = source
+    rows = [
+        _sae_row(sae, evals) | {data_column(e): src for e, src in sources[sae].items()}
+        for sae, evals in sorted(by_sae.items())
+    ]
+    frame = pd.DataFrame(rows)
     return frame.sort_values(["variant", "k", "seed"], na_position="first", key=lambda s: s.astype(str)).reset_index(
         drop=True
     )
@@ -88,6 +111,8 @@ def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
             "corpus": first.get("corpus"),
             "seeds": len(group),
         }
+        for data_col in (c for c in group.columns if c.startswith("data ")):
+            row[data_col] = "/".join(sorted({str(v) for v in group[data_col].dropna()}))
         for col in metrics:
             values = pd.to_numeric(group[col], errors="coerce").dropna()
             interval = seed_interval(values)
@@ -164,6 +189,9 @@ def _markdown(summary: pd.DataFrame) -> str:
                 *(summary[f"{col}{end}"] for end in ("", " low", " high", " interval", " n")), summary["seeds"]
             )
         ]
+        canonical = summary.get(data_column(BY_NAME[col].eval)) if col in BY_NAME else None
+        if canonical is not None:
+            cells = [f"{t}{DATA_MARK}" if t and "canonical" in str(c) else t for t, c in zip(cells, canonical)]
         shown[col] = [f"**{text}**" if text and i in leaders.get(col, set()) else text for i, text in enumerate(cells)]
     return shown.to_markdown(index=False, disable_numparse=True)
 
@@ -171,7 +199,8 @@ def _markdown(summary: pd.DataFrame) -> str:
 def _other_options_lines(results: list[ResultRecord]) -> list[str]:
     """Results computed under non-default evaluation options: listed with their options, never in the table."""
     tagged = sorted(
-        (r for r in results if r.kind is ResultKind.SAE and r.config_tag), key=lambda r: (r.eval_name, r.name)
+        (r for r in results if r.kind is ResultKind.SAE and _data_source(r) is None),
+        key=lambda r: (r.eval_name, r.name),
     )
     if not tagged:
         return []
@@ -221,7 +250,8 @@ seeds than were trained (costly evaluations ran on seed 0 only). Per-SAE values 
 to this file.
 
 Task notes: sparse probing, SCR, TPP use offline labelled data (data cards in docs/data_cards), proxies for
-sae_bench's hub datasets; SCR on amazon-vs-movie x sentiment stays small for every SAE (the biased probe follows
+sae_bench's hub datasets (results on the canonical data, `--datasets canonical`, are in their own table below);
+SCR on amazon-vs-movie x sentiment stays small for every SAE (the biased probe follows
 the domain label, which is spread over many latents). SCR and TPP probes use sae_bench's recipe (AdamW + L1). RAVEL and
 unlearning show the model's base accuracy beside the score; unlearning's forget set is country capitals
 (the MMLU biology/medicine proxy is near chance on this model), not WMDP-bio.
@@ -314,6 +344,19 @@ def build_reports(results_dir: Path, reports_dir: Path) -> list[Path]:
             "",
             NOTES,
         ]
+        if any(_data_source(r) == "canonical" for r in group):
+            canonical = layer_table(group, datasets="canonical")
+            lines += [
+                "",
+                f"## Canonical data (`--datasets canonical`): {DATA_MARK} marks a cell measured on SAEBench's hub "
+                "data (sparse probing / SCR / TPP: sae_bench's datasets; unlearning: WMDP-bio; RAVEL: RAVEL's own "
+                "prompts; core: the Pile held-out split); unmarked cells are the offline results above. Each "
+                "result's `eval_config.dataset_source` says which data it used.",
+                "",
+                _markdown(seed_summary(canonical)),
+            ]
+            atomic_write_bytes(reports_dir / f"{stem}_canonical.csv", canonical.to_csv(index=False).encode())
+            written.append(reports_dir / f"{stem}_canonical.csv")
         lines += _other_options_lines(group)
         lines += [f"![{name}]({name})" for name in figures]
         atomic_write_bytes(reports_dir / f"{stem}.md", ("\n".join(lines) + "\n").encode())

@@ -28,6 +28,7 @@ Spec keys (unknown keys are refused):
     seeds:    3                         # N (seeds 0..N-1) or a list; default 1
     evals:    [core]                    # default: every registered evaluation
     eval_options: {scr: {probe_recipe: sklearn}}   # as --eval-option scr.probe_recipe=sklearn
+    datasets: canonical                 # as --datasets canonical (default offline; eval_options win)
     preset:   quick                     # also corpus, device, bf16, dense_training, llm_dtype (auto), stream
                                         # (true / false; default: stream when the budget exceeds the cache),
                                         # epochs, allow_repeats, cache_dtype, as the flags of abstopk_eval.run
@@ -49,7 +50,7 @@ from abstopk_eval import evals as _evals  # noqa: F401  (registers the evaluatio
 from abstopk_eval.config import get_preset
 from abstopk_eval.errors import UserError, exit_on_user_error
 from abstopk_eval.evals.context import default_evals, get_eval, ordered_evals
-from abstopk_eval.evals.options import check_eval_options
+from abstopk_eval.evals.options import check_eval_options, hub_needs, with_datasets
 from abstopk_eval.models.loading import check_device, resolve_model
 from abstopk_eval.models.registry import MODEL_REGISTRY, ModelSpec
 from abstopk_eval.saes.variants import ALL_VARIANTS, get_variant, sae_id
@@ -58,6 +59,7 @@ from abstopk_eval.workflow import STAGES
 log = logging.getLogger("abstopk_eval.sweep")
 
 SPEC_KEYS = {
+    "datasets",
     "eval_options",
     "models",
     "layers",
@@ -188,7 +190,9 @@ def expand(spec: dict[str, Any], *, notes: list[str] | None = None) -> list[Swee
         "epochs": _ints([spec.get("epochs", 1)], "epochs", 1)[0],
         "allow_repeats": bool(spec.get("allow_repeats", False)),
         "cache_dtype": str(spec.get("cache_dtype", "float32")),
-        "eval_options": check_eval_options(spec.get("eval_options")),
+        "eval_options": with_datasets(
+            str(spec.get("datasets", "offline")), evals, check_eval_options(spec.get("eval_options"))
+        ),
     }
     if shared["activation_source"] == "bad":
         raise UserError("sweep spec: stream must be true or false")
@@ -201,12 +205,8 @@ def expand(spec: dict[str, Any], *, notes: list[str] | None = None) -> list[Swee
         epochs=shared["epochs"],
         allow_repeats=shared["allow_repeats"],
     )
-    try:
-        check_device(shared["device"])
-    except UserError as err:
-        if notes is None:
-            raise
-        notes.append(f"not available here: {err}")
+    cli.check_or_note(notes, check_device, shared["device"])
+    cli.check_or_note(notes, hub_needs, evals, shared["eval_options"], check=True)
     jobs: list[SweepJob] = []
     seen: set[str] = set()
     for entry in models:

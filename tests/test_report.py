@@ -201,3 +201,30 @@ def test_a_lead_at_another_sparsity_is_never_bold(tmp_path):
     write(tmp_path / "matched", "batch-abstopk", 0.10, 64.5)  # within 5%
     build_reports(tmp_path / "matched" / "results", tmp_path / "matched" / "reports")
     assert _fvu_cells(tmp_path / "matched")["batch-abstopk"].startswith("**")
+
+
+def test_canonical_data_results_get_their_own_table_with_marked_cells(tmp_path):
+    folder = tmp_path / "results" / "m" / "layer_3" / "topk_k16_s0"
+    folder.mkdir(parents=True)
+    (folder / "core.json").write_text(json.dumps(_core("topk", 16, 0.3, 0.8)))
+    ravel = {"eval_result_metrics": {"ravel": {"disentanglement_score": 0.41}}}
+    (folder / "ravel.json").write_text(json.dumps(ravel))
+    canonical = {
+        "eval_result_metrics": {"ravel": {"disentanglement_score": 0.27}},
+        "identity": {"options": {"dataset_source": "sae_bench"}},
+    }
+    (folder / "ravel@0badcafe.json").write_text(json.dumps(canonical))
+    other = {
+        "eval_result_metrics": {"ravel": {"disentanglement_score": 0.99}},
+        "identity": {"options": {"add_error": True}},
+    }
+    (folder / "ravel@12345678.json").write_text(json.dumps(other))
+    build_reports(tmp_path / "results", tmp_path / "reports")
+    text = (tmp_path / "reports" / "m_layer3.md").read_text()
+    main, rest = text.split("## Canonical data", 1)
+    assert "0.410" in main and "0.270" not in main and "0.270\u2020" in rest and "0.410" not in rest.split("\n\n")[1]
+    assert "0.300" in rest.split("Results under non-default")[0]  # core had no canonical result: its offline cell
+    assert "add_error=True" in rest and "0.99" not in text  # other options: listed apart, never in a table
+    table = pd.read_csv(tmp_path / "reports" / "m_layer3_canonical.csv").iloc[0]
+    assert table["data ravel"] == "canonical" and table["data core"] == "offline" and table["RAVEL"] == 0.27
+    assert pd.read_csv(tmp_path / "reports" / "m_layer3.csv").iloc[0]["data ravel"] == "offline"

@@ -112,3 +112,19 @@ def test_bad_specs_are_refused(spec, message, tmp_path, tiny_registered):
     path.write_text(json.dumps(spec))
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         sweep.expand(sweep.load_spec_file(path))
+
+
+def test_datasets_key_sets_the_canonical_options_and_checks_the_hub(tmp_path, tiny_registered, monkeypatch):
+    from abstopk_eval.data.canonical import LOCAL_DIR_ENV, PILE
+    from tests.helpers.hf_datasets import write_local_copy
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv(LOCAL_DIR_ENV, str(tmp_path / "copies"))
+    spec = {"models": ["tiny-test"], "evals": ["core"], "datasets": "canonical"}
+    with pytest.raises(UserError, match="hub is not reachable.*core.dataset_source=pile"):
+        sweep.expand(spec)
+    write_local_copy(tmp_path / "copies", PILE[0], None, {"train.jsonl": [{"text": "a"}]})
+    jobs = sweep.expand(spec)
+    assert jobs and all(j.eval_options == {"core": {"dataset_source": "pile"}} for j in jobs)
+    overridden = sweep.expand({**spec, "eval_options": {"core": {"dataset_source": "offline"}}})
+    assert all(j.eval_options == {"core": {"dataset_source": "offline"}} for j in overridden)

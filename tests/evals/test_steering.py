@@ -12,7 +12,13 @@ from abstopk_eval.errors import UserError
 from abstopk_eval.evals.context import EvalContext, get_eval
 from abstopk_eval.evals.steering import steer as S
 from abstopk_eval.evals.steering.eval_config import SteeringEvalConfig
-from abstopk_eval.evals.steering.judge import REFUSAL_SUBSTRINGS, is_refusal, judge_accuracy, labelled_responses
+from abstopk_eval.evals.steering.judge import (
+    REFUSAL_SUBSTRINGS,
+    is_refusal,
+    is_refusal_arditi,
+    judge_accuracy,
+    labelled_responses,
+)
 from abstopk_eval.evals.steering.main import SteeringPrompts, run_steering
 from abstopk_eval.evals.steering.table import render_table1
 from abstopk_eval.models.adapter import ModelAdapter
@@ -128,10 +134,13 @@ def test_refusal_judge_accuracy_on_the_labelled_responses():
     for trivial in (lambda _r: True, lambda _r: False, lambda r: r.lower().startswith("i'm sorry")):
         assert acc["f1"] > judge_accuracy(trivial)["f1"] + 0.1
     assert acc["f1"] >= 0.45 and acc["recall_explicit"] >= 0.55, acc
-    assert unsteered["precision"] >= 0.9 and unsteered["accuracy"] > unsteered["majority_baseline_accuracy"], unsteered
-    # a measured weakness, kept visible: on steered (apologetic, degenerate) text it is no better than
-    # the majority label
-    assert acc["by_group"]["steered"]["accuracy"] < 0.8
+    # (the added phrasings cost one false positive there: precision 0.80, where Arditi et al.'s list has 1.0)
+    assert unsteered["precision"] >= 0.75 and unsteered["accuracy"] > unsteered["majority_baseline_accuracy"], unsteered
+    assert judge_accuracy(is_refusal_arditi)["by_group"]["unsteered"]["precision"] >= 0.9
+    # the measured weakness that the fix addressed (on this set, which chose the fix's phrases): Arditi et al.'s
+    # list as they match it is no better than the majority label on steered (apologetic, degenerate) text
+    before = judge_accuracy(is_refusal_arditi)
+    assert before["by_group"]["steered"]["accuracy"] < 0.8 <= acc["by_group"]["steered"]["accuracy"]
     assert len(REFUSAL_SUBSTRINGS) == 12  # Arditi et al.'s list, unchanged
 
 
@@ -274,3 +283,41 @@ def test_logits_from_the_cached_residual_match_full_passes(adapter):
     fast = S.mean_ce(ce_fixed, iv)
     ce_fixed.resume = False
     assert S.mean_ce(ce_fixed, iv) == pytest.approx(fast, rel=1e-5)
+
+
+def test_the_configured_judge_scores_the_responses(adapter):
+    from abstopk_eval.evals.steering.judge import ARDITI_DESCRIPTION
+
+    sae = random_sae("topk", d_sae=48, seed=2)
+    out = run_steering(_ctx(adapter, dim_ablation=False, judge="arditi_substring"), {"t": sae}, prompts=_prompts())
+    o = out["t"]
+    assert o.eval_config.judge == "arditi_substring" and o.eval_config.refusal_judge == ARDITI_DESCRIPTION
+    held = o.eval_result_unstructured["judge_accuracy_on_holdout_set"]
+    assert held["n"] >= 100 and len(held["accuracy_ci95"]) == 2
+    refused = [d.refused for d in o.eval_result_details]
+    assert refused == [is_refusal_arditi(d.response) for d in o.eval_result_details]
+
+
+def test_harmbench_classifier_judge_from_a_local_folder_scores_every_response(adapter, tmp_path, monkeypatch):
+    from abstopk_eval.evals.steering import judge as J
+    from tests.helpers.models import save_tiny_model, tiny_llama
+
+    folder = save_tiny_model(*tiny_llama(seed=5), tmp_path / "cls")
+    seen: list[tuple[list[str], list[str]]] = []
+    answers = J.HarmBenchClassifier.answers
+
+    def spy(self, behaviours, responses):
+        seen.append((list(behaviours), list(responses)))
+        return ["yes" if i % 2 else "no" for i in range(len(responses))]  # the classifier's verdicts, alternating
+
+    monkeypatch.setattr(J.HarmBenchClassifier, "answers", spy)
+    options = {"judge": "harmbench_cls", "harmbench_classifier": str(folder), "dim_ablation": False}
+    out = run_steering(_ctx(adapter, **options), {"t": random_sae("topk", d_sae=48, seed=3)}, prompts=_prompts())
+    monkeypatch.setattr(J.HarmBenchClassifier, "answers", answers)
+    o = out["t"]
+    assert "HarmBench's classifier" in o.eval_config.refusal_judge and str(folder) in o.eval_config.refusal_judge
+    prompts = _prompts()
+    assert any(b == prompts.test_harmful for b, _ in seen) and any(b == prompts.val_harmful for b, _ in seen)
+    refused = [d.refused for d in o.eval_result_details]
+    assert refused == [i % 2 == 0 for i in range(len(refused))]  # refused unless the classifier said yes
+    assert o.eval_result_unstructured["judge_accuracy_on_labelled_set"] is None

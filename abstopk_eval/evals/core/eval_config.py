@@ -7,14 +7,26 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
+from abstopk_eval.errors import UserError
 from abstopk_eval.evals.common import ModelEvalConfig
+
+CORE_SOURCES = ("offline", "pile")
 
 
 @dataclass
 class CoreEvalConfig(ModelEvalConfig):
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("dataset_source",)
+    """Left out of the result identity while at their default (`options.config_identity`)."""
+
     FILLED_BY_RUN: ClassVar[tuple[str, ...]] = ("dataset", "context_size", "n_ce_tokens", "n_sparsity_tokens")
     """Measured by the run (recorded here), not options."""
 
+    dataset_source: str = Field(
+        default="offline",
+        title="Dataset source",
+        description="'offline': the held-out split of the run's corpus (--corpus); 'pile': the held-out split of "
+        "the Pile (monology/pile-uncopyrighted, the paper's corpus), as many sequences of the same length",
+    )
     dataset: str = Field(default="", title="Dataset", description="Held-out text the metrics are measured on")
     context_size: int = Field(default=0, title="Context size", description="Tokens per packed sequence (BOS first)")
     n_ce_tokens: int = Field(
@@ -40,3 +52,15 @@ class CoreEvalConfig(ModelEvalConfig):
         title="Bootstrap seed",
         description="Same seed for every SAE, so intervals of different SAEs share resamples (paired)",
     )
+
+    def __post_init__(self) -> None:
+        if self.dataset_source not in CORE_SOURCES:
+            raise UserError(f"unknown core dataset_source {self.dataset_source!r}; known: {', '.join(CORE_SOURCES)}")
+
+    def needs_hub(self) -> list[str]:
+        """The Pile, unless a local copy is there (checked before any work)."""
+        if self.dataset_source != "pile":
+            return []
+        from abstopk_eval.data.canonical import PILE, local_dir
+
+        return [] if local_dir(*PILE[:2]) is not None else [f"core.dataset_source=pile ({PILE[0]})"]

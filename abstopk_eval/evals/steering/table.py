@@ -28,8 +28,9 @@ latent were chosen on HarmBench **val** behaviours and validation text by the sa
 validation refusals among settings whose validation CE increase is within the bound); rows are scored on the
 HarmBench **test** standard behaviours, a seeded MMLU subset and held-out Wikipedia rows not used for selection.
 Bold: best steered method per row (Original excluded); a method marked * found no setting within the CE bound
-and is the unsteered model. Refusal is judged by Arditi et al.'s refusal-substring list (its accuracy on the
-labelled responses is given below). **MMLU is near chance (0.25) for a 135M-parameter model**, so its
+and is the unsteered model. Refusal is judged by the judge each block names (`steering.judge`: offline the
+refusal-substring judge, whose accuracy on labelled responses is given below; with the hub HarmBench's classifier,
+refusal = 1 - its attack success rate). **MMLU is near chance (0.25) for a 135M-parameter model**, so its
 differences are mostly noise at this subset size; CE is the finer measure of general ability (lower is better).
 """
 
@@ -86,24 +87,38 @@ def _setting(data: dict[str, Any]) -> str:
 
 
 def _judge_lines() -> str:
-    """Accuracy of the refusal judge on the project's labelled responses (overall and per group)."""
-    from abstopk_eval.evals.steering.judge import judge_accuracy
+    """Accuracy of the offline refusal judge, before and after the fix, with 95% Wilson intervals: on the held-out
+    labelled responses (never used to choose a phrase) and on the first set (partly used)."""
+    from abstopk_eval.evals.steering.judge import holdout_accuracy, is_refusal, is_refusal_arditi, judge_accuracy
 
     try:
-        acc = judge_accuracy()
+        held, dev = (
+            holdout_accuracy(),
+            {"before": judge_accuracy(is_refusal_arditi), "after": judge_accuracy(is_refusal)},
+        )
     except (OSError, ValueError):
         return ""
-    parts = [
-        f"{name} {g['n']}: accuracy {g['accuracy']:.2f} (majority label {g['majority_baseline_accuracy']:.2f}), "
-        f"precision {g['precision']:.2f}, recall {g['recall']:.2f}"
-        for name, g in acc["by_group"].items()
-    ]
+
+    def acc(c: dict[str, Any]) -> str:
+        low, high = c["accuracy_ci95"]
+        return f"{c['accuracy']:.2f} [{low:.2f}, {high:.2f}]"
+
+    def groups(c: dict[str, Any]) -> str:
+        return ", ".join(f"{name} {g['n']}: {acc(g)}" for name, g in c["by_group"].items())
+
+    h_before, h_after = held["before"], held["after"]
     return (
-        f"Refusal judge on {acc['n']} hand-labelled responses (`evals/steering/refusal_labels.jsonl`): accuracy "
-        f"{acc['accuracy']:.2f}, F1 {acc['f1']:.2f}, recall of explicit refusals {acc['recall_explicit']:.2f}; "
-        + "; ".join(parts)
-        + ". On steered text the judge also counts apologetic babble as refusal, so steered "
-        "refusal rates are noisy in both directions."
+        "Offline refusal judge (`judge=substring`: typographic apostrophes and quotes folded to ASCII, Arditi et "
+        "al.'s list plus validated phrasings, an apology *for* something not a decline), accuracy with 95% Wilson "
+        f"interval. Held-out labelled responses (`evals/steering/refusal_labels_holdout.jsonl`, never used to choose "
+        f"a phrase), {h_after['all']['n']} rows: before the fix (Arditi et al.'s list as they match it) "
+        f"{acc(h_before['all'])} ({groups(h_before['all'])}), after {acc(h_after['all'])} ({groups(h_after['all'])}); "
+        f"on its {h_after['real_responses']['n']} real model responses {acc(h_before['real_responses'])} before, "
+        f"{acc(h_after['real_responses'])} after (recall {h_before['real_responses']['recall']:.2f} -> "
+        f"{h_after['real_responses']['recall']:.2f}). First labelled set (`refusal_labels.jsonl`, "
+        f"{dev['after']['n']} rows, partly used to choose the phrases): {acc(dev['before'])} before, "
+        f"{acc(dev['after'])} after. The substring judge misses implicit refusals by construction, so steered "
+        "refusal rates stay noisy; `python -m abstopk_eval.evals.steering.judge_report` prints every group."
     )
 
 
@@ -152,7 +167,8 @@ def render_table1(results_dir: Path) -> tuple[str, pd.DataFrame] | None:
             f"- HarmBench test behaviours: {int(n_test) if n_test else '?'}; MMLU items: {cfg.get('n_mmlu')}; "
             f"CE bound on validation text: +{cfg.get('max_val_ce_increase')} nats; ||d|| = "
             f"{un.get('d_norm', float('nan')):.2f}; "
-            f"SAE intervention: {cfg.get('sae_intervention')}",
+            f"SAE intervention: {cfg.get('sae_intervention')}; refusal judge: "
+            f"{cfg.get('judge', 'arditi_substring (results from before the judge fix)')}",
         ]
         if abl:
             lines.append(

