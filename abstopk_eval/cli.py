@@ -257,11 +257,11 @@ def resolve_corpus(name: str | None, preset: TrainPreset) -> str:
     return DEFAULT_CORPUS
 
 
-def check_or_note(notes: list[str] | None, check: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+def check_or_note(notes: list[str] | None, checker: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     """Run a check of what this machine has (device, corpus, hub); its UserError is raised, or, with `notes` (a dry
     run planning for another machine), recorded there as "not available here"."""
     try:
-        check(*args, **kwargs)
+        checker(*args, **kwargs)
     except UserError as err:
         if notes is None:
             raise

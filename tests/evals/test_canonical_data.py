@@ -12,25 +12,12 @@ from abstopk_eval.errors import UserError
 from abstopk_eval.evals.core.eval_config import CoreEvalConfig
 from abstopk_eval.evals.core.main import run_core
 from abstopk_eval.evals.options import config_identity, data_source_of, hub_needs, with_datasets
-from abstopk_eval.evals.ravel.eval_config import RavelEvalConfig
 from abstopk_eval.evals.ravel.main import run_ravel
 from abstopk_eval.evals.unlearning.eval_config import SAE_BENCH_RETAIN_SUBJECTS, UnlearningEvalConfig
 from abstopk_eval.evals.unlearning.main import run_unlearning
-from abstopk_eval.models.adapter import ModelAdapter
 from tests.helpers.hf_datasets import populate_datasets_cache, write_local_copy
-from tests.helpers.knowledge import LAYER, knowledge_adapter, knowledge_context, metrics_and_details, tiny_fact_domains
+from tests.helpers.knowledge import LAYER, knowledge_context, metrics_and_details, tiny_ravel_config
 from tests.helpers.saes import random_sae
-
-
-@pytest.fixture(scope="module")
-def adapter() -> ModelAdapter:
-    return knowledge_adapter()
-
-
-@pytest.fixture(scope="module")
-def registered(adapter):
-    with tiny_fact_domains(adapter):
-        yield
 
 
 @pytest.fixture
@@ -86,24 +73,7 @@ def test_unreachable_hub_is_one_error_line_before_any_work(offline, capsys):
     assert hub_needs(["core", "ravel"], {}) == []  # offline data needs nothing
 
 
-def _ravel_config(**kw) -> RavelEvalConfig:
-    base = dict(
-        model_name="tiny",
-        layer=LAYER,
-        entity_attribute_selection={"tiny_things": ["Color", "Shape"]},
-        max_candidate_entities=32,
-        top_n_entities=32,
-        num_train_pairs_per_attribute=8,
-        num_pairs_per_attribute=10,
-        min_pairs_per_attribute=2,
-        n_latents_grid=[2, 8],
-        llm_batch_size=16,
-        chance_margin=0.0,
-    )
-    return RavelEvalConfig(**{**base, **kw})
-
-
-def test_ravel_on_ravels_own_files_scores_as_the_same_data_offline(adapter, registered, offline):
+def test_ravel_on_ravels_own_files_scores_as_the_same_data_offline(knowledge_model, knowledge_facts, offline):
     data = facts.load_entities("tiny_things")
     files = {
         "ravel_tiny_things_entity_attributes.json": data.values,
@@ -111,14 +81,14 @@ def test_ravel_on_ravels_own_files_scores_as_the_same_data_offline(adapter, regi
         "ravel_tiny_things_prompt_to_split.json": {t.text: "train" for ts in data.templates.values() for t in ts},
         "ravel_tiny_things_entity_to_split.json": dict.fromkeys(data.values, "train"),
     }
-    assert _ravel_config(dataset_source="sae_bench").needs_hub() == [
+    assert tiny_ravel_config(dataset_source="sae_bench").needs_hub() == [
         f"ravel.dataset_source=sae_bench ({canonical.RAVEL_REPO})"
     ]
     write_local_copy(offline / "copies", canonical.RAVEL_REPO, None, files)
-    assert _ravel_config(dataset_source="sae_bench").needs_hub() == []
-    ctx, sae = knowledge_context(adapter), random_sae("abstopk", seed=1)
-    hub = run_ravel(ctx, {"s": sae}, _ravel_config(dataset_source="sae_bench"))["s"]
-    local = run_ravel(ctx, {"s": sae}, _ravel_config())["s"]
+    assert tiny_ravel_config(dataset_source="sae_bench").needs_hub() == []
+    ctx, sae = knowledge_context(knowledge_model), random_sae("abstopk", seed=1)
+    hub = run_ravel(ctx, {"s": sae}, tiny_ravel_config(dataset_source="sae_bench"))["s"]
+    local = run_ravel(ctx, {"s": sae}, tiny_ravel_config())["s"]
     assert metrics_and_details(hub) == metrics_and_details(local)
     assert canonical.RAVEL_REPO in hub.eval_result_unstructured["datasets"]["tiny_things"]["data_source"]
     assert hub.eval_config.dataset_source == "sae_bench"
@@ -128,7 +98,7 @@ def _mcq(i: int, subject: str) -> dict:
     return {"question": f"{subject} question {i}?", "choices": ["one", "two", "three", "four"], "answer": i % 4}
 
 
-def test_unlearning_on_wmdp_bio_through_load_dataset_from_a_populated_cache(adapter, offline):
+def test_unlearning_on_wmdp_bio_through_load_dataset_from_a_populated_cache(knowledge_model, offline):
     cache = offline / "hf_datasets"
     cfg = UnlearningEvalConfig(
         model_name="tiny",
@@ -149,7 +119,7 @@ def test_unlearning_on_wmdp_bio_through_load_dataset_from_a_populated_cache(adap
         config = subject.replace(" ", "_")
         populate_datasets_cache(cache, "cais/mmlu", config, {"test": [_mcq(i, config) for i in range(12)]})
     assert cfg.needs_hub() == []
-    out = run_unlearning(knowledge_context(adapter), {"s": random_sae("abstopk", seed=2)}, cfg)["s"]
+    out = run_unlearning(knowledge_context(knowledge_model), {"s": random_sae("abstopk", seed=2)}, cfg)["s"]
     info = out.eval_result_unstructured
     assert info["mode"] == "wmdp" and info["forget_set"].startswith("WMDP-bio (cais/wmdp wmdp-bio test)")
     assert info["forget_candidates"] == 24 and info["forget_selection_texts"] == 16  # 40 questions: 24 scored
@@ -158,8 +128,8 @@ def test_unlearning_on_wmdp_bio_through_load_dataset_from_a_populated_cache(adap
     assert 0.0 <= out.eval_result_metrics.unlearning.unlearning_score <= 1.0
 
 
-def test_core_on_the_piles_held_out_split(adapter, offline):
-    ctx = knowledge_context(adapter)
+def test_core_on_the_piles_held_out_split(knowledge_model, offline):
+    ctx = knowledge_context(knowledge_model)
     assert CoreEvalConfig(dataset_source="pile").needs_hub() == [f"core.dataset_source=pile ({canonical.PILE[0]})"]
     words = "the of and to in is was for on that with as by at from his her an which"
     docs = [{"text": f"{i} " + " ".join(words.split()[(i % 7) :] + words.split()[: (i % 7)])} for i in range(1500)]

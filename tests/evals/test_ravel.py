@@ -7,35 +7,17 @@ import pytest
 
 from abstopk_eval.data import facts
 from abstopk_eval.errors import UserError
-from abstopk_eval.evals.ravel.eval_config import RavelEvalConfig
 from abstopk_eval.evals.ravel.main import run_ravel
 from tests.helpers.knowledge import (
-    LAYER,
     knowledge_context,
     metrics_and_details,
+    tiny_ravel_config,
 )
 from tests.helpers.saes import negate_latent, random_sae
 
 
-def _ravel_config(**kw) -> RavelEvalConfig:
-    base = dict(
-        model_name="tiny",
-        layer=LAYER,
-        entity_attribute_selection={"tiny_things": ["Color", "Shape"]},
-        max_candidate_entities=32,
-        top_n_entities=32,
-        num_train_pairs_per_attribute=8,
-        num_pairs_per_attribute=10,
-        min_pairs_per_attribute=2,
-        n_latents_grid=[2, 8],
-        llm_batch_size=16,
-        chance_margin=0.0,
-    )
-    return RavelEvalConfig(**{**base, **kw})
-
-
 def test_ravel_end_to_end_and_sign_flip_invariance(knowledge_model, knowledge_facts):
-    ctx, cfg = knowledge_context(knowledge_model), _ravel_config()
+    ctx, cfg = knowledge_context(knowledge_model), tiny_ravel_config()
     sae = random_sae("abstopk", seed=1)
     first = run_ravel(ctx, {"orig": sae}, cfg)["orig"]
     m = first.eval_result_metrics
@@ -65,8 +47,8 @@ def test_user_errors(knowledge_model, knowledge_facts):
     with pytest.raises(UserError, match="unknown entity type 'planets'"):
         facts.load_entities("planets")
     with pytest.raises(UserError, match="unknown entity type"):
-        run_ravel(ctx, {"s": sae}, _ravel_config(entity_attribute_selection={"planets": ["Mass", "Moons"]}))
+        run_ravel(ctx, {"s": sae}, tiny_ravel_config(entity_attribute_selection={"planets": ["Mass", "Moons"]}))
     with pytest.raises(UserError, match="has no attribute"):
-        run_ravel(ctx, {"s": sae}, _ravel_config(entity_attribute_selection={"tiny_things": ["Color", "Smell"]}))
+        run_ravel(ctx, {"s": sae}, tiny_ravel_config(entity_attribute_selection={"tiny_things": ["Color", "Smell"]}))
     with pytest.raises(UserError, match="at least two attributes"):
-        run_ravel(ctx, {"s": sae}, _ravel_config(entity_attribute_selection={"tiny_things": ["Color"]}))
+        run_ravel(ctx, {"s": sae}, tiny_ravel_config(entity_attribute_selection={"tiny_things": ["Color"]}))

@@ -18,6 +18,7 @@ from abstopk_eval.data import facts
 from abstopk_eval.data.facts import EntityData, FactDomain, Template
 from abstopk_eval.evals.context import EvalContext
 from abstopk_eval.evals.knowledge import PromptRunner, encode
+from abstopk_eval.evals.ravel.eval_config import RavelEvalConfig
 from abstopk_eval.models.adapter import ModelAdapter
 from abstopk_eval.models.batching import pad_sequences
 from tests.helpers.context import make_eval_context, random_tokens
@@ -103,3 +104,21 @@ def metrics_and_details(output: Any) -> dict:
     """An evaluation output's metrics and per-item details as plain data (what sign flips must not change)."""
     d = asdict(output)
     return {"metrics": d["eval_result_metrics"], "details": d["eval_result_details"]}
+
+
+def tiny_ravel_config(**kw) -> RavelEvalConfig:
+    """A RAVEL config sized for the tiny entity types of `tiny_fact_domains` (fields in `kw` override)."""
+    base = dict(
+        model_name="tiny",
+        layer=LAYER,
+        entity_attribute_selection={"tiny_things": ["Color", "Shape"]},
+        max_candidate_entities=32,
+        top_n_entities=32,
+        num_train_pairs_per_attribute=8,
+        num_pairs_per_attribute=10,
+        min_pairs_per_attribute=2,
+        n_latents_grid=[2, 8],
+        llm_batch_size=16,
+        chance_margin=0.0,
+    )
+    return RavelEvalConfig(**{**base, **kw})
