@@ -27,6 +27,11 @@ from abstopk_eval.errors import UserError
 from abstopk_eval.evals.common import ModelEvalConfig
 from abstopk_eval.evals.context import EvalContext
 from abstopk_eval.evals.pooled import PooledActivations, pooled_activations
+from abstopk_eval.evals.selection import (  # noqa: F401  (re-exported: the selection rules live in evals.selection)
+    mean_diff,
+    select_top_n,
+    top_k_by_abs_mean_diff,
+)
 
 DATASET_SOURCES = ("offline", "sae_bench")
 
@@ -438,26 +443,3 @@ def fit_probe(x: np.ndarray, y: np.ndarray, *, C: float = 1.0, max_iter: int = 1
         model = LogisticRegression(C=C, max_iter=max_iter).fit((x - mu) / sd, y)
     w = model.coef_[0] / sd
     return LinearProbe(weight=w, bias=float(model.intercept_[0] - mu @ w))
-
-
-def mean_diff(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Mean of x over y == 1 minus mean over y == 0 (float64)."""
-    x = np.asarray(x, dtype=np.float64)
-    return x[y == 1].mean(0) - x[y == 0].mean(0)
-
-
-def top_k_by_abs_mean_diff(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
-    """sae_bench's `get_top_k_mean_diff_mask`, by magnitude (sign-safe): the k features whose class means differ
-    most, largest first (ties by index)."""
-    diff = np.abs(mean_diff(x, y))
-    return np.argsort(-diff, kind="stable")[:k]
-
-
-def select_top_n(effects: np.ndarray, n: int) -> np.ndarray:
-    """sae_bench's `select_top_n_features`: the n largest effects among the non-zero ones (fewer if fewer)."""
-    nonzero = np.flatnonzero(effects != 0)
-    k = min(n, len(nonzero))
-    if k == 0:
-        return nonzero[:0]
-    order = np.argsort(-effects[nonzero], kind="stable")[:k]
-    return nonzero[order]

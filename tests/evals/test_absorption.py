@@ -412,3 +412,24 @@ def test_packed_prompts_put_each_word_at_its_position():
         for line in text.split("\n")[1:-1]:
             word, answer = line.split(" has the first letter: ")
             assert answer == word.strip()[0].upper()
+
+
+def test_a_latent_that_carries_the_letter_in_its_sign_is_the_main_latent_in_either_sign():
+    """Latent 0 is +1 on the letter's words and -1 on the others (the letter in its sign); latent 1 fires (+1) on
+    the letter's words only; latents 2.. are noise. The oriented ranking picks latent 0 first, and still does when
+    it is negated, where sae_bench's `topk(w)` would not rank it at all."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(120) % 3
+    targets = torch.nn.functional.one_hot(y, 3).float()
+    z = torch.relu(torch.randn(120, 12, generator=g)) * 0.3
+    z[:, 0] = torch.where(y == 0, 1.0, -1.0)
+    z[:, 1] = (y == 0).float()
+    cfg = AbsorptionEvalConfig(k_sparse_probe_num_epochs=30)
+    for sign in (1.0, -1.0):
+        zs = z.clone()
+        zs[:, 0] *= sign
+        w = train_l1_latent_probe(zs, targets, cfg)
+        top = select_main_latent_candidates(w, latent_orientation(zs, targets), 2)[0].tolist()
+        assert top[0] == 0, (sign, top)
+        if sign < 0:
+            assert 0 not in w[0].topk(2).indices.tolist()  # sae_bench's rule misses the negated latent

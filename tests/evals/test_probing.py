@@ -464,3 +464,76 @@ def test_sparse_probing_accuracy_interval_resamples_each_task():
     assert bootstrap_accuracy_intervals(correct, n_resamples=500, seed=0)["sae_top_1_test_accuracy"] == [lo, hi]
     perfect = {"d1": {"sae_top_1_test_accuracy": {"a": np.ones(30)}}}
     assert bootstrap_accuracy_intervals(perfect, n_resamples=200, seed=0)["sae_top_1_test_accuracy"] == [1.0, 1.0]
+
+
+# ---------------------------------------------------------------------------------------------- two-signed latents
+
+
+def _token_latent(adapter: EmbeddingAdapter, sae, chars: str, j: int) -> list[float]:
+    """Latent j at the embedding of each character (the planted latents read one token at a time)."""
+    with torch.no_grad():
+        return sae.encode(adapter.table[[3 + ALPHABET.index(ch) for ch in chars]])[:, j].tolist()
+
+
+@pytest.mark.parametrize("rest", [1.0, 1.25])
+def test_tpp_chooses_a_latent_that_carries_the_class_in_its_sign_first(rest):
+    """Latent 0 is +a on class-0 tokens and -rest*a on the others: the class is in its sign, not in |z|. TPP's
+    earlier rule (mean |z| larger on the class) dropped it; the oriented rule picks it first, in either sign."""
+    adapter = EmbeddingAdapter()
+    c = adapter.class_dirs
+    u = c[0] - rest * (c[1] + c[2])
+    sae = _planted_sae([u / u.norm()])
+    z = _token_latent(adapter, sae, GROUPS[0][0] + GROUPS[1][0] + GROUPS[2][0], 0)
+    assert z[0] > 0 > z[1] and z[2] == pytest.approx(z[1]) and abs(z[1]) == pytest.approx(rest * z[0], rel=1e-4)
+    ds = {"three": multiclass("three", n_classes=3, per_class=40, seed=2)}
+    cfg = TppEvalConfig(
+        dataset_names=["three"], train_per_class=25, test_per_class=15, n_values=[1, 2], probe_recipe="sklearn"
+    )
+    out = run_tpp(_ctx(adapter), {"planted": sae, "flipped": negate_latent(sae, 0)}, cfg, datasets=ds)
+    for sid in out:
+        assert out[sid].eval_result_unstructured["selected_latents"]["three"]["group0"][0] == 0, sid
+    _metrics_equal(out["planted"], out["flipped"])
+
+
+def test_scr_chooses_the_two_signed_attribute_latent_first_in_either_sign():
+    """Latent 0 is +a on '!' and -a on '?' tokens (the attribute in its sign); SCR's |effect| picks it first."""
+    adapter = EmbeddingAdapter(c_label=0.3, c_sent=1.0)
+    sae = _planted_sae([adapter.u_sent, adapter.u_label])
+    plus, minus = _token_latent(adapter, sae, "!?", 0)
+    assert plus > 0 > minus and minus == pytest.approx(-plus)
+    cfg = ScrEvalConfig(
+        train_set_size=120,
+        test_set_size=60,
+        min_per_quadrant=5,
+        n_values=[1],
+        context_length=32,
+        probe_recipe="sklearn",
+    )
+    out = run_scr(
+        _ctx(adapter), {"planted": sae, "flipped": negate_latent(sae, 0)}, cfg, dataset=two_label(per_cell=60)
+    )
+    for sid in out:
+        assert out[sid].eval_result_unstructured["pairs"][0]["selected_latents"]["dir1"][0] == 0, sid
+    _metrics_equal(out["planted"], out["flipped"])
+
+
+def test_sparse_probing_ranks_a_two_signed_latent_above_a_one_signed_one():
+    """Latent 0 is +a on class A and -a on class B; latent 1 fires (+b, b > a) on class A only. By |mean
+    difference| (2a against b) the two-signed latent ranks first, in either sign."""
+    adapter = EmbeddingAdapter()
+    c0, c1 = adapter.class_dirs[0], adapter.class_dirs[1]
+    sae = _planted_sae([c0, c1])
+    with torch.no_grad():
+        sae.W_enc[:, 0], sae.W_dec[0] = 50.0 * adapter.u_label, adapter.u_label / 50.0
+        sae.W_enc[:, 1], sae.W_dec[1] = 50.0 * c0, c0 / 50.0
+    two, one = (_token_latent(adapter, sae, GROUPS[0][0] + GROUPS[1][0], j) for j in (0, 1))
+    assert two[0] > 0 > two[1] and one[0] > two[0] and one[1] == 0.0
+    texts = _random_texts(np.random.default_rng(1), GROUPS[0], 40) + _random_texts(
+        np.random.default_rng(2), GROUPS[1], 40
+    )
+    labels = [0] * 40 + [1] * 40
+    ds = {"pair": LabelledDataset("pair", texts, labels, ["A", "B"], card=_card("pair", labels, ["A", "B"]))}
+    cfg = SparseProbingEvalConfig(dataset_names=["pair"], train_per_class=25, test_per_class=15, k_values=[1, 2])
+    out = run_sparse_probing(_ctx(adapter), {"planted": sae, "flipped": negate_latent(sae, 0)}, cfg, datasets=ds)
+    for sid in out:
+        assert out[sid].eval_result_unstructured["top_latents"]["pair"]["A"][:2] == [0, 1], sid

@@ -4,10 +4,12 @@ the facts the tiny model knows)."""
 from __future__ import annotations
 
 import pytest
+import torch
+from sae_lens.saes.abstopk_sae import AbsTopKSAE, AbsTopKSAEConfig
 
 from abstopk_eval.data import facts
 from abstopk_eval.errors import UserError
-from abstopk_eval.evals.ravel.main import run_ravel
+from abstopk_eval.evals.ravel.main import attribution_scores, run_ravel, select_latents
 from tests.helpers.knowledge import (
     knowledge_context,
     metrics_and_details,
@@ -52,3 +54,21 @@ def test_user_errors(knowledge_model, knowledge_facts):
         run_ravel(ctx, {"s": sae}, tiny_ravel_config(entity_attribute_selection={"tiny_things": ["Color", "Smell"]}))
     with pytest.raises(UserError, match="at least two attributes"):
         run_ravel(ctx, {"s": sae}, tiny_ravel_config(entity_attribute_selection={"tiny_things": ["Color"]}))
+
+
+def test_selection_ranks_a_latent_that_carries_the_value_in_its_sign_first():
+    """Latent 0 is -1 on the base and +1 on the source entity (the attribute value in its sign), latent 1 goes from
+    0 to +1, latent 2 does not change; the target's loss falls along both decoder rows. Interchanging latent 0
+    moves twice as far, so it ranks first, and negating it (z and W_dec row) changes no score."""
+    sae = AbsTopKSAE(AbsTopKSAEConfig(d_in=3, d_sae=3, k=3))
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.eye(3))
+    z_base = torch.tensor([[-1.0, 0.0, 0.5]]).repeat(4, 1)
+    z_src = torch.tensor([[1.0, 1.0, 0.5]]).repeat(4, 1)
+    grads = torch.tensor([[-1.0, -1.0, 0.3]]).repeat(4, 1)
+    scores = attribution_scores(sae, z_base, z_src, grads)
+    assert scores.tolist() == pytest.approx([8.0, 4.0, 0.0])
+    assert select_latents(scores, 3).tolist() == [0, 1]
+    flip = torch.tensor([-1.0, 1.0, 1.0])
+    flipped = negate_latent(sae, 0)
+    assert torch.equal(attribution_scores(flipped, z_base * flip, z_src * flip, grads), scores)

@@ -19,7 +19,7 @@ from abstopk_eval.evals.steering.judge import (
     judge_accuracy,
     labelled_responses,
 )
-from abstopk_eval.evals.steering.main import SteeringPrompts, run_steering
+from abstopk_eval.evals.steering.main import SteeringPrompts, latent_candidates, run_steering
 from abstopk_eval.evals.steering.table import render_table1
 from abstopk_eval.models.adapter import ModelAdapter
 from abstopk_eval.results import baseline_path, result_path, write_eval_output
@@ -321,3 +321,24 @@ def test_harmbench_classifier_judge_from_a_local_folder_scores_every_response(ad
     refused = [d.refused for d in o.eval_result_details]
     assert refused == [i % 2 == 0 for i in range(len(refused))]  # refused unless the classifier said yes
     assert o.eval_result_unstructured["judge_accuracy_on_labelled_set"] is None
+
+
+def test_discriminative_candidate_is_a_latent_that_carries_refusal_in_its_sign():
+    """Latent 0 is +1 on harmful and -1 on harmless prompts, latent 1 is +1.5 on harmful only: by |mean
+    difference| (2 against 1.5) latent 0 is the discriminative candidate, steered up; negated, it is still chosen,
+    steered down (the same intervention)."""
+    sae = AbsTopKSAE(AbsTopKSAEConfig(d_in=4, d_sae=4, k=4))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(4))
+        sae.W_dec.copy_(torch.eye(4))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    harmful, harmless = torch.zeros(6, 4), torch.zeros(6, 4)
+    harmful[:, 0], harmless[:, 0] = 1.0, -1.0
+    harmful[:, 1] = 1.5
+    cfg = SteeringEvalConfig(n_cosine_candidates=0, n_discriminative_candidates=1)
+    d = torch.tensor([0.0, 0.0, 1.0, 0.0])
+    for s, sign in ((sae, 1), (negate_latent(sae, 0), -1)):
+        with torch.no_grad():
+            (cand,) = latent_candidates(s, d, harmful, harmless, cfg)
+        assert (cand.latent, cand.sign, cand.mean_diff) == (0, sign, pytest.approx(2.0 * sign))

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from sae_lens.saes.abstopk_sae import AbsTopKSAE, AbsTopKSAEConfig
 
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.unlearning.eval_config import UnlearningEvalConfig
-from abstopk_eval.evals.unlearning.main import clamp_latents, run_unlearning
+from abstopk_eval.evals.unlearning.main import clamp_latents, latent_statistics, run_unlearning, top_features
 from tests.helpers.knowledge import (
     LAYER,
     knowledge_context,
@@ -78,3 +80,37 @@ def test_user_errors(knowledge_model, knowledge_facts):
         run_unlearning(ctx, {"s": sae}, _unlearning_config(forget_domains=["moon-phases"]))
     with pytest.raises(UserError, match="unknown forget_set"):
         run_unlearning(ctx, {"s": sae}, _unlearning_config(forget_set="wmdp"))
+
+
+def test_top_features_is_sae_bench_get_top_features():
+    from sae_bench.evals.unlearning.utils.feature_activation import get_top_features
+
+    g = np.random.default_rng(0)
+    forget, retain = g.random(50) * (g.random(50) < 0.8), g.random(50) * 0.02
+    for thr in (0.005, 0.01, 0.02):
+        ours = top_features(torch.tensor(forget), torch.tensor(retain), thr).tolist()
+        assert ours == get_top_features(forget, retain, retain_threshold=thr).tolist() and len(ours) >= 5
+
+
+def test_selection_counts_firing_of_either_sign():
+    """Latent 0 fires +1 / -1 on alternate forget tokens, never on retain: it fires on every forget token, so it
+    ranks above latent 1 (+1 on 70% of them; a `z > 0` count would give latent 0 only 50%). Latent 2 is +1 on
+    forget and -1 on retain tokens: the clamp would act there too, so the retain filter (z != 0) drops it.
+    Negating a latent changes nothing."""
+    sae = AbsTopKSAE(AbsTopKSAEConfig(d_in=4, d_sae=4, k=4))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(4))
+        sae.W_dec.copy_(torch.eye(4))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    forget, retain = torch.zeros(20, 4), torch.zeros(20, 4)
+    forget[:, 0] = torch.tensor([1.0, -1.0]).repeat(10)
+    forget[:14, 1] = 1.0
+    forget[:, 2], retain[:, 2] = 1.0, -1.0
+    retain[:, 3] = 1.0
+    for s in (sae, negate_latent(sae, 0), negate_latent(sae, 2)):
+        f_freq, _ = latent_statistics(s, forget)
+        r_freq, _ = latent_statistics(s, retain)
+        assert f_freq.tolist() == pytest.approx([1.0, 0.7, 1.0, 0.0])
+        assert r_freq.tolist() == pytest.approx([0.0, 0.0, 1.0, 1.0])
+        assert top_features(f_freq, r_freq, 0.01).tolist() == [0, 1]

@@ -31,7 +31,8 @@ Deviations from sae_bench, each marked `# DEVIATION` where it is made:
   is `z_i * (W_dec[i] . p)`; its alignment with the probe is the cosine between its contribution `z_i W_dec[i]`
   and p, `sign(z_i) * cos(W_dec[i], p)` (sae_bench: `cos(W_dec[i], p)`, which flips when a latent is negated).
   The main latents are ranked by `w_i * s_i`, the L1 probe weight times the latent's orientation `s_i` on the
-  letter's training words (sign of the sum of its activations there; if zero, over all training words; else +1),
+  letter's training words (sign of the sum of its activations there; if zero, over all training words; then the
+  sign of its first non-zero value; the rule every evaluation shares, `abstopk_eval.evals.selection`),
   i.e. by |w_i| among latents the probe uses in the direction they fire (sae_bench: `topk(w)`, which misses every
   latent that encodes the letter with negative activations). Negating one latent (encoder column, encoder bias,
   decoder row) therefore changes no number here. For non-negative SAEs `s_i = +1`, `sign(z_i) = 1` wherever
@@ -102,6 +103,7 @@ from abstopk_eval.evals.absorption.eval_output import (
 from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.options import resolve_config
+from abstopk_eval.evals.selection import orientation
 from abstopk_eval.models.batching import pad_sequences
 from abstopk_eval.models.sequence_start import sequence_start_of
 
@@ -465,11 +467,10 @@ def train_l1_latent_probe(
 
 
 def latent_orientation(z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """s[letter, i] in {-1, +1}: the sign latent i takes on the letter's training words (sign of its sum there;
-    if that is 0, over all training words; else +1). Always +1 for non-negative latents."""
-    s = torch.sign(targets.T @ z)
-    s = torch.where(s == 0, torch.sign(z.sum(0)).expand_as(s), s)
-    return torch.where(s == 0, torch.ones_like(s), s)
+    """s[letter, i] in {-1, +1}: the sign latent i takes on the letter's training words (the shared rule,
+    `abstopk_eval.evals.selection.orientation`). Always +1 for non-negative latents."""
+    s = orientation(z.double().numpy(), targets.double().numpy())
+    return torch.from_numpy(s).to(z.dtype)
 
 
 def select_main_latent_candidates(w: torch.Tensor, orientation: torch.Tensor, k: int) -> torch.Tensor:

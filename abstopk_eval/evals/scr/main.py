@@ -15,7 +15,9 @@ Latent selection (sae_bench's `get_effects_per_class_precomputed_acts` with `per
 column-2 probe (and its balanced training set), effect_i = |(mean z_i(pos) - mean z_i(neg)) * <w, d_i>|,
 where z are the pooled signed latents and d_i latent i's decoder row; the top n non-zero effects are ablated.
 The product is unchanged when a latent is negated (both factors flip), and its magnitude is taken, so the
-selection is sign-correct.
+selection is sign-correct: orienting each latent (`abstopk_eval.evals.selection`) multiplies both factors by the
+same sign, so the oriented rule is sae_bench's rule unchanged, and a latent that carries the attribute in its sign
+(+a on one value, -a on the other) has the largest mean difference, 2a. No deviation from sae_bench here.
 
 Ablation: pooled_x - sum_{i in S} pooled_z_i d_i, which equals the mean over tokens of the per-token ablation
 (see `abstopk_eval.evals.pooled`), so no further model pass is needed.
@@ -56,11 +58,10 @@ from abstopk_eval.evals.probes import (
     check_source,
     fit_task_probe,
     load_dataset,
-    mean_diff,
-    select_top_n,
 )
 from abstopk_eval.evals.scr.eval_config import ScrEvalConfig
 from abstopk_eval.evals.scr.eval_output import ScrEvalOutput
+from abstopk_eval.evals.selection import scr_effects, select_top_n
 
 EVAL_NAME = "scr"
 MIN_SCORE_DENOMINATOR = 0.001  # sae_bench: an oracle no better than the biased probe gives score 0
@@ -211,7 +212,7 @@ def _score(abl: float, base: float, oracle: float) -> float:
 
 def _effects(z: np.ndarray, s: _Set, probe: LinearProbe, rows_dec: np.ndarray) -> np.ndarray:
     """sae_bench SCR attribution, |mean difference x <probe weight, decoder row>| (invariant to negating a latent)."""
-    return np.abs(mean_diff(z[s.rows], s.y) * (rows_dec @ probe.weight))
+    return scr_effects(z[s.rows], s.y, probe.weight, rows_dec)
 
 
 def run_scr(

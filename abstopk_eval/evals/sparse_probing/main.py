@@ -9,8 +9,11 @@ test accuracy, averaged over the tasks and then over the datasets, is `sae_top_{
 baseline is the same probe on the model's pooled residual (all channels: `llm_test_accuracy`; top-k
 channels: `llm_top_{k}_test_accuracy`).
 
-Selection by |mean difference| and a probe that is symmetric under negating a feature make every score
-invariant to negating a latent (a signed AbsTopK latent is active when z != 0, with either sign).
+Selection by |mean difference| (sae_bench's `get_top_k_mean_diff_mask`, `abstopk_eval.evals.selection`) and a
+probe that is symmetric under negating a feature make every score invariant to negating a latent (a signed AbsTopK
+latent is active when z != 0, with either sign). The magnitude is already what orienting a latent by its sign on
+the class gives, so the rule is sae_bench's unchanged, and a latent that carries the class in its sign (+a on the
+class, -a on the rest: difference 2a) ranks above a one-signed one (+a / 0: difference a).
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ from abstopk_eval.evals.probes import (
     check_source,
     fit_probe,
     prepare_class_tasks,
-    top_k_by_abs_mean_diff,
 )
+from abstopk_eval.evals.selection import top_k_by_abs_mean_diff
 from abstopk_eval.evals.sparse_probing.eval_config import SparseProbingEvalConfig
 from abstopk_eval.evals.sparse_probing.eval_output import SparseProbingEvalOutput
 

@@ -3,21 +3,29 @@
 Per multi-class dataset, one binary probe per class (class vs the rest, balanced as in sae_bench's
 `prepare_probe_data`) is trained on the model's pooled residual at the SAE layer. For each class i and SAE,
 latents are ranked by their attribution to probe i on its training set (sae_bench's
-`get_effects_per_class_precomputed_acts` with `perform_scr=False`):
+`get_effects_per_class_precomputed_acts` with `perform_scr=False`, on latents oriented towards the class;
+`abstopk_eval.evals.selection.tpp_effects`):
 
-    effect_j = [presence_j > 0] * (mean z_j(class i) - mean z_j(rest)) * <w_i, d_j>
+    effect_j = max(0, mean z'_j(class i) - mean z'_j(rest)) * <w_i, d'_j>,   z'_j = s_j z_j,  d'_j = s_j d_j
 
-with presence_j = mean |z_j|(class i) - mean |z_j|(rest). sae_bench writes the gate as clamping the mean
-difference at 0 ("only consider latents more active on the positive class"); for non-negative latents
-presence = mean difference, so the two agree exactly, while for signed (AbsTopK) latents the gate counts
-activity as z != 0 of either sign and both the gate and the product are unchanged when a latent is negated.
-The top n non-zero effects (largest first) are ablated in pooled space (pooled_x - sum_{j in S} pooled_z_j d_j,
-exact for mean pooling; see `abstopk_eval.evals.pooled`) on every test text, and every class probe is re-scored:
+with s_j the sign of latent j's activations on class i (`selection.orientation`). The top n non-zero effects
+(largest first) are ablated in pooled space (pooled_x - sum_{j in S} pooled_z_j d_j, exact for mean pooling; see
+`abstopk_eval.evals.pooled`) on every test text, and every class probe is re-scored:
 
     S_TPP(n) = mean_i [acc_i - acc_i(ablate S_i)] - mean_i mean_{j != i} [acc_j - acc_j(ablate S_i)]
 
 (`tpp_threshold_{n}_total_metric`, with the two terms as `..._intended_diff_only` / `..._unintended_diff_only`),
 averaged over the datasets.
+
+Deviations from sae_bench:
+
+- Orientation (sign). sae_bench clamps the raw mean difference at 0 ("only consider latents more active on the
+  positive class"), which for a signed latent keeps only those whose positive pole marks the class. Orienting
+  first keeps that intent for both signs: for z >= 0, s_j = +1 and the rule is sae_bench's exactly; negating a
+  latent changes no selection; a latent that is +a on the class and -a on the rest (the class in its sign) is
+  selected with effect 2a <w, d>. The earlier rule here gated on mean |z| being larger on the class, which
+  dropped exactly that latent.
+- Probes, data and pooling as `abstopk_eval.evals.probes` / `pooled` describe (offline datasets, pooled ablation).
 """
 
 from __future__ import annotations
@@ -36,14 +44,9 @@ from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.options import resolve_config
 from abstopk_eval.evals.pooled import ablate, check_affine_decoder, decoder_rows
-from abstopk_eval.evals.probes import (
-    LinearProbe,
-    check_source,
-    fit_task_probe,
-    mean_diff,
-    prepare_class_tasks,
-    select_top_n,
-)
+from abstopk_eval.evals.probes import LinearProbe, check_source, fit_task_probe, prepare_class_tasks
+from abstopk_eval.evals.selection import select_top_n
+from abstopk_eval.evals.selection import tpp_effects as oriented_tpp_effects
 from abstopk_eval.evals.tpp.eval_config import TppEvalConfig
 from abstopk_eval.evals.tpp.eval_output import TppEvalOutput
 
@@ -52,8 +55,7 @@ EVAL_NAME = "tpp"
 
 def tpp_effects(z_train: np.ndarray, y: np.ndarray, probe: LinearProbe, rows_dec: np.ndarray) -> np.ndarray:
     """Attribution of each latent to `probe` on the positive class (see the module docstring); sign-invariant."""
-    presence = mean_diff(np.abs(z_train), y)
-    return np.where(presence > 0, mean_diff(z_train, y) * (rows_dec @ probe.weight), 0.0)
+    return oriented_tpp_effects(z_train, y, probe.weight, rows_dec)
 
 
 def tpp_scores(

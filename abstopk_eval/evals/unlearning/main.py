@@ -16,7 +16,11 @@ Following sae_bench's unlearning eval (sae_bench/evals/unlearning; Farrell et al
 * Latent selection as sae_bench: activation frequency (z != 0) on forget-domain text (statements prompt +
   answer of entities held out from evaluation; for MMLU, the unevaluated questions with their answer) and on
   retain text (the held-out general corpus, as sae_bench uses wikitext); latents firing on >= a retain
-  threshold of retain tokens are dropped, the rest ranked by forget frequency, the top n clamped.
+  threshold of retain tokens are dropped, the rest ranked by forget frequency, the top n clamped. DEVIATION:
+  sae_bench counts z > 0 (the same for z >= 0; `top_features` equals its `get_top_features`). No orientation by
+  sign: the clamp acts wherever z != 0, so a latent that is +a on forget and -a on retain text would be clamped
+  on retain text too; it fires there and the retain filter drops it, while a latent firing with both signs on
+  forget text only counts every one of those tokens (tests/evals/test_unlearning.py).
 * Clamp (sign-correct): where a selected latent fires (z != 0, so negative AbsTopK activations count), it is
   set to -m * sign(z) * s, with s its mean |z| where it fires on the forget text. sae_bench sets z -> -m only
   where z > 0 (m = 25..200 on Gemma-2-2B); our rule equals that for a non-negative latent up to the scale s,
