@@ -78,6 +78,12 @@ COLUMNS: tuple[Column, ...] = (
     Column("bidirectional control", "bidirectional", ("bidirectional", "control_share"), "{:.3f}"),
     Column("axes in one signed latent", "bidirectional", ("bidirectional", "frac_axes_bidirectional"), "{:.2f}"),
     Column("axis-duplicate pairs", "fragmentation", ("antiparallel", "n_axis_duplicate_pairs"), "{:.0f}", False),
+    Column(
+        "alive latents sharing an axis",
+        "fragmentation",
+        ("antiparallel", "frac_alive_in_axis_duplicate_pair"),
+        "{:.3f}",
+    ),
 )
 BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
 L0 = "L0"
