@@ -21,6 +21,12 @@ class BidirectionalEvalConfig(ModelEvalConfig):
     min_instances: int = Field(
         default=2, title="Minimum instances", description="An axis with fewer kept pairs in a context is skipped there"
     )
+    min_share: float = Field(
+        default=0.1,
+        title="Minimum bidirectional share",
+        description="An axis counts as held by one signed latent only when its bidirectional share is at least "
+        "this (besides its interval lying above the control's): distinguishable from chance is not enough",
+    )
     n_bootstrap: int = Field(
         default=1000, title="Bootstrap resamples", description="Resamples of the pairs for the 95% intervals"
     )

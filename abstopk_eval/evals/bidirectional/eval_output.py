@@ -50,7 +50,8 @@ class BidirectionalMetrics(BaseMetrics):
     frac_axes_bidirectional: float = Field(
         title="Axes in one signed latent",
         json_schema_extra=DEFAULT_DISPLAY,
-        description="Fraction of axes (in context) whose bidirectional share's 95% interval lies above the control's",
+        description="Fraction of axes (in context) whose bidirectional share is at least min_share and whose "
+        "95% interval lies above the control's",
     )
     bidirectional_share_alone: float | None = Field(
         default=None, title="Bidirectional share (alone)", description="As above, the bare words (None: not scored)"

@@ -26,7 +26,9 @@ u = mean(dx) / ||mean(dx)|| and the latent's effective decoder row D_j = decode(
 
 Intervals: 95% percentile bootstrap over pairs with the best latent fixed (selection not redone, so the
 interval is conditional on the chosen latent); pooled values are means over axes, their bootstrap resamples every
-axis's pairs. An axis counts as held by one signed latent when its interval lies above the control's.
+axis's pairs. An axis counts as held by one signed latent when its interval lies above the control's and its
+bidirectional share is at least `min_share` (above chance alone is not enough: a latent carrying 0.4% of the
+contrast with consistent signs can clear a control near 0).
 Every quantity is unchanged by negating a signed latent (z and D_j flip together; s flips with them).
 """
 
@@ -225,7 +227,12 @@ def _one_latent_scores(stats: PairStats, j: int, counts: np.ndarray) -> np.ndarr
     return latent_scores(one, counts)["score"][:, 0]
 
 
-def summarise(scored: dict[str, list[AxisScore]]) -> BidirectionalMetrics:
+def held_by_one_latent(detail: AxisDetail, min_share: float) -> bool:
+    """The axis's bidirectional share is both above chance (interval above the control's) and large enough."""
+    return detail.ci_low > detail.control_ci_high and detail.bidirectional_share >= min_share
+
+
+def summarise(scored: dict[str, list[AxisScore]], min_share: float) -> BidirectionalMetrics:
     """Pooled metrics: means over axes, per context, with bootstrap intervals."""
 
     def pooled(rows: list[AxisScore], attr: str) -> np.ndarray:
@@ -247,9 +254,7 @@ def summarise(scored: dict[str, list[AxisScore]]) -> BidirectionalMetrics:
         mean_sign_consistency=mean(ctx, "sign_consistency"),
         mean_contrast_share=mean(ctx, "share"),
         split_share=mean(ctx, "split_share"),
-        frac_axes_bidirectional=float(np.mean([r.detail.ci_low > r.detail.control_ci_high for r in ctx]))
-        if ctx
-        else 0.0,
+        frac_axes_bidirectional=float(np.mean([held_by_one_latent(r.detail, min_share) for r in ctx])) if ctx else 0.0,
         bidirectional_share_alone=mean(alone, "bidirectional_share") if alone else None,
         control_share_alone=mean(alone, "control_share") if alone else None,
         n_axes=len(ctx),
@@ -301,7 +306,7 @@ def run_bidirectional(
                     cfg.seed + n,
                 )
             )
-        metrics = summarise(scored)
+        metrics = summarise(scored, cfg.min_share)
         outputs[sae_id] = BidirectionalEvalOutput(
             eval_config=cfg,
             eval_result_metrics=BidirectionalMetricCategories(bidirectional=metrics),
