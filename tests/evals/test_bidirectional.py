@@ -162,6 +162,9 @@ def test_the_word_tokenizer_keeps_every_planted_pair():
     assert counts[AXIS.name]["context"]["kept"] == counts[AXIS.name]["context"]["written"] >= 40
     assert 0 < counts[AXIS.name]["alone"]["kept"] < counts[AXIS.name]["alone"]["written"]  # " hot" == "hot" here
     assert {inst.position for inst in instances if inst.context == "alone"} == {1}  # right after <bos>
+    for inst in instances:
+        a, b = inst.ids
+        assert len(a) == len(b) and [i for i, (x, y) in enumerate(zip(a, b)) if x != y] == [inst.position]
 
 
 def test_unknown_axis_or_context_is_a_user_error(planted):
@@ -170,3 +173,15 @@ def test_unknown_axis_or_context_is_a_user_error(planted):
         run_bidirectional(_ctx(adapter), {}, BidirectionalEvalConfig(axes=["north/south"]))
     with pytest.raises(UserError, match="unknown bidirectional context"):
         run_bidirectional(_ctx(adapter), {}, BidirectionalEvalConfig(contexts=["poem"]))
+
+
+def test_a_consistent_latent_with_a_small_share_clears_the_control_but_does_not_hold_the_axis(planted):
+    adapter, u, mid = planted
+    sae = _sae(AbsTopKSAE, AbsTopKSAEConfig, [(u, -mid)])
+    with torch.no_grad():
+        sae.W_dec[0] *= 0.05  # same signs, a twentieth of the contrast reconstructed
+    out = run_bidirectional(_ctx(adapter), {"abs": sae}, CFG)["abs"]
+    axis = _axis(out)
+    assert axis.best_latent == 0 and axis.sign_consistency > 0.95 and 0.03 < axis.share < 0.07
+    assert axis.ci_low > axis.control_ci_high
+    assert out.eval_result_metrics.bidirectional.frac_axes_bidirectional == 0.0
