@@ -12,12 +12,12 @@ from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 from abstopk_eval.data.bipolar_pairs import AXES, CONTEXTS, build_instances, sentences
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.bidirectional.eval_config import BidirectionalEvalConfig
-from abstopk_eval.evals.bidirectional.main import pair_activations, run_bidirectional
+from abstopk_eval.evals.bidirectional.main import effective_decoder, pair_activations, run_bidirectional
 from abstopk_eval.evals.context import EvalContext
 from abstopk_eval.models.adapter import ModelAdapter
 from tests.helpers.context import make_eval_context
 from tests.helpers.models import D_MODEL, tiny_llama
-from tests.helpers.saes import negate_latent
+from tests.helpers.saes import SAE_KINDS, negate_latent, random_sae
 from tests.helpers.tokenizer import SPECIAL_TOKENS, tiny_tokenizer
 
 AXIS, OTHER = (next(a for a in AXES if a.name == name) for name in ("temperature", "life"))
@@ -185,3 +185,11 @@ def test_a_consistent_latent_with_a_small_share_clears_the_control_but_does_not_
     assert axis.best_latent == 0 and axis.sign_consistency > 0.95 and 0.03 < axis.share < 0.07
     assert axis.ci_low > axis.control_ci_high
     assert out.eval_result_metrics.bidirectional.frac_axes_bidirectional == 0.0
+
+
+@pytest.mark.parametrize("kind", SAE_KINDS)
+def test_the_effective_decoder_is_each_latents_unit_contribution(kind):
+    sae = random_sae(kind, d_sae=50)
+    with torch.no_grad():
+        sae.b_dec.normal_()  # cancels: decode is affine
+    assert torch.allclose(effective_decoder(sae, chunk=16), sae.W_dec, atol=1e-5)

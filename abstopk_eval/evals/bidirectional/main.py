@@ -83,8 +83,13 @@ def effective_decoder(sae: SAE, chunk: int = 4096) -> torch.Tensor:
     norm folding and output scaling included)."""
     dev, m = sae.W_dec.device, sae.cfg.d_sae
     zero = sae.decode(torch.zeros(1, m, device=dev))
-    rows = [sae.decode(torch.eye(m, device=dev)[start : start + chunk]) - zero for start in range(0, m, chunk)]
-    return torch.cat(rows).float().cpu()
+    rows = []
+    for start in range(0, m, chunk):
+        n = min(chunk, m - start)
+        units = torch.zeros(n, m, device=dev)
+        units[torch.arange(n), start + torch.arange(n)] = 1.0  # one chunk of the identity, never all of it
+        rows.append((sae.decode(units) - zero).float().cpu())
+    return torch.cat(rows)
 
 
 @dataclass(frozen=True)
