@@ -1,8 +1,8 @@
 """Figures of the bidirectional-feature evaluations, drawn from results/ alone.
 
-- `<stem>_bidirectional.png`: the paper's Figure 1 per bipolar axis: mean activation of the axis's top latent
-  (and of its partner latent, when the axis is split) on the two sides of the minimal pairs, one panel per SAE.
-  A bidirectional latent shows one bar up and one bar down; a split axis shows two latents, one per pole.
+- `<stem>_bidirectional.png`: the paper's Figure 1 as a measurement, per bipolar axis (sentence pairs): the best
+  latent's bidirectional share (sign consistency x share of the contrast) with its 95% interval, the shuffled-pole
+  control's upper bound, and the split share of the two best one-pole latents, one panel per SAE.
 - `<stem>_fragmentation_hist.png`: histogram of the most negative effective decoder cosine per alive atom, one
   line per SAE, with the antiparallel threshold marked.
 One SAE per variant is drawn (the lowest seed at the most common k), so the panels stay readable.
@@ -41,43 +41,54 @@ def bidirectional_figure(results: list[ResultRecord], out_dir: Path, stem: str) 
     if not chosen:
         return None
     fig, axes = plt.subplots(len(chosen), 1, figsize=(11, 2.3 * len(chosen)), sharex=True, squeeze=False)
+    labels: list[str] = []
     for ax, (_variant, item) in zip(axes[:, 0], chosen.items()):
-        details = item["data"].get("eval_result_details", [])
+        details = [d for d in item["data"].get("eval_result_details", []) if d.get("context", "context") == "context"]
         x = np.arange(len(details))
-        width = 0.2
-        series = [
-            ("top latent, pole A", "top_mean_a", "tab:blue", None),
-            ("top latent, pole B", "top_mean_b", "tab:orange", None),
-            ("partner latent, pole A", "partner_mean_a", "tab:blue", "//"),
-            ("partner latent, pole B", "partner_mean_b", "tab:orange", "//"),
-        ]
-        for i, (label, key, color, hatch) in enumerate(series):
-            values = [d.get(key) if d.get(key) is not None else 0.0 for d in details]
-            ax.bar(
-                x + (i - 1.5) * width,
-                values,
-                width,
-                label=label,
-                color=color,
-                hatch=hatch,
-                alpha=0.5 if hatch else 0.9,
-                edgecolor="black",
-                linewidth=0.3,
-            )
+        value = np.array([d.get("bidirectional_share") or 0.0 for d in details], dtype=float)
+        low = np.array([d.get("ci_low", v) for d, v in zip(details, value)], dtype=float)
+        high = np.array([d.get("ci_high", v) for d, v in zip(details, value)], dtype=float)
+        ax.bar(
+            x - 0.2,
+            value,
+            0.4,
+            yerr=np.clip(np.stack([value - low, high - value]), 0, None),
+            capsize=2,
+            color="tab:blue",
+            label="bidirectional share (one latent, opposite signs)",
+        )
+        ax.bar(
+            x + 0.2,
+            [d.get("split_share") or 0.0 for d in details],
+            0.4,
+            color="tab:orange",
+            alpha=0.6,
+            label="split share (two one-pole latents)",
+        )
+        ax.scatter(
+            x - 0.2,
+            [d.get("control_ci_high") or 0.0 for d in details],
+            marker="_",
+            s=120,
+            color="black",
+            label="shuffled-pole control, 95% high",
+            zorder=3,
+        )
         ax.axhline(0, color="black", linewidth=0.5)
-        frac = item["data"].get("eval_result_metrics", {}).get("bidirectional", {}).get("frac_axes_bidirectional")
+        metrics = item["data"].get("eval_result_metrics", {}).get("bidirectional", {})
+        share = metrics.get("bidirectional_share")
         ax.set_title(
-            f"{item['sae']}: axes held by one signed latent = {frac:.2f}" if frac is not None else item["sae"],
+            f"{item['sae']}: bidirectional share {share:.3f}, control {metrics.get('control_share', 0.0):.3f}"
+            if share is not None
+            else item["sae"],
             fontsize=9,
         )
-        ax.set_ylabel("mean activation", fontsize=8)
-        for j, d in enumerate(details):
-            ax.annotate(d.get("category", ""), (j, ax.get_ylim()[1]), ha="center", va="top", fontsize=6)
+        ax.set_ylabel("share of contrast", fontsize=8)
         labels = [f"{d['axis']}\n({'/'.join(d.get('poles', []))})" for d in details]
     axes[-1, 0].set_xticks(np.arange(len(labels)), labels, rotation=45, ha="right", fontsize=7)
-    axes[0, 0].legend(fontsize=7, ncol=4, loc="lower left")
+    axes[0, 0].legend(fontsize=7, ncol=3, loc="upper right")
     fig.suptitle(
-        "Activation of each axis's top latent (and split partner) on the two sides of minimal pairs", fontsize=10
+        "Per bipolar axis (minimal sentence pairs): the best latent's consistency x share of the contrast", fontsize=10
     )
     fig.tight_layout()
     name = f"{stem}_bidirectional.png"

@@ -65,9 +65,25 @@ COLUMNS: tuple[Column, ...] = (
     Column("RAVEL base acc", "ravel", ("knowledge", "base_accuracy"), "{:.2f}"),
     Column("unlearning", "unlearning", ("unlearning", "unlearning_score"), "{:.3f}", True),
     Column("unlearning forget base acc", "unlearning", ("knowledge", "forget_base_accuracy"), "{:.2f}"),
-    # bidirectional features (issue 7)
-    Column("axes in one signed latent", "bidirectional", ("bidirectional", "frac_axes_bidirectional"), "{:.2f}", True),
+    # bidirectional features (issue 7; measured per issue 16 item 3). Never bolded: a non-negative latent cannot
+    # take opposite signs, so its bidirectional share is 0 by construction and a "winner" would say nothing.
+    Column(
+        "bidirectional share",
+        "bidirectional",
+        ("bidirectional", "bidirectional_share"),
+        "{:.3f}",
+        None,
+        "bidirectional_share",
+    ),
+    Column("bidirectional control", "bidirectional", ("bidirectional", "control_share"), "{:.3f}"),
+    Column("axes in one signed latent", "bidirectional", ("bidirectional", "frac_axes_bidirectional"), "{:.2f}"),
     Column("axis-duplicate pairs", "fragmentation", ("antiparallel", "n_axis_duplicate_pairs"), "{:.0f}", False),
+    Column(
+        "alive latents sharing an axis",
+        "fragmentation",
+        ("antiparallel", "frac_alive_in_axis_duplicate_pair"),
+        "{:.3f}",
+    ),
 )
 BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
 L0 = "L0"

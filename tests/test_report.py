@@ -126,16 +126,17 @@ def test_bidirectional_and_fragmentation_figures(tmp_path):
         detail = {
             "axis": "gender",
             "poles": ["male", "female"],
-            "category": "split",
-            "top_mean_a": 3.0,
-            "top_mean_b": 0.0,
-            "partner_mean_a": 0.0,
-            "partner_mean_b": 2.5,
+            "context": "context",
+            "bidirectional_share": 0.4 if variant == "abstopk" else 0.0,
+            "ci_low": 0.3 if variant == "abstopk" else 0.0,
+            "ci_high": 0.5 if variant == "abstopk" else 0.0,
+            "control_ci_high": 0.05,
+            "split_share": 0.6,
         }
         (folder / "bidirectional.json").write_text(
             json.dumps(
                 {
-                    "eval_result_metrics": {"bidirectional": {"frac_axes_bidirectional": 0.0}},
+                    "eval_result_metrics": {"bidirectional": {"bidirectional_share": 0.4, "control_share": 0.01}},
                     "eval_result_details": [detail],
                     "provenance": prov,
                 }

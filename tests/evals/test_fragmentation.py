@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from sae_lens.saes.abstopk_sae import AbsTopKSAE, AbsTopKSAEConfig
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
@@ -71,3 +72,35 @@ def test_alive_only_scores_latents_that_fire():
     cfg = FragmentationEvalConfig(model_name="tiny", layer=0, alive_only=True)
     m = _metrics(run_fragmentation(_ctx(), {"t": sae}, cfg)["t"])
     assert m.n_antiparallel_pairs == 0 and m.n_atoms_scored <= N
+
+
+def _with_dead(cls, cfg_cls, W_alive: torch.Tensor, n_dead: int):
+    """W_alive's atoms, then `n_dead` latents that never fire (zero encoder column and bias) whose decoder rows copy
+    alive atoms (so counting them would add duplicate pairs)."""
+    W = torch.cat([W_alive, W_alive[:n_dead] if n_dead <= len(W_alive) else W_alive.repeat(n_dead, 1)[:n_dead]])
+    sae = _with_decoder(cls, cfg_cls, W)
+    with torch.no_grad():
+        sae.W_enc[:, len(W_alive) :] = 0.0
+        sae.b_enc[len(W_alive) :] = 0.0
+    return sae
+
+
+@pytest.mark.parametrize("alive_only", [True, False])
+def test_alive_normalised_fraction_ignores_dead_latents_and_means_the_same_for_both_families(alive_only):
+    antiparallel = _decoder()
+    parallel = antiparallel.clone()
+    parallel[N:] = -parallel[N:]
+    cfg = FragmentationEvalConfig(model_name="tiny", layer=0, alive_only=alive_only)
+    cases = [
+        (TopKSAE, TopKSAEConfig, antiparallel),  # a split axis: d and -d
+        (TopKSAE, TopKSAEConfig, parallel),  # a duplicated axis: d twice
+        (AbsTopKSAE, AbsTopKSAEConfig, parallel),  # for a signed SAE both are the same redundancy
+        (AbsTopKSAE, AbsTopKSAEConfig, antiparallel),
+    ]
+    for cls, cfg_cls, W in cases:
+        for n_dead in (0, 7, 60):
+            m = _metrics(run_fragmentation(_ctx(), {"s": _with_dead(cls, cfg_cls, W, n_dead)}, cfg)["s"])
+            assert m.n_alive == N + 5, (cls, n_dead)
+            assert abs(m.frac_alive_in_axis_duplicate_pair - 10 / (N + 5)) < 1e-9, (cls, n_dead)
+            assert abs(m.axis_duplicate_pairs_per_alive - 5 / (N + 5)) < 1e-9
+            assert m.n_atoms_scored == (N + 5 if alive_only else N + 5 + n_dead)

@@ -1,4 +1,4 @@
-"""Configuration of the bidirectional (Figure 1) case study."""
+"""Configuration of the bidirectional (Figure 1) study."""
 
 from __future__ import annotations
 
@@ -13,18 +13,23 @@ class BidirectionalEvalConfig(ModelEvalConfig):
     axes: list[str] = Field(
         default_factory=list, title="Axes", description="Bipolar axes of abstopk_eval.data.bipolar_pairs (empty = all)"
     )
+    contexts: list[str] = Field(
+        default_factory=lambda: ["context", "alone"],
+        title="Contexts",
+        description="'context': minimal sentence pairs; 'alone': the bare word after the start token",
+    )
     min_instances: int = Field(
-        default=2, title="Minimum instances", description="Axes with fewer kept minimal pairs are skipped"
+        default=2, title="Minimum instances", description="An axis with fewer kept pairs in a context is skipped there"
     )
-    bipolar_fraction: float = Field(
-        default=0.5,
-        title="Bipolar fraction",
-        description="The top latent is bidirectional when it takes opposite nonzero signs on the two "
-        "sides in at least this fraction of the axis's pairs",
+    min_share: float = Field(
+        default=0.1,
+        title="Minimum bidirectional share",
+        description="An axis counts as held by one signed latent only when its bidirectional share is at least "
+        "this (besides its interval lying above the control's): distinguishable from chance is not enough",
     )
-    split_ratio: float = Field(
-        default=0.5,
-        title="Split ratio",
-        description="Otherwise the axis is split when another latent responds to the other pole with at "
-        "least this fraction of the top latent's contrast",
+    n_bootstrap: int = Field(
+        default=1000, title="Bootstrap resamples", description="Resamples of the pairs for the 95% intervals"
+    )
+    seed: int = Field(
+        default=0, title="Seed", description="Seeds the shuffled-pole control's swaps and the bootstrap resamples"
     )

@@ -46,6 +46,19 @@ class AntiparallelMetrics(BaseMetrics):
         description="Pairs with |cos| > threshold, whatever their sign: comparable across signed and non-negative SAEs",
     )
     n_atoms_scored: int = Field(title="Atoms scored", description="Alive atoms (or all, with alive_only false)")
+    n_alive: int = Field(
+        default=0, title="Alive latents", description="Latents active (z != 0) at least once on held-out data"
+    )
+    frac_alive_in_axis_duplicate_pair: float = Field(
+        default=0.0,
+        title="Alive latents sharing an axis",
+        json_schema_extra=DEFAULT_DISPLAY,
+        description="Fraction of alive latents with another alive latent at |cos| > threshold (antiparallel or "
+        "parallel): the same meaning for signed and non-negative SAEs, independent of dead latents",
+    )
+    axis_duplicate_pairs_per_alive: float = Field(
+        default=0.0, title="Axis-duplicate pairs per alive latent", description="Among alive latents, at the threshold"
+    )
     signed_latents: bool = Field(
         title="Signed latents", description="Whether the SAE's latents take both signs (AbsTopK family)"
     )

@@ -6,6 +6,13 @@ their cosine. For a signed SAE a latent's atom spans both d and -d, so a partner
 that axis whichever sign it has: the effective cosine is -|cos|. This makes every number invariant to negating
 a signed latent (its atom's cosines change sign, |cos| does not), and counts the same redundancy for both
 families. Only latents alive on the held-out activations (z != 0) are scored by default.
+
+One normalised quantity means the same for every family: `frac_alive_in_axis_duplicate_pair`, the fraction of
+*alive* latents (active, z != 0, at least once on the held-out activations) whose decoder axis is shared with
+another alive latent (|cos| > threshold, either sign: an antiparallel split pair or a parallel duplicate), and
+`axis_duplicate_pairs_per_alive`, such pairs per alive latent. Dead latents enter neither the pairs nor the
+denominator, so neither moves with the number of dead latents (raw pair counts do not depend on it either, but
+they grow with the number of alive latents and so cannot compare SAEs of different sizes or dead fractions).
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ def effective_cosines(
     n = W.shape[0]
     most_negative = torch.empty(n)
     partner = {t: torch.zeros(n, dtype=torch.bool) for t in thresholds}
+    duplicate = {t: torch.zeros(n, dtype=torch.bool) for t in thresholds}
     ordered_pairs = dict.fromkeys(thresholds, 0)
     parallel = dict.fromkeys(thresholds, 0)
     for start in range(0, n, chunk):
@@ -63,34 +71,44 @@ def effective_cosines(
         for t in thresholds:
             hit = eff < -t
             partner[t][start : start + chunk] = hit.any(dim=1)
+            duplicate[t][start : start + chunk] = (cos.abs() > t).any(dim=1)
             ordered_pairs[t] += int(hit.sum())
             if not signed:
                 parallel[t] += int((cos > t).sum())
     return {
         "most_negative": most_negative.numpy(),
         "partner": {t: p.numpy() for t, p in partner.items()},
+        "duplicate": {t: p.numpy() for t, p in duplicate.items()},
         "pairs": {t: c // 2 for t, c in ordered_pairs.items()},
         "parallel": {t: c // 2 for t, c in parallel.items()},
     }
 
 
+def _pair_stats(W: torch.Tensor, signed: bool, thresholds: list[float]) -> dict:
+    if W.shape[0] >= 2:
+        return effective_cosines(W, signed, thresholds)
+    return {
+        "most_negative": np.zeros(0),
+        "partner": {t: np.zeros(0, bool) for t in thresholds},
+        "duplicate": {t: np.zeros(0, bool) for t in thresholds},
+        "pairs": dict.fromkeys(thresholds, 0),
+        "parallel": dict.fromkeys(thresholds, 0),
+    }
+
+
 def score_sae(
-    sae: SAE, alive: torch.Tensor | None, cfg: FragmentationEvalConfig
+    sae: SAE, alive: torch.Tensor, cfg: FragmentationEvalConfig
 ) -> tuple[AntiparallelMetrics, list[FragmentationResultDetail], dict]:
+    """`alive` [d_sae] bool: the latents active on held-out data. The pair counts score the alive latents (all
+    with `alive_only` false); the normalised fractions always divide by the alive latents alone."""
     thresholds = sorted({cfg.threshold, *cfg.extra_thresholds})
     signed = has_signed_latents(sae)
-    W = sae.W_dec.detach().cpu()
-    if alive is not None:
-        W = W[alive]
-    if W.shape[0] < 2:
-        stats = {
-            "most_negative": np.zeros(0),
-            "partner": {t: np.zeros(0, bool) for t in thresholds},
-            "pairs": dict.fromkeys(thresholds, 0),
-            "parallel": dict.fromkeys(thresholds, 0),
-        }
-    else:
-        stats = effective_cosines(W, signed, thresholds)
+    W_all = sae.W_dec.detach().cpu()
+    W = W_all[alive] if cfg.alive_only else W_all
+    stats = _pair_stats(W, signed, thresholds)
+    alive_stats = stats if cfg.alive_only else _pair_stats(W_all[alive], signed, thresholds)
+    n_alive = int(alive.sum())
+    alive_duplicate_pairs = int(alive_stats["pairs"][cfg.threshold] + alive_stats["parallel"][cfg.threshold])
     n = W.shape[0]
     frac = {t: float(stats["partner"][t].mean()) if n else 0.0 for t in thresholds}
     metrics = AntiparallelMetrics(
@@ -100,6 +118,9 @@ def score_sae(
         n_parallel_pairs=int(stats["parallel"][cfg.threshold]),
         n_axis_duplicate_pairs=int(stats["pairs"][cfg.threshold] + stats["parallel"][cfg.threshold]),
         n_atoms_scored=n,
+        n_alive=n_alive,
+        frac_alive_in_axis_duplicate_pair=float(alive_stats["duplicate"][cfg.threshold].mean()) if n_alive else 0.0,
+        axis_duplicate_pairs_per_alive=alive_duplicate_pairs / n_alive if n_alive else 0.0,
         signed_latents=signed,
     )
     details = [
@@ -122,10 +143,10 @@ def run_fragmentation(
     ctx: EvalContext, saes: dict[str, SAE], config: FragmentationEvalConfig | None = None
 ) -> dict[str, FragmentationEvalOutput]:
     cfg = resolve_config(FragmentationEvalConfig, ctx, EVAL_NAME, config)
-    acts = ctx.heldout_activations() if cfg.alive_only else None
+    acts = ctx.heldout_activations()  # alive latents normalise every fraction, whatever alive_only says
     outputs = {}
     for sae_id, sae in tqdm(saes.items(), desc="fragmentation", unit="sae"):
-        alive = alive_latents(sae, acts) if acts is not None else None
+        alive = alive_latents(sae, acts)
         metrics, details, histogram = score_sae(sae, alive, cfg)
         outputs[sae_id] = FragmentationEvalOutput(
             eval_config=cfg,
