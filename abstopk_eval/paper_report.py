@@ -5,12 +5,14 @@ For every model and layer with results, writes under reports/paper/:
 - ``<model>_layer<L>_table2.{md,csv,tex}``: the paper's Table 2 tasks (Unlearning, 1 - Absorption, SCR, TPP,
   RAVEL, sparse probing top-1), one row per (variant, k), mean +- 95% t-interval over seeds, with the paper's
   published value beside ours where `abstopk_eval.paper_values` records one for that model, layer and method;
+  each column's convention is stated and ours is converted to the paper's (`columns.PaperTask.to_paper`: its
+  Unlearning and Absorption are 1 - sae_bench's score), with ours as sae_bench reports it beside;
 - ``<model>_layer<L>_fig2_training_mse.{md,csv,tex,png}``: training MSE curves (Figure 2; the CSV holds every
   logged point, the tables the final value);
 - ``<model>_layer<L>_fig3_nmse_vs_l0.{md,csv,tex,png}`` and ``..._fig4_loss_recovered_vs_l0...``: normalised MSE and
   loss recovered against k (Figures 3 and 4 and the Appendix D sweeps);
 - ``table1.*``: the steering table (Table 1), from ``abstopk_eval.evals.steering.table.render_table1`` when that
-  module exists (skipped with a note otherwise);
+  module exists (skipped with a note otherwise), and ``table1_published.*``: the paper's Table 1 in its layout;
 - ``paper_values.md``: every published number recorded in the project, with its source;
 - ``index.md``: links to all of it, with data sources, model, preset, seeds and package versions, proxies marked.
 
@@ -26,10 +28,19 @@ from typing import Any
 
 import pandas as pd
 
-from abstopk_eval.columns import FIGURE_METRICS, TABLE2_TASKS
+from abstopk_eval.columns import FIGURE_METRICS, TABLE2_TASKS, Convention
 from abstopk_eval.intervals import seed_interval
 from abstopk_eval.io import atomic_write_bytes
-from abstopk_eval.paper_values import ALL_VALUES, METHOD_VARIANTS, PAPER, PAPER_MODELS, TABLE1, paper_value
+from abstopk_eval.paper_values import (
+    ALL_VALUES,
+    METHOD_VARIANTS,
+    PAPER,
+    PAPER_MODELS,
+    TABLE1,
+    TABLE1_COLUMNS,
+    PaperValue,
+    paper_value,
+)
 from abstopk_eval.results import ResultKind, ResultRecord, iter_results, seed_group
 
 log = logging.getLogger("abstopk_eval.paper_report")
@@ -140,7 +151,10 @@ def _k_text(k: Any) -> str:
 
 
 def table2(frame: pd.DataFrame, model: str, layer: int) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """(shown, numeric, number of paper cells) for Table 2 of one model and layer."""
+    """(shown, numeric, number of paper cells) for Table 2 of one model and layer.
+
+    Per task: `<label>` is ours in the paper's convention (`PaperTask.to_paper`), `<label> (sae_bench)` ours as
+    sae_bench reports it where the two differ, `<label> (paper)` the published value."""
     tasks = list(TABLE2_TASKS)  # all six, empty where an evaluation has no result yet
     summary = summarise(frame, [t.label for t in tasks])
     shown = summary[["variant", "k", "seeds"]].copy()
@@ -149,15 +163,27 @@ def table2(frame: pd.DataFrame, model: str, layer: int) -> tuple[pd.DataFrame, p
     numeric = summary[["variant", "k", "seeds"]].copy()
     n_paper = 0
     for task in tasks:
-        shown[task.label] = [_cell(v, c) for v, c in zip(summary[task.label], summary[f"{task.label} ci95"])]
-        numeric[task.label] = summary[task.label]
-        numeric[f"{task.label} ci95"] = summary[f"{task.label} ci95"]
+        ours, ci = summary[task.label], summary[f"{task.label} ci95"]
+        converted = ours.map(task.to_paper)
+        shown[task.label] = [_cell(v, c) for v, c in zip(converted, ci)]
+        numeric[task.label] = converted
+        numeric[f"{task.label} ci95"] = ci
+        if task.convention is not Convention.AS_SAE_BENCH:
+            shown[f"{task.label} (sae_bench)"] = [_cell(v, c) for v, c in zip(ours, ci)]
+            numeric[f"{task.label} (sae_bench)"] = ours
         published = [paper_value("Table 2", model, layer, v, task.paper_task) for v in summary["variant"]]
         if any(published):
-            shown[f"{task.label} (paper)"] = [_cell(p.value, fmt="{:.2f}") if p else "" for p in published]
+            shown[f"{task.label} (paper)"] = [_paper_cell(p, layer) for p in published]
             numeric[f"{task.label} (paper)"] = [p.value if p else None for p in published]
             n_paper += sum(p is not None for p in published)
     return shown, numeric, n_paper
+
+
+def _paper_cell(value: PaperValue | None, layer: int) -> str:
+    """A published value; marked when the table labels its block with another layer (Gemma2-2B "L14")."""
+    if value is None:
+        return ""
+    return _cell(value.value, fmt="{:.2f}") + ("" if value.layer == layer else f" (table: L{value.layer})")
 
 
 def _curve_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -338,6 +364,32 @@ def _table1(results_dir: Path, out_dir: Path) -> tuple[list[Path], str]:
     return written, ""
 
 
+def table1_published(out_dir: Path) -> list[Path]:
+    """The paper's Table 1 in its own layout (percent), written beside ours (`table1.*`), so a reader compares
+    the same (model, layer, metric) rows: ours are rates in [0, 1], the paper's are percent."""
+    rows = []
+    for model, layer in dict.fromkeys((v.model, v.layer) for v in TABLE1):
+        for task, label in (("mmlu", "MMLU"), ("harmbench", "HarmBench")):
+            row: dict[str, Any] = {"model": model, "layer": layer, "metric": f"{label} (%)"}
+            for method in TABLE1_COLUMNS:
+                cell = paper_value("Table 1", model, layer, method.lower(), task)
+                row[method] = cell.value if cell else None
+            rows.append(row)
+    numeric = pd.DataFrame(rows)
+    shown = numeric.astype(object).map(lambda v: "" if v is None else f"{v:g}" if isinstance(v, float) else str(v))
+    return _write_table(
+        out_dir,
+        "table1_published",
+        shown,
+        numeric,
+        "Table 1 as published (arXiv 2510.00404, Section 3.3): MMLU and HarmBench, percent",
+        [
+            "Every cell of the paper's Table 1 (`abstopk_eval/paper_values.py`, sources in paper_values.md); our "
+            "steering results for the same model and layer are in table1.md (rates in [0, 1], not percent).",
+        ],
+    )
+
+
 def paper_values_markdown() -> str:
     lines = [
         "# Published values recorded in this project",
@@ -502,6 +554,9 @@ def build_paper_report(results_dir: Path, reports_dir: Path) -> list[Path]:
             f"{n_paper} published cell(s) apply here."
             if n_paper
             else "No published Table 2 value is recorded for this model and layer (see paper_values.md).",
+            "Conventions per column (`abstopk_eval.columns.TABLE2_TASKS`):",
+            *[f"- {task.convention_note}" for task in TABLE2_TASKS],
+            "",
             "Our datasets are offline proxies of SAEBench's unless a result's eval_config says "
             "dataset_source=sae_bench; "
             "absolute numbers are comparable between our SAEs, not with the paper's.",
@@ -514,6 +569,7 @@ def build_paper_report(results_dir: Path, reports_dir: Path) -> list[Path]:
         written += figures(frame, out_dir, stem, label)
     table1_paths, note = _table1(Path(results_dir), out_dir)
     written += table1_paths
+    written += table1_published(out_dir)
     if note:
         notes.append(note)
         log.info(note)

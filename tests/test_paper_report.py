@@ -61,6 +61,24 @@ def _fabricate(results: Path) -> None:
                     "qwen3-4b",
                     18,
                     sae,
+                    "unlearning",
+                    {"unlearning": {"unlearning_score": 0.1 + 0.02 * seed}},
+                    prov,
+                )
+                _write(
+                    results,
+                    "qwen3-4b",
+                    18,
+                    sae,
+                    "absorption",
+                    {"mean": {"mean_absorption_fraction_score": 0.2, "one_minus_absorption": 0.8}},
+                    prov,
+                )
+                _write(
+                    results,
+                    "qwen3-4b",
+                    18,
+                    sae,
                     "scr",
                     {"scr_metrics": {"scr_metric_threshold_20": base + 0.01 * seed}},
                     prov,
@@ -86,7 +104,14 @@ def test_paper_tables_figures_and_index(tmp_path, capsys):
     assert row["SCR@20"] == 0.305 and row["SCR@20 (paper)"] == 0.35  # ours (mean of 2 seeds) beside the paper's
     assert table.loc[table["variant"] == "topk", "SCR@20 (paper)"].tolist() == [0.26, 0.26]
     assert table.loc[table["variant"] == "jumprelu", "SCR@20 (paper)"].tolist() == [0.28]
+    # the paper's Unlearning and Absorption are 1 - sae_bench's score: ours converted beside ours as sae_bench's
+    assert row["Unlearning (sae_bench)"] == 0.11 and abs(row["Unlearning"] - 0.89) < 1e-12
+    assert row["Unlearning (paper)"] == 0.95 and row["Absorption (paper)"] == 0.79
+    assert abs(row["Absorption"] - 0.8) < 1e-12 and row["Absorption (sae_bench)"] == 0.2
+    assert "SCR@20 (sae_bench)" not in table  # same convention: no second column
     md = (paper / f"{stem}_table2.md").read_text()
+    assert "the paper's 'Unlearning' column is 1 - sae_bench's `unlearning.unlearning_score`" in md
+    assert "'SCR' column and ours are both sae_bench's `scr.scr_metric_threshold_20`" in md
     assert "0.305 ± 0.064" in md and "| 0.35" in md
     tex = (paper / f"{stem}_table2.tex").read_text()
     assert r"\begin{tabular}" in tex and r"$\pm$" in tex and "batch-abstopk" in tex
@@ -97,6 +122,17 @@ def test_paper_tables_figures_and_index(tmp_path, capsys):
     curves = pd.read_csv(paper / f"{stem}_fig2_training_mse.csv")
     assert len(curves) == 3 * 10  # every logged point of every SAE
 
+    published = pd.read_csv(paper / "table1_published.csv")
+    assert len(published) == 8 and published.iloc[1].to_dict() == {
+        "model": "qwen3-4b",
+        "layer": 18,
+        "metric": "HarmBench (%)",
+        "Original": 17.0,
+        "JumpReLU": 79.1,
+        "TopK": 78.2,
+        "AbsTopK": 81.3,
+        "DiM": 80.6,
+    }
     values = (paper / "paper_values.md").read_text()
     assert all(v.source in values for v in ALL_VALUES)
     index = (paper / "index.md").read_text()
