@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 from pydantic.dataclasses import dataclass
@@ -40,3 +40,20 @@ class CoreEvalConfig(ModelEvalConfig):
         title="Bootstrap seed",
         description="Same seed for every SAE, so intervals of different SAEs share resamples (paired)",
     )
+    inference: Literal["threshold", "batch"] = Field(
+        default="threshold",
+        title="Inference rule of batch-level SAEs",
+        description="threshold: the checkpoint's per-latent threshold (calibrated to L0 = k); batch: the paper "
+        "code's batch top-(k*B) selection over the rows encoded together (`evals/core/inference.py`). Other "
+        "variants are unaffected",
+    )
+    inference_k: list[int] = Field(
+        default_factory=list,
+        title="Inference k sweep",
+        description="Also score every SAE whose inference takes a k (topk, abstopk; batch-level ones under "
+        "inference=batch) with k replaced by each of these, weights unchanged (the paper's Appendix D sweep)",
+    )
+
+    def __post_init__(self) -> None:
+        if any(k < 1 for k in self.inference_k):
+            raise ValueError("inference_k values must be >= 1")
