@@ -186,6 +186,69 @@ def _paper_cell(value: PaperValue | None, layer: int) -> str:
     return _cell(value.value, fmt="{:.2f}") + ("" if value.layer == layer else f" (table: L{value.layer})")
 
 
+SWEEP_TRAINING = "training k"
+SWEEP_INFERENCE = "inference k"
+_POINT_METRICS = {
+    "L0": "l0",
+    "nMSE": "nmse",
+    "nMSE per token": "nmse_per_token_mean",
+    "loss recovered": "loss_recovered",
+}
+"""Figure 3 / 4 columns -> the field of a core result's `inference_k_sweep` entry."""
+
+
+def figure_points(frame: pd.DataFrame, records: list[ResultRecord]) -> pd.DataFrame:
+    """The points of Figures 3 and 4, each labelled by its sweep: every SAE at its trained k (default core
+    results; tagged ones scored with `core.inference=batch` as a second series), and every `inference_k_sweep`
+    entry of a core result (one trained SAE at several inference k)."""
+    cols = ["sae", "variant", "k", "seed", "group"]
+    base = frame.set_index("sae")[cols[1:]] if not frame.empty else pd.DataFrame(columns=cols[1:])
+    rows: list[dict[str, Any]] = []
+    if not frame.empty and "L0" in frame:
+        for _, r in frame[frame["L0"].notna()].iterrows():
+            rows.append(
+                {**{c: r[c] for c in cols}, "sweep": SWEEP_TRAINING, "inference k": None}
+                | {m: r[m] for m in _POINT_METRICS}
+            )
+    for rec in records:
+        if rec.kind is not ResultKind.SAE or rec.eval_name != "core" or rec.name not in base.index:
+            continue
+        meta = {"sae": rec.name, **base.loc[rec.name].to_dict()}
+        unstructured = rec.data.get("eval_result_unstructured") or {}
+        batch = (unstructured.get("inference") or {}).get("option") == "batch"
+        suffix = ", batch inference" if batch else ""
+        if rec.config_tag is not None and batch and "batch" in str(unstructured["inference"].get("rule")):
+            metrics = rec.data.get("eval_result_metrics") or {}
+            values = {col.name: _metric(rec.data, col.path) for col in FIGURE_METRICS}
+            if values.get("L0") is not None and metrics:
+                rows.append({**meta, "sweep": SWEEP_TRAINING + suffix, "inference k": None, **values})
+        for point in unstructured.get("inference_k_sweep") or []:
+            rows.append(
+                {**meta, "sweep": SWEEP_INFERENCE + suffix, "inference k": point.get("inference_k")}
+                | {m: point.get(f) for m, f in _POINT_METRICS.items()}
+            )
+    points = pd.DataFrame(rows, columns=[*cols, "sweep", "inference k", *_POINT_METRICS])
+    return points.drop_duplicates(subset=["sae", "sweep", "inference k"], keep="first")
+
+
+def summarise_points(points: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """`summarise` per (sweep, trained SAE group, inference k), labelled, in (sweep, variant, k, L0) order."""
+    parts = []
+    inference_k = points["inference k"].map(lambda v: -1 if v is None or pd.isna(v) else int(v))
+    keyed = points.assign(group=points["group"].astype(str) + "|" + points["sweep"] + "|" + inference_k.astype(str))
+    for (sweep, ik), g in keyed.groupby([keyed["sweep"], inference_k], sort=False):
+        summary = summarise(g, columns)
+        summary.insert(0, "sweep", sweep)
+        summary.insert(3, "inference k", None if ik == -1 else ik)
+        parts.append(summary)
+    out = pd.concat(parts, ignore_index=True)
+    out["_trained"] = out["k"].map(_k_text)
+    out["_later"] = ~out["sweep"].str.startswith(SWEEP_TRAINING)
+    out["_k"] = out["k"].map(lambda v: -1 if v is None or pd.isna(v) else int(v))
+    out = out.sort_values(["_later", "sweep", "variant", "_k", "L0"], kind="stable")
+    return out.drop(columns=["_later", "_k"]).reset_index(drop=True)
+
+
 def _curve_frame(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in frame.iterrows():
@@ -226,7 +289,11 @@ FIGURE_NOTE = (
 )
 
 
-def figures(frame: pd.DataFrame, out_dir: Path, stem: str, label: str) -> list[Path]:
+def figures(
+    frame: pd.DataFrame, out_dir: Path, stem: str, label: str, records: list[ResultRecord] | None = None
+) -> list[Path]:
+    """Figures 2-4 data and plots; `records` (the layer's results) add the inference-time sweeps of
+    `figure_points`."""
     written: list[Path] = []
     curves = _curve_frame(frame)
     if not curves.empty:
@@ -262,24 +329,30 @@ def figures(frame: pd.DataFrame, out_dir: Path, stem: str, label: str) -> list[P
             ax.legend(fontsize=6)
 
         written += [*paths, _plot(out_dir / f"{name}.png", draw_curves)]
-    swept = frame[frame["L0"].notna()] if "L0" in frame else frame.iloc[:0]
+    points = figure_points(frame, records or [])
     for number, metric, slug in ((3, "nMSE", "nmse_vs_l0"), (4, "loss recovered", "loss_recovered_vs_l0")):
-        if swept.empty or swept[metric].isna().all():
+        if points.empty or points[metric].isna().all():
             continue
-        extra = ["nMSE per token"] if metric == "nMSE" and swept["nMSE per token"].notna().any() else []
-        summary = summarise(swept, ["L0", metric, *extra]).sort_values(["variant", "L0"])
-        shown = summary[["variant", "k", "seeds"]].assign(k=summary["k"].map(_k_text), seeds=summary["seeds"].map(str))
+        extra = ["nMSE per token"] if metric == "nMSE" and points["nMSE per token"].notna().any() else []
+        summary = summarise_points(points, ["L0", metric, *extra])
+        shown = summary[["sweep", "variant", "k", "inference k", "seeds"]].assign(
+            k=summary["k"].map(_k_text), seeds=summary["seeds"].map(str)
+        )
+        shown["inference k"] = summary["inference k"].map(_k_text)
         for col, fmt in (("L0", "{:.1f}"), (metric, "{:.4f}"), *((e, "{:.4f}") for e in extra)):
             shown[f"measured {col}" if col == "L0" else col] = [
                 _cell(v, c, fmt) for v, c in zip(summary[col], summary[f"{col} ci95"])
             ]
         name = f"{stem}_fig{number}_{slug}"
-        numeric = summary[["variant", "k", "seeds", "L0", "L0 ci95", metric, f"{metric} ci95", *extra]]
+        numeric = summary[
+            ["sweep", "variant", "k", "inference k", "seeds", "L0", "L0 ci95", metric, f"{metric} ci95", *extra]
+        ]
         note = (
             "nMSE = sum||x - x_hat||^2 / sum||x||^2 on held-out raw residuals (ratio of sums); `nMSE per token` is "
             "the mean over tokens of ||x - x_hat||^2 / ||x||^2, the average the paper's code reports."
             if metric == "nMSE"
-            else "Loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean) on held-out text."
+            else "Loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean) on held-out text, CE_zero with every "
+            "position zeroed (sae_bench's convention)."
         )
         written += _write_table(
             out_dir,
@@ -291,26 +364,33 @@ def figures(frame: pd.DataFrame, out_dir: Path, stem: str, label: str) -> list[P
                 note,
                 "x is the measured L0 (mean active latents per token, z != 0) on held-out activations, not the "
                 "nominal k: batch-level and penalty-based SAEs do not hold exactly k latents at inference.",
+                f"`sweep`: {SWEEP_TRAINING!r} = one SAE trained per k (k: trained k); {SWEEP_INFERENCE!r} = one "
+                "trained SAE (k) scored at each `inference k` with its weights unchanged (`--eval-option "
+                "core.inference_k=[...]`, the paper code's sweep); `, batch inference` = batch-level SAEs with the "
+                "paper code's batch top-(k*B) selection at inference (`core.inference=batch`) instead of their "
+                "calibrated threshold.",
                 "",
                 FIGURE_NOTE,
             ],
         )
 
         def draw_l0(ax, summary=summary, metric=metric, number=number):
-            for variant, g in summary.groupby("variant"):
+            for (sweep, variant, k), g in summary.groupby(["sweep", "variant", "_trained"], sort=False):
+                inference = sweep.startswith(SWEEP_INFERENCE)
                 ax.errorbar(
                     g["L0"],
                     g[metric],
                     xerr=g["L0 ci95"].fillna(0),
                     yerr=g[f"{metric} ci95"].fillna(0),
-                    marker="o",
-                    label=variant,
+                    marker="s" if inference else "o",
+                    linestyle="--" if inference else "-",
+                    label=f"{variant} ({sweep}{f', trained k={k}' if inference else ''})",
                     capsize=2,
                 )
             ax.set_xlabel("measured L0 (active latents per token)")
             ax.set_ylabel(metric)
             ax.set_title(f"Figure {number}: {metric} vs L0 ({label})")
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=6)
 
         written.append(_plot(out_dir / f"{name}.png", draw_l0))
     return written
@@ -566,7 +646,7 @@ def build_paper_report(results_dir: Path, reports_dir: Path) -> list[Path]:
         written += _write_table(
             out_dir, f"{stem}_table2", shown, numeric, f"Table 2: SAEBench tasks, {label}", table_notes
         )
-        written += figures(frame, out_dir, stem, label)
+        written += figures(frame, out_dir, stem, label, group)
     table1_paths, note = _table1(Path(results_dir), out_dir)
     written += table1_paths
     written += table1_published(out_dir)

@@ -87,9 +87,43 @@ def _fabricate(results: Path) -> None:
                 )
 
 
+def _fabricate_inference_options(results: Path) -> None:
+    """core@<tag> results: an inference-k sweep of topk k=128 (both seeds), batch inference of batch-abstopk."""
+    for seed in (0, 1):
+        sae = f"topk_k128_s{seed}_paper"
+        prov = {"variant": "topk", "k": 128, "seed": seed, "preset": "paper"}
+        sweep = [
+            {"inference_k": k, "l0": k, "nmse": 0.8 / k, "nmse_per_token_mean": 1 / k, "loss_recovered": 0.9}
+            for k in (16, 32)
+        ]
+        _write(
+            results,
+            "qwen3-4b",
+            18,
+            f"{sae}",
+            "core@aaaa1111",
+            {"sparsity": {"l0": 128}},
+            prov,
+            eval_result_unstructured={"inference": {"option": "threshold"}, "inference_k_sweep": sweep},
+        )
+    prov = {"variant": "batch-abstopk", "k": 256, "seed": 0, "preset": "paper"}
+    metrics = {"normalised_reconstruction": {"nmse": 1e-4, "loss_recovered": 0.95}, "sparsity": {"l0": 256.0}}
+    _write(
+        results,
+        "qwen3-4b",
+        18,
+        "batch-abstopk_k256_s0_paper",
+        "core@bbbb2222",
+        metrics,
+        prov,
+        eval_result_unstructured={"inference": {"option": "batch", "rule": "batch top-(k*B), k=256", "k": 256}},
+    )
+
+
 def test_paper_tables_figures_and_index(tmp_path, capsys):
     results, reports = tmp_path / "results", tmp_path / "reports"
     _fabricate(results)
+    _fabricate_inference_options(results)
     report.main(["--paper", "--results-dir", str(results), "--reports-dir", str(reports)])
     paper = reports / "paper"
     stem = "qwen3-4b_layer18"
@@ -117,8 +151,20 @@ def test_paper_tables_figures_and_index(tmp_path, capsys):
     assert r"\begin{tabular}" in tex and r"$\pm$" in tex and "batch-abstopk" in tex
 
     sweep = pd.read_csv(paper / f"{stem}_fig3_nmse_vs_l0.csv")
-    assert sorted(sweep.loc[sweep["variant"] == "topk", "k"]) == [128, 256]
+    trained = sweep[sweep["sweep"] == "training k"]
+    assert sorted(trained.loc[trained["variant"] == "topk", "k"]) == [128, 256]
     assert sweep["L0"].notna().all()  # plotted against the measured L0
+    # the inference-k sweep of one trained SAE (2 seeds averaged), labelled beside the training sweep
+    swept = sweep[sweep["sweep"] == "inference k"]
+    assert swept[["variant", "k", "inference k", "seeds"]].values.tolist() == [
+        ["topk", 128, 16, 2],
+        ["topk", 128, 32, 2],
+    ]
+    assert swept["L0"].tolist() == [16, 32] and abs(swept["nMSE"].iloc[0] - 0.05) < 1e-12
+    batch = sweep[sweep["sweep"] == "training k, batch inference"]
+    assert batch[["variant", "k", "seeds", "L0"]].values.tolist() == [["batch-abstopk", 256, 1, 256.0]]
+    fig4 = (paper / f"{stem}_fig4_loss_recovered_vs_l0.md").read_text()
+    assert "inference k" in fig4 and "batch inference" in fig4
     curves = pd.read_csv(paper / f"{stem}_fig2_training_mse.csv")
     assert len(curves) == 3 * 10  # every logged point of every SAE
 
