@@ -213,3 +213,30 @@ def test_wandb_logs_new_trainings_and_force_rerun_re_evaluates(
     assert len(runs) == 1 and json.loads(result.read_text())["eval_id"] == first
     run.main([*argv, "--force-rerun"])
     assert len(runs) == 1 and json.loads(result.read_text())["eval_id"] != first
+
+
+def test_inference_options_write_labelled_core_results_beside_the_default(
+    finished_run, tiny_model_dir, tiny_registered
+):
+    """`core.inference=batch` and `core.inference_k` score the trained SAEs again (no retraining) into
+    `core@<tag>.json`, labelled, and leave the default `core.json` as it was."""
+    variants = ("--variants", "batch-abstopk", "batchtopk", "topk")
+    default = {
+        v: (sae_folder(finished_run / "results", TINY.key, 1, f"{v}_k4_s0_smoke") / "core.json").read_bytes()
+        for v in variants[1:]
+    }
+    options = ("--eval-option", "core.inference=batch", "--eval-option", "core.inference_k=[2,4]")
+    run.main(_argv(finished_run, tiny_model_dir, "--evals", "core", "--no-report", *variants, *options))
+    for variant in variants[1:]:
+        folder = sae_folder(finished_run / "results", TINY.key, 1, f"{variant}_k4_s0_smoke")
+        assert (folder / "core.json").read_bytes() == default[variant]
+        (tagged,) = folder.glob("core@*.json")
+        result = json.loads(tagged.read_text())
+        unstructured = result["eval_result_unstructured"]
+        expected = "per-sample top-k, k=4" if variant == "topk" else "batch top-(k*B), k=4"
+        assert unstructured["inference"]["option"] == "batch" and unstructured["inference"]["rule"] == expected
+        sweep = unstructured["inference_k_sweep"]
+        assert [p["inference_k"] for p in sweep] == [2, 4]
+        if variant != "topk":  # batch selection keeps exactly k per token on average
+            assert result["eval_result_metrics"]["sparsity"]["l0"] == pytest.approx(4.0)
+            assert [p["l0"] for p in sweep] == pytest.approx([2.0, 4.0])
