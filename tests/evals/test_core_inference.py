@@ -134,7 +134,7 @@ def test_inference_k_sweep_scores_one_trained_sae_at_each_k(setting):
     at_4 = sweep[1]
     assert (at_4["nmse"], at_4["loss_recovered"]) == pytest.approx((trained.nmse, trained.loss_recovered), rel=1e-6)
     assert sweep[0]["nmse"] != pytest.approx(sweep[2]["nmse"], rel=1e-3)
-    assert saes["topk"].cfg.k == 4  # the trained SAE itself is untouched
+    assert saes["topk"].cfg.k == 4 and saes["topk"].activation_fn.k == 4  # the trained SAE itself is untouched
     assert out["relu"].eval_result_unstructured["inference_k_sweep"] == []
     assert "takes no k" in out["relu"].eval_result_unstructured["inference_k_sweep_note"]
 
@@ -146,3 +146,13 @@ def test_inference_options_parse_and_refuse_bad_values():
     for bad in ("core.inference=topk", "core.inference_k=[0]"):
         with pytest.raises(UserError):
             parse_eval_options([bad])
+
+
+def test_an_inference_k_copy_shares_the_weights():
+    from abstopk_eval.evals.core.inference import InferencePlan, with_inference_k
+
+    sae = random_sae("abstopk", d_sae=32, k=4)
+    swept = with_inference_k(InferencePlan(sae, "per-sample top-k, k=4", 4), 8).sae
+    assert swept.W_enc.data_ptr() == sae.W_enc.data_ptr() and swept.cfg.k == 8 and sae.cfg.k == 4
+    x = torch.randn(5, D_MODEL)
+    assert ((swept.encode(x) != 0).sum(-1) == 8).all() and ((sae.encode(x) != 0).sum(-1) == 4).all()

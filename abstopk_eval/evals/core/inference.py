@@ -109,7 +109,10 @@ def with_inference_k(plan: InferencePlan, k: int) -> InferencePlan | None:
         return None
     if isinstance(plan.sae, BatchSelectSAE):
         return InferencePlan(BatchSelectSAE(plan.sae.sae, k, plan.sae.signed), f"batch top-(k*B), k={k}", k)
-    swept = copy.deepcopy(plan.sae)
+    # a shallow copy shares the weights (no copy of a paper-size SAE per k); own cfg and submodules for the new k
+    swept = copy.copy(plan.sae)
+    swept._modules = dict(plan.sae._modules)
+    swept.cfg = copy.copy(plan.sae.cfg)
     swept.cfg.k = k
     swept.activation_fn = swept.get_activation_fn()
     return InferencePlan(swept, f"per-sample top-k, k={k}", k)
