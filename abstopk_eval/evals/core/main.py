@@ -24,8 +24,10 @@ the batch:
   `relative_reconstruction_bias`: per batch E||x_hat||^2 / E<x, x_hat>, averaged over batches.
 Remaining deviations from sae_bench's core: activity is z != 0 (sae_bench's feature density counts z > 0), and
 our `sparsity.l1` is the mean sum of |z| (sae_bench's `l1` sums signed z); these live in our own
-`SignedSparsityMetrics`, not in sae_bench's classes. Held-out activations exclude special positions, as
-sae_bench's `ignore_tokens` do for its sparsity and variance metrics.
+`SignedSparsityMetrics`, not in sae_bench's classes; `token_stats` counts the tokens actually scored (predicted
+positions for CE, non-special rows for reconstruction), where sae_bench counts batches x prompts x context.
+Held-out activations exclude special positions, as sae_bench's `ignore_tokens` do for its sparsity and variance
+metrics.
 """
 
 from __future__ import annotations
