@@ -45,7 +45,7 @@ def _ctx(setting, **options):
 def _sae_bench_formulas(sae, acts: torch.Tensor) -> dict[str, float]:
     """sae_bench.evals.core.main.get_sparsity_and_variance_metrics' formulas, on its batches of 16 sequences."""
     rows = SAE_BENCH_BATCH_PROMPTS * (SEQ - 1)
-    legacy, mse, sumsq, actsq, resid = [], [], [], [], []
+    legacy, mse, sumsq, actsq, resid, ratio, rrb = [], [], [], [], [], [], []
     with torch.no_grad():
         for g in range(0, len(acts), rows):
             x = acts[g : g + rows]
@@ -56,11 +56,15 @@ def _sae_bench_formulas(sae, acts: torch.Tensor) -> dict[str, float]:
             sumsq.append(x.pow(2).sum(-1).mean(0))
             actsq.append(x.pow(2).mean(0))
             resid.append(rss.mean(0))
+            ratio.append(x_hat.norm(dim=-1) / x.norm(dim=-1))
+            rrb.append((x_hat.norm(dim=-1) ** 2).mean() / (x * x_hat).sum(-1).mean())
     total_variance = torch.stack(sumsq).mean(0) - torch.cat(actsq).mean(0) ** 2
     return {
         "explained_variance_legacy": float(torch.cat(legacy).mean()),
         "mse": float(torch.cat(mse).mean()),
         "explained_variance": float(1 - torch.stack(resid).mean(0) / total_variance),
+        "l2_ratio": float(torch.cat(ratio).mean()),
+        "relative_reconstruction_bias": float(torch.stack(rrb).mean()),
     }
 
 
@@ -70,7 +74,8 @@ def test_sae_bench_named_fields_follow_sae_bench_formulas(setting):
     metrics = run_core(_ctx(setting), {"sae": sae})["sae"].eval_result_metrics
     quality = metrics.reconstruction_quality
     for name, value in _sae_bench_formulas(sae, acts).items():
-        assert getattr(quality, name) == pytest.approx(value, rel=1e-5), name
+        where = metrics.shrinkage if name in ("l2_ratio", "relative_reconstruction_bias") else quality
+        assert getattr(where, name) == pytest.approx(value, rel=1e-5), name
     recon = metrics.normalised_reconstruction
     assert quality.explained_variance_legacy != pytest.approx(1 - recon.nmse, rel=1e-3)  # no longer 1 - nMSE
     with torch.no_grad():

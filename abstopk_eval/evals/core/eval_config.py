@@ -26,7 +26,8 @@ class CoreEvalConfig(ModelEvalConfig):
     exclude_bos: bool = Field(
         default=True,
         title="Exclude BOS",
-        description="BOS positions keep the original activation when splicing and are left out of every statistic",
+        description="BOS positions keep the original activation when splicing and are left out of every statistic "
+        "(the sae_bench zero-ablation zeroes them; its BOS-kept twin keeps them)",
     )
     n_bootstrap: int = Field(
         default=1000,

@@ -159,7 +159,9 @@ def reconstruction_stats(
         tot.err_rows.append(err.double().cpu())
         tot.norm_rows.append(sq_norm.double().cpu())
         tot.x_blocks.append(block_sums(x.double().cpu(), block))
-        tot.l2_ratio += float((x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-4)).sum())
+        norm_in = x.norm(dim=-1)
+        norm_in = torch.where(norm_in.abs() < 1e-4, torch.ones_like(norm_in), norm_in)  # as sae_bench
+        tot.l2_ratio += float((x_hat.norm(dim=-1) / norm_in).sum())
         for g in range(0, x.shape[0], sb_rows):
             xs, es, xh = x[g : g + sb_rows], err[g : g + sb_rows], x_hat[g : g + sb_rows]
             tot.ev_legacy += float((1 - es / (xs - xs.mean(0)).pow(2).sum(-1).clamp_min(1e-30)).sum())
