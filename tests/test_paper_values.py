@@ -97,3 +97,11 @@ def test_table2_cells_equal_the_papers_text():
                 parsed[(*block, cells[1], task)] = float(value)
     assert len(parsed) == 144
     assert {(v.model, v.layer, v.method, v.task): v.value for v in TABLE2} == parsed
+
+
+def test_report_marks_a_cell_shown_under_appendix_b_layer():
+    from abstopk_eval.paper_report import _paper_cell
+
+    cell = paper_value("Table 2", "gemma-2-2b", 16, "topk", "scr")
+    assert _paper_cell(cell, 16) == "0.21 (table: L14)" and _paper_cell(cell, 14) == "0.21"
+    assert _paper_cell(None, 16) == ""
