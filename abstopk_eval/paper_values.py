@@ -24,8 +24,8 @@ shown beside our layer-16 results too, marked.
 
 Not in the paper as numbers (left out on purpose, never estimated): Figures 2-4 (training MSE curves, normalised
 MSE vs k, loss recovered vs k) and the Appendix D k sweeps, and Figure 3's bar chart of Qwen3-4B L18 (the same
-numbers as Table 2's Qwen3-4B L18 block, which is recorded). The SCR / TPP threshold (top-n latents) behind the
-Table 2 cells is not stated; our columns use n = 20.
+numbers as Table 2's Qwen3-4B L18 block, which is recorded). The SCR / TPP threshold (top-n latents) and the sparse
+probing k behind the Table 2 cells are not stated; our columns use n = 20 and k = 1.
 """
 
 from __future__ import annotations
