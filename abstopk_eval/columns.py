@@ -7,6 +7,7 @@ is better, its bootstrap interval's name, and the paper's Table 2 columns built 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 
 @dataclass(frozen=True)
@@ -97,14 +98,34 @@ FORMATS: dict[str, str] = {c.name: c.fmt for c in COLUMNS} | {TRAIN_SECONDS: "{:
 """Every per-layer table column with a number, in display order, and its format."""
 
 
+class Convention(Enum):
+    """How a Table 2 column of the paper relates to the sae_bench metric we store."""
+
+    AS_SAE_BENCH = "as sae_bench"
+    """The paper prints sae_bench's score itself."""
+    ONE_MINUS = "1 - sae_bench score"
+    """The paper prints 1 - sae_bench's score (its Table 2 caption and Appendix E.1.1-E.1.2: Unlearning and
+    Absorption "have been transformed as 1 - original score")."""
+
+
+ABSORPTION_FRACTION = Column(
+    "absorption fraction", "absorption", ("mean", "mean_absorption_fraction_score"), "{:.3f}", False
+)
+"""sae_bench's original absorption score (lower is better); the paper prints 1 - it."""
+
+
 @dataclass(frozen=True)
 class PaperTask:
-    """One column of the paper's Table 2: a report column under the paper's name, and the task key of its
-    published values (`abstopk_eval.paper_values`)."""
+    """One column of the paper's Table 2: our metric in sae_bench's convention (`column`: sae_bench's field, with
+    sae_bench's meaning), the task key of its published values (`abstopk_eval.paper_values`), and the convention
+    the paper prints it in. The one place where ours and the paper's are converted into each other."""
 
     label: str
     column: Column
     paper_task: str
+    convention: Convention
+    paper_header: str
+    """The paper's own column header."""
 
     @property
     def eval(self) -> str:
@@ -114,14 +135,46 @@ class PaperTask:
     def path(self) -> tuple[str, str]:
         return self.column.path
 
+    @property
+    def sae_bench_field(self) -> str:
+        return f"{self.column.eval}.{self.column.path[1]}"
+
+    def to_paper(self, value: float | None) -> float | None:
+        """Our (sae_bench-convention) value in the paper's convention."""
+        if value is None or value != value:  # None or NaN
+            return value
+        return 1.0 - value if self.convention is Convention.ONE_MINUS else value
+
+    def from_paper(self, value: float | None) -> float | None:
+        """A published value in sae_bench's convention (both conventions are their own inverse)."""
+        return self.to_paper(value)
+
+    @property
+    def convention_note(self) -> str:
+        """The column's convention, as the report states it."""
+        ours = f"sae_bench's `{self.sae_bench_field}`"
+        if self.convention is Convention.ONE_MINUS:
+            return (
+                f"{self.label}: the paper's '{self.paper_header}' column is 1 - {ours} (its Table 2 caption, Appendix "
+                f"E); `{self.label}` shows ours converted to that, `{self.label} (sae_bench)` ours as sae_bench "
+                "reports it."
+            )
+        return f"{self.label}: the paper's '{self.paper_header}' column and ours are both {ours}."
+
 
 TABLE2_TASKS: tuple[PaperTask, ...] = (
-    PaperTask("Unlearning", BY_NAME["unlearning"], "unlearning"),
-    PaperTask("1 - Absorption", BY_NAME["1 - absorption"], "absorption"),
-    PaperTask("SCR@20", BY_NAME["SCR@20"], "scr"),
-    PaperTask("TPP@20", BY_NAME["TPP@20"], "tpp"),
-    PaperTask("RAVEL", BY_NAME["RAVEL"], "ravel"),
-    PaperTask("Sparse probing top-1", BY_NAME["sparse probing top-1"], "sparse_probing"),
+    PaperTask("Unlearning", BY_NAME["unlearning"], "unlearning", Convention.ONE_MINUS, "Unlearning"),
+    PaperTask("Absorption", ABSORPTION_FRACTION, "absorption", Convention.ONE_MINUS, "Absorption"),
+    PaperTask("SCR@20", BY_NAME["SCR@20"], "scr", Convention.AS_SAE_BENCH, "SCR"),
+    PaperTask("TPP@20", BY_NAME["TPP@20"], "tpp", Convention.AS_SAE_BENCH, "TPP"),
+    PaperTask("RAVEL", BY_NAME["RAVEL"], "ravel", Convention.AS_SAE_BENCH, "RAVEL"),
+    PaperTask(
+        "Sparse probing top-1",
+        BY_NAME["sparse probing top-1"],
+        "sparse_probing",
+        Convention.AS_SAE_BENCH,
+        "Sparse Probing",
+    ),
 )
 """In the paper's order."""
 

@@ -22,7 +22,8 @@ written, provenance included.
 How each evaluation maps (`SAE_BENCH_EVALS`; fragmentation, bidirectional and steering have no SAEBench
 counterpart and are not exported):
 
-- core -> core: the same metric names (`sparsity.l0`, `model_performance_preservation.ce_loss_score`, ...), on
+- core -> core: the same metric names (`sparsity.l0`, `model_performance_preservation.ce_loss_score`, ...), computed
+  by sae_bench's formulas (zero-ablation of every position; the deviations are listed in `evals/core/main.py`), on
   this project's held-out corpus instead of the Pile; L0 counts `z != 0`.
 - sparse_probing -> sparse_probing: `sae.sae_top_{k}_test_accuracy` and `llm.*`, on the offline labelled
   datasets (or SAEBench's with `dataset_source=sae_bench`).

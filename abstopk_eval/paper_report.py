@@ -5,12 +5,14 @@ For every model and layer with results, writes under reports/paper/:
 - ``<model>_layer<L>_table2.{md,csv,tex}``: the paper's Table 2 tasks (Unlearning, 1 - Absorption, SCR, TPP,
   RAVEL, sparse probing top-1), one row per (variant, k), mean +- 95% t-interval over seeds, with the paper's
   published value beside ours where `abstopk_eval.paper_values` records one for that model, layer and method;
+  each column's convention is stated and ours is converted to the paper's (`columns.PaperTask.to_paper`: its
+  Unlearning and Absorption are 1 - sae_bench's score), with ours as sae_bench reports it beside;
 - ``<model>_layer<L>_fig2_training_mse.{md,csv,tex,png}``: training MSE curves (Figure 2; the CSV holds every
   logged point, the tables the final value);
 - ``<model>_layer<L>_fig3_nmse_vs_l0.{md,csv,tex,png}`` and ``..._fig4_loss_recovered_vs_l0...``: normalised MSE and
   loss recovered against k (Figures 3 and 4 and the Appendix D sweeps);
 - ``table1.*``: the steering table (Table 1), from ``abstopk_eval.evals.steering.table.render_table1`` when that
-  module exists (skipped with a note otherwise);
+  module exists (skipped with a note otherwise), and ``table1_published.*``: the paper's Table 1 in its layout;
 - ``paper_values.md``: every published number recorded in the project, with its source;
 - ``index.md``: links to all of it, with data sources, model, preset, seeds and package versions, proxies marked.
 
@@ -26,10 +28,19 @@ from typing import Any
 
 import pandas as pd
 
-from abstopk_eval.columns import FIGURE_METRICS, TABLE2_TASKS
+from abstopk_eval.columns import FIGURE_METRICS, TABLE2_TASKS, Convention
 from abstopk_eval.intervals import seed_interval
 from abstopk_eval.io import atomic_write_bytes
-from abstopk_eval.paper_values import ALL_VALUES, METHOD_VARIANTS, PAPER, PAPER_MODELS, TABLE1, paper_value
+from abstopk_eval.paper_values import (
+    ALL_VALUES,
+    METHOD_VARIANTS,
+    PAPER,
+    PAPER_MODELS,
+    TABLE1,
+    TABLE1_COLUMNS,
+    PaperValue,
+    paper_value,
+)
 from abstopk_eval.results import ResultKind, ResultRecord, iter_results, seed_group
 
 log = logging.getLogger("abstopk_eval.paper_report")
@@ -140,7 +151,10 @@ def _k_text(k: Any) -> str:
 
 
 def table2(frame: pd.DataFrame, model: str, layer: int) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """(shown, numeric, number of paper cells) for Table 2 of one model and layer."""
+    """(shown, numeric, number of paper cells) for Table 2 of one model and layer.
+
+    Per task: `<label>` is ours in the paper's convention (`PaperTask.to_paper`), `<label> (sae_bench)` ours as
+    sae_bench reports it where the two differ, `<label> (paper)` the published value."""
     tasks = list(TABLE2_TASKS)  # all six, empty where an evaluation has no result yet
     summary = summarise(frame, [t.label for t in tasks])
     shown = summary[["variant", "k", "seeds"]].copy()
@@ -149,15 +163,90 @@ def table2(frame: pd.DataFrame, model: str, layer: int) -> tuple[pd.DataFrame, p
     numeric = summary[["variant", "k", "seeds"]].copy()
     n_paper = 0
     for task in tasks:
-        shown[task.label] = [_cell(v, c) for v, c in zip(summary[task.label], summary[f"{task.label} ci95"])]
-        numeric[task.label] = summary[task.label]
-        numeric[f"{task.label} ci95"] = summary[f"{task.label} ci95"]
+        ours, ci = summary[task.label], summary[f"{task.label} ci95"]
+        converted = ours.map(task.to_paper)
+        shown[task.label] = [_cell(v, c) for v, c in zip(converted, ci)]
+        numeric[task.label] = converted
+        numeric[f"{task.label} ci95"] = ci
+        if task.convention is not Convention.AS_SAE_BENCH:
+            shown[f"{task.label} (sae_bench)"] = [_cell(v, c) for v, c in zip(ours, ci)]
+            numeric[f"{task.label} (sae_bench)"] = ours
         published = [paper_value("Table 2", model, layer, v, task.paper_task) for v in summary["variant"]]
         if any(published):
-            shown[f"{task.label} (paper)"] = [_cell(p.value, fmt="{:.2f}") if p else "" for p in published]
+            shown[f"{task.label} (paper)"] = [_paper_cell(p, layer) for p in published]
             numeric[f"{task.label} (paper)"] = [p.value if p else None for p in published]
             n_paper += sum(p is not None for p in published)
     return shown, numeric, n_paper
+
+
+def _paper_cell(value: PaperValue | None, layer: int) -> str:
+    """A published value; marked when the table labels its block with another layer (Gemma2-2B "L14")."""
+    if value is None:
+        return ""
+    return _cell(value.value, fmt="{:.2f}") + ("" if value.layer == layer else f" (table: L{value.layer})")
+
+
+SWEEP_TRAINING = "training k"
+SWEEP_INFERENCE = "inference k"
+_POINT_METRICS = {
+    "L0": "l0",
+    "nMSE": "nmse",
+    "nMSE per token": "nmse_per_token_mean",
+    "loss recovered": "loss_recovered",
+}
+"""Figure 3 / 4 columns -> the field of a core result's `inference_k_sweep` entry."""
+
+
+def figure_points(frame: pd.DataFrame, records: list[ResultRecord]) -> pd.DataFrame:
+    """The points of Figures 3 and 4, each labelled by its sweep: every SAE at its trained k (default core
+    results; tagged ones scored with `core.inference=batch` as a second series), and every `inference_k_sweep`
+    entry of a core result (one trained SAE at several inference k)."""
+    cols = ["sae", "variant", "k", "seed", "group"]
+    base = frame.set_index("sae")[cols[1:]] if not frame.empty else pd.DataFrame(columns=cols[1:])
+    rows: list[dict[str, Any]] = []
+    if not frame.empty and "L0" in frame:
+        for _, r in frame[frame["L0"].notna()].iterrows():
+            rows.append(
+                {**{c: r[c] for c in cols}, "sweep": SWEEP_TRAINING, "inference k": None}
+                | {m: r[m] for m in _POINT_METRICS}
+            )
+    for rec in records:
+        if rec.kind is not ResultKind.SAE or rec.eval_name != "core" or rec.name not in base.index:
+            continue
+        meta = {"sae": rec.name, **base.loc[rec.name].to_dict()}
+        unstructured = rec.data.get("eval_result_unstructured") or {}
+        batch = (unstructured.get("inference") or {}).get("option") == "batch"
+        suffix = ", batch inference" if batch else ""
+        if rec.config_tag is not None and batch and "batch" in str(unstructured["inference"].get("rule")):
+            metrics = rec.data.get("eval_result_metrics") or {}
+            values = {col.name: _metric(rec.data, col.path) for col in FIGURE_METRICS}
+            if values.get("L0") is not None and metrics:
+                rows.append({**meta, "sweep": SWEEP_TRAINING + suffix, "inference k": None, **values})
+        for point in unstructured.get("inference_k_sweep") or []:
+            rows.append(
+                {**meta, "sweep": SWEEP_INFERENCE + suffix, "inference k": point.get("inference_k")}
+                | {m: point.get(f) for m, f in _POINT_METRICS.items()}
+            )
+    points = pd.DataFrame(rows, columns=[*cols, "sweep", "inference k", *_POINT_METRICS])
+    return points.drop_duplicates(subset=["sae", "sweep", "inference k"], keep="first")
+
+
+def summarise_points(points: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """`summarise` per (sweep, trained SAE group, inference k), labelled, in (sweep, variant, k, L0) order."""
+    parts = []
+    inference_k = points["inference k"].map(lambda v: -1 if v is None or pd.isna(v) else int(v))
+    keyed = points.assign(group=points["group"].astype(str) + "|" + points["sweep"] + "|" + inference_k.astype(str))
+    for (sweep, ik), g in keyed.groupby([keyed["sweep"], inference_k], sort=False):
+        summary = summarise(g, columns)
+        summary.insert(0, "sweep", sweep)
+        summary.insert(3, "inference k", None if ik == -1 else ik)
+        parts.append(summary)
+    out = pd.concat(parts, ignore_index=True)
+    out["_trained"] = out["k"].map(_k_text)
+    out["_later"] = ~out["sweep"].str.startswith(SWEEP_TRAINING)
+    out["_k"] = out["k"].map(lambda v: -1 if v is None or pd.isna(v) else int(v))
+    out = out.sort_values(["_later", "sweep", "variant", "_k", "L0"], kind="stable")
+    return out.drop(columns=["_later", "_k"]).reset_index(drop=True)
 
 
 def _curve_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -200,7 +289,11 @@ FIGURE_NOTE = (
 )
 
 
-def figures(frame: pd.DataFrame, out_dir: Path, stem: str, label: str) -> list[Path]:
+def figures(
+    frame: pd.DataFrame, out_dir: Path, stem: str, label: str, records: list[ResultRecord] | None = None
+) -> list[Path]:
+    """Figures 2-4 data and plots; `records` (the layer's results) add the inference-time sweeps of
+    `figure_points`."""
     written: list[Path] = []
     curves = _curve_frame(frame)
     if not curves.empty:
@@ -236,24 +329,30 @@ def figures(frame: pd.DataFrame, out_dir: Path, stem: str, label: str) -> list[P
             ax.legend(fontsize=6)
 
         written += [*paths, _plot(out_dir / f"{name}.png", draw_curves)]
-    swept = frame[frame["L0"].notna()] if "L0" in frame else frame.iloc[:0]
+    points = figure_points(frame, records or [])
     for number, metric, slug in ((3, "nMSE", "nmse_vs_l0"), (4, "loss recovered", "loss_recovered_vs_l0")):
-        if swept.empty or swept[metric].isna().all():
+        if points.empty or points[metric].isna().all():
             continue
-        extra = ["nMSE per token"] if metric == "nMSE" and swept["nMSE per token"].notna().any() else []
-        summary = summarise(swept, ["L0", metric, *extra]).sort_values(["variant", "L0"])
-        shown = summary[["variant", "k", "seeds"]].assign(k=summary["k"].map(_k_text), seeds=summary["seeds"].map(str))
+        extra = ["nMSE per token"] if metric == "nMSE" and points["nMSE per token"].notna().any() else []
+        summary = summarise_points(points, ["L0", metric, *extra])
+        shown = summary[["sweep", "variant", "k", "inference k", "seeds"]].assign(
+            k=summary["k"].map(_k_text), seeds=summary["seeds"].map(str)
+        )
+        shown["inference k"] = summary["inference k"].map(_k_text)
         for col, fmt in (("L0", "{:.1f}"), (metric, "{:.4f}"), *((e, "{:.4f}") for e in extra)):
             shown[f"measured {col}" if col == "L0" else col] = [
                 _cell(v, c, fmt) for v, c in zip(summary[col], summary[f"{col} ci95"])
             ]
         name = f"{stem}_fig{number}_{slug}"
-        numeric = summary[["variant", "k", "seeds", "L0", "L0 ci95", metric, f"{metric} ci95", *extra]]
+        numeric = summary[
+            ["sweep", "variant", "k", "inference k", "seeds", "L0", "L0 ci95", metric, f"{metric} ci95", *extra]
+        ]
         note = (
             "nMSE = sum||x - x_hat||^2 / sum||x||^2 on held-out raw residuals (ratio of sums); `nMSE per token` is "
             "the mean over tokens of ||x - x_hat||^2 / ||x||^2, the average the paper's code reports."
             if metric == "nMSE"
-            else "Loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean) on held-out text."
+            else "Loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean) on held-out text, CE_zero with every "
+            "position zeroed (sae_bench's convention)."
         )
         written += _write_table(
             out_dir,
@@ -265,26 +364,33 @@ def figures(frame: pd.DataFrame, out_dir: Path, stem: str, label: str) -> list[P
                 note,
                 "x is the measured L0 (mean active latents per token, z != 0) on held-out activations, not the "
                 "nominal k: batch-level and penalty-based SAEs do not hold exactly k latents at inference.",
+                f"`sweep`: {SWEEP_TRAINING!r} = one SAE trained per k (k: trained k); {SWEEP_INFERENCE!r} = one "
+                "trained SAE (k) scored at each `inference k` with its weights unchanged (`--eval-option "
+                "core.inference_k=[...]`, the paper code's sweep); `, batch inference` = batch-level SAEs with the "
+                "paper code's batch top-(k*B) selection at inference (`core.inference=batch`) instead of their "
+                "calibrated threshold.",
                 "",
                 FIGURE_NOTE,
             ],
         )
 
         def draw_l0(ax, summary=summary, metric=metric, number=number):
-            for variant, g in summary.groupby("variant"):
+            for (sweep, variant, k), g in summary.groupby(["sweep", "variant", "_trained"], sort=False):
+                inference = sweep.startswith(SWEEP_INFERENCE)
                 ax.errorbar(
                     g["L0"],
                     g[metric],
                     xerr=g["L0 ci95"].fillna(0),
                     yerr=g[f"{metric} ci95"].fillna(0),
-                    marker="o",
-                    label=variant,
+                    marker="s" if inference else "o",
+                    linestyle="--" if inference else "-",
+                    label=f"{variant} ({sweep}{f', trained k={k}' if inference else ''})",
                     capsize=2,
                 )
             ax.set_xlabel("measured L0 (active latents per token)")
             ax.set_ylabel(metric)
             ax.set_title(f"Figure {number}: {metric} vs L0 ({label})")
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=6)
 
         written.append(_plot(out_dir / f"{name}.png", draw_l0))
     return written
@@ -336,6 +442,32 @@ def _table1(results_dir: Path, out_dir: Path) -> tuple[list[Path], str]:
     if not written:
         return [], "Table 1 (steering): the renderer returned nothing (no steering results yet?)."
     return written, ""
+
+
+def table1_published(out_dir: Path) -> list[Path]:
+    """The paper's Table 1 in its own layout (percent), written beside ours (`table1.*`), so a reader compares
+    the same (model, layer, metric) rows: ours are rates in [0, 1], the paper's are percent."""
+    rows = []
+    for model, layer in dict.fromkeys((v.model, v.layer) for v in TABLE1):
+        for task, label in (("mmlu", "MMLU"), ("harmbench", "HarmBench")):
+            row: dict[str, Any] = {"model": model, "layer": layer, "metric": f"{label} (%)"}
+            for method in TABLE1_COLUMNS:
+                cell = paper_value("Table 1", model, layer, method.lower(), task)
+                row[method] = cell.value if cell else None
+            rows.append(row)
+    numeric = pd.DataFrame(rows)
+    shown = numeric.astype(object).map(lambda v: "" if v is None else f"{v:g}" if isinstance(v, float) else str(v))
+    return _write_table(
+        out_dir,
+        "table1_published",
+        shown,
+        numeric,
+        "Table 1 as published (arXiv 2510.00404, Section 3.3): MMLU and HarmBench, percent",
+        [
+            "Every cell of the paper's Table 1 (`abstopk_eval/paper_values.py`, sources in paper_values.md); our "
+            "steering results for the same model and layer are in table1.md (rates in [0, 1], not percent).",
+        ],
+    )
 
 
 def paper_values_markdown() -> str:
@@ -502,6 +634,9 @@ def build_paper_report(results_dir: Path, reports_dir: Path) -> list[Path]:
             f"{n_paper} published cell(s) apply here."
             if n_paper
             else "No published Table 2 value is recorded for this model and layer (see paper_values.md).",
+            "Conventions per column (`abstopk_eval.columns.TABLE2_TASKS`):",
+            *[f"- {task.convention_note}" for task in TABLE2_TASKS],
+            "",
             "Our datasets are offline proxies of SAEBench's unless a result's eval_config says "
             "dataset_source=sae_bench; "
             "absolute numbers are comparable between our SAEs, not with the paper's.",
@@ -511,9 +646,10 @@ def build_paper_report(results_dir: Path, reports_dir: Path) -> list[Path]:
         written += _write_table(
             out_dir, f"{stem}_table2", shown, numeric, f"Table 2: SAEBench tasks, {label}", table_notes
         )
-        written += figures(frame, out_dir, stem, label)
+        written += figures(frame, out_dir, stem, label, group)
     table1_paths, note = _table1(Path(results_dir), out_dir)
     written += table1_paths
+    written += table1_published(out_dir)
     if note:
         notes.append(note)
         log.info(note)

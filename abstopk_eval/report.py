@@ -234,10 +234,18 @@ def _provenance_lines(results: list[ResultRecord]) -> list[str]:
         f"predicted tokens, reconstruction/sparsity on {cfg.get('n_sparsity_tokens')} activations (BOS excluded)",
         f"- Reference losses on those tokens: clean model {perf.get('ce_loss_without_sae', float('nan')):.3f} "
         "nats/token, "
-        f"layer output zero-ablated {perf.get('ce_loss_with_ablation', float('nan')):.3f}",
+        f"layer output zero-ablated at every position (sae_bench) {perf.get('ce_loss_with_ablation', float('nan')):.3f}"
+        + _bos_kept(core),
         *([f"- Training path: {', '.join(training_paths)}"] if training_paths else []),
         f"- Versions: {versions}",
     ]
+
+
+def _bos_kept(core: dict) -> str:
+    kept = (core.get("eval_result_metrics", {}).get("normalised_reconstruction") or {}).get(
+        "ce_loss_with_ablation_bos_kept"
+    )
+    return "" if kept is None else f", special positions kept {kept:.3f}"
 
 
 NOTES = """\
@@ -259,9 +267,13 @@ unlearning show the model's base accuracy beside the score; unlearning's forget 
 Metric notes: nMSE = sum||x - x_hat||^2 / sum||x||^2 on raw residuals (small on this model because the mean
 residual carries most of the norm; FVU, which centres x, is the informative one). L0 and the dead fraction count
 a latent as active when z != 0, so negative AbsTopK activations count. Loss recovered = (CE_zero - CE_sae) /
-(CE_zero - CE_clean), splicing the reconstruction at every non-BOS position. Dead fraction = latents never
+(CE_zero - CE_clean), splicing the reconstruction at every non-BOS position, CE_zero with the layer output zeroed
+at every position, BOS included (sae_bench's convention; the result's `loss_recovered_bos_kept` keeps the
+special positions). `unlearning` is sae_bench's `unlearning_score` and the absorption fraction sae_bench's score;
+the paper prints 1 - each (its Table 2, Appendix E; reports/paper/ shows both). Dead fraction = latents never
 active on the held-out activations; with the short `quick` budget it stays high for the batch-level and
-penalty-based variants, and batch-level L0 at inference follows a threshold still converging.
+penalty-based variants. Batch-level SAEs' inference threshold is calibrated to L0 = k on training activations
+(`--eval-option core.inference=batch` scores them with batch top-(k*B) selection instead).
 """
 
 

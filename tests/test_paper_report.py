@@ -61,6 +61,24 @@ def _fabricate(results: Path) -> None:
                     "qwen3-4b",
                     18,
                     sae,
+                    "unlearning",
+                    {"unlearning": {"unlearning_score": 0.1 + 0.02 * seed}},
+                    prov,
+                )
+                _write(
+                    results,
+                    "qwen3-4b",
+                    18,
+                    sae,
+                    "absorption",
+                    {"mean": {"mean_absorption_fraction_score": 0.2, "one_minus_absorption": 0.8}},
+                    prov,
+                )
+                _write(
+                    results,
+                    "qwen3-4b",
+                    18,
+                    sae,
                     "scr",
                     {"scr_metrics": {"scr_metric_threshold_20": base + 0.01 * seed}},
                     prov,
@@ -69,9 +87,43 @@ def _fabricate(results: Path) -> None:
                 )
 
 
+def _fabricate_inference_options(results: Path) -> None:
+    """core@<tag> results: an inference-k sweep of topk k=128 (both seeds), batch inference of batch-abstopk."""
+    for seed in (0, 1):
+        sae = f"topk_k128_s{seed}_paper"
+        prov = {"variant": "topk", "k": 128, "seed": seed, "preset": "paper"}
+        sweep = [
+            {"inference_k": k, "l0": k, "nmse": 0.8 / k, "nmse_per_token_mean": 1 / k, "loss_recovered": 0.9}
+            for k in (16, 32)
+        ]
+        _write(
+            results,
+            "qwen3-4b",
+            18,
+            f"{sae}",
+            "core@aaaa1111",
+            {"sparsity": {"l0": 128}},
+            prov,
+            eval_result_unstructured={"inference": {"option": "threshold"}, "inference_k_sweep": sweep},
+        )
+    prov = {"variant": "batch-abstopk", "k": 256, "seed": 0, "preset": "paper"}
+    metrics = {"normalised_reconstruction": {"nmse": 1e-4, "loss_recovered": 0.95}, "sparsity": {"l0": 256.0}}
+    _write(
+        results,
+        "qwen3-4b",
+        18,
+        "batch-abstopk_k256_s0_paper",
+        "core@bbbb2222",
+        metrics,
+        prov,
+        eval_result_unstructured={"inference": {"option": "batch", "rule": "batch top-(k*B), k=256", "k": 256}},
+    )
+
+
 def test_paper_tables_figures_and_index(tmp_path, capsys):
     results, reports = tmp_path / "results", tmp_path / "reports"
     _fabricate(results)
+    _fabricate_inference_options(results)
     report.main(["--paper", "--results-dir", str(results), "--reports-dir", str(reports)])
     paper = reports / "paper"
     stem = "qwen3-4b_layer18"
@@ -86,17 +138,47 @@ def test_paper_tables_figures_and_index(tmp_path, capsys):
     assert row["SCR@20"] == 0.305 and row["SCR@20 (paper)"] == 0.35  # ours (mean of 2 seeds) beside the paper's
     assert table.loc[table["variant"] == "topk", "SCR@20 (paper)"].tolist() == [0.26, 0.26]
     assert table.loc[table["variant"] == "jumprelu", "SCR@20 (paper)"].tolist() == [0.28]
+    # the paper's Unlearning and Absorption are 1 - sae_bench's score: ours converted beside ours as sae_bench's
+    assert row["Unlearning (sae_bench)"] == 0.11 and abs(row["Unlearning"] - 0.89) < 1e-12
+    assert row["Unlearning (paper)"] == 0.95 and row["Absorption (paper)"] == 0.79
+    assert abs(row["Absorption"] - 0.8) < 1e-12 and row["Absorption (sae_bench)"] == 0.2
+    assert "SCR@20 (sae_bench)" not in table  # same convention: no second column
     md = (paper / f"{stem}_table2.md").read_text()
+    assert "the paper's 'Unlearning' column is 1 - sae_bench's `unlearning.unlearning_score`" in md
+    assert "'SCR' column and ours are both sae_bench's `scr.scr_metric_threshold_20`" in md
     assert "0.305 ± 0.064" in md and "| 0.35" in md
     tex = (paper / f"{stem}_table2.tex").read_text()
     assert r"\begin{tabular}" in tex and r"$\pm$" in tex and "batch-abstopk" in tex
 
     sweep = pd.read_csv(paper / f"{stem}_fig3_nmse_vs_l0.csv")
-    assert sorted(sweep.loc[sweep["variant"] == "topk", "k"]) == [128, 256]
+    trained = sweep[sweep["sweep"] == "training k"]
+    assert sorted(trained.loc[trained["variant"] == "topk", "k"]) == [128, 256]
     assert sweep["L0"].notna().all()  # plotted against the measured L0
+    # the inference-k sweep of one trained SAE (2 seeds averaged), labelled beside the training sweep
+    swept = sweep[sweep["sweep"] == "inference k"]
+    assert swept[["variant", "k", "inference k", "seeds"]].values.tolist() == [
+        ["topk", 128, 16, 2],
+        ["topk", 128, 32, 2],
+    ]
+    assert swept["L0"].tolist() == [16, 32] and abs(swept["nMSE"].iloc[0] - 0.05) < 1e-12
+    batch = sweep[sweep["sweep"] == "training k, batch inference"]
+    assert batch[["variant", "k", "seeds", "L0"]].values.tolist() == [["batch-abstopk", 256, 1, 256.0]]
+    fig4 = (paper / f"{stem}_fig4_loss_recovered_vs_l0.md").read_text()
+    assert "inference k" in fig4 and "batch inference" in fig4
     curves = pd.read_csv(paper / f"{stem}_fig2_training_mse.csv")
     assert len(curves) == 3 * 10  # every logged point of every SAE
 
+    published = pd.read_csv(paper / "table1_published.csv")
+    assert len(published) == 8 and published.iloc[1].to_dict() == {
+        "model": "qwen3-4b",
+        "layer": 18,
+        "metric": "HarmBench (%)",
+        "Original": 17.0,
+        "JumpReLU": 79.1,
+        "TopK": 78.2,
+        "AbsTopK": 81.3,
+        "DiM": 80.6,
+    }
     values = (paper / "paper_values.md").read_text()
     assert all(v.source in values for v in ALL_VALUES)
     index = (paper / "index.md").read_text()

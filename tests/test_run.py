@@ -213,3 +213,33 @@ def test_wandb_logs_new_trainings_and_force_rerun_re_evaluates(
     assert len(runs) == 1 and json.loads(result.read_text())["eval_id"] == first
     run.main([*argv, "--force-rerun"])
     assert len(runs) == 1 and json.loads(result.read_text())["eval_id"] != first
+
+
+def test_inference_options_write_labelled_core_results_beside_the_default(
+    finished_run, tiny_model_dir, tiny_registered
+):
+    """`core.inference=batch` and `core.inference_k` score the trained SAEs again (no retraining) into
+    `core@<tag>.json`, labelled, and leave the default `core.json` as it was. (Other tests of this module damage
+    the topk and abstopk checkpoints, so the per-sample case is covered in tests/evals/test_core_inference.py.)"""
+    ids = {"batch-abstopk": "batch-abstopk_k4_s0_smoke", "batchtopk": "batchtopk_k4_s0_smoke", "relu": "relu_s0_smoke"}
+    default = {
+        v: (sae_folder(finished_run / "results", TINY.key, 1, i) / "core.json").read_bytes() for v, i in ids.items()
+    }
+    options = ("--eval-option", "core.inference=batch", "--eval-option", "core.inference_k=[2,4]")
+    run.main(_argv(finished_run, tiny_model_dir, "--evals", "core", "--no-report", "--variants", *ids, *options))
+    for variant, sae_id in ids.items():
+        folder = sae_folder(finished_run / "results", TINY.key, 1, sae_id)
+        assert (folder / "core.json").read_bytes() == default[variant]
+        (tagged,) = folder.glob("core@*.json")
+        result = json.loads(tagged.read_text())
+        unstructured = result["eval_result_unstructured"]
+        assert unstructured["inference"]["option"] == "batch"
+        sweep = unstructured["inference_k_sweep"]
+        if variant == "relu":  # no k at inference: scored as before, no sweep
+            assert unstructured["inference"]["rule"] == "threshold (checkpoint)" and sweep == []
+            continue
+        assert unstructured["inference"]["rule"] == "batch top-(k*B), k=4"
+        assert [p["inference_k"] for p in sweep] == [2, 4]
+        # batch selection keeps exactly k per token on average
+        assert result["eval_result_metrics"]["sparsity"]["l0"] == pytest.approx(4.0)
+        assert [p["l0"] for p in sweep] == pytest.approx([2.0, 4.0])

@@ -17,7 +17,8 @@ Three kinds of tokenizer:
   feed the model a sequence it was not trained on.
 
 Special positions (left out of activation caches and every statistic, kept at their original activation when an
-SAE is spliced in or the layer is zero-ablated; no steering intervention applies there): the **first real position
+SAE is spliced in and in core's special-positions-kept zero-ablation, though core's sae_bench zero-ablation zeroes
+every position; no steering intervention applies there): the **first real position
 of every sequence**, and, for ``"bos_eq_eos"``, every position holding the start token (`special_ids`). The first
 position is an attention sink with a norm one to two orders of magnitude above the rest whether or not it is a BOS
 (it is the first text token for Qwen), so SAEs never train on it. For ``"bos_eq_eos"`` the start token also

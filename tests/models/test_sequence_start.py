@@ -128,7 +128,11 @@ def _consumer_answers(adapter: ModelAdapter, tmp_path, monkeypatch) -> dict[str,
     with monkeypatch.context() as patch:
         patch.setattr(core, "_splice_fn", spy)
         core.loss_stats(make_eval_context(adapter, layer=1, eval_tokens=packed[:3]), {"s": random_sae("topk")})
-    out["core"] = len(seen) == 2 and all(torch.equal(k, _expected_special(policy, packed[:3])) for k in seen)
+    # sae_bench's zero-ablation zeroes every position; the BOS-kept ablation and the SAE splice keep the specials
+    special = _expected_special(policy, packed[:3])
+    out["core"] = (
+        len(seen) == 3 and not seen[0].any() and all(torch.equal(k, special) for k in seen[1:]) and special.any()
+    )
 
     # pooled evaluations: what each text starts with, and the positions pooled
     ids, _ = pooled.tokenize_texts(tok, DOCS[:2], context_length=64)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 from pydantic.dataclasses import dataclass
@@ -38,7 +38,8 @@ class CoreEvalConfig(ModelEvalConfig):
     exclude_bos: bool = Field(
         default=True,
         title="Exclude BOS",
-        description="BOS positions keep the original activation when splicing and are left out of every statistic",
+        description="BOS positions keep the original activation when splicing and are left out of every statistic "
+        "(the sae_bench zero-ablation zeroes them; its BOS-kept twin keeps them)",
     )
     n_bootstrap: int = Field(
         default=1000,
@@ -52,8 +53,23 @@ class CoreEvalConfig(ModelEvalConfig):
         title="Bootstrap seed",
         description="Same seed for every SAE, so intervals of different SAEs share resamples (paired)",
     )
+    inference: Literal["threshold", "batch"] = Field(
+        default="threshold",
+        title="Inference rule of batch-level SAEs",
+        description="threshold: the checkpoint's per-latent threshold (calibrated to L0 = k); batch: the paper "
+        "code's batch top-(k*B) selection over the rows encoded together (`evals/core/inference.py`). Other "
+        "variants are unaffected",
+    )
+    inference_k: list[int] = Field(
+        default_factory=list,
+        title="Inference k sweep",
+        description="Also score every SAE whose inference takes a k (topk, abstopk; batch-level ones under "
+        "inference=batch) with k replaced by each of these, weights unchanged (the paper's Appendix D sweep)",
+    )
 
     def __post_init__(self) -> None:
+        if any(k < 1 for k in self.inference_k):
+            raise ValueError("inference_k values must be >= 1")
         if self.dataset_source not in CORE_SOURCES:
             raise UserError(f"unknown core dataset_source {self.dataset_source!r}; known: {', '.join(CORE_SOURCES)}")
 

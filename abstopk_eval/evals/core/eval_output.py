@@ -67,7 +67,7 @@ class NormalisedReconstructionMetrics(BaseMetrics):
     )
     loss_recovered: float = Field(
         title="Loss recovered",
-        description="(CE_zero - CE_sae) / (CE_zero - CE_clean)",
+        description="(CE_zero - CE_sae) / (CE_zero - CE_clean), CE_zero with every position zeroed (sae_bench)",
         json_schema_extra=DEFAULT_DISPLAY,
     )
     nmse_per_token_mean: float | None = Field(
@@ -75,6 +75,22 @@ class NormalisedReconstructionMetrics(BaseMetrics):
         title="nMSE (per-token mean)",
         description="mean over tokens of ||x - x_hat||^2 / ||x||^2: the average the paper's code reports (`nmse` above "
         "is the ratio of sums); None in results written before it existed",
+    )
+    mse_per_element: float | None = Field(
+        default=None,
+        title="MSE per element",
+        description="sum ||x - x_hat||^2 / (tokens * d_in); sae_bench's `mse` divides by its batch's tokens instead",
+    )
+    ce_loss_with_ablation_bos_kept: float | None = Field(
+        default=None,
+        title="CE zero-ablated, special positions kept",
+        description="CE with the layer output zeroed except at the special positions (BOS, GPT-2 / Pythia EOS), "
+        "which keep their activation; sae_bench's `ce_loss_with_ablation` zeroes every position",
+    )
+    loss_recovered_bos_kept: float | None = Field(
+        default=None,
+        title="Loss recovered (special positions kept in the ablation)",
+        description="(CE_zero_kept - CE_sae) / (CE_zero_kept - CE_clean), with the ablation above",
     )
 
 
