@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from abstopk_eval.evals.bootstrap import block_sums, percentile_interval, resample_counts, weighted_sums
 from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
+from abstopk_eval.evals.core import passes
 from abstopk_eval.evals.core.eval_config import CoreEvalConfig
 from abstopk_eval.evals.core.eval_output import (
     BootstrapIntervals,
@@ -149,7 +150,10 @@ def _ce_and_kl(
 
 @torch.no_grad()
 def loss_stats(ctx: EvalContext, saes: dict[str, SAE]) -> tuple[_LossTotals, _LossTotals, dict[str, _LossTotals]]:
-    """CE / KL of the clean model, the zero-ablated model and every spliced SAE, on ctx.eval_tokens."""
+    """CE / KL of the clean model, the zero-ablated model and every spliced SAE, on ctx.eval_tokens.
+
+    The clean pass of each batch is SAE-independent and cached (`core.passes.clean_pass`); the zero-ablation and
+    every SAE run only the blocks after the layer, from the clean residual there (`core.passes.spliced_losses`)."""
     adapter, tokens = ctx.adapter, ctx.eval_tokens
     clean, zero = _LossTotals(), _LossTotals()
     spliced = {name: _LossTotals() for name in saes}
@@ -157,18 +161,13 @@ def loss_stats(ctx: EvalContext, saes: dict[str, SAE]) -> tuple[_LossTotals, _Lo
     for start in tqdm(range(0, tokens.shape[0], ctx.batch_size), desc="core: CE/KL passes", unit="batch"):
         batch = tokens[start : start + ctx.batch_size].to(ctx.device)
         keep = special.special_mask(batch)
-        logits = adapter.logits(batch)
-        clean_logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-        ce = -clean_logp.gather(-1, batch[:, 1:, None]).squeeze(-1)
-        clean_p = clean_logp.exp()
-        clean_neg_entropy = torch.linalg.vecdot(clean_p, clean_logp)
-        del logits, clean_logp
-        clean.add(ce)
+        base = passes.clean_pass(adapter, batch, ctx.layer)
+        clean.add(base.ce)
+        fallback = passes.CleanDistribution()
         for name, sae in [(None, None), *saes.items()]:
-            logits = adapter.forward_with_replacement(batch, ctx.layer, _splice_fn(sae, keep))
+            resid = _splice_fn(sae, keep)(base.resid)
             tot = zero if name is None else spliced[name]
-            tot.add(*_ce_and_kl(logits, batch, clean_p, clean_neg_entropy))
-            del logits
+            tot.add(*passes.spliced_losses(adapter, batch, ctx.layer, base, resid, fallback))
     return clean, zero, spliced
 
 
