@@ -111,7 +111,7 @@ def test_core_second_run_runs_only_the_new_sae_blocks(arch, tmp_path):
         warm = run_core(ctx, new)["b"]
     # linear heads need nothing more; Gemma-2's soft-capped head recomputes the clean logits from the residual
     per_batch = 2 if arch == "gemma2" else 1
-    assert calls == Counter({i: n_batches * per_batch for i in range(LAYER + 1, N_LAYERS)}), calls
+    assert calls == Counter(dict.fromkeys(range(LAYER + 1, N_LAYERS), n_batches * per_batch)), calls
     assert cached.pass_cache.builds > 0 and cached.pass_cache.rebuilt_corrupt == 0
     uncached = run_core(_core_ctx(plain, tokens), new)["b"]
     assert asdict(warm.eval_result_metrics) == asdict(uncached.eval_result_metrics)
@@ -121,7 +121,7 @@ def test_core_second_run_runs_only_the_new_sae_blocks(arch, tmp_path):
     ctx = _core_ctx(again, tokens)
     with blocks_run(again) as calls:
         other = run_core(ctx, {"c": random_sae("relu", seed=3)})["c"]
-    assert calls == Counter({i: n_batches * per_batch for i in range(LAYER + 1, N_LAYERS)}), calls
+    assert calls == Counter(dict.fromkeys(range(LAYER + 1, N_LAYERS), n_batches * per_batch)), calls
     assert other.eval_result_metrics.model_performance_preservation.ce_loss_without_sae == pytest.approx(
         uncached.eval_result_metrics.model_performance_preservation.ce_loss_without_sae, abs=0
     )
@@ -171,7 +171,7 @@ def test_prompt_runner_clean_passes_come_from_the_cache(tmp_path):
     assert torch.equal(alone, ref.residual(ids, mask)) and torch.equal(clean, ref.logits(ids, mask))
     with blocks_run(cached) as calls:  # an edited pass is never cached
         runner.logits(ids, mask, fn=lambda h: h * 2)
-    assert calls == Counter({i: 1 for i in range(N_LAYERS)})
+    assert calls == Counter(dict.fromkeys(range(N_LAYERS), 1))
 
 
 def test_absorption_rows_come_from_the_cache(tmp_path):
