@@ -63,12 +63,14 @@ def test_a_corrupt_entry_is_rebuilt_with_a_warning(tmp_path, caplog):
             path.write_bytes(bytes(altered))
         calls: list[int] = []
         with caplog.at_level(logging.WARNING, logger="abstopk_eval.pass_cache"):
-            got = _cache(tmp_path).get_or_build("kind", 1, key, lambda: calls.append(1) or _tensors())
+            got = _cache(tmp_path).get_or_build("kind", 1, key, lambda calls=calls: calls.append(1) or _tensors())
         assert calls == [1], damage
         assert "is corrupt" in caplog.text and "rebuilding" in caplog.text
         assert torch.equal(got["a"], _tensors()["a"])
         reread = _cache(tmp_path)
-        assert torch.equal(reread.get_or_build("kind", 1, key, lambda: calls.append(1) or {})["a"], _tensors()["a"])
+        assert torch.equal(
+            reread.get_or_build("kind", 1, key, lambda calls=calls: calls.append(1) or {})["a"], _tensors()["a"]
+        )
         assert calls == [1] and reread.hits == 1  # the rebuilt file is intact
         caplog.clear()
 
