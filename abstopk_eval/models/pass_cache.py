@@ -12,7 +12,8 @@ are part of it by construction), the layer and the batching.
   metadata; a file that does not load, whose checksum differs or whose key is another's is **rebuilt** (it holds
   derived data the model can always recompute; a warning names it), never used.
 * Written atomically (`io.atomic_write_bytes`) under an exclusive `locks.exclusive` lock of the entry, so
-  concurrent processes build an entry once: the others wait for the lock, then load it.
+  concurrent processes build an entry once: the others wait for the lock, then load it. Where the entry cannot
+  be written (a read-only or full cache dir) the pass is used without being stored (a warning says so).
 * `hits` / `builds` count what a process read and built (tests assert that a warm run builds nothing).
 """
 
@@ -120,8 +121,11 @@ class PassCache:
             if found is not None:
                 return found
             tensors = {name: t.detach().cpu().contiguous() for name, t in build().items()}
-            self._write(path, tensors, key_json)
             self.builds += 1
+            try:
+                self._write(path, tensors, key_json)
+            except OSError as err:  # a read-only or full cache dir costs only the recomputation next time
+                log.warning("could not store model-pass cache file %s (%s): continuing without it", path, err)
         return tensors
 
     def _load(self, path: Path, key_json: str) -> dict[str, Tensor] | None:
