@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +42,18 @@ log = logging.getLogger("abstopk_eval.pass_cache")
 PASS_CACHE_VERSION = 1
 """Bumped when what an entry holds changes meaning (older entries then sit in another folder, unused)."""
 SUBDIR = "model_passes"
+ROOT_ENV = "ABSTOPK_MODEL_PASS_CACHE"
+"""Where the model-pass cache lives instead of ``{cache_dir}/model_passes``; ``off`` runs without it."""
 _SHA_KEY = "tensors_sha256"
 _KEY_KEY = "key"
+
+
+def pass_cache_root(cache_dir: Path) -> Path | None:
+    """The cache's root for a run whose cache dir is `cache_dir` (`ROOT_ENV` overrides; None: caching off)."""
+    value = os.environ.get(ROOT_ENV, "").strip()
+    if value.lower() == "off":
+        return None
+    return Path(value).expanduser() if value else Path(cache_dir) / SUBDIR
 
 
 def pass_identity(model_identity: Mapping[str, Any], device: str) -> dict[str, Any]:
