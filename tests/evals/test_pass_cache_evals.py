@@ -183,3 +183,31 @@ def test_absorption_rows_come_from_the_cache(tmp_path):
         warm = collect_activations(cached, *args)
     assert calls == Counter()
     assert torch.equal(warm, collect_activations(plain, *args))
+
+
+def _knowledge_run(which: str):
+    """(run function, tiny config) of RAVEL or unlearning, as their own tests set them up."""
+    from abstopk_eval.evals.ravel.main import run_ravel
+    from abstopk_eval.evals.unlearning.main import run_unlearning
+    from tests.evals.test_ravel import _ravel_config
+    from tests.evals.test_unlearning import _unlearning_config
+
+    return (run_ravel, _ravel_config()) if which == "ravel" else (run_unlearning, _unlearning_config())
+
+
+@pytest.mark.parametrize("which", ["ravel", "unlearning"])
+def test_knowledge_evaluations_run_no_block_up_to_l_when_warm(which, knowledge_model, knowledge_facts, tmp_path):
+    from tests.helpers.knowledge import LAYER as K_LAYER
+    from tests.helpers.knowledge import knowledge_context, metrics_and_details
+
+    run, cfg = _knowledge_run(which)
+    plain = knowledge_model
+    cached = ModelAdapter(plain.model, plain.tokenizer)
+    cached.pass_cache = PassCache(tmp_path, pass_identity({"key": "knowledge", "weights": "test"}, "cpu"))
+    run(knowledge_context(cached), {"a": random_sae("abstopk", seed=1)}, cfg)  # cold: fills the cache
+    new = {"b": random_sae("topk", seed=2)}
+    ctx = knowledge_context(cached)  # (its held-out activations run the model: not part of the evaluation)
+    with blocks_run(cached) as calls:
+        warm = run(ctx, new, cfg)["b"]
+    assert not any(calls[i] for i in range(K_LAYER + 1)), calls  # no clean pass, no block up to L
+    assert metrics_and_details(warm) == metrics_and_details(run(knowledge_context(plain), new, cfg)["b"])
