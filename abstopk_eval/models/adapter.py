@@ -10,7 +10,10 @@ last block HF's final hidden state has the final norm applied, ours does not.
 * `logits_from_residual(resid, L, ...)` gives the logits when block L outputs `resid`, running only blocks
   L+1.. (blocks 0..L are swapped for pass-throughs, the last one returning `resid`). The first call per layer
   checks this against a full forward pass with `resid` spliced in, and full spliced passes are used from then
-  on when they differ (an architecture whose blocks cannot be skipped this way).
+  on when they differ (an architecture whose blocks cannot be skipped this way); with a `pass_cache` the outcome
+  of that check is remembered on disk for the model.
+* `capturing_head()` records the output head's input and output (the final hidden state, the logits before any
+  soft-capping); `linear_head()` gives its weight and bias (core's KL from `W^T p`, `evals/core/passes.py`).
 """
 
 from __future__ import annotations
