@@ -3,9 +3,9 @@
 All SAEs of a run are scored from the same language-model passes: per batch of held-out sequences we
 run the clean model once (its logits are the KL reference; cached on disk, `core.passes`), then the zero-ablated
 model and one spliced pass per SAE, each running only the blocks after the layer from the clean residual there.
-The special positions of `models.sequence_start` (each sequence's first position, which is the BOS where there is one, and GPT-2 / Pythia's `<|endoftext|>`) keep their original activation in the splice and the
-zero-ablation (as sae_bench's core eval does with `exclude_special_tokens_from_reconstruction`), since SAEs are
-trained without them.
+The special positions of `models.sequence_start` (each sequence's first position, which is the BOS where there is
+one, and GPT-2 / Pythia's `<|endoftext|>`) keep their original activation in the splice and the zero-ablation (as
+sae_bench's core eval does with `exclude_special_tokens_from_reconstruction`), since SAEs are trained without them.
 """
 
 from __future__ import annotations
