@@ -35,6 +35,7 @@ from abstopk_eval.identity import (
 from abstopk_eval.io import atomic_write_json, default_cache_dir, sha256_file, sha256_file_cached, wait_for_path
 from abstopk_eval.models.adapter import ModelAdapter
 from abstopk_eval.models.loading import load_model, sequence_start_identity, weights_identity
+from abstopk_eval.models.pass_cache import PassCache, pass_cache_root, pass_identity
 from abstopk_eval.models.registry import ModelSpec
 from abstopk_eval.provenance import RunProvenance, SaeProvenance, package_versions
 from abstopk_eval.results import baseline_path, current_results, layer_dir, result_path, write_eval_output
@@ -316,6 +317,9 @@ class Session:
             )
             self.model_source = loaded.source_description
             self._adapter = ModelAdapter.from_loaded(loaded)
+            root = pass_cache_root(self.cache_root)
+            if root is not None:
+                self._adapter.pass_cache = PassCache(root, pass_identity(self.ids.model.as_dict(), self.plan.device))
         return self._adapter
 
     @property

@@ -10,6 +10,9 @@
   not run), and last-position logits from an edited layer-L residual that run only blocks L+1..
   (`ModelAdapter.logits_from_residual`, checked once against a full forward pass with the residual spliced
   in). Logits are computed for the last position only.
+* The clean passes (`logits_and_residual`, `residual`, `logits` without an edit) do not depend on an SAE: where
+  the adapter has a pass cache (`models.pass_cache`) they are stored on disk, keyed by the prompt batch's token
+  ids and mask and the layer, so a later run or `compare` of a new SAE runs only the blocks after L.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 from torch import Tensor
 
 from abstopk_eval.data.facts import Template
+from abstopk_eval.models.pass_cache import pass_cache_of, tensor_digest
 
 
 def encode(tokenizer: Any, text: str, bos: int | None) -> list[int]:
@@ -74,21 +78,38 @@ class PromptRunner:
         """Whether logits from a residual run only blocks L+1.. (True until the adapter's check finds otherwise)."""
         return self.adapter.resumes_from_residual(self.layer) is not False
 
+    def _cached(
+        self, kind: str, ids: Tensor, mask: Tensor, build: Callable[[], dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        """`build()`'s tensors for this prompt batch, from the adapter's pass cache when it has one."""
+        cache = pass_cache_of(self.adapter)
+        if cache is None:
+            return build()
+        got = cache.get_or_build(kind, self.layer, {"ids": tensor_digest(ids, mask)}, build)
+        return {name: t.to(self.adapter.device) for name, t in got.items()}
+
     def logits_and_residual(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Last-position logits [B, V] of a clean pass and the residual [B, T, D] after block L (one pass)."""
-        captured: list[Tensor] = []
-        with self.adapter.replace_output(self.layer, lambda h: captured.append(h.detach().float()) or h):
-            logits = self.adapter.logits(ids, mask, last_only=True).float()
-        return logits, captured[0]
+
+        def build() -> dict[str, Tensor]:
+            captured: list[Tensor] = []
+            with self.adapter.replace_output(self.layer, lambda h: captured.append(h.detach().float()) or h):
+                logits = self.adapter.logits(ids, mask, last_only=True).float()
+            return {"logits": logits, "resid": captured[0]}
+
+        got = self._cached("prompt-clean", ids, mask, build)
+        return got["logits"], got["resid"]
 
     def residual(self, ids: Tensor, mask: Tensor) -> Tensor:
         """Residual stream [B, T, D] after block L (float32, no grad)."""
-        return self.adapter.activations(ids, self.layer, attention_mask=mask)
+        build = lambda: {"resid": self.adapter.activations(ids, self.layer, attention_mask=mask)}  # noqa: E731
+        return self._cached("prompt-resid", ids, mask, build)["resid"]
 
     def logits(self, ids: Tensor, mask: Tensor, fn: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """Last-position logits [B, V] of a full forward pass (block L's output replaced by fn(h) if given)."""
         if fn is None:
-            return self.adapter.logits(ids, mask, last_only=True).float()
+            build = lambda: {"logits": self.adapter.logits(ids, mask, last_only=True).float()}  # noqa: E731
+            return self._cached("prompt-logits", ids, mask, build)["logits"]
         with self.adapter.replace_output(self.layer, fn):
             return self.adapter.logits(ids, mask, last_only=True).float()
 

@@ -14,10 +14,14 @@ sae_bench's `mask_bos_pad_eos_tokens`, plus the first position of tokenizers wit
 the SAEs never trained on).
 Latents keep their sign (AbsTopK latents may be negative), so nothing downstream has to know the variant.
 
-Results are memoised within the process, keyed by (adapter, layer, dataset name, number of texts, seed, a
-digest of the texts, context length) for the model pass and by (sae_id, a digest of the SAE's weights) for the
-latents, so sparse probing, SCR and TPP on the same dataset share one pass; a later call that brings new SAEs
-runs the model once more for those only.
+The model pass (`token_residuals`) keeps the residual of every pooled position, text by text; each SAE then
+encodes those rows and pools its latents (`_encode_pooled`), which is all a new SAE costs. Where the adapter
+has a pass cache (`models.pass_cache`, set by a run's session) the rows are stored on disk, keyed by the token
+ids, the layer and the batching, so a later run or `compare` of a new SAE runs no model pass at all. Pooled
+results are also memoised within the process, keyed by (adapter, layer, dataset name, number of texts, seed, a
+digest of the texts, context length) and by (sae_id, a digest of the SAE's weights) for the latents, so sparse
+probing, SCR and TPP on the same dataset share one pass; a later call that brings new SAEs encodes them from the
+disk cache (or runs the model once more without one).
 
 Ablation in pooled space (SCR / TPP). Those evaluations read the probe at the SAE's own layer and ablate SAE
 latents S by replacing each token's activation x_t with x_t - sum_{i in S} z_{t,i} d_i, where d_i is latent
@@ -45,6 +49,7 @@ from tqdm.auto import tqdm
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.context import EvalContext
 from abstopk_eval.models.batching import length_batches, pad_sequences, pad_token_id_of
+from abstopk_eval.models.pass_cache import pass_cache_of, tensor_digest
 from abstopk_eval.models.sequence_start import sequence_start_of
 
 # characters kept per token before tokenising (only bounds the work on very long texts: 128 tokens of more
@@ -65,6 +70,19 @@ class PooledActivations:
 
 
 @dataclass
+class TokenResiduals:
+    """The SAE-independent part of a pooled pass: the residual rows of every pooled position, text by text."""
+
+    rows: torch.Tensor
+    """[sum(counts), d_model] float32: text 0's pooled positions, then text 1's, ..."""
+    counts: torch.Tensor
+    """[n] positions pooled per text."""
+    model: torch.Tensor
+    """[n, d_model] mean-pooled residual per text."""
+    n_truncated: int
+
+
+@dataclass
 class _Entry:
     adapter: Any
     model: torch.Tensor
@@ -75,9 +93,11 @@ class _Entry:
 
 _MEMO: dict[tuple, _Entry] = {}
 
+POOLED_KIND = "pooled-residuals"
+
 
 def clear_pooled_cache() -> None:
-    """Forget every memoised pass (frees the pooled latents)."""
+    """Forget every memoised pass (frees the pooled latents; the disk cache of `models.pass_cache` stays)."""
     _MEMO.clear()
 
 
@@ -134,25 +154,22 @@ def pooled_positions(tokenizer: Any, input_ids: torch.Tensor, attention_mask: to
 
 
 @torch.no_grad()
-def _encode_pooled(
-    sae: SAE, rows: torch.Tensor, seg_matrix: torch.Tensor, counts: torch.Tensor, chunk: int
-) -> torch.Tensor:
-    """Mean over each segment of sae.encode(row) for the rows of a batch -> [n_texts, d_sae] (CPU float32)."""
-    device = sae.W_enc.device
-    dtype = sae.W_enc.dtype
-    seg_matrix = seg_matrix.to(device)
-    out = torch.zeros(seg_matrix.shape[0], sae.cfg.d_sae, dtype=torch.float32, device=device)
+def _encode_pooled(sae: SAE, rows: torch.Tensor, counts: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Mean over each text's rows of sae.encode(row) -> [n_texts, d_sae] (CPU float32); `rows` are ordered by
+    text (`TokenResiduals`), so each chunk of rows spans a contiguous range of texts."""
+    device, dtype = sae.W_enc.device, sae.W_enc.dtype
+    n = counts.shape[0]
+    text_of_row = torch.repeat_interleave(torch.arange(n), counts)
+    out = torch.zeros(n, sae.cfg.d_sae, dtype=torch.float32, device=device)
     for start in range(0, rows.shape[0], chunk):
+        seg = text_of_row[start : start + chunk]
+        first, last = int(seg[0]), int(seg[-1])
         z = sae.encode(rows[start : start + chunk].to(device, dtype)).float()
-        out += seg_matrix[:, start : start + chunk] @ z
+        # sum rows into their texts with a 0/1 matmul (index_add_ is slow per row on CPU)
+        m = torch.zeros(last - first + 1, len(seg), dtype=torch.float32)
+        m[seg - first, torch.arange(len(seg))] = 1.0
+        out[first : last + 1] += m.to(device) @ z
     return (out / counts.to(device).clamp(min=1)[:, None].float()).cpu()
-
-
-def _segment_matrix(seg: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """[n_rows, len(seg)] 0/1 matrix summing rows into their segments (a matmul; index_add_ is slow per row on CPU)."""
-    m = torch.zeros(n_rows, len(seg), dtype=torch.float32)
-    m[seg, torch.arange(len(seg))] = 1.0
-    return m
 
 
 @torch.no_grad()
@@ -168,7 +185,8 @@ def pooled_activations(
     sae_batch_tokens: int = 4096,
     desc: str = "pooled",
 ) -> PooledActivations:
-    """Pooled residual and signed SAE latents for `texts` (one model pass for all SAEs; memoised)."""
+    """Pooled residual and signed SAE latents for `texts` (one model pass for all SAEs; memoised in the process,
+    the model pass also on disk where the adapter has a pass cache)."""
     adapter = ctx.adapter
     key = (id(adapter), ctx.model_key, ctx.layer, dataset, len(texts), seed, texts_digest(texts), context_length)
     digests = {sid: sae_digest(sae) for sid, sae in saes.items()}
@@ -177,13 +195,12 @@ def pooled_activations(
         entry = None
     missing = {sid: sae for sid, sae in saes.items() if entry is None or (sid, digests[sid]) not in entry.latents}
     if entry is None or missing:
-        pooled_x, n_tokens, n_truncated, latents = _run_pass(
-            ctx, missing, texts, context_length, batch_tokens, sae_batch_tokens, desc, dataset, need_model=entry is None
-        )
+        resid = token_residuals(ctx, texts, dataset=dataset, context_length=context_length, batch_tokens=batch_tokens)
         if entry is None:
-            entry = _Entry(adapter=adapter, model=pooled_x, n_tokens=n_tokens, n_truncated=n_truncated)
-        for sid, lat in latents.items():
-            entry.latents[(sid, digests[sid])] = lat
+            entry = _Entry(adapter=adapter, model=resid.model, n_tokens=resid.counts, n_truncated=resid.n_truncated)
+        what = f"{len(missing)} SAE(s)"
+        for sid, sae in tqdm(missing.items(), desc=f"{desc}: {dataset} ({len(texts)} texts, {what})", unit="sae"):
+            entry.latents[(sid, digests[sid])] = _encode_pooled(sae, resid.rows, resid.counts, sae_batch_tokens)
         _MEMO[key] = entry
     return PooledActivations(
         model=entry.model,
@@ -193,46 +210,51 @@ def pooled_activations(
     )
 
 
-def _run_pass(
-    ctx: EvalContext,
-    saes: dict[str, SAE],
-    texts: Sequence[str],
-    context_length: int,
-    batch_tokens: int,
-    sae_batch_tokens: int,
-    desc: str,
-    dataset: str,
-    need_model: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor, int, dict[str, torch.Tensor]]:
+@torch.no_grad()
+def token_residuals(
+    ctx: EvalContext, texts: Sequence[str], *, dataset: str, context_length: int = 128, batch_tokens: int = 4096
+) -> TokenResiduals:
+    """The residual at `ctx.layer` of every pooled position of `texts` (the model pass; from the adapter's pass
+    cache when it has one, keyed by the token ids, the layer and the batching)."""
     adapter = ctx.adapter
     if len(texts) == 0:
         raise UserError(f"dataset {dataset!r} has no texts to evaluate on")
     ids, n_truncated = tokenize_texts(adapter.tokenizer, texts, context_length)
+
+    def build() -> dict[str, torch.Tensor]:
+        rows, counts, pooled_x = _model_pass(ctx, ids, batch_tokens, dataset)
+        return {"rows": rows, "counts": counts, "model": pooled_x}
+
+    cache = pass_cache_of(adapter)
+    if cache is None:
+        got = build()
+    else:
+        flat = torch.tensor([t for i in ids for t in i], dtype=torch.long)
+        lengths = torch.tensor([len(i) for i in ids], dtype=torch.long)
+        key = {"ids": tensor_digest(flat, lengths), "batch_tokens": batch_tokens}
+        got = cache.get_or_build(POOLED_KIND, ctx.layer, key, build)
+    return TokenResiduals(rows=got["rows"], counts=got["counts"], model=got["model"], n_truncated=n_truncated)
+
+
+def _model_pass(
+    ctx: EvalContext, ids: list[list[int]], batch_tokens: int, dataset: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows ordered by text, counts, pooled residual) from padded batches of the texts (longest first)."""
+    adapter = ctx.adapter
     pad_id = pad_token_id_of(adapter.tokenizer)  # = ModelAdapter.pad_token_id; stand-ins need only a tokenizer
-    n = len(texts)
-    pooled_x: torch.Tensor | None = None
-    n_tokens = torch.zeros(n, dtype=torch.long)
-    latents = {sid: torch.zeros(n, sae.cfg.d_sae, dtype=torch.float32) for sid, sae in saes.items()}
+    n = len(ids)
+    per_text: list[torch.Tensor | None] = [None] * n
     groups = length_batches([len(i) for i in ids], max_tokens=batch_tokens, longest_first=True)
-    what = "model" + (f" + {len(saes)} SAE(s)" if saes else "")
-    for group in tqdm(groups, desc=f"{desc}: {dataset} ({n} texts, {what})", unit="batch"):
+    for group in tqdm(groups, desc=f"pooled: model pass over {dataset} ({n} texts)", unit="batch"):
         input_ids, mask = pad_sequences([ids[i] for i in group], pad_id, side="right")
         acts = adapter.activations(input_ids, ctx.layer, attention_mask=mask).float().cpu()
         valid = pooled_positions(adapter.tokenizer, input_ids, mask)
-        counts = valid.sum(1)
-        rows = acts[valid]
-        seg = valid.nonzero()[:, 0]
-        index = torch.tensor(group, dtype=torch.long)
-        n_tokens[index] = counts
-        seg_matrix = _segment_matrix(seg, len(group))
-        if need_model:
-            if pooled_x is None:
-                pooled_x = torch.zeros(n, acts.shape[-1], dtype=torch.float32)
-            summed = seg_matrix @ rows
-            pooled_x[index] = summed / counts.clamp(min=1)[:, None].float()
-        for sid, sae in saes.items():
-            latents[sid][index] = _encode_pooled(sae, rows, seg_matrix, counts, sae_batch_tokens)
-    return pooled_x, n_tokens, n_truncated, latents
+        for row, i in enumerate(group):
+            per_text[i] = acts[row][valid[row]]
+    counts = torch.tensor([t.shape[0] for t in per_text], dtype=torch.long)
+    rows = torch.cat(per_text) if n else torch.zeros(0, adapter.d_model)
+    pooled_x = torch.stack([t.sum(0) / max(t.shape[0], 1) for t in per_text])
+    return rows, counts, pooled_x
 
 
 def check_affine_decoder(sae: SAE, sae_id: str) -> None:

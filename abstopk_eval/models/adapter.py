@@ -10,7 +10,10 @@ last block HF's final hidden state has the final norm applied, ours does not.
 * `logits_from_residual(resid, L, ...)` gives the logits when block L outputs `resid`, running only blocks
   L+1.. (blocks 0..L are swapped for pass-throughs, the last one returning `resid`). The first call per layer
   checks this against a full forward pass with `resid` spliced in, and full spliced passes are used from then
-  on when they differ (an architecture whose blocks cannot be skipped this way).
+  on when they differ (an architecture whose blocks cannot be skipped this way); with a `pass_cache` the outcome
+  of that check is remembered on disk for the model.
+* `capturing_head()` records the output head's input and output (the final hidden state, the logits before any
+  soft-capping); `linear_head()` gives its weight and bias (core's KL from `W^T p`, `evals/core/passes.py`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch import Tensor, nn
 
 from abstopk_eval.errors import UserError
 from abstopk_eval.models.batching import pad_token_id_of
+from abstopk_eval.models.pass_cache import PassCache
 from abstopk_eval.models.registry import ModelSpec, config_dims
 from abstopk_eval.models.sequence_start import SequenceStart, sequence_start_of
 
@@ -159,6 +163,9 @@ class ModelAdapter:
         self._sequence_start = sequence_start_of(tokenizer)
         self._resume: dict[int, bool] = {}
         """Per layer: whether `logits_from_residual` may run only the later blocks (verified on first use)."""
+        self.pass_cache: PassCache | None = None
+        """Where SAE-independent passes of this model are cached on disk (`models.pass_cache`); set by the run's
+        session, None in bare use (nothing is cached)."""
         if spec is not None and len(self._layers) != spec.n_layers:
             raise UserError(f"model has {len(self._layers)} blocks but {spec.key} should have {spec.n_layers}")
 
@@ -322,8 +329,14 @@ class ModelAdapter:
         kwargs = self._forward_kwargs(input_ids, attention_mask)
         resid = resid.to(self.device)
         if resume is None:
+            if layer not in self._resume and self.pass_cache is not None:
+                recorded = self.pass_cache.resume_record(layer)  # checked by an earlier run of this model
+                if recorded is not None:
+                    self._resume[layer] = recorded
             if layer not in self._resume:
                 full = self._verify_resume(resid, layer, kwargs, last_only)
+                if self.pass_cache is not None:
+                    self.pass_cache.record_resume(layer, self._resume[layer])
                 if not grad:
                     return full
             resume = self._resume[layer]
@@ -372,6 +385,32 @@ class ModelAdapter:
         finally:
             for i, block in enumerate(saved):
                 self._layers[i] = block
+
+    # ------------------------------------------------------------------ output head
+
+    def linear_head(self) -> tuple[Tensor, Tensor | None] | None:
+        """(weight [V, D], bias [V] or None) of the output head when it is a plain `nn.Linear`, else None.
+
+        Whether the model uses the head's output as its logits unchanged (no soft-capping) is a separate question:
+        compare the logits with the head's output captured by `capturing_head`."""
+        head = self._model.get_output_embeddings() if hasattr(self._model, "get_output_embeddings") else None
+        if not isinstance(head, nn.Linear):
+            return None
+        return head.weight, head.bias
+
+    @contextmanager
+    def capturing_head(self) -> Iterator[list[tuple[Tensor, Tensor]]]:
+        """While active, every call of the output head appends (its input, its output) to the yielded list: the
+        final (normed) hidden state and the logits before any post-processing (e.g. Gemma-2's soft-capping)."""
+        head = self._model.get_output_embeddings() if hasattr(self._model, "get_output_embeddings") else None
+        if head is None:
+            raise UserError(f"{type(self._model).__name__} has no output embeddings to capture")
+        seen: list[tuple[Tensor, Tensor]] = []
+        handle = head.register_forward_hook(lambda _m, args, out: seen.append((args[0].detach(), out.detach())))
+        try:
+            yield seen
+        finally:
+            handle.remove()
 
     # ------------------------------------------------------------------ generation
 

@@ -105,6 +105,7 @@ from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.options import resolve_config
 from abstopk_eval.evals.selection import orientation
 from abstopk_eval.models.batching import pad_sequences
+from abstopk_eval.models.pass_cache import pass_cache_of, tensor_digest
 from abstopk_eval.models.sequence_start import sequence_start_of
 
 EVAL_NAME = "absorption"
@@ -245,11 +246,31 @@ def build_sequences(
     return sequences
 
 
-@torch.no_grad()
 def collect_activations(
     adapter: Any, layer: int, sequences: list[_Sequence], n_rows: int, batch_size: int, pad_id: int, desc: str
 ) -> torch.Tensor:
-    """Activation at every query's word token, as rows [n_rows, d_model] (float32, CPU)."""
+    """Activation at every query's word token, as rows [n_rows, d_model] (float32, CPU); SAE-independent, so
+    stored in the adapter's pass cache (`models.pass_cache`) where it has one, keyed by the sequences' ids, the
+    query positions and the batching."""
+    cache = pass_cache_of(adapter)
+    if cache is None:
+        return _collect_activations(adapter, layer, sequences, n_rows, batch_size, pad_id, desc)
+    queries = torch.tensor([q for s in sequences for q in s.queries], dtype=torch.long)
+    key = {
+        "ids": tensor_digest(*(torch.tensor(s.ids, dtype=torch.long) for s in sequences)),
+        "queries": tensor_digest(queries),
+        "n_rows": n_rows,
+        "batch_size": batch_size,
+        "pad_id": pad_id,
+    }
+    build = lambda: {"rows": _collect_activations(adapter, layer, sequences, n_rows, batch_size, pad_id, desc)}  # noqa: E731
+    return cache.get_or_build("absorption-rows", layer, key, build)["rows"]
+
+
+@torch.no_grad()
+def _collect_activations(
+    adapter: Any, layer: int, sequences: list[_Sequence], n_rows: int, batch_size: int, pad_id: int, desc: str
+) -> torch.Tensor:
     out: torch.Tensor | None = None
     for start in tqdm(range(0, len(sequences), batch_size), desc=desc, unit="batch", leave=False):
         batch = sequences[start : start + batch_size]

@@ -1,8 +1,9 @@
 """Core metrics: reconstruction (nMSE, FVU), sign-correct sparsity, and spliced-in model loss / KL.
 
 All SAEs of a run are scored from the same language-model passes: per batch of held-out sequences we
-run the clean model once (its logits are the KL reference), the zero-ablated model twice (every position zeroed,
-as sae_bench does, and special positions kept), and one spliced pass per SAE. The special positions of
+run the clean model once (its logits are the KL reference; cached on disk, `core.passes`), then the zero-ablated
+model twice (every position zeroed, as sae_bench does, and special positions kept) and one spliced pass per SAE,
+each running only the blocks after the layer from the clean residual there. The special positions of
 `models.sequence_start` (each sequence's first position, which is the BOS where there is one, and GPT-2 /
 Pythia's `<|endoftext|>`) keep their original activation in the splice (as sae_bench's core eval does with
 `exclude_special_tokens_from_reconstruction=True`, the setting of its documented runs), since SAEs are trained
@@ -54,6 +55,7 @@ from abstopk_eval.errors import UserError
 from abstopk_eval.evals.bootstrap import block_sums, percentile_interval, resample_counts, weighted_sums
 from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
+from abstopk_eval.evals.core import passes
 from abstopk_eval.evals.core.eval_config import CoreEvalConfig
 from abstopk_eval.evals.core.eval_output import (
     BootstrapIntervals,
@@ -210,7 +212,10 @@ def loss_stats(
     ctx: EvalContext, saes: dict[str, SAE]
 ) -> tuple[_LossTotals, _LossTotals, _LossTotals, dict[str, _LossTotals]]:
     """CE / KL of the clean model, the zero-ablated model (every position, as sae_bench; and special positions
-    kept) and every spliced SAE, on ctx.eval_tokens."""
+    kept) and every spliced SAE, on ctx.eval_tokens.
+
+    The clean pass of each batch is SAE-independent and cached (`core.passes.clean_pass`); the zero-ablations and
+    every SAE run only the blocks after the layer, from the clean residual there (`core.passes.spliced_losses`)."""
     adapter, tokens = ctx.adapter, ctx.eval_tokens
     clean, zero, zero_kept = _LossTotals(), _LossTotals(), _LossTotals()
     spliced = {name: _LossTotals() for name in saes}
@@ -218,18 +223,13 @@ def loss_stats(
     for start in tqdm(range(0, tokens.shape[0], ctx.batch_size), desc="core: CE/KL passes", unit="batch"):
         batch = tokens[start : start + ctx.batch_size].to(ctx.device)
         keep = special.special_mask(batch)
-        logits = adapter.logits(batch)
-        clean_logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-        ce = -clean_logp.gather(-1, batch[:, 1:, None]).squeeze(-1)
-        clean_p = clean_logp.exp()
-        clean_neg_entropy = torch.linalg.vecdot(clean_p, clean_logp)
-        del logits, clean_logp
-        clean.add(ce)
+        base = passes.clean_pass(adapter, batch, ctx.layer)
+        clean.add(base.ce)
+        fallback = passes.CleanDistribution()
         runs = [(zero, None, torch.zeros_like(keep)), (zero_kept, None, keep)]
         for tot, sae, kept in [*runs, *((spliced[name], sae, keep) for name, sae in saes.items())]:
-            logits = adapter.forward_with_replacement(batch, ctx.layer, _splice_fn(sae, kept))
-            tot.add(*_ce_and_kl(logits, batch, clean_p, clean_neg_entropy))
-            del logits
+            resid = _splice_fn(sae, kept)(base.resid)
+            tot.add(*passes.spliced_losses(adapter, batch, ctx.layer, base, resid, fallback))
     return clean, zero, zero_kept, spliced
 
 
