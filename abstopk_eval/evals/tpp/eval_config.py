@@ -19,3 +19,14 @@ class TppEvalConfig(ClassProbingConfig, AttributionProbeConfig):
     n_values: list[int] = Field(
         default_factory=lambda: [2, 5, 10, 20, 50], title="N values", description="Numbers of latents ablated per class"
     )
+    selection_rule: str = Field(
+        default="oriented",
+        title="Selection rule",
+        description="'oriented': sae_bench's clamped mean difference applied to sign-oriented latents "
+        "(`evals/selection.py`), which keeps a latent that carries the class in its sign; results written under the "
+        "earlier mean-|z| gate have no such field and are therefore not current",
+    )
+
+    def __post_init__(self) -> None:
+        if self.selection_rule != "oriented":
+            raise ValueError("selection_rule must be 'oriented' (the only rule implemented)")
