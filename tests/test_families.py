@@ -23,53 +23,18 @@ from abstopk_eval.data.corpus import build_token_sequences
 from abstopk_eval.models.registry import MODEL_REGISTRY
 from abstopk_eval.models.sequence_start import sequence_start_of
 from tests.helpers.models import FAMILY_START, TINY_BUILDERS
-from tests.helpers.runs import sae_folder
+from tests.helpers.runs import sae_folder, tiny_run_argv
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VIA_CLI = "neox"
 """The family that runs as `python -m abstopk_eval.run` in a subprocess."""
-SPARSE_PROBING = [
-    'sparse_probing.dataset_names=["code"]',
-    "sparse_probing.train_per_class=20",
-    "sparse_probing.test_per_class=20",
-    "sparse_probing.min_per_class=20",
-    "sparse_probing.context_length=32",
-    "sparse_probing.k_values=[1,2]",
-    "sparse_probing.n_bootstrap=100",
-]
 RULE_KIND = {"bos": "bos", "eos": "bos_eq_eos", "none": "none"}
-
-
-def _argv(folder: Path, tmp: Path) -> list[str]:
-    options = [a for opt in SPARSE_PROBING for a in ("--eval-option", opt)]
-    return [
-        "--model",
-        str(folder),
-        "--preset",
-        "smoke",
-        "--variants",
-        "topk",
-        "abstopk",
-        "--evals",
-        "core",
-        "sparse_probing",
-        *options,
-        "--results-dir",
-        str(tmp / "results"),
-        "--runs-dir",
-        str(tmp / "runs"),
-        "--reports-dir",
-        str(tmp / "reports"),
-        "--cache-dir",
-        str(tmp / "cache"),
-        "-q",
-    ]
 
 
 @pytest.mark.parametrize("family", list(TINY_BUILDERS))
 def test_a_tiny_model_of_each_family_runs_end_to_end(family, tiny_model_dirs, tmp_path):
     folder = tiny_model_dirs[family]
-    argv = _argv(folder, tmp_path)
+    argv = tiny_run_argv(folder, tmp_path)
     if family == VIA_CLI:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
         proc = subprocess.run(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -103,3 +105,23 @@ def test_eval_context_defaults_and_overrides():
     tokens = random_tokens(2, 6, bos_token_id=1)
     assert tokens.shape == (2, 6) and (tokens[:, 0] == 1).all() and (tokens[:, 1:] >= 3).all()
     assert torch.equal(tokens, random_tokens(2, 6, bos_token_id=1))
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in tests/helpers (or a conftest); a test module importing another test module couples
+    their fixtures and runs the other's module-level setup."""
+    import ast
+
+    root = Path(__file__).resolve().parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if "helpers" in path.relative_to(root).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "tests" and len(parts) > 1 and parts[1] != "helpers" and parts[-1].startswith("test_"):
+                    offenders.append(f"{path.relative_to(root)} imports {name}")
+    assert not offenders, offenders

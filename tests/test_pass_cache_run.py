@@ -8,8 +8,7 @@ import json
 
 from abstopk_eval import run
 from abstopk_eval.models.adapter import ModelAdapter
-from tests.helpers.runs import sae_folder
-from tests.test_families import _argv
+from tests.helpers.runs import sae_folder, tiny_run_argv
 
 
 def _metrics(results, sae_id: str) -> dict:
@@ -26,7 +25,7 @@ def _metrics(results, sae_id: str) -> dict:
 
 
 def test_a_rerun_takes_every_sae_independent_pass_from_the_cache(tiny_model_dirs, tmp_path, monkeypatch):
-    argv = _argv(tiny_model_dirs["llama"], tmp_path)
+    argv = tiny_run_argv(tiny_model_dirs["llama"], tmp_path)
     run.main(argv)
     first = {sid: _metrics(tmp_path / "results", sid) for sid in ("topk_k3_s0_smoke", "abstopk_k3_s0_smoke")}
     (folder,) = (tmp_path / "cache" / "model_passes").glob("llama-*")

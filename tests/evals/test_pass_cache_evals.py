@@ -73,22 +73,23 @@ def test_spliced_ce_and_kl_equal_the_full_spliced_forward(arch, tmp_path):
     tokens = random_tokens(6, 12, bos_token_id=ad.bos_token_id)
     saes = {"a": random_sae("abstopk", seed=1), "b": random_sae("topk", seed=2)}
     ctx = _core_ctx(ad, tokens)
-    clean, zero, spliced = loss_stats(ctx, saes)
+    clean, zero, zero_kept, spliced = loss_stats(ctx, saes)
     # the path before resuming: a full clean pass, then a full forward pass per splice
-    ref: dict = {"clean": [], "zero": [], "a": [], "b": []}
-    ref_kl: dict = {"zero": [], "a": [], "b": []}
+    ref: dict = {"clean": [], "zero": [], "zero_kept": [], "a": [], "b": []}
+    ref_kl: dict = {"zero": [], "zero_kept": [], "a": [], "b": []}
     for start in range(0, tokens.shape[0], ctx.batch_size):
         batch = tokens[start : start + ctx.batch_size]
         keep = ad.sequence_start.special_mask(batch)
         logp = torch.log_softmax(ad.logits(batch)[:, :-1].float(), -1)
         ref["clean"].append(-logp.gather(-1, batch[:, 1:, None]).squeeze(-1).sum(-1))
         p = logp.exp()
-        for name, sae in [("zero", None), *saes.items()]:
-            logits = ad.forward_with_replacement(batch, LAYER, _splice_fn(sae, keep))
+        runs = [("zero", None, torch.zeros_like(keep)), ("zero_kept", None, keep)]
+        for name, sae, kept in [*runs, *((n, sae, keep) for n, sae in saes.items())]:
+            logits = ad.forward_with_replacement(batch, LAYER, _splice_fn(sae, kept))
             ce, kl = _ce_and_kl(logits, batch, p, torch.linalg.vecdot(p, logp))
             ref[name].append(ce.sum(-1))
             ref_kl[name].append(kl.sum(-1))
-    got = {"clean": clean, "zero": zero, **spliced}
+    got = {"clean": clean, "zero": zero, "zero_kept": zero_kept, **spliced}
     for name, tot in got.items():
         torch.testing.assert_close(torch.cat(tot.ce_per_seq).float(), torch.cat(ref[name]), atol=1e-5, rtol=1e-5)
         if name != "clean":
@@ -189,10 +190,9 @@ def _knowledge_run(which: str):
     """(run function, tiny config) of RAVEL or unlearning, as their own tests set them up."""
     from abstopk_eval.evals.ravel.main import run_ravel
     from abstopk_eval.evals.unlearning.main import run_unlearning
-    from tests.evals.test_ravel import _ravel_config
-    from tests.evals.test_unlearning import _unlearning_config
+    from tests.helpers.knowledge import tiny_ravel_config, tiny_unlearning_config
 
-    return (run_ravel, _ravel_config()) if which == "ravel" else (run_unlearning, _unlearning_config())
+    return (run_ravel, tiny_ravel_config()) if which == "ravel" else (run_unlearning, tiny_unlearning_config())
 
 
 @pytest.mark.parametrize("which", ["ravel", "unlearning"])

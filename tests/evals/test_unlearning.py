@@ -9,34 +9,13 @@ import torch
 from sae_lens.saes.abstopk_sae import AbsTopKSAE, AbsTopKSAEConfig
 
 from abstopk_eval.errors import UserError
-from abstopk_eval.evals.unlearning.eval_config import UnlearningEvalConfig
 from abstopk_eval.evals.unlearning.main import clamp_latents, latent_statistics, run_unlearning, top_features
 from tests.helpers.knowledge import (
-    LAYER,
     knowledge_context,
     metrics_and_details,
+    tiny_unlearning_config,
 )
 from tests.helpers.saes import negate_latent, random_sae
-
-
-def _unlearning_config(**kw) -> UnlearningEvalConfig:
-    base = dict(
-        model_name="tiny",
-        layer=LAYER,
-        forget_set="facts",
-        forget_domains=["tiny-color"],
-        retain_domains=["tiny-use"],
-        max_entities_per_domain=32,
-        min_forget_facts=4,
-        max_forget_facts=16,
-        max_retain_facts_per_domain=12,
-        retain_thresholds=[0.05, 0.5],
-        n_features_list=[3],
-        multipliers=[1.0, 8.0],
-        n_retain_tokens=512,
-        llm_batch_size=16,
-    )
-    return UnlearningEvalConfig(**{**base, **kw})
 
 
 def test_clamp_pushes_a_latent_against_the_sign_it_fired_with():
@@ -52,7 +31,7 @@ def test_clamp_pushes_a_latent_against_the_sign_it_fired_with():
 
 
 def test_unlearning_end_to_end_and_sign_flip_invariance(knowledge_model, knowledge_facts):
-    ctx, cfg = knowledge_context(knowledge_model), _unlearning_config()
+    ctx, cfg = knowledge_context(knowledge_model), tiny_unlearning_config()
     sae = random_sae("abstopk", seed=2)
     first = run_unlearning(ctx, {"orig": sae}, cfg)["orig"]
     m = first.eval_result_metrics
@@ -75,11 +54,11 @@ def test_user_errors(knowledge_model, knowledge_facts):
     ctx = knowledge_context(knowledge_model)
     sae = random_sae("abstopk", seed=1)
     with pytest.raises(UserError, match="forget set too small after filtering"):
-        run_unlearning(ctx, {"s": sae}, _unlearning_config(min_forget_facts=1000))
+        run_unlearning(ctx, {"s": sae}, tiny_unlearning_config(min_forget_facts=1000))
     with pytest.raises(UserError, match="unknown fact domain"):
-        run_unlearning(ctx, {"s": sae}, _unlearning_config(forget_domains=["moon-phases"]))
+        run_unlearning(ctx, {"s": sae}, tiny_unlearning_config(forget_domains=["moon-phases"]))
     with pytest.raises(UserError, match="unknown forget_set"):
-        run_unlearning(ctx, {"s": sae}, _unlearning_config(forget_set="wmdp"))
+        run_unlearning(ctx, {"s": sae}, tiny_unlearning_config(forget_set="wmdp"))
 
 
 def test_top_features_is_sae_bench_get_top_features():

@@ -19,6 +19,7 @@ from abstopk_eval.data.facts import EntityData, FactDomain, Template
 from abstopk_eval.evals.context import EvalContext
 from abstopk_eval.evals.knowledge import PromptRunner, encode
 from abstopk_eval.evals.ravel.eval_config import RavelEvalConfig
+from abstopk_eval.evals.unlearning.eval_config import UnlearningEvalConfig
 from abstopk_eval.models.adapter import ModelAdapter
 from abstopk_eval.models.batching import pad_sequences
 from tests.helpers.context import make_eval_context, random_tokens
@@ -122,3 +123,24 @@ def tiny_ravel_config(**kw) -> RavelEvalConfig:
         chance_margin=0.0,
     )
     return RavelEvalConfig(**{**base, **kw})
+
+
+def tiny_unlearning_config(**kw) -> UnlearningEvalConfig:
+    """An unlearning config sized for the tiny fact domains of `tiny_fact_domains` (fields in `kw` override)."""
+    base = dict(
+        model_name="tiny",
+        layer=LAYER,
+        forget_set="facts",
+        forget_domains=["tiny-color"],
+        retain_domains=["tiny-use"],
+        max_entities_per_domain=32,
+        min_forget_facts=4,
+        max_forget_facts=16,
+        max_retain_facts_per_domain=12,
+        retain_thresholds=[0.05, 0.5],
+        n_features_list=[3],
+        multipliers=[1.0, 8.0],
+        n_retain_tokens=512,
+        llm_batch_size=16,
+    )
+    return UnlearningEvalConfig(**{**base, **kw})
