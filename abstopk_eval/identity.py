@@ -61,7 +61,16 @@ class _Identity:
     ADDED_LATER: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)  # type: ignore[call-overload]
+        # nested identities through their own as_dict, so their ADDED_LATER fields are dropped as well
+        data = {
+            f.name: value.as_dict()
+            if isinstance(value, _Identity)
+            else dataclasses.asdict(value)
+            if dataclasses.is_dataclass(value) and not isinstance(value, type)
+            else value
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            for value in (getattr(self, f.name),)
+        }
         for name in self.ADDED_LATER:
             if data.get(name) is None:
                 data.pop(name, None)

@@ -134,3 +134,26 @@ def test_other_options_get_their_own_result_and_leave_the_default_one(two_corpor
         r.data["eval_config"]["n_bootstrap"] == 200 and r.identity["options"] == {"n_bootstrap": 200} for r in tagged
     )
     assert {r.path: r.data["eval_id"] for r in after if not r.config_tag} == defaults  # untouched
+
+
+def test_a_nested_identity_drops_its_own_fields_added_later():
+    """A ModelIdentity inside a TrainIdentity leaves its unset ADDED_LATER fields out too, so adding a field to the
+    model identity does not rename every run folder (it did once: `sequence_start: null` in every nested model)."""
+    from abstopk_eval.identity import CorpusIdentity, ModelIdentity, TrainIdentity
+
+    model = ModelIdentity(key="m", weights="w")
+    corpus = CorpusIdentity(name="c", version="1", seq_len=8, heldout_fraction=0.05)
+    train = TrainIdentity(model, 1, corpus, {"lr": 1.0}, "topk", 4, 0, "sparse", "float32")
+    assert "sequence_start" not in train.as_dict()["model"] and train.as_dict()["model"] == model.as_dict()
+    marked = TrainIdentity(
+        ModelIdentity(key="m", weights="w", sequence_start="none"),
+        1,
+        corpus,
+        {"lr": 1.0},
+        "topk",
+        4,
+        0,
+        "sparse",
+        "float32",
+    )
+    assert marked.as_dict()["model"]["sequence_start"] == "none" and marked.hash != train.hash
