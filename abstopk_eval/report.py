@@ -176,7 +176,10 @@ def _cell(value: Any, low: Any, high: Any, kind: Any, n: Any, seeds: int, fmt: s
 
 def _markdown(summary: pd.DataFrame) -> str:
     """Mean ± 95% t-interval over seeds (or value [bootstrap interval] with one seed); a value is bold only when
-    its lead is beyond the intervals."""
+    its lead is beyond the intervals. An SAE with no current value in any column (e.g. all its results stale) has
+    no row."""
+    metrics = [c for c in FORMATS if c in summary]
+    summary = summary[summary[metrics].notna().any(axis=1)].reset_index(drop=True) if metrics else summary
     shown = summary[["variant", "k", "preset", "corpus", "seeds"]].copy()
     shown["k"] = shown["k"].map(lambda v: "" if v is None or pd.isna(v) else str(int(v)))
     leaders = {c.name: _leaders(summary, c) for c in COLUMNS}
@@ -333,7 +336,14 @@ def _figures(frame: pd.DataFrame, results: list[ResultRecord], out_dir: Path, st
 
 def build_reports(results_dir: Path, reports_dir: Path) -> list[Path]:
     """Write one table (md + csv) per (model, layer), its figures, and reports/index.md; return the written paths."""
-    results = list(iter_results(results_dir, kind=ResultKind.SAE))
+    everything = list(iter_results(results_dir, kind=ResultKind.SAE))
+    # a result written under an older version's evaluation config (marked stale_config) is never averaged with
+    # current ones: its convention may differ (e.g. core's zero-ablation); `abstopk_eval.verify` lists them
+    results = [r for r in everything if not r.identity.get("stale_config")]
+    left_out = {
+        key: sum(1 for r in everything if (r.model, r.layer) == key and r.identity.get("stale_config"))
+        for key in {(r.model, r.layer) for r in everything}
+    }
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
     written, index = (
@@ -351,6 +361,14 @@ def build_reports(results_dir: Path, reports_dir: Path) -> list[Path]:
             f"# {model}, layer {layer}",
             "",
             *_provenance_lines(group),
+            *(
+                [
+                    f"- Left out: {left_out[model, layer]} result(s) written under an older evaluation config "
+                    "(`stale_config`; listed by `python -m abstopk_eval.verify results`), rerun them to include them"
+                ]
+                if left_out.get((model, layer))
+                else []
+            ),
             "",
             _markdown(seed_summary(frame)),
             "",

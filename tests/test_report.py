@@ -229,3 +229,19 @@ def test_canonical_data_results_get_their_own_table_with_marked_cells(tmp_path):
     table = pd.read_csv(tmp_path / "reports" / "m_layer3_canonical.csv").iloc[0]
     assert table["data ravel"] == "canonical" and table["data core"] == "offline" and table["RAVEL"] == 0.27
     assert pd.read_csv(tmp_path / "reports" / "m_layer3.csv").iloc[0]["data ravel"] == "offline"
+
+
+def test_results_marked_stale_are_never_averaged_with_current_ones(tmp_path):
+    """Seed 1 ran under an older evaluation config (stale_config): the table shows seed 0 alone and says one
+    result was left out."""
+    _write_seeds(tmp_path, "topk", [0.30, 0.10])
+    stale = tmp_path / "results" / "m" / "layer_3" / "topk_k16_s1" / "core.json"
+    data = json.loads(stale.read_text())
+    data["identity"] = {**(data.get("identity") or {}), "stale_config": True}
+    stale.write_text(json.dumps(data))
+    build_reports(tmp_path / "results", tmp_path / "reports")
+    assert _fvu_cells(tmp_path) == {"topk": "0.300"}
+    assert (
+        "Left out: 1 result(s) written under an older evaluation config"
+        in (tmp_path / "reports" / "m_layer3.md").read_text()
+    )
