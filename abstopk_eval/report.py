@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -339,11 +340,8 @@ def build_reports(results_dir: Path, reports_dir: Path) -> list[Path]:
     everything = list(iter_results(results_dir, kind=ResultKind.SAE))
     # a result written under an older version's evaluation config (marked stale_config) is never averaged with
     # current ones: its convention may differ (e.g. core's zero-ablation); `abstopk_eval.verify` lists them
-    results = [r for r in everything if not r.identity.get("stale_config")]
-    left_out = {
-        key: sum(1 for r in everything if (r.model, r.layer) == key and r.identity.get("stale_config"))
-        for key in {(r.model, r.layer) for r in everything}
-    }
+    results = [r for r in everything if not r.marked_stale]
+    left_out = Counter((r.model, r.layer) for r in everything if r.marked_stale)
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
     written, index = (
@@ -366,7 +364,7 @@ def build_reports(results_dir: Path, reports_dir: Path) -> list[Path]:
                     f"- Left out: {left_out[model, layer]} result(s) written under an older evaluation config "
                     "(`stale_config`; listed by `python -m abstopk_eval.verify results`), rerun them to include them"
                 ]
-                if left_out.get((model, layer))
+                if left_out[model, layer]
                 else []
             ),
             "",

@@ -101,6 +101,12 @@ class ResultRecord:
         """The result's identity record (see `abstopk_eval.identity.ResultIdentity`); empty for old results."""
         return self.data.get("identity") or {}
 
+    @property
+    def marked_stale(self) -> bool:
+        """Written under an older version's evaluation config and marked so (`stale_config`, by `migrate` or when a
+        default changed): never current, never averaged with current results."""
+        return bool(self.identity.get("stale_config"))
+
 
 def _layer_of(folder: Path) -> int | None:
     suffix = folder.name.removeprefix("layer_")

@@ -18,9 +18,9 @@ from abstopk_eval.data.activation_cache import ActivationCache, CacheKey
 from abstopk_eval.data.corpus import CorpusInfo, PackedTokens
 from abstopk_eval.errors import UserError
 from abstopk_eval.models import loading
-from abstopk_eval.models.registry import MODEL_REGISTRY, ModelSpec
+from abstopk_eval.models.registry import MODEL_REGISTRY
 from abstopk_eval.models.sequence_start import SequenceStart
-from tests.helpers.models import save_tiny_model, tiny_llama
+from tests.helpers.models import save_tiny_model, tiny_gguf_spec, tiny_llama
 from tests.helpers.processes import barrier, fork_call, killed_at, wait
 
 SEQ_LEN, D = 6, 4
@@ -77,17 +77,7 @@ def test_two_processes_build_one_activation_cache_once(tmp_path):
     ]
 
 
-GGUF_SPEC = ModelSpec(
-    key="tiny-gguf",
-    source="gguf_package",
-    hf_id="test/tiny",
-    n_layers=3,
-    d_model=32,
-    context_size=16,
-    paper_k=4,
-    package="tiny-test-gguf",
-    extra={"gguf_file": "tiny-Q4_K_M.gguf"},
-)
+GGUF_SPEC = tiny_gguf_spec("tiny-gguf")
 
 
 @pytest.fixture

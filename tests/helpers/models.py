@@ -44,6 +44,22 @@ TINY = ModelSpec(
 )
 """The registered `tiny-test` model: runs use it with `--model tiny-test --model-path <a tiny model folder>`."""
 
+
+def tiny_gguf_spec(key: str) -> ModelSpec:
+    """A registry entry of a packaged GGUF model (3 layers, d_model 32) for tests that fake its dequantisation."""
+    return ModelSpec(
+        key=key,
+        source="gguf_package",
+        hf_id="test/tiny",
+        n_layers=3,
+        d_model=32,
+        context_size=16,
+        paper_k=4,
+        package="tiny-test-gguf",
+        extra={"gguf_file": "tiny-Q4_K_M.gguf"},
+    )
+
+
 Builder = Callable[..., tuple[nn.Module, Any]]
 
 

@@ -17,8 +17,8 @@ import torch
 from abstopk_eval.errors import UserError
 from abstopk_eval.models import loading
 from abstopk_eval.models.adapter import ModelAdapter
-from abstopk_eval.models.registry import MODEL_REGISTRY, ModelSpec
-from tests.helpers.models import save_tiny_model, tiny_llama
+from abstopk_eval.models.registry import MODEL_REGISTRY
+from tests.helpers.models import save_tiny_model, tiny_gguf_spec, tiny_llama
 from tests.helpers.tokenizer import tiny_tokenizer
 
 # ----------------------------------------------------------------------------- loading
@@ -109,17 +109,7 @@ def test_model_path_dims_mismatch(tmp_path):
         loading.load_model("smollm2-135m-instruct", model_path=tmp_path / "tiny")
 
 
-TINY_SPEC = ModelSpec(
-    key="tiny-test",
-    source="gguf_package",
-    hf_id="test/tiny",
-    n_layers=3,
-    d_model=32,
-    context_size=16,
-    paper_k=4,
-    package="tiny-test-gguf",
-    extra={"gguf_file": "tiny-Q4_K_M.gguf"},
-)
+TINY_SPEC = tiny_gguf_spec("tiny-test")
 
 
 @pytest.fixture
