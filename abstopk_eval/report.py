@@ -19,8 +19,11 @@ from abstopk_eval.errors import UserError, exit_on_user_error
 from abstopk_eval.evals.options import data_source_of
 from abstopk_eval.intervals import seed_interval
 from abstopk_eval.io import atomic_write_bytes
+from abstopk_eval.paired import NOTES as PAIRED_NOTES
+from abstopk_eval.paired import SaeResults, paired_table
 from abstopk_eval.paper_report import build_paper_report, index_lines
 from abstopk_eval.results import ResultKind, ResultRecord, iter_results, seed_group
+from abstopk_eval.saes.variants import DEFAULT_PRESET_NAME
 
 log = logging.getLogger("abstopk_eval.report")
 
@@ -60,6 +63,11 @@ def _bootstrap_interval(data: dict[str, Any], name: str) -> tuple[float, float] 
     return tuple(loose[name]) if name in loose else None  # type: ignore[return-value]
 
 
+def _preset(r: ResultRecord) -> str:
+    """The training preset of a result's SAE: each preset gets its own table (quick's keeps the bare name)."""
+    return str(r.provenance.get("preset") or DEFAULT_PRESET_NAME)
+
+
 DATA_MARK = "\u2020"
 """Marks a cell measured on canonical (hub) data: `--datasets canonical` or an evaluation's dataset_source."""
 
@@ -73,11 +81,11 @@ def data_column(eval_name: str) -> str:
     return f"data {eval_name}"
 
 
-def layer_table(results: list[ResultRecord], datasets: str = "offline") -> pd.DataFrame:
-    """One row per SAE of one (model, layer) (the per-SAE CSV), from results under each evaluation's default
-    config, or with `datasets='canonical'` its canonical-data result where there is one (the `data <eval>`
-    columns say which); baselines are not SAEs (steering's are in Table 1), results under other options are
-    listed apart."""
+def _current_by_sae(
+    results: list[ResultRecord], datasets: str = "offline"
+) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, dict[str, str]]]:
+    """Per SAE, its result data per evaluation under each evaluation's default config (or with
+    `datasets='canonical'` its canonical-data result where there is one), and which data each used."""
     by_sae: dict[str, dict[str, dict[str, Any]]] = {}
     sources: dict[str, dict[str, str]] = {}
     for r in sorted(results, key=lambda r: _data_source(r) == datasets):  # the wanted source last: it wins
@@ -85,6 +93,15 @@ def layer_table(results: list[ResultRecord], datasets: str = "offline") -> pd.Da
         if r.kind is ResultKind.SAE and source in ("offline", datasets):
             by_sae.setdefault(r.name, {})[r.eval_name] = r.data
             sources.setdefault(r.name, {})[r.eval_name] = source
+    return by_sae, sources
+
+
+def layer_table(results: list[ResultRecord], datasets: str = "offline") -> pd.DataFrame:
+    """One row per SAE of one (model, layer) (the per-SAE CSV), from results under each evaluation's default
+    config, or with `datasets='canonical'` its canonical-data result where there is one (the `data <eval>`
+    columns say which); baselines are not SAEs (steering's are in Table 1), results under other options are
+    listed apart."""
+    by_sae, sources = _current_by_sae(results, datasets)
     rows = [
         _sae_row(sae, evals) | {data_column(e): src for e, src in sources[sae].items()}
         for sae, evals in sorted(by_sae.items())
@@ -93,6 +110,19 @@ def layer_table(results: list[ResultRecord], datasets: str = "offline") -> pd.Da
     return frame.sort_values(["variant", "k", "seed"], na_position="first", key=lambda s: s.astype(str)).reset_index(
         drop=True
     )
+
+
+def sae_results(results: list[ResultRecord]) -> list[SaeResults]:
+    """The SAEs of one table with their current offline results, for `paired.paired_table`."""
+    by_sae, _ = _current_by_sae(results)
+    out = []
+    for sae, evals in sorted(by_sae.items()):
+        row = _sae_row(sae, evals)
+        k, seed = row["k"], row["seed"]
+        out.append(
+            SaeResults(str(row["variant"]), None if k is None else int(k), None if seed is None else int(seed), evals)
+        )
+    return out
 
 
 def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
@@ -254,9 +284,10 @@ def _bos_kept(core: dict) -> str:
 
 NOTES = """\
 Cells are the mean over seeds ± the half-width of a 95% t-interval when there are two or more seeds. With one
-seed, the core metrics and sparse probing show [a 95% bootstrap interval] over held-out sequences (CE, KL, loss
-recovered), sequence-long blocks of activations (nMSE, FVU) or each task's test texts (sparse probing):
-evaluation-data noise only, not training-seed noise. A value is
+seed, a cell shows [a 95% bootstrap interval] over held-out sequences (CE, KL, loss recovered), sequence-long
+blocks of activations (nMSE, FVU) or each task's units (test texts for sparse probing, SCR and TPP; questions for
+unlearning; entities for RAVEL; words for absorption), where the result keeps one: evaluation-data noise only,
+not training-seed noise. A value is
 bold only when its lead over the runner-up is beyond both intervals. "(n=1)" marks a metric measured on fewer
 seeds than were trained (costly evaluations ran on seed 0 only). Per-SAE values (every seed) are in the CSV next
 to this file.
@@ -341,30 +372,31 @@ def build_reports(results_dir: Path, reports_dir: Path) -> list[Path]:
     # a result written under an older version's evaluation config (marked stale_config) is never averaged with
     # current ones: its convention may differ (e.g. core's zero-ablation); `abstopk_eval.verify` lists them
     results = [r for r in everything if not r.marked_stale]
-    left_out = Counter((r.model, r.layer) for r in everything if r.marked_stale)
+    left_out = Counter((r.model, r.layer, _preset(r)) for r in everything if r.marked_stale)
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
     written, index = (
         [],
         ["# abstopk-eval reports", "", "Generated by `python -m abstopk_eval.report` from `results/`.", ""],
     )
-    groups: dict[tuple[str, int], list[ResultRecord]] = {}
+    groups: dict[tuple[str, int, str], list[ResultRecord]] = {}
     for r in results:
-        groups.setdefault((r.model, r.layer), []).append(r)
-    for (model, layer), group in sorted(groups.items()):
-        stem = f"{model}_layer{layer}"
+        groups.setdefault((r.model, r.layer, _preset(r)), []).append(r)
+    for (model, layer, preset), group in sorted(groups.items()):
+        stem = f"{model}_layer{layer}" + ("" if preset == DEFAULT_PRESET_NAME else f"_{preset}")
         frame = layer_table(group)
+        paired = paired_table(sae_results(group))
         figures = _figures(frame, group, reports_dir, stem)
         lines = [
-            f"# {model}, layer {layer}",
+            f"# {model}, layer {layer}" + ("" if preset == DEFAULT_PRESET_NAME else f", preset {preset}"),
             "",
             *_provenance_lines(group),
             *(
                 [
-                    f"- Left out: {left_out[model, layer]} result(s) written under an older evaluation config "
+                    f"- Left out: {left_out[model, layer, preset]} result(s) written under an older evaluation config "
                     "(`stale_config`; listed by `python -m abstopk_eval.verify results`), rerun them to include them"
                 ]
-                if left_out[model, layer]
+                if left_out[model, layer, preset]
                 else []
             ),
             "",
@@ -372,6 +404,17 @@ def build_reports(results_dir: Path, reports_dir: Path) -> list[Path]:
             "",
             NOTES,
         ]
+        if not paired.empty:
+            lines += [
+                "",
+                "## Paired comparisons",
+                "",
+                paired.to_markdown(index=False, disable_numparse=True),
+                "",
+                PAIRED_NOTES,
+            ]
+            atomic_write_bytes(reports_dir / f"{stem}_paired.csv", paired.to_csv(index=False).encode())
+            written.append(reports_dir / f"{stem}_paired.csv")
         if any(_data_source(r) == "canonical" for r in group):
             canonical = layer_table(group, datasets="canonical")
             lines += [
@@ -390,7 +433,8 @@ def build_reports(results_dir: Path, reports_dir: Path) -> list[Path]:
         atomic_write_bytes(reports_dir / f"{stem}.md", ("\n".join(lines) + "\n").encode())
         atomic_write_bytes(reports_dir / f"{stem}.csv", frame.to_csv(index=False).encode())
         written += [reports_dir / f"{stem}.md", reports_dir / f"{stem}.csv", *(reports_dir / f for f in figures)]
-        index.append(f"- [{model}, layer {layer}]({stem}.md) ({len(frame)} SAEs; [csv]({stem}.csv))")
+        title = f"{model}, layer {layer}" + ("" if preset == DEFAULT_PRESET_NAME else f", preset {preset}")
+        index.append(f"- [{title}]({stem}.md) ({len(frame)} SAEs; [csv]({stem}.csv))")
     if not groups:
         index.append("No results yet: run `python -m abstopk_eval.run`.")
     index += ["", *index_lines(results_dir, reports_dir)]  # every table / figure in reports/ with its sources

@@ -109,6 +109,22 @@ def test_python_stdlib_and_mixed_corpora():
     assert set(mixed[:200]) & set(code) and set(mixed[:200]) & set(wiki)  # interleaved, not appended
 
 
+def test_wiki_multi_interleaves_three_languages_and_is_large_enough_for_the_reference_preset():
+    from abstopk_eval.config import get_preset
+
+    english, _ = load_documents("wiki-en")
+    docs, info = load_documents("wiki-multi")
+    assert info.name == "wiki-multi" and info.n_documents == len(docs) and "CC BY-SA" in info.license
+    assert set(english) <= set(docs) and len(docs) > 2.5 * len(english)
+    head = docs[:300]
+    assert set(head) & set(english) and len(set(head) - set(english)) > 100  # interleaved, not appended
+    assert docs == load_documents("wiki-multi")[0]
+    # twice the reference preset's 2^20 unique training tokens at ~4 characters a token (its run packs 1.04M tokens
+    # from the first 10,062 documents)
+    assert get_preset("reference").preferred_corpus == "wiki-multi"
+    assert sum(len(d) for d in docs) > 2 * 4 * get_preset("reference").train_tokens
+
+
 def test_build_token_sequences_provenance_and_disjoint_splits():
     tok = tiny_tokenizer()
     train = build_token_sequences("wiki-en", tok, 32, "train", 3200)
@@ -138,9 +154,9 @@ def test_short_corpus_uses_what_exists(monkeypatch, caplog):
 
 
 def test_unknown_corpus_is_a_user_error():
-    with pytest.raises(UserError, match="known corpora: mixed, pile, python-stdlib, wiki-en"):
+    with pytest.raises(UserError, match="known corpora: mixed, pile, python-stdlib, wiki-en, wiki-multi"):
         load_documents("wikipedia")
-    assert known_corpora() == ["mixed", "pile", "python-stdlib", "wiki-en"]
+    assert known_corpora() == ["mixed", "pile", "python-stdlib", "wiki-en", "wiki-multi"]
 
 
 def test_pile_offline_fails_fast(monkeypatch):
