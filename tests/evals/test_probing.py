@@ -12,11 +12,18 @@ from sae_lens.saes.abstopk_sae import AbsTopKSAE, AbsTopKSAEConfig
 
 from abstopk_eval.data.labelled import DataCard, LabelledDataset
 from abstopk_eval.errors import UserError
+from abstopk_eval.evals.bootstrap import (
+    INTERVALS_KEY,
+    PAIRED_SAMPLES_KEY,
+    pairable,
+    paired_difference_samples,
+    sample_intervals,
+)
 from abstopk_eval.evals.context import EVALS, EvalContext
 from abstopk_eval.evals.scr.eval_config import ScrEvalConfig
 from abstopk_eval.evals.scr.main import run_scr
 from abstopk_eval.evals.sparse_probing.eval_config import SparseProbingEvalConfig
-from abstopk_eval.evals.sparse_probing.main import run_sparse_probing
+from abstopk_eval.evals.sparse_probing.main import probe_unit_keys, run_sparse_probing
 from abstopk_eval.evals.tpp.eval_config import TppEvalConfig
 from abstopk_eval.evals.tpp.main import run_tpp
 from abstopk_eval.models.adapter import ModelAdapter
@@ -464,6 +471,41 @@ def test_sparse_probing_accuracy_interval_resamples_each_task():
     assert bootstrap_accuracy_intervals(correct, n_resamples=500, seed=0)["sae_top_1_test_accuracy"] == [lo, hi]
     perfect = {"d1": {"sae_top_1_test_accuracy": {"a": np.ones(30)}}}
     assert bootstrap_accuracy_intervals(perfect, n_resamples=200, seed=0)["sae_top_1_test_accuracy"] == [1.0, 1.0]
+
+
+def test_sparse_probing_bootstrap_samples_pair_across_saes(adapter):
+    """One call, four SAEs: the samples of two SAEs pair, the same SAE twice differs by exactly 0, negating a
+    selected signed latent changes no sample, `bootstrap_ci95` is `sample_intervals` of the record and holds the
+    point estimate."""
+    sae = random_sae("abstopk")
+    cfg = SparseProbingEvalConfig(dataset_names=["letters"], **SMALL, n_bootstrap=200)
+    ds = {"letters": multiclass()}
+    first = run_sparse_probing(_ctx(adapter), {"a": sae}, cfg, datasets=ds)["a"]
+    flipped, _ = _flip_selected(sae, first.eval_result_unstructured["top_latents"]["letters"]["group0"])
+    saes = {"a": sae, "b": _topk_sae(), "a again": sae, "a flipped": flipped}
+    out = run_sparse_probing(_ctx(adapter), saes, cfg, datasets=ds)
+    records = {sid: o.eval_result_unstructured[PAIRED_SAMPLES_KEY] for sid, o in out.items()}
+    metrics = [f"sae_top_{k}_test_accuracy" for k in SMALL["k_values"]]
+    rec = records["a"]
+    assert sorted(rec["samples"]) == sorted(metrics) and rec["seed"] == cfg.random_seed
+    assert rec["n_units"] == 3 * 2 * SMALL["test_per_class"]  # three one-vs-rest tasks, positives and negatives
+    for sid, o in out.items():
+        intervals = o.eval_result_unstructured[INTERVALS_KEY]
+        assert intervals == sample_intervals(records[sid])
+        assert set(intervals) == set(metrics)
+        for metric, (low, high) in intervals.items():
+            assert len(records[sid]["samples"][metric]) == 200
+            assert low <= getattr(o.eval_result_metrics.sae, metric) <= high
+    for metric in metrics:
+        assert pairable(records["a"], records["b"], metric)
+        assert np.all(paired_difference_samples(records["a"], records["a again"], metric) == 0.0)
+        assert records["a flipped"]["samples"][metric] == records["a"]["samples"][metric]
+    assert records["a flipped"] == records["a"]
+
+
+def test_probe_unit_keys_name_every_test_text_in_resampling_order():
+    rows = {"d2": {"x": np.array([4, 1])}, "d1": {"b": np.array([0]), "a": np.array([3, 2])}}
+    assert probe_unit_keys(rows) == ["d1/a/3", "d1/a/2", "d1/b/0", "d2/x/4", "d2/x/1"]
 
 
 # ---------------------------------------------------------------------------------------------- two-signed latents

@@ -3,13 +3,30 @@ the facts the tiny model knows)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from sae_lens.saes.abstopk_sae import AbsTopKSAE, AbsTopKSAEConfig
 
 from abstopk_eval.data import facts
 from abstopk_eval.errors import UserError
-from abstopk_eval.evals.ravel.main import attribution_scores, run_ravel, select_latents
+from abstopk_eval.evals.bootstrap import (
+    INTERVALS_KEY,
+    PAIRED_SAMPLES_KEY,
+    pairable,
+    paired_difference_samples,
+    sample_intervals,
+)
+from abstopk_eval.evals.ravel.main import (
+    AttributeSet,
+    Pair,
+    Prompt,
+    attribution_scores,
+    pair_unit,
+    resampled_scores,
+    run_ravel,
+    select_latents,
+)
 from tests.helpers.knowledge import (
     knowledge_context,
     metrics_and_details,
@@ -41,6 +58,61 @@ def test_ravel_end_to_end_and_sign_flip_invariance(knowledge_model, knowledge_fa
         out["flip"].eval_result_unstructured["attributes"][0]["selected_latents"]
         == first.eval_result_unstructured["attributes"][0]["selected_latents"]
     )
+    # ... and so is every bootstrap sample
+    assert (
+        out["flip"].eval_result_unstructured[PAIRED_SAMPLES_KEY] == first.eval_result_unstructured[PAIRED_SAMPLES_KEY]
+    )
+
+
+def test_bootstrap_samples_pair_across_saes(knowledge_model, knowledge_facts):
+    """Resamples of base entities that do not depend on the SAE: two SAEs' samples pair, the same SAE twice
+    differs by exactly 0 in every sample, and each score lies in its own interval."""
+    ctx, cfg = knowledge_context(knowledge_model), tiny_ravel_config(n_bootstrap=200)
+    sae = random_sae("abstopk", seed=1)
+    out = run_ravel(ctx, {"a": sae, "b": random_sae("topk", seed=2), "a again": sae}, cfg)
+    records = {sid: o.eval_result_unstructured[PAIRED_SAMPLES_KEY] for sid, o in out.items()}
+    rec = records["a"]
+    assert rec["unit"].startswith("base entity") and rec["n_units"] > 4 and rec["seed"] == cfg.bootstrap_seed
+    for sid, o in out.items():
+        unstructured = o.eval_result_unstructured
+        assert unstructured[INTERVALS_KEY] == sample_intervals(records[sid])
+        for metric, (low, high) in unstructured[INTERVALS_KEY].items():
+            assert len(records[sid]["samples"][metric]) == 200
+            assert low <= getattr(o.eval_result_metrics.ravel, metric) <= high
+    for metric in ("disentanglement_score", "cause_score", "isolation_score"):
+        assert pairable(records["a"], records["b"], metric)
+        assert np.all(paired_difference_samples(records["a"], records["a again"], metric) == 0.0)
+    assert not np.all(paired_difference_samples(records["a"], records["b"], "disentanglement_score") == 0.0)
+
+
+def test_resampled_scores_with_unit_counts_are_the_point_estimate():
+    """Every count 1 reproduces the scores (hit rates, then means over attributes and entity types); an entity
+    drawn twice weighs all its pairs twice."""
+
+    def prompt(etype: str, entity: str) -> Prompt:
+        return Prompt(etype, "A", 0, entity, "v", [1, 2], 0, frozenset({3}))
+
+    def aset(etype: str, attr: str, specs: list[tuple[str, str]]) -> AttributeSet:
+        s = AttributeSet(etype, attr, 1.0, 0.0, 1)
+        s.test = [Pair(prompt(etype, e), prompt(etype, "src"), frozenset({3}), kind) for e, kind in specs]
+        return s
+
+    sets = [
+        aset("t", "A", [("x", "cause"), ("y", "cause"), ("x", "isolation"), ("y", "isolation")]),
+        aset("t", "B", [("x", "cause"), ("y", "isolation")]),
+        aset("u", "C", [("z", "cause"), ("z", "isolation")]),
+    ]
+    hits = [[True, False, True, True], [False, True], [True, False]]
+    units = sorted({pair_unit(p) for s in sets for p in s.test})
+    assert units == ["t/x", "t/y", "u/z"]
+    counts = torch.tensor([[1.0, 1.0, 1.0], [2.0, 0.0, 1.0]], dtype=torch.float64)
+    got = resampled_scores(sets, hits, units, counts)
+    # t: A cause 1/2, iso 1; B cause 0, iso 1 -> cause 0.25, iso 1; u: cause 1, iso 0 -> means over types
+    assert got["cause_score"].tolist() == pytest.approx([(0.25 + 1) / 2, (0.5 + 1) / 2])
+    # second resample: y absent, so B's isolation (only y) is empty -> NaN, skipped
+    assert got["isolation_score"].tolist() == pytest.approx([(1 + 0) / 2, (1 + 0) / 2])
+    assert got["disentanglement_score"][0].item() == pytest.approx((0.625 + 0.5) / 2)
+    assert got["disentanglement_score"][1].item() == pytest.approx(((1 + 1) / 2 / 1 + 0.5) / 2)
 
 
 def test_user_errors(knowledge_model, knowledge_facts):

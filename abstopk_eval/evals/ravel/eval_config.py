@@ -15,7 +15,7 @@ RAVEL_SOURCES = ("offline", "sae_bench")
 
 @dataclass
 class RavelEvalConfig(ModelEvalConfig):
-    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("dataset_source",)
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("dataset_source", "n_bootstrap", "bootstrap_seed")
     """Left out of the result identity while at their default (`options.config_identity`)."""
 
     dataset_source: str = Field(
@@ -34,22 +34,22 @@ class RavelEvalConfig(ModelEvalConfig):
         description="Entity type (abstopk_eval.data.facts) -> its attributes to disentangle (at least two)",
     )
     max_candidate_entities: int = Field(
-        default=60,
+        default=200,
         title="Candidate entities",
         description="Most prominent entities per type whose prompts are tested for the model's knowledge",
     )
     top_n_entities: int = Field(
-        default=60,
+        default=160,
         title="Kept entities",
         description="Entities kept per type: the most correctly answered (sae_bench's top_n_entities filter)",
     )
     num_train_pairs_per_attribute: int = Field(
-        default=12,
+        default=16,
         title="Train pairs",
         description="Cause pairs (and as many isolation pairs) per attribute used to select latents",
     )
     num_pairs_per_attribute: int = Field(
-        default=32,
+        default=96,
         title="Evaluation pairs",
         description="Cause pairs (and as many isolation pairs) per attribute that are scored (sae_bench's validation "
         "pairs)",
@@ -105,6 +105,18 @@ class RavelEvalConfig(ModelEvalConfig):
     )
     llm_batch_size: int = Field(default=64, title="LLM batch size", description="Prompts per forward pass")
     random_seed: int = Field(default=42, title="Random seed", description="Entity split and pair sampling")
+    n_bootstrap: int = Field(
+        default=1000,
+        ge=100,
+        title="Bootstrap resamples",
+        description="Resamples of the evaluation pairs' base entities (each with all its pairs) for the 95% "
+        "intervals of the scores, latent selection held fixed",
+    )
+    bootstrap_seed: int = Field(
+        default=0,
+        title="Bootstrap seed",
+        description="Same seed for every SAE, so the samples of different SAEs share resamples (paired)",
+    )
 
     def __post_init__(self) -> None:
         if self.dataset_source not in RAVEL_SOURCES:

@@ -27,6 +27,22 @@ Following sae_bench's RAVEL (sae_bench/evals/ravel), on offline data (abstopk_ev
    attributes, then over entity types (as sae_bench). Attributes whose base accuracy is not above chance by
    `chance_margin` are reported in the details but left out of the headline means (when any other remains).
 
+Sizes (defaults): the 200 most prominent entities per type are candidates (sae_bench: RAVEL's whole entity
+lists), the 160 with the most correct prompts are kept (sae_bench: top_n_entities 500), so up to 80 entities per
+type are evaluation entities; 16 training and 96 evaluation cause pairs (and as many isolation pairs) per
+attribute. Before, 60 / 60 entities and 12 / 32 pairs: about 30 evaluation entities per type, too few for
+differences between SAEs to exceed the resampling noise.
+
+Intervals: 95% percentile bootstrap intervals of disentanglement, cause and isolation (`bootstrap_ci95` in
+eval_result_unstructured; samples under `bootstrap_samples`, `abstopk_eval.evals.bootstrap.paired_samples`).
+The unit is the base entity of an evaluation pair: a resample draws the evaluation entities (of every type,
+sorted by type and name) with replacement and weighs each pair by its base entity's count, so an entity's
+pairs, which share its residuals, move together. The scores are recomputed under each resample exactly as the
+point estimate (weighted hit rates, then means over attributes and entity types). The units and
+`bootstrap_seed` do not depend on the SAE, so sample r of two SAEs used the same resample (paired differences).
+The interval is conditional on the selected latents, the entity split and the sampled pairs: latent selection
+on the training pairs is not repeated per resample.
+
 Negating a latent (encoder column, bias, decoder row) negates z_j and W_dec[j] together, so every product
 above, every intervention and every score is unchanged (tests/evals/test_ravel.py).
 """
@@ -50,6 +66,13 @@ from tqdm.auto import tqdm
 from abstopk_eval.data.canonical import ravel_entities
 from abstopk_eval.data.facts import EntityData, load_entities
 from abstopk_eval.errors import UserError
+from abstopk_eval.evals.bootstrap import (
+    INTERVALS_KEY,
+    PAIRED_SAMPLES_KEY,
+    paired_samples,
+    resample_counts,
+    sample_intervals,
+)
 from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.knowledge import PromptRunner, encode, entity_last_position, value_token_ids
@@ -287,6 +310,37 @@ def _scores(pairs: list[Pair], hits: list[bool]) -> tuple[float, float, int, int
     return (float(np.mean(cause)) if cause else 0.0, float(np.mean(iso)) if iso else 0.0, len(cause), len(iso))
 
 
+def pair_unit(pair: Pair) -> str:
+    """The bootstrap unit of a pair: its base entity (pairs of one entity share its residuals, so they are
+    resampled together)."""
+    return f"{pair.base.entity_type}/{pair.base.entity}"
+
+
+def resampled_scores(
+    sets: list[AttributeSet], hits: list[list[bool]], units: list[str], counts: Tensor
+) -> dict[str, Tensor]:
+    """Each headline score under each resample: `counts` [R, len(units)] weighs every pair by the count of its
+    base entity; an attribute's cause / isolation score is the weighted hit rate of its cause / isolation pairs
+    (NaN where the resample drew none of them), averaged over the type's attributes and then over entity types
+    (NaN-skipping) as the point estimate, which is the same computation with every count 1."""
+    index = {u: i for i, u in enumerate(units)}
+    by_type: dict[str, dict[str, list[Tensor]]] = defaultdict(lambda: defaultdict(list))
+    for s, h in zip(sets, hits):
+        rates = []
+        for kind in ("cause", "isolation"):
+            cols = [index[pair_unit(p)] for p in s.test if p.kind == kind]
+            hit = torch.tensor([float(x) for p, x in zip(s.test, h) if p.kind == kind], dtype=torch.float64)
+            w = counts[:, cols]
+            rates.append((w @ hit) / w.sum(1) if cols else torch.zeros(len(counts), dtype=torch.float64))  # as _scores
+        by_type[s.entity_type]["cause_score"].append(rates[0])
+        by_type[s.entity_type]["isolation_score"].append(rates[1])
+        by_type[s.entity_type]["disentanglement_score"].append((rates[0] + rates[1]) / 2)
+    return {
+        key: torch.stack([torch.stack(per[key]).nanmean(0) for per in by_type.values()]).nanmean(0)
+        for key in ("disentanglement_score", "cause_score", "isolation_score")
+    }
+
+
 def attribution_scores(sae: SAE, z_base: Tensor, z_src: Tensor, grads: Tensor) -> Tensor:
     """First-order decrease of the summed target loss when each latent is interchanged: [d_sae].
 
@@ -390,11 +444,13 @@ def run_ravel(
             + ", ".join(f"{s.entity_type}/{s.attribute}: accuracy {s.base_accuracy:.2f}" for s in sets)
             + f"; need {cfg.min_pairs_per_attribute} evaluation cause pairs)"
         )
+    units = sorted({pair_unit(p) for s in scored for p in s.test})  # the SAE does not enter: paired resamples
+    counts = resample_counts(len(units), cfg.n_bootstrap, cfg.bootstrap_seed)
     prep_seconds = time.perf_counter() - start
     outputs = {}
     for sid, sae in tqdm(saes.items(), desc="ravel: interventions", unit="sae"):
         t0 = time.perf_counter()
-        details, records = [], []
+        details, records, test_hits = [], [], []
         for s in scored:
             zb_tr, zs_tr = (
                 _entity_latents(sae, _vectors(s.train, "base")),
@@ -424,6 +480,7 @@ def run_ravel(
                 runner, sae, s.test, zb_te, zs_te, latents, pad, cfg.llm_batch_size, d_model, cfg.add_error
             )
             cause, iso, n_cause, n_iso = _scores(s.test, hits)
+            test_hits.append(hits)
             other: tuple[float | None, float | None] = (None, None)
             if cfg.report_other_error_mode:
                 hits = _intervened_hits(
@@ -459,7 +516,10 @@ def run_ravel(
                     "test_pairs": len(s.test),
                 }
             )
-        headline = [d for d in details if d.meaningful] or details
+        in_headline = [i for i, d in enumerate(details) if d.meaningful] or list(range(len(details)))
+        headline = [details[i] for i in in_headline]
+        samples = resampled_scores([scored[i] for i in in_headline], [test_hits[i] for i in in_headline], units, counts)
+        record = paired_samples("base entity of the evaluation pairs", units, cfg.bootstrap_seed, samples)
         by_type: dict[str, list[RavelResultDetail]] = defaultdict(list)
         for d in headline:
             by_type[d.entity_type].append(d)
@@ -513,6 +573,9 @@ def run_ravel(
                     if s not in scored
                 ],
                 "headline_attributes": [f"{d.entity_type}/{d.attribute}" for d in headline],
+                INTERVALS_KEY: sample_intervals(record),
+                PAIRED_SAMPLES_KEY: record,
+                "bootstrap_unit": "base entity of the evaluation pairs (all its pairs together; latents fixed)",
                 "headline_error_mode": "SAE error kept"
                 if cfg.add_error
                 else "SAE error dropped (sae_bench MDBM default)",

@@ -14,6 +14,14 @@ probe that is symmetric under negating a feature make every score invariant to n
 latent is active when z != 0, with either sign). The magnitude is already what orienting a latent by its sign on
 the class gives, so the rule is sae_bench's unchanged, and a latent that carries the class in its sign (+a on the
 class, -a on the rest: difference 2a) ranks above a one-signed one (+a / 0: difference a).
+
+Intervals: 95% percentile bootstrap intervals of the top-k accuracies (`bootstrap_ci95` in
+eval_result_unstructured), each task's test texts resampled with replacement within the task (a stratified
+bootstrap: every task keeps its size), n_bootstrap resamples. The samples themselves are kept under
+`bootstrap_samples` (`abstopk_eval.evals.bootstrap.paired_samples`, units `{dataset}/{task}/{row}`), and the
+intervals are `sample_intervals` of that record. The resamples depend only on the datasets, tasks and
+`random_seed`, never on the SAE, so the report differences two SAEs sample by sample (paired). Latent selection
+and probe fits are held fixed (the interval is over test texts only).
 """
 
 from __future__ import annotations
@@ -34,7 +42,15 @@ from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from abstopk_eval.errors import UserError
-from abstopk_eval.evals.bootstrap import percentile_interval, resample_counts, weighted_sums
+from abstopk_eval.evals.bootstrap import (
+    INTERVALS_KEY,
+    PAIRED_SAMPLES_KEY,
+    paired_samples,
+    percentile_interval,
+    resample_counts,
+    sample_intervals,
+    weighted_sums,
+)
 from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.options import resolve_config
@@ -87,13 +103,14 @@ def probe_accuracies(
     return results, top
 
 
-def bootstrap_accuracy_intervals(
+def bootstrap_accuracy_samples(
     correct: dict[str, dict[str, dict[str, np.ndarray]]], n_resamples: int, seed: int
-) -> dict[str, list[float]]:
-    """95% interval of each metric (mean over datasets of the mean over tasks of test accuracy), resampling every
-    task's test examples with replacement; the resamples depend only on (dataset, task, size), so every SAE is
+) -> dict[str, torch.Tensor]:
+    """[n_resamples] bootstrap samples of each metric (mean over datasets of the mean over tasks of test accuracy),
+    resampling every task's test examples with replacement (datasets and tasks in sorted order; task t of dataset
+    d draws with seed + 1000 d + t); the resamples depend only on (dataset, task, size), so every SAE is
     resampled alike (paired)."""
-    intervals: dict[str, list[float]] = {}
+    samples: dict[str, torch.Tensor] = {}
     keys = next(iter(correct.values())).keys()
     for key in keys:
         per_dataset = []
@@ -106,8 +123,46 @@ def bootstrap_accuracy_intervals(
                 for t_index, (_, hits) in enumerate(sorted(by_key[key].items()))
             ]
             per_dataset.append(torch.stack(per_task).mean(0))
-        intervals[key] = list(percentile_interval(torch.stack(per_dataset).mean(0)))
-    return intervals
+        samples[key] = torch.stack(per_dataset).mean(0)
+    return samples
+
+
+def bootstrap_accuracy_intervals(
+    correct: dict[str, dict[str, dict[str, np.ndarray]]], n_resamples: int, seed: int
+) -> dict[str, list[float]]:
+    """95% interval of each metric from `bootstrap_accuracy_samples`."""
+    return {
+        key: list(percentile_interval(s)) for key, s in bootstrap_accuracy_samples(correct, n_resamples, seed).items()
+    }
+
+
+def probe_unit_keys(test_rows: dict[str, dict[str, np.ndarray]]) -> list[str]:
+    """`{dataset}/{task}/{row}` of every test text of every task (row: its index in the dataset), in the order
+    `bootstrap_accuracy_samples` resamples them (datasets, then tasks, sorted)."""
+    return [
+        f"{dataset}/{task}/{int(row)}"
+        for dataset, by_task in sorted(test_rows.items())
+        for task, rows in sorted(by_task.items())
+        for row in rows
+    ]
+
+
+BOOTSTRAP_UNIT = "test text of a task (resampled within its task; task seeds seed + 1000 dataset + task)"
+
+
+def bootstrap_record(
+    correct: dict[str, dict[str, dict[str, np.ndarray]]],
+    test_rows: dict[str, dict[str, np.ndarray]],
+    n_resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The `paired_samples` record of the top-k accuracies (its `sample_intervals` are `bootstrap_ci95`)."""
+    for dataset, by_key in correct.items():
+        for hits_by_task in by_key.values():
+            assert {t: len(h) for t, h in hits_by_task.items()} == {t: len(r) for t, r in test_rows[dataset].items()}
+    return paired_samples(
+        BOOTSTRAP_UNIT, probe_unit_keys(test_rows), seed, bootstrap_accuracy_samples(correct, n_resamples, seed)
+    )
 
 
 def _mean(per_task: dict[str, float]) -> float:
@@ -139,10 +194,12 @@ def run_sparse_probing(
     sae_by_ds: dict[str, dict[str, dict[str, float]]] = {sid: {} for sid in saes}
     unstructured: dict[str, dict[str, Any]] = {sid: {"per_class": {}, "top_latents": {}, "n_texts": {}} for sid in saes}
     correct: dict[str, dict[str, dict[str, dict[str, np.ndarray]]]] = {sid: {} for sid in saes}
+    test_rows: dict[str, dict[str, np.ndarray]] = {}
     for name in tqdm(cfg.dataset_names, desc="sparse_probing: datasets", unit="dataset"):
         data = prepare_class_tasks(ctx, saes, name, cfg, datasets.get(name), EVAL_NAME)
         tasks, pooled, train_idx, test_idx = data.tasks, data.pooled, data.train_idx, data.test_idx
         cards.append(data.card)
+        test_rows[name] = {task.name: task.test_rows for task in tasks}
         llm_results, _ = probe_accuracies(pooled.model.numpy(), tasks, cfg, "llm", full=True)
         llm_by_ds[name] = {key: _mean(v) for key, v in llm_results.items()}
         counts = {
@@ -164,6 +221,7 @@ def run_sparse_probing(
             unstructured[sid]["per_class"][name] = {**results, **llm_results}
             unstructured[sid]["top_latents"][name] = top
             unstructured[sid]["n_texts"][name] = counts
+    records = {sid: bootstrap_record(correct[sid], test_rows, cfg.n_bootstrap, cfg.random_seed) for sid in saes}
     seconds = time.perf_counter() - start
     outputs = {}
     for sid, sae in saes.items():
@@ -191,7 +249,8 @@ def run_sparse_probing(
             eval_result_unstructured={
                 **unstructured[sid],
                 "dataset_means": {d: {**llm_by_ds[d], **sae_by_ds[sid][d]} for d in cfg.dataset_names},
-                "bootstrap_ci95": bootstrap_accuracy_intervals(correct[sid], cfg.n_bootstrap, cfg.random_seed),
+                INTERVALS_KEY: sample_intervals(records[sid]),
+                PAIRED_SAMPLES_KEY: records[sid],
                 "bootstrap_unit": "test texts of each task (resampled within the task)",
                 "eval_seconds_all_saes": seconds,
             },
