@@ -418,6 +418,13 @@ class LinearProbe:
         return float(self.correct(x, y).mean())
 
 
+def resampled_accuracy(counts: np.ndarray, hits: np.ndarray) -> np.ndarray:
+    """Accuracy under each bootstrap resample: `counts` [R, n] weighs the n test examples whose 0/1 correctness is
+    `hits` [n] (a weighted mean, `LinearProbe.accuracy` at unit weights); [R], NaN where a resample holds none."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (counts @ np.asarray(hits, dtype=np.float64)) / counts.sum(1)
+
+
 @functools.lru_cache(maxsize=1)
 def _blas_controller() -> Any:
     from threadpoolctl import ThreadpoolController

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict
 
@@ -579,3 +580,128 @@ def test_sparse_probing_ranks_a_two_signed_latent_above_a_one_signed_one():
     out = run_sparse_probing(_ctx(adapter), {"planted": sae, "flipped": negate_latent(sae, 0)}, cfg, datasets=ds)
     for sid in out:
         assert out[sid].eval_result_unstructured["top_latents"]["pair"]["A"][:2] == [0, 1], sid
+
+
+# ---------------------------------------------------------------------------------------------- paired bootstrap
+
+HEADLINE = {
+    "scr": lambda n: f"scr_metric_threshold_{n}",
+    "tpp": lambda n: f"tpp_threshold_{n}_total_metric",
+}
+INFORMATIVE_SEED = {"scr": 0, "tpp": 1}
+"""A random AbsTopK SAE whose headline scores vary over the resamples (SCR's of seed 1 on the embedding model and
+TPP's total of seed 0 on the tiny model are 0 in every resample, which would make the checks vacuous)."""
+
+
+def _run_task(task: str, adapter, saes: dict, **cfg) -> dict:
+    """SCR on the embedding model with the sklearn probe (scores away from 0); TPP on the tiny model."""
+    if task == "scr":
+        scr_cfg = ScrEvalConfig(**{**SMALL_SCR, "probe_recipe": "sklearn", **cfg})
+        return run_scr(_ctx(EmbeddingAdapter(c_label=0.3, c_sent=1.0)), saes, scr_cfg, dataset=two_label())
+    tpp_cfg = TppEvalConfig(dataset_names=["letters"], **{**SMALL_TPP, **cfg})
+    return run_tpp(_ctx(adapter), saes, tpp_cfg, datasets={"letters": multiclass()})
+
+
+def _selected(task: str, out) -> list[int]:
+    u = out.eval_result_unstructured
+    return u["pairs"][0]["selected_latents"]["dir1"] if task == "scr" else u["selected_latents"]["letters"]["group0"]
+
+
+@pytest.mark.parametrize("task", ["scr", "tpp"])
+def test_two_saes_get_pairable_samples_whose_intervals_hold_the_point(adapter, task):
+    saes = {"a": random_sae("abstopk", seed=0), "b": random_sae("abstopk", seed=1)}
+    out = _run_task(task, adapter, saes, n_bootstrap=200)
+    records = {sid: _json_roundtrip(o)["eval_result_unstructured"][PAIRED_SAMPLES_KEY] for sid, o in out.items()}
+    assert records["a"]["units_digest"] == records["b"]["units_digest"] and records["a"]["seed"] == 42
+    u = out["a"].eval_result_unstructured  # a unit is a test text: SCR, four quadrants of each pair; TPP, the split's
+    n_test = 4 * u["pairs"][0]["texts_per_quadrant"]["test"] if task == "scr" else u["n_texts"]["letters"]["test"]
+    assert records["a"]["n_units"] == n_test
+    widths = []
+    for n in (1, 2, 5):
+        metric = HEADLINE[task](n)
+        assert pairable(records["a"], records["b"], metric)
+        for sid, o in out.items():
+            assert len(records[sid]["samples"][metric]) == 200
+            lo, hi = o.eval_result_unstructured[INTERVALS_KEY][metric]
+            point = o.eval_result_unstructured["metrics"][metric]
+            assert lo <= point <= hi, (sid, metric)
+            widths.append(hi - lo)
+    assert max(widths) > 0.05  # not vacuous: some score moves over the resamples
+    extra = "scr_dir2_threshold_5" if task == "scr" else "tpp_threshold_5_intended_diff_only"
+    assert extra in out["a"].eval_result_unstructured[INTERVALS_KEY]
+    # the resamples depend on the texts only: evaluating one SAE alone draws the same samples
+    alone = _run_task(task, adapter, {"b": saes["b"]}, n_bootstrap=200)["b"].eval_result_unstructured
+    assert alone[PAIRED_SAMPLES_KEY] == out["b"].eval_result_unstructured[PAIRED_SAMPLES_KEY]
+
+
+@pytest.mark.parametrize("task", ["scr", "tpp"])
+def test_a_copy_differs_by_exactly_zero_and_a_sign_flip_changes_no_sample(adapter, task):
+    sae = random_sae("abstopk", seed=INFORMATIVE_SEED[task])
+    out = _run_task(task, adapter, {"orig": sae, "copy": copy.deepcopy(sae)})
+    a, b = (out[k].eval_result_unstructured[PAIRED_SAMPLES_KEY] for k in ("orig", "copy"))
+    assert any(len(set(a["samples"][HEADLINE[task](n)])) > 1 for n in (1, 2, 5))  # not vacuous
+    for n in (1, 2, 5):
+        assert np.all(paired_difference_samples(a, b, HEADLINE[task](n)) == 0.0)
+    flipped, _ = _flip_selected(sae, _selected(task, out["orig"]))
+    again = _run_task(task, adapter, {"orig": sae, "flip": flipped})
+    assert _selected(task, again["flip"]) == _selected(task, again["orig"])
+    assert again["flip"].eval_result_unstructured[PAIRED_SAMPLES_KEY] == a
+    assert again["flip"].eval_result_unstructured[INTERVALS_KEY] == out["orig"].eval_result_unstructured[INTERVALS_KEY]
+
+
+def _paired_interval(out, better: str, worse: str, metric: str) -> tuple[float, float]:
+    a, b = (out[k].eval_result_unstructured[PAIRED_SAMPLES_KEY] for k in (better, worse))
+    lo, hi = np.percentile(paired_difference_samples(a, b, metric), [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def test_planted_scr_latent_beats_a_blind_sae_beyond_the_paired_noise():
+    adapter = EmbeddingAdapter(c_label=0.3, c_sent=1.0)
+    saes = {"planted": _planted_sae([adapter.u_sent, adapter.u_label])}
+    saes["blind"] = copy.deepcopy(saes["planted"])
+    with torch.no_grad():
+        saes["blind"].W_enc[:, :2] = 0.0
+    cfg = ScrEvalConfig(
+        train_set_size=120,
+        test_set_size=60,
+        min_per_quadrant=5,
+        n_values=[1, 2],
+        context_length=32,
+        probe_recipe="sklearn",
+    )
+    out = run_scr(_ctx(adapter), saes, cfg, dataset=two_label(per_cell=60))
+    for metric in ("scr_metric_threshold_1", "scr_metric_threshold_2"):
+        lo, hi = _paired_interval(out, "planted", "blind", metric)
+        diff = (
+            out["planted"].eval_result_unstructured["metrics"][metric]
+            - out["blind"].eval_result_unstructured["metrics"][metric]
+        )
+        assert 0 < lo <= diff <= hi, metric
+
+
+def test_planted_tpp_latents_beat_a_blind_sae_beyond_the_paired_noise():
+    adapter = EmbeddingAdapter()
+    ds = {"three": multiclass("three", n_classes=3, per_class=40, seed=2)}
+    saes = {"planted": _planted_sae(adapter.class_dirs[:3])}
+    saes["blind"] = copy.deepcopy(saes["planted"])
+    with torch.no_grad():
+        saes["blind"].W_enc[:, :3] = 0.0
+    cfg = TppEvalConfig(
+        dataset_names=["three"], train_per_class=25, test_per_class=15, n_values=[1, 2], probe_recipe="sklearn"
+    )
+    out = run_tpp(_ctx(adapter), saes, cfg, datasets=ds)
+    for metric in ("tpp_threshold_1_total_metric", "tpp_threshold_2_total_metric"):
+        lo, hi = _paired_interval(out, "planted", "blind", metric)
+        diff = (
+            out["planted"].eval_result_unstructured["metrics"][metric]
+            - out["blind"].eval_result_unstructured["metrics"][metric]
+        )
+        assert 0 < lo <= diff <= hi, metric
+
+
+@pytest.mark.parametrize("task", ["scr", "tpp"])
+def test_n_bootstrap_at_its_default_keeps_earlier_results_current(task):
+    from abstopk_eval.evals.options import config_identity
+
+    assert "n_bootstrap" not in config_identity(task)  # an added field, out of the identity at its default
+    assert config_identity(task, {"n_bootstrap": 200})["n_bootstrap"] == 200

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
@@ -10,6 +12,9 @@ from abstopk_eval.evals.probes import AttributionProbeConfig, LabelledTextConfig
 
 @dataclass
 class ScrEvalConfig(LabelledTextConfig, AttributionProbeConfig):
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("n_bootstrap",)
+    """Left out of the result identity while at their default (`options.config_identity`)."""
+
     dataset_name: str = Field(
         default="domain-sentiment",
         title="Dataset",
@@ -32,7 +37,11 @@ class ScrEvalConfig(LabelledTextConfig, AttributionProbeConfig):
         description="Attribute values (pos, neg): the biased set is (A, pos) vs (B, neg) "
         "(default: a value named pos*/positive first, else the dataset's order)",
     )
-    random_seed: int = Field(default=42, title="Random seed", description="Sampling of the quadrants")
+    random_seed: int = Field(
+        default=42,
+        title="Random seed",
+        description="Sampling of the quadrants; also seeds the bootstrap resamples of the test texts",
+    )
     train_set_size: int = Field(
         default=600,
         title="Train set size",
@@ -48,4 +57,11 @@ class ScrEvalConfig(LabelledTextConfig, AttributionProbeConfig):
     )
     n_values: list[int] = Field(
         default_factory=lambda: [2, 5, 10, 20, 50], title="N values", description="Numbers of latents ablated"
+    )
+    n_bootstrap: int = Field(
+        default=1000,
+        ge=100,
+        title="Bootstrap resamples",
+        description="Resamples of the test texts (seeded by random_seed, the same for every SAE, so two SAEs' samples "
+        "pair) for the 95% intervals of the SCR metrics",
     )

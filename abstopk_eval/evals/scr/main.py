@@ -31,6 +31,17 @@ Scores, for each n:
 - `scr_metric_threshold_n`: direction 1 if the biased probe is less accurate on column 1 than on column 2
   (it relies more on the attribute, so removing the attribute is the informative direction), else direction 2.
 Metrics are averaged over the class pairs; per-pair values are in the details.
+
+Intervals: 95% percentile bootstrap over the test texts (`abstopk_eval.evals.bootstrap`). A pair's column-1 and
+column-2 test sets hold the same texts, so a unit is one test text of one pair; each unit keeps its 0/1
+correctness under every condition (biased probe clean and after each ablation, the oracles), and under each of
+`n_bootstrap` resamples (`resample_counts` over all pairs' test texts, seeded by `random_seed`; they depend only on
+the texts, never on the SAE) every accuracy is the count-weighted mean and every score is recomputed. The latent
+selection (made on the training texts) and each pair's chosen direction are kept fixed, so the interval is
+conditional on the chosen latents: it measures the test-set noise, not the selection's. Each result keeps the
+samples of `scr_metric_threshold_n` for every n (`bootstrap_samples`; two SAEs' samples pair, so the report can
+difference them resample by resample) and the intervals of those and of `scr_dir1/dir2_threshold_n`
+(`bootstrap_ci95`), in eval_result_unstructured. Not in sae_bench, which reports point values only.
 """
 
 from __future__ import annotations
@@ -41,11 +52,20 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
+import torch
 from sae_bench.evals.scr_and_tpp.eval_output import ScrMetricCategories, ScrMetrics, ScrResultDetail
 from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from abstopk_eval.errors import UserError
+from abstopk_eval.evals.bootstrap import (
+    INTERVALS_KEY,
+    PAIRED_SAMPLES_KEY,
+    paired_samples,
+    percentile_interval,
+    resample_counts,
+    sample_intervals,
+)
 from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.options import resolve_config
@@ -58,6 +78,7 @@ from abstopk_eval.evals.probes import (
     check_source,
     fit_task_probe,
     load_dataset,
+    resampled_accuracy,
 )
 from abstopk_eval.evals.scr.eval_config import ScrEvalConfig
 from abstopk_eval.evals.scr.eval_output import ScrEvalOutput
@@ -65,6 +86,7 @@ from abstopk_eval.evals.selection import scr_effects, select_top_n
 
 EVAL_NAME = "scr"
 MIN_SCORE_DENOMINATOR = 0.001  # sae_bench: an oracle no better than the biased probe gives score 0
+BOOTSTRAP_UNIT = "test text of a class pair (one resample over every pair's test texts; latents and direction fixed)"
 
 
 @dataclass
@@ -210,6 +232,24 @@ def _score(abl: float, base: float, oracle: float) -> float:
     return 0.0 if oracle - base < MIN_SCORE_DENOMINATOR else (abl - base) / (oracle - base)
 
 
+def _score_samples(abl: np.ndarray, base: np.ndarray, oracle: np.ndarray) -> np.ndarray:
+    """`_score` of every bootstrap resample (arrays [R])."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(oracle - base < MIN_SCORE_DENOMINATOR, 0.0, (abl - base) / (oracle - base))
+
+
+def _pair_units(test: dict[str, _Set]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A pair's test texts (positions, in the column-1 test set's order) and their column-1 / column-2 labels: the
+    two balanced test sets hold the same texts (the four quadrants' test parts), so one unit is one text."""
+    units = test["column1"].rows
+    where = {int(r): k for k, r in enumerate(units)}
+    if len(where) != len(units) or sorted(where) != sorted(int(r) for r in test["column2"].rows):
+        raise RuntimeError("SCR column-1 and column-2 test sets differ (they are built from the same quadrants)")
+    y2 = np.empty(len(units), dtype=np.int64)
+    y2[[where[int(r)] for r in test["column2"].rows]] = test["column2"].y
+    return units, {"dir1": test["column1"].y, "dir2": y2}
+
+
 def _effects(z: np.ndarray, s: _Set, probe: LinearProbe, rows_dec: np.ndarray) -> np.ndarray:
     """sae_bench SCR attribution, |mean difference x <probe weight, decoder row>| (invariant to negating a latent)."""
     return scr_effects(z[s.rows], s.y, probe.weight, rows_dec)
@@ -282,38 +322,68 @@ def run_scr(
             "biased_probe_on_column1_test": probes["biased"].accuracy(x[test["column1"].rows], test["column1"].y),
             "biased_probe_on_column2_test": probes["biased"].accuracy(x[test["column2"].rows], test["column2"].y),
         }
-        clean.append({"train": train, "test": test, "probes": probes, "accs": accs})
+        units, ys = _pair_units(test)
+        x_units = x[units]
+        # per-text correctness of the clean probes on the pair's test texts (SAE-independent)
+        hits = {
+            "base": {d: probes["biased"].correct(x_units, ys[d]) for d in ys},
+            "oracle": {
+                "dir1": probes["column1"].correct(x_units, ys["dir1"]),
+                "dir2": probes["column2"].correct(x_units, ys["dir2"]),
+            },
+        }
+        clean.append(
+            {"train": train, "test": test, "probes": probes, "accs": accs, "units": units, "ys": ys, "hits": hits}
+        )
+    unit_keys = [
+        f"{ds.name}/{p.a}|{p.b}/{int(used[r])}/{ds.texts[used[r]]}" for p, c in zip(pairs, clean) for r in c["units"]
+    ]
+    counts = resample_counts(len(unit_keys), cfg.n_bootstrap, cfg.random_seed).numpy()
+    offset = 0
+    for c in clean:  # each pair's columns of the counts, and its clean accuracies under every resample
+        c["counts"] = counts[:, offset : offset + len(c["units"])]
+        offset += len(c["units"])
+        c["resampled"] = {
+            kind: {d: resampled_accuracy(c["counts"], h) for d, h in by_dir.items()}
+            for kind, by_dir in c["hits"].items()
+        }
 
     outputs = {}
     for sid, sae in tqdm(saes.items(), desc="scr: ablations", unit="sae"):
         z = pooled.latents[sid].numpy().astype(np.float64)
         rows_dec = decoder_rows(sae)
-        per_pair, details = [], []
+        per_pair, details, per_pair_samples = [], [], []
         for p, c in zip(pairs, clean):
-            train, test, probes, accs = c["train"], c["test"], c["probes"], c["accs"]
+            train, probes, accs = c["train"], c["probes"], c["accs"]
+            x_units, z_units = x[c["units"]], z[c["units"]]
             # direction 1 ablates latents tied to column 2 (selected with the column-2 probe), and vice versa
             effects = {
                 "dir1": _effects(z, train["column2"], probes["column2"], rows_dec),
                 "dir2": _effects(z, train["column1"], probes["column1"], rows_dec),
             }
-            target = {"dir1": test["column1"], "dir2": test["column2"]}
             base = {"dir1": accs["biased_probe_on_column1_test"], "dir2": accs["biased_probe_on_column2_test"]}
             oracle = {"dir1": accs["column1_probe_on_column1_test"], "dir2": accs["column2_probe_on_column2_test"]}
             chosen = "dir1" if base["dir1"] <= base["dir2"] else "dir2"
             scores: dict[str, float] = {}
+            samples: dict[str, np.ndarray] = {}
             ablated_accs: dict[str, dict[int, float]] = {"dir1": {}, "dir2": {}}
             selected: dict[str, list[int]] = {}
             for d in ("dir1", "dir2"):
                 selected[d] = [int(i) for i in select_top_n(effects[d], max(cfg.n_values))]
                 for n in cfg.n_values:
-                    s = target[d]
-                    x_abl = ablate(x[s.rows], z[s.rows], rows_dec, select_top_n(effects[d], n))
-                    acc = probes["biased"].accuracy(x_abl, s.y)
+                    x_abl = ablate(x_units, z_units, rows_dec, select_top_n(effects[d], n))
+                    hits = probes["biased"].correct(x_abl, c["ys"][d])
+                    acc = float(hits.mean())
                     ablated_accs[d][n] = acc
                     scores[f"scr_{d}_threshold_{n}"] = _score(acc, base[d], oracle[d])
+                    samples[f"scr_{d}_threshold_{n}"] = _score_samples(
+                        resampled_accuracy(c["counts"], hits), c["resampled"]["base"][d], c["resampled"]["oracle"][d]
+                    )
             for n in cfg.n_values:
                 scores[f"scr_metric_threshold_{n}"] = scores[f"scr_{chosen}_threshold_{n}"]
+                samples[f"scr_metric_threshold_{n}"] = samples[f"scr_{chosen}_threshold_{n}"]
             per_pair.append(scores)
+            per_pair_samples.append(samples)
             known = {f.name for f in fields(ScrResultDetail)}
             details.append(
                 ScrResultDetail(dataset_name=f"{ds.name}: {p.label}", **{k: v for k, v in scores.items() if k in known})
@@ -333,6 +403,13 @@ def run_scr(
             }
         keys = per_pair[0].keys()
         metrics = {k: float(np.mean([pp[k] for pp in per_pair])) for k in keys}
+        boot = {k: np.mean([pp[k] for pp in per_pair_samples], axis=0) for k in keys}
+        headline = [f"scr_metric_threshold_{n}" for n in cfg.n_values]
+        record = paired_samples(BOOTSTRAP_UNIT, unit_keys, cfg.random_seed, {k: boot[k] for k in headline})
+        intervals = {
+            **sample_intervals(record),
+            **{k: list(percentile_interval(torch.as_tensor(v))) for k, v in boot.items() if k not in headline},
+        }
         known = {f.name for f in fields(ScrMetrics)}
         outputs[sid] = ScrEvalOutput(
             eval_config=cfg,
@@ -345,6 +422,9 @@ def run_scr(
                 "metrics": metrics,
                 "n_texts": len(used),
                 "truncated": pooled.n_truncated,
+                INTERVALS_KEY: intervals,
+                PAIRED_SAMPLES_KEY: record,
+                "bootstrap_unit": BOOTSTRAP_UNIT,
             },
             dataset_cards=[card_dict(ds)],
             **output_common(ctx, sid, sae),

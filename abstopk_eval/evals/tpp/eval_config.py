@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
@@ -10,6 +12,9 @@ from abstopk_eval.evals.probes import AttributionProbeConfig, ClassProbingConfig
 
 @dataclass
 class TppEvalConfig(ClassProbingConfig, AttributionProbeConfig):
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("n_bootstrap",)
+    """Left out of the result identity while at their default (`options.config_identity`)."""
+
     dataset_names: list[str] = Field(
         default_factory=lambda: ["language", "topic"],
         title="Datasets",
@@ -25,6 +30,13 @@ class TppEvalConfig(ClassProbingConfig, AttributionProbeConfig):
         description="'oriented': sae_bench's clamped mean difference applied to sign-oriented latents "
         "(`evals/selection.py`), which keeps a latent that carries the class in its sign; results written under the "
         "earlier mean-|z| gate have no such field and are therefore not current",
+    )
+    n_bootstrap: int = Field(
+        default=1000,
+        ge=100,
+        title="Bootstrap resamples",
+        description="Resamples of the test texts (seeded by random_seed, the same for every SAE, so two SAEs' samples "
+        "pair) for the 95% intervals of the TPP metrics",
     )
 
     def __post_init__(self) -> None:

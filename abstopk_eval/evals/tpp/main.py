@@ -26,6 +26,16 @@ Deviations from sae_bench:
   selected with effect 2a <w, d>. The earlier rule here gated on mean |z| being larger on the class, which
   dropped exactly that latent.
 - Probes, data and pooling as `abstopk_eval.evals.probes` / `pooled` describe (offline datasets, pooled ablation).
+- Intervals (not in sae_bench, which reports point values only): 95% percentile bootstrap over the test texts
+  (`abstopk_eval.evals.bootstrap`). Each test text keeps its 0/1 correctness under every class probe whose test
+  set holds it, clean and after each class's ablation; under each of `n_bootstrap` resamples (`resample_counts`
+  over every dataset's test texts, seeded by `random_seed`; they depend only on the texts, never on the SAE) every
+  accuracy is the count-weighted mean over its task's test texts and S_TPP is recomputed. The latent selection
+  (made on the training texts) is kept fixed, so the interval is conditional on the chosen latents: it measures
+  the test-set noise, not the selection's. Each result keeps the samples of `tpp_threshold_{n}_total_metric` for
+  every n (`bootstrap_samples`; two SAEs' samples pair, so the report can difference them resample by resample)
+  and the intervals of those and of the intended / unintended terms (`bootstrap_ci95`), in
+  eval_result_unstructured.
 """
 
 from __future__ import annotations
@@ -35,22 +45,38 @@ from dataclasses import fields
 from typing import Any
 
 import numpy as np
+import torch
 from sae_bench.evals.scr_and_tpp.eval_output import TppMetricCategories, TppMetrics, TppResultDetail
 from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from abstopk_eval.errors import UserError
+from abstopk_eval.evals.bootstrap import (
+    INTERVALS_KEY,
+    PAIRED_SAMPLES_KEY,
+    paired_samples,
+    percentile_interval,
+    resample_counts,
+    sample_intervals,
+)
 from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.options import resolve_config
 from abstopk_eval.evals.pooled import ablate, check_affine_decoder, decoder_rows
-from abstopk_eval.evals.probes import LinearProbe, check_source, fit_task_probe, prepare_class_tasks
+from abstopk_eval.evals.probes import (
+    LinearProbe,
+    check_source,
+    fit_task_probe,
+    prepare_class_tasks,
+    resampled_accuracy,
+)
 from abstopk_eval.evals.selection import select_top_n
 from abstopk_eval.evals.selection import tpp_effects as oriented_tpp_effects
 from abstopk_eval.evals.tpp.eval_config import TppEvalConfig
 from abstopk_eval.evals.tpp.eval_output import TppEvalOutput
 
 EVAL_NAME = "tpp"
+BOOTSTRAP_UNIT = "test text of a dataset (one resample over every dataset's test texts; selected latents fixed)"
 
 
 def tpp_effects(z_train: np.ndarray, y: np.ndarray, probe: LinearProbe, rows_dec: np.ndarray) -> np.ndarray:
@@ -78,6 +104,22 @@ def tpp_scores(
     return {k: float(np.mean([m[k] for m in per_class.values()])) for k in keys}, per_class
 
 
+def tpp_score_samples(
+    clean: dict[str, np.ndarray],
+    ablated: dict[str, dict[int, dict[str, np.ndarray]]],
+    n_values: list[int],
+) -> dict[str, np.ndarray]:
+    """`tpp_scores`' means over classes, of accuracies given per bootstrap resample (arrays [R])."""
+    out: dict[str, np.ndarray] = {}
+    for n in n_values:
+        intended = [clean[i] - ablated[i][n][i] for i in clean]
+        unintended = [np.mean([clean[j] - ablated[i][n][j] for j in clean if j != i], axis=0) for i in clean]
+        out[f"tpp_threshold_{n}_total_metric"] = np.mean(intended, axis=0) - np.mean(unintended, axis=0)
+        out[f"tpp_threshold_{n}_intended_diff_only"] = np.mean(intended, axis=0)
+        out[f"tpp_threshold_{n}_unintended_diff_only"] = np.mean(unintended, axis=0)
+    return out
+
+
 def run_tpp(
     ctx: EvalContext, saes: dict[str, SAE], config: TppEvalConfig | None = None, datasets: dict[str, Any] | None = None
 ) -> dict[str, TppEvalOutput]:
@@ -98,6 +140,10 @@ def run_tpp(
         sid: {"per_class": {}, "clean_accuracies": {}, "selected_latents": {}, "n_texts": {}} for sid in saes
     }
     rows_dec = {}
+    # bootstrap: every dataset's test texts (units), each task's columns among them, per-text correctness
+    unit_keys: list[str] = []
+    boot_data: list[dict[str, Any]] = []
+    boot_hits: dict[str, list[dict[str, dict[int, dict[str, np.ndarray]]]]] = {sid: [] for sid in saes}
     for name in tqdm(cfg.dataset_names, desc="tpp: datasets", unit="dataset"):
         data = prepare_class_tasks(ctx, saes, name, cfg, datasets.get(name), EVAL_NAME, min_classes=2)
         ds, tasks, pooled, train_idx, test_idx = data.dataset, data.tasks, data.pooled, data.train_idx, data.test_idx
@@ -111,22 +157,33 @@ def run_tpp(
         position = np.full(len(ds.texts), -1, dtype=np.int64)
         position[test_idx] = np.arange(len(test_idx))
         x_test = x[test_idx]
+        boot_data.append(
+            {
+                "offset": len(unit_keys),
+                "columns": {t.name: position[t.test_rows] for t in tasks},
+                "clean": {t.name: probes[t.name].correct(x[t.test_rows], t.test_y) for t in tasks},
+            }
+        )
+        unit_keys += [f"{name}/{int(r)}/{ds.texts[r]}" for r in test_idx]
         for sid, sae in tqdm(saes.items(), desc=f"tpp: {name} ablations", unit="sae", leave=False):
             if sid not in rows_dec:
                 rows_dec[sid] = decoder_rows(sae)
             z = pooled.latents[sid].numpy()
             z_test = z[test_idx].astype(np.float64)
             ablated: dict[str, dict[int, dict[str, float]]] = {}
+            hits: dict[str, dict[int, dict[str, np.ndarray]]] = {}
             selected: dict[str, list[int]] = {}
             for t in tasks:
                 effects = tpp_effects(z[t.train_rows].astype(np.float64), t.train_y, probes[t.name], rows_dec[sid])
                 selected[t.name] = [int(i) for i in select_top_n(effects, max(cfg.n_values))]
-                ablated[t.name] = {}
+                ablated[t.name], hits[t.name] = {}, {}
                 for n in cfg.n_values:
                     x_abl = ablate(x_test, z_test, rows_dec[sid], select_top_n(effects, n))
-                    ablated[t.name][n] = {
-                        u.name: probes[u.name].accuracy(x_abl[position[u.test_rows]], u.test_y) for u in tasks
+                    hits[t.name][n] = {
+                        u.name: probes[u.name].correct(x_abl[position[u.test_rows]], u.test_y) for u in tasks
                     }
+                    ablated[t.name][n] = {u: float(h.mean()) for u, h in hits[t.name][n].items()}
+            boot_hits[sid].append(hits)
             means, per_class = tpp_scores(clean, ablated, cfg.n_values)
             by_ds[sid][name] = means
             unstructured[sid]["per_class"][name] = per_class
@@ -137,6 +194,24 @@ def run_tpp(
                 "test": int(len(test_idx)),
                 "truncated": pooled.n_truncated,
             }
+    counts = resample_counts(len(unit_keys), cfg.n_bootstrap, cfg.random_seed).numpy()
+    boot: dict[str, list[dict[str, np.ndarray]]] = {sid: [] for sid in saes}
+    for d_index, data_boot in enumerate(boot_data):
+        columns = {
+            task: counts[:, data_boot["offset"] + cols] for task, cols in data_boot["columns"].items()
+        }  # each task's test texts' counts
+
+        def acc(task: str, h: np.ndarray, columns: dict[str, np.ndarray] = columns) -> np.ndarray:
+            return resampled_accuracy(columns[task], h)
+
+        clean_r = {task: acc(task, h) for task, h in data_boot["clean"].items()}
+        for sid in saes:
+            ablated_r = {
+                i: {n: {j: acc(j, h) for j, h in by_task.items()} for n, by_task in by_n.items()}
+                for i, by_n in boot_hits[sid][d_index].items()
+            }
+            boot[sid].append(tpp_score_samples(clean_r, ablated_r, cfg.n_values))
+    headline = [f"tpp_threshold_{n}_total_metric" for n in cfg.n_values]
     seconds = time.perf_counter() - start
     known_metrics = {f.name for f in fields(TppMetrics)}
     known_detail = {f.name for f in fields(TppResultDetail)}
@@ -144,6 +219,12 @@ def run_tpp(
     for sid, sae in saes.items():
         keys = by_ds[sid][cfg.dataset_names[0]].keys()
         metrics = {k: float(np.mean([by_ds[sid][d][k] for d in cfg.dataset_names])) for k in keys}
+        samples = {k: np.mean([per_ds[k] for per_ds in boot[sid]], axis=0) for k in keys}
+        record = paired_samples(BOOTSTRAP_UNIT, unit_keys, cfg.random_seed, {k: samples[k] for k in headline})
+        intervals = {
+            **sample_intervals(record),
+            **{k: list(percentile_interval(torch.as_tensor(v))) for k, v in samples.items() if k not in headline},
+        }
         outputs[sid] = TppEvalOutput(
             eval_config=cfg,
             eval_result_metrics=TppMetricCategories(
@@ -153,7 +234,14 @@ def run_tpp(
                 TppResultDetail(dataset_name=d, **{k: v for k, v in by_ds[sid][d].items() if k in known_detail})
                 for d in cfg.dataset_names
             ],
-            eval_result_unstructured={**unstructured[sid], "metrics": metrics, "eval_seconds_all_saes": seconds},
+            eval_result_unstructured={
+                **unstructured[sid],
+                "metrics": metrics,
+                INTERVALS_KEY: intervals,
+                PAIRED_SAMPLES_KEY: record,
+                "bootstrap_unit": BOOTSTRAP_UNIT,
+                "eval_seconds_all_saes": seconds,
+            },
             dataset_cards=cards,
             **output_common(ctx, sid, sae),
         )
