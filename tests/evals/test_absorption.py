@@ -30,6 +30,7 @@ from abstopk_eval.evals.absorption.main import (
     train_l1_latent_probe,
     vocabulary_words,
 )
+from abstopk_eval.evals.bootstrap import INTERVALS_KEY, PAIRED_SAMPLES_KEY, pairable, paired_difference_samples
 from abstopk_eval.evals.context import EVALS, EvalContext
 from abstopk_eval.models.adapter import ModelAdapter
 from abstopk_eval.results import write_eval_output
@@ -170,6 +171,25 @@ def test_end_to_end_on_a_tiny_model(spelling_model, tmp_path):
         assert json.loads(path.read_text())["eval_type_id"] == "absorption_first_letter"
 
 
+def test_bootstrap_samples_pair_across_saes(spelling_model):
+    """Two SAEs in one call share resamples of the same units; the same SAE twice differs by exactly 0; each point
+    estimate lies in its interval."""
+    adapter, letter_dirs = spelling_model
+    sae = _letter_sae(letter_dirs, [1, -1] * 4)
+    saes = {"a": sae, "a_again": sae, "b": _letter_sae(letter_dirs, [1] * 8, seed=5)}
+    outs = run_absorption(_ctx(adapter), saes, _cfg(n_bootstrap=200))
+    records = {k: o.eval_result_unstructured[PAIRED_SAMPLES_KEY] for k, o in outs.items()}
+    n_tp = sum(d.num_probe_true_positives for d in outs["a"].eval_result_details)
+    assert records["a"]["n_units"] == n_tp and records["a"]["unit"].startswith("probe true-positive test word")
+    for metric in ("one_minus_absorption", "mean_absorption_fraction_score", "mean_full_absorption_score"):
+        assert pairable(records["a"], records["b"], metric) and len(records["a"]["samples"][metric]) == 200
+        assert (paired_difference_samples(records["a"], records["a_again"], metric) == 0).all()
+        for out in outs.values():
+            low, high = out.eval_result_unstructured[INTERVALS_KEY][metric]
+            assert low - 1e-6 <= _metrics(out)[metric] <= high + 1e-6
+    assert records["a"]["samples"]["one_minus_absorption"] != records["b"]["samples"]["one_minus_absorption"]
+
+
 def test_eval_options_override_the_config(spelling_model):
     adapter, letter_dirs = spelling_model
     ctx = _ctx(adapter, eval_options={"absorption": {"max_k_value": 2}})
@@ -201,6 +221,10 @@ def test_negating_a_latent_changes_no_number(data, spelling_model):
         res = evaluate_sae(shared, flipped, cfg)
         out_f = _output(ctx, cfg, shared, "x", flipped, res, 0.0)
         assert _metrics(out_f) == pytest.approx(_metrics(out), abs=1e-6), j
+        for metric, samples in out.eval_result_unstructured[PAIRED_SAMPLES_KEY]["samples"].items():
+            assert out_f.eval_result_unstructured[PAIRED_SAMPLES_KEY]["samples"][metric] == pytest.approx(
+                samples, abs=1e-6
+            )
         for a, b in zip(out.eval_result_details, out_f.eval_result_details):
             assert a.split_feats == b.split_feats
             assert a.mean_absorption_fraction == pytest.approx(b.mean_absorption_fraction, abs=1e-6)

@@ -8,8 +8,17 @@ import pytest
 import torch
 from sae_lens.saes.abstopk_sae import AbsTopKSAE, AbsTopKSAEConfig
 
+from abstopk_eval.data.facts import load_fact_domain
 from abstopk_eval.errors import UserError
-from abstopk_eval.evals.unlearning.main import clamp_latents, latent_statistics, run_unlearning, top_features
+from abstopk_eval.evals.bootstrap import INTERVALS_KEY, PAIRED_SAMPLES_KEY, pairable, paired_difference_samples
+from abstopk_eval.evals.unlearning.eval_config import UnlearningEvalConfig
+from abstopk_eval.evals.unlearning.main import (
+    clamp_latents,
+    latent_statistics,
+    run_unlearning,
+    top_features,
+    unlearning_score_samples,
+)
 from tests.helpers.knowledge import (
     knowledge_context,
     metrics_and_details,
@@ -48,6 +57,68 @@ def test_unlearning_end_to_end_and_sign_flip_invariance(knowledge_model, knowled
     assert (
         out["flip"].eval_result_unstructured["selected_latents"] == first.eval_result_unstructured["selected_latents"]
     )
+    samples = [o.eval_result_unstructured[PAIRED_SAMPLES_KEY] for o in (first, out["orig"], out["flip"])]
+    assert samples[0] == samples[1] == samples[2]
+
+
+def test_bootstrap_samples_pair_across_saes(knowledge_model, knowledge_facts):
+    """Two SAEs in one call share the resamples; the same SAE twice differs by exactly 0; the point estimate lies in
+    its interval."""
+    ctx = knowledge_context(knowledge_model)
+    sae = random_sae("abstopk", seed=2)
+    saes = {"a": sae, "a_again": sae, "b": random_sae("topk", seed=4)}
+    outs = run_unlearning(ctx, saes, tiny_unlearning_config(n_bootstrap=200, multipliers=[1.0, 8.0, 64.0]))
+    rec = {k: o.eval_result_unstructured[PAIRED_SAMPLES_KEY] for k, o in outs.items()}
+    knowledge = outs["a"].eval_result_metrics.knowledge
+    assert rec["a"]["n_units"] == knowledge.n_forget_facts + knowledge.n_retain_facts
+    assert pairable(rec["a"], rec["b"], "unlearning_score") and len(rec["a"]["samples"]["unlearning_score"]) == 200
+    assert (paired_difference_samples(rec["a"], rec["a_again"], "unlearning_score") == 0).all()
+    for out in outs.values():
+        low, high = out.eval_result_unstructured[INTERVALS_KEY]["unlearning_score"]
+        assert low <= out.eval_result_metrics.unlearning.unlearning_score <= high
+        assert 0.0 <= low <= high <= 1.0
+
+
+def test_score_samples_choose_the_intervention_again_on_each_resample():
+    """Entry A forgets more but loses retain question 1; entry B keeps both. On the full sets only B is within the
+    bound (score 0.25); on a resample that drops retain question 1, A is within too (score 0.5)."""
+    forget_base, retain_base = torch.ones(4, dtype=torch.bool), torch.ones(2, dtype=torch.bool)
+    a = (torch.tensor([0, 0, 1, 1]).bool(), torch.tensor([1, 0]).bool())
+    b = (torch.tensor([0, 1, 1, 1]).bool(), torch.tensor([1, 1]).bool())
+    forget_counts = torch.ones(3, 4, dtype=torch.float64)
+    forget_counts[2] = torch.tensor([0.0, 0.0, 2.0, 2.0])  # only questions that A and B both still answer
+    retain_counts = torch.tensor([[1.0, 1.0], [2.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
+    s = unlearning_score_samples(forget_base, retain_base, [a, b], 0.99, forget_counts, retain_counts)
+    assert s.tolist() == pytest.approx([0.25, 0.5, 0.0])
+    only_a = unlearning_score_samples(forget_base, retain_base, [a], 0.99, forget_counts, retain_counts)
+    assert only_a.tolist() == pytest.approx([0.0, 0.5, 0.0])  # none within the bound on the full sets: 0
+    assert (
+        unlearning_score_samples(forget_base, retain_base, [], 0.99, forget_counts, retain_counts).tolist() == [0.0] * 3
+    )
+
+
+def test_default_sizes_evaluate_every_known_prompt(knowledge_model, knowledge_facts):
+    """With the default caps every known held-out prompt of the tiny sets is evaluated (24 forget and 37 retain
+    prompts with 10% of the entities selecting, more than the tiny config's caps of 16 and 12), and on the real
+    data the default entity cap keeps every country of country-capital, whose held-out prompts (> 300, old cap 40)
+    the forget cap does not cut."""
+    default = UnlearningEvalConfig()
+    caps = {
+        f: getattr(default, f) for f in ("max_entities_per_domain", "max_forget_facts", "max_retain_facts_per_domain")
+    }
+    out = run_unlearning(
+        knowledge_context(knowledge_model),
+        {"s": random_sae("abstopk", seed=1)},
+        tiny_unlearning_config(**caps, selection_fraction=0.1),
+    )
+    info, knowledge = out["s"].eval_result_unstructured, out["s"].eval_result_metrics.knowledge
+    assert knowledge.n_forget_facts == info["forget_correct"] > 16
+    assert knowledge.n_retain_facts == sum(v["correct"] for v in info["retain_by_source"].values()) > 12
+    countries = load_fact_domain("country-capital")
+    assert default.max_entities_per_domain >= len(countries.values) >= 200
+    held_out = round((1 - default.selection_fraction) * len(countries.values)) * len(countries.templates["Capital"])
+    assert default.max_forget_facts >= held_out > 300 > 40
+    assert default.min_forget_facts >= 64 and 3 * default.max_retain_facts_per_domain >= 300
 
 
 def test_user_errors(knowledge_model, knowledge_facts):

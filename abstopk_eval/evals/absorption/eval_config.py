@@ -20,6 +20,8 @@ class AbsorptionEvalConfig(SaeBenchAbsorptionEvalConfig):
 
     FILLED_BY_RUN: ClassVar[tuple[str, ...]] = ("dataset", "prompt_token_pos")
     """Measured by the run (recorded here), not options."""
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("n_bootstrap", "bootstrap_seed")
+    """Left out of the result identity while at their default (`options.config_identity`)."""
 
     layer: int = Field(default=-1, title="Layer", description="Residual stream after this block (filled from the run)")
     hook_name: str = Field(default="", title="Hook", description="TransformerLens-style hook name of the activations")
@@ -138,4 +140,16 @@ class AbsorptionEvalConfig(SaeBenchAbsorptionEvalConfig):
         ge=1,
         title="Max absorbing latents",
         description="Absorbing latents counted per word (absorption fraction)",
+    )
+    n_bootstrap: int = Field(
+        default=1000,
+        ge=100,
+        title="Bootstrap resamples",
+        description="Resamples of the probe's true-positive test words, stratified by first letter, for the 95% "
+        "intervals of the absorption scores (latent selection fixed)",
+    )
+    bootstrap_seed: int = Field(
+        default=0,
+        title="Bootstrap seed",
+        description="Same seed for every SAE, so the samples of different SAEs share resamples (paired)",
     )

@@ -59,6 +59,13 @@ Deviations from sae_bench, each marked `# DEVIATION` where it is made:
   `min_feats_for_eval=10` letters (sae_bench: 20); with a single evaluated letter the standard deviations are
   reported as 0 (sae_bench's `statistics.stdev` would raise).
 
+Intervals (not in sae_bench): the unit is a true-positive test word of an evaluated letter (the words and the
+ground-truth probe do not depend on the SAE); each letter's true positives are resampled with replacement
+(`n_bootstrap`, seed `bootstrap_seed` + letter index, the same for every SAE), each letter's mean fraction and
+full-absorption rate recomputed, then their means over letters and `one_minus_absorption`, with the main latents
+and the evaluated letters fixed. `eval_result_unstructured.bootstrap_samples` keeps the samples (paired across
+SAEs by the report), `bootstrap_ci95` the 95% percentile intervals.
+
 Kept from sae_bench although it matters on models with a large mean activation: absorption is judged against
 the raw probe projection `x . p`, which includes `b_dec . p`, a part no latent carries (on gemma-3-270m layer 9
 it is of the same size as `x . p`, with the opposite sign). Both are recorded per letter in
@@ -99,6 +106,14 @@ from abstopk_eval.evals.absorption.eval_output import (
     AbsorptionMetricCategories,
     SignedAbsorptionMeanMetrics,
     SignedAbsorptionResultDetail,
+)
+from abstopk_eval.evals.bootstrap import (
+    INTERVALS_KEY,
+    PAIRED_SAMPLES_KEY,
+    paired_samples,
+    resample_counts,
+    sample_intervals,
+    weighted_sums,
 )
 from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
@@ -634,6 +649,42 @@ def evaluate_sae(data: AbsorptionData, sae: SAE, cfg: AbsorptionEvalConfig) -> l
 # ---------------------------------------------------------------------------------------------- output
 
 
+BOOTSTRAP_UNIT = "probe true-positive test word (resampled within its first letter)"
+
+
+def bootstrap_counts(data: AbsorptionData, cfg: AbsorptionEvalConfig) -> dict[int, torch.Tensor]:
+    """Per evaluated letter, [n_bootstrap, n_true_positives] resample counts of its true-positive test words
+    (seed `bootstrap_seed` + letter index). They depend only on the words and the ground-truth probe, so every SAE
+    uses the same resamples."""
+    return {
+        L: resample_counts(int(data.true_positives[L].numel()), cfg.n_bootstrap, cfg.bootstrap_seed + L)
+        for L in data.evaluated
+    }
+
+
+def bootstrap_unit_keys(data: AbsorptionData) -> list[str]:
+    """The bootstrap's units in order: each evaluated letter's true-positive test words."""
+    return [f"{LETTERS[L]}\t{data.words_test[int(row)]}" for L in data.evaluated for row in data.true_positives[L]]
+
+
+def absorption_samples(results: list[LetterResult], counts: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Bootstrap samples [R] of the mean absorption scores: each letter's mean fraction and full-absorption rate
+    over its resampled true positives (stratified: each letter keeps its count), then their mean over the letters,
+    as the point estimates are computed; main latents and the evaluated letters stay fixed."""
+    fractions, full = [], []
+    for res in results:
+        c = counts[res.letter]
+        n = c.sum(1)
+        fractions.append(weighted_sums(c, res.fractions.double()) / n)
+        full.append(weighted_sums(c, res.full.double()) / n)
+    mean_fraction = torch.stack(fractions).mean(0)
+    return {
+        "one_minus_absorption": 1.0 - mean_fraction,
+        "mean_absorption_fraction_score": mean_fraction,
+        "mean_full_absorption_score": torch.stack(full).mean(0),
+    }
+
+
 def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -646,7 +697,12 @@ def _output(
     sae: SAE,
     results: list[LetterResult],
     seconds: float,
+    counts: dict[int, torch.Tensor] | None = None,
 ) -> AbsorptionEvalOutput:
+    counts = bootstrap_counts(data, cfg) if counts is None else counts
+    record = paired_samples(
+        BOOTSTRAP_UNIT, bootstrap_unit_keys(data), cfg.bootstrap_seed, absorption_samples(results, counts)
+    )
     details = []
     for res in results:
         n_tp = int(res.fractions.numel())
@@ -691,6 +747,8 @@ def _output(
             "mean_probe_projection": {LETTERS[r.letter]: r.mean_act_proj for r in results},
             "b_dec_probe_projection": {LETTERS[r.letter]: r.b_dec_proj for r in results},
             "n_filtered_words": data.n_filtered_words,
+            PAIRED_SAMPLES_KEY: record,
+            INTERVALS_KEY: sample_intervals(record),
             "n_train_words": len(data.words_train),
             "n_test_words": len(data.words_test),
             "shared_seconds": data.seconds,
@@ -715,10 +773,11 @@ def run_absorption(
         ),
     )
     outputs = {}
+    counts = bootstrap_counts(data, cfg)
     for sae_id, sae in tqdm(saes.items(), desc="absorption: SAEs", unit="sae"):
         t0 = time.time()
         results = evaluate_sae(data, sae, cfg)
-        outputs[sae_id] = _output(ctx, cfg, data, sae_id, sae, results, time.time() - t0)
+        outputs[sae_id] = _output(ctx, cfg, data, sae_id, sae, results, time.time() - t0, counts)
         m = outputs[sae_id].eval_result_metrics.mean
         log.info(
             "absorption %s: mean absorption fraction %.3f, full absorption %.3f, split features %.2f (%.0fs)",

@@ -33,7 +33,7 @@ UNLEARNING_SOURCES = ("offline", "sae_bench")
 
 @dataclass
 class UnlearningEvalConfig(ModelEvalConfig):
-    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("dataset_source",)
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("dataset_source", "n_bootstrap", "bootstrap_seed")
     """Left out of the result identity while at their default (`options.config_identity`)."""
 
     dataset_source: str = Field(
@@ -78,9 +78,11 @@ class UnlearningEvalConfig(ModelEvalConfig):
         description="Fact domains that must be kept in 'facts' mode",
     )
     max_entities_per_domain: int = Field(
-        default=120,
+        default=250,
         title="Entities per domain",
-        description="Most prominent entities of a domain whose prompts are tested",
+        description="Most prominent entities of a domain whose prompts are tested (250: every country of "
+        "country-capital, 246, and every element of element-symbol, 118; the 250 most populous cities and the first "
+        "250 Nobel laureates)",
     )
     selection_fraction: float = Field(
         default=0.5,
@@ -88,14 +90,26 @@ class UnlearningEvalConfig(ModelEvalConfig):
         description="Share of forget entities whose statements (prompt + answer) select latents; the others are "
         "evaluated",
     )
-    max_forget_facts: int = Field(default=40, title="Forget facts", description="Known forget prompts evaluated (cap)")
+    max_forget_facts: int = Field(
+        default=400,
+        title="Forget facts",
+        description="Known forget prompts evaluated (cap). 400 keeps every known prompt of the default forget set "
+        "(the 123 held-out countries x 3 templates = 369 candidates; gemma-3-270m answered 121 of 180 of the top 120 "
+        "countries' prompts, so ~200 expected) and 400 MMLU questions' worth in 'mmlu' mode (mmlu_max_questions caps "
+        "those)",
+    )
     max_retain_facts_per_domain: int = Field(
-        default=34,
+        default=100,
         title="Retain facts per domain",
-        description="Known retain prompts per domain (cap); 3 x 34 = 102 lets the 0.99 bound tolerate one lost fact",
+        description="Known retain prompts per domain (cap); gemma-3-270m knows 174-247 per default domain at 120 "
+        "entities. 3 x 100 = 300 retain prompts: the 0.99 bound tolerates 3 lost facts",
     )
     min_forget_facts: int = Field(
-        default=16, title="Minimum forget facts", description="Fewer known forget prompts after filtering is an error"
+        default=64,
+        ge=1,
+        title="Minimum forget facts",
+        description="Fewer known forget prompts after filtering is an error: below 64 the score moves in steps of "
+        "more than 1/64 and its bootstrap interval is wide",
     )
     n_retain_tokens: int = Field(
         default=32768,
@@ -121,7 +135,8 @@ class UnlearningEvalConfig(ModelEvalConfig):
     retain_bound: float = Field(
         default=0.99,
         title="Retain bound",
-        description="Interventions count when retain accuracy >= this times its base value (sae_bench)",
+        description="Interventions count when retain accuracy >= this times its base value (sae_bench); with the "
+        "default 300 retain prompts 0.99 tolerates 3 lost ones (each resample applies it to its own accuracies)",
     )
     chance_margin: float = Field(
         default=0.10,
@@ -130,6 +145,18 @@ class UnlearningEvalConfig(ModelEvalConfig):
     )
     llm_batch_size: int = Field(default=64, title="LLM batch size", description="Prompts per forward pass")
     random_seed: int = Field(default=42, title="Random seed", description="Entity split and question sampling")
+    n_bootstrap: int = Field(
+        default=1000,
+        ge=100,
+        title="Bootstrap resamples",
+        description="Resamples of the evaluated forget and retain questions (independently) for the unlearning "
+        "score's 95% interval; the sweep's best entry is chosen again on each resample",
+    )
+    bootstrap_seed: int = Field(
+        default=0,
+        title="Bootstrap seed",
+        description="Same seed for every SAE, so the samples of different SAEs share resamples (paired)",
+    )
 
     def __post_init__(self) -> None:
         if self.dataset_source not in UNLEARNING_SOURCES:

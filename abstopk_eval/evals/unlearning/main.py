@@ -30,6 +30,17 @@ Following sae_bench's unlearning eval (sae_bench/evals/unlearning; Farrell et al
 * Score: 1 - forget accuracy after / before at the sweep entry with the lowest forget accuracy among those
   whose retain accuracy is >= retain_bound x its value before (sae_bench: 0.99); 0 when none is within the bound.
   The whole sweep (retain threshold, n latents, multiplier, forget / retain accuracy) is in the details.
+* Set sizes (larger than before, so that the score moves by less than its run-to-run noise): every country of
+  country-capital (246; half of them, seeded, only select latents), every known held-out prompt evaluated (up to
+  400; ~200 expected on gemma-3-270m, which answered 121 of the 180 prompts of the top 120 countries), 100 known
+  prompts per retain domain (300; the 0.99 bound tolerates 3 lost), at least 64 known forget prompts. sae_bench
+  evaluates every WMDP-bio / MMLU question the model answers correctly.
+* Intervals (not in sae_bench): per-question outcomes (forget / retain question correct before and at each sweep
+  entry) are kept, the forget and retain questions are resampled independently (`n_bootstrap`, seeds
+  `bootstrap_seed` + FORGET_SEED_OFFSET / RETAIN_SEED_OFFSET, the same for every SAE) and the score is recomputed
+  on each resample, the entry within the retain bound chosen again per resample (`unlearning_score_samples`).
+  `eval_result_unstructured.bootstrap_samples` keeps the samples (paired across SAEs by the report),
+  `bootstrap_ci95` the 95% percentile interval.
 
 Negating a latent negates z_j, its clamp value and W_dec[j] together; frequencies and scales use |z| or
 z != 0, so every score is unchanged (tests/evals/test_unlearning.py).
@@ -54,6 +65,14 @@ from tqdm.auto import tqdm
 from abstopk_eval.data.canonical import MMLU_HUB, WMDP, mmlu_hub_questions, wmdp_bio_questions
 from abstopk_eval.data.facts import FACT_DOMAINS, load_fact_domain, mmlu_questions
 from abstopk_eval.errors import UserError
+from abstopk_eval.evals.bootstrap import (
+    INTERVALS_KEY,
+    PAIRED_SAMPLES_KEY,
+    paired_samples,
+    resample_counts,
+    sample_intervals,
+    weighted_sums,
+)
 from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.knowledge import PromptRunner, encode, value_token_ids
@@ -72,6 +91,9 @@ from abstopk_eval.models.sequence_start import SequenceStart
 log = logging.getLogger("abstopk_eval")
 EVAL_NAME = "unlearning"
 FORGET_SETS = ("auto", "mmlu", "facts")
+FORGET_SEED_OFFSET, RETAIN_SEED_OFFSET = 0, 7919
+"""The forget and retain questions are resampled independently: resample_counts(n, R, bootstrap_seed + offset)."""
+BOOTSTRAP_UNIT = "question (forget and retain sets resampled independently)"
 MMLU_PRE_QUESTION = "The following are multiple choice questions (with answers) about {subject}.\n"  # sae_bench
 
 
@@ -368,8 +390,44 @@ def top_features(forget_freq: Tensor, retain_freq: Tensor, retain_threshold: flo
     return order[: int((score > 0).sum())]
 
 
+def _item_key(item: Item) -> str:
+    """Names an evaluated question (its set, entity and prompt tokens): the bootstrap's unit key."""
+    return f"{item.source}\t{item.entity}\t{','.join(map(str, item.ids))}"
+
+
+def unlearning_score_samples(
+    forget_base: Tensor,
+    retain_base: Tensor,
+    entries: list[tuple[Tensor, Tensor]],
+    retain_bound: float,
+    forget_counts: Tensor,
+    retain_counts: Tensor,
+) -> Tensor:
+    """Bootstrap samples [R] of the unlearning score, recomputed whole on each resample of the questions.
+
+    `forget_base` / `retain_base`: per-question correctness without intervention; `entries`: per-question
+    correctness (forget, retain) at each sweep entry that clamps at least one latent; `*_counts`: [R, n] counts
+    of each forget / retain question in resample r (drawn independently). Per resample, the forget and retain
+    accuracies before and at every entry are count-weighted means, the entries within the retain bound
+    (resampled retain accuracy >= bound x resampled retain accuracy before) are chosen again, and the score is
+    1 - (lowest forget accuracy among them) / (forget accuracy before), 0 where none is within the bound (or the
+    forget accuracy before is 0): the point estimate's rule, so the choice of intervention varies across resamples.
+    """
+    n_f, n_r = forget_counts.sum(1, keepdim=True), retain_counts.sum(1, keepdim=True)
+    f_before = weighted_sums(forget_counts, forget_base.double()) / n_f.squeeze(1)
+    if not entries:
+        return torch.zeros(forget_counts.shape[0], dtype=torch.float64)
+    f_after = weighted_sums(forget_counts, torch.stack([f for f, _ in entries], 1).double()) / n_f  # [R, E]
+    r_after = weighted_sums(retain_counts, torch.stack([r for _, r in entries], 1).double()) / n_r
+    r_before = weighted_sums(retain_counts, retain_base.double()) / n_r.squeeze(1)
+    within = r_after >= retain_bound * r_before[:, None]
+    best = torch.where(within, f_after, torch.full_like(f_after, math.inf)).min(1).values
+    usable = within.any(1) & (f_before > 0)
+    return torch.where(usable, 1.0 - best / f_before.clamp_min(1e-300), torch.zeros_like(f_before))
+
+
 @torch.no_grad()
-def _accuracy(
+def _outcomes(
     runner: PromptRunner,
     sae: SAE | None,
     items: list[Item],
@@ -380,8 +438,9 @@ def _accuracy(
     start: SequenceStart,
     batch_size: int,
     d_model: int,
-) -> float:
-    hits = 0
+) -> Tensor:
+    """Per-item correctness [len(items)] (bool) of the model's answers, with the clamp applied when `sae` is given."""
+    correct: list[bool] = [False] * len(items)
     for batch in length_batches([len(i.ids) for i in items], batch_size):
         chunk = [items[i] for i in batch]
         ids, mask = pad_sequences([i.ids for i in chunk], pad, side="left")
@@ -396,8 +455,9 @@ def _accuracy(
             zc = clamp_latents(z, latents.to(z.device), multiplier, scale.to(z.device))
             resid[edit] = (x + sae.decode(zc) - sae.decode(z)).float().cpu()
         logits = runner.logits_from_residual(resid, ids, mask)
-        hits += sum(_predicts(logits[row], item) for row, item in enumerate(chunk))
-    return hits / max(len(items), 1)
+        for row, i in enumerate(batch):
+            correct[i] = _predicts(logits[row], items[i])
+    return torch.tensor(correct, dtype=torch.bool)
 
 
 def run_unlearning(
@@ -411,8 +471,15 @@ def run_unlearning(
     forget, retain, forget_rows, info = _prepare(ctx, cfg, runner)
     retain_rows = ctx.heldout_activations()[: cfg.n_retain_tokens].float()
     args = (pad, seq_start, cfg.llm_batch_size, d_model)
-    forget_before = _accuracy(runner, None, forget.evaluated, None, 0.0, None, *args)
-    retain_before = _accuracy(runner, None, retain.evaluated, None, 0.0, None, *args)
+    forget_base = _outcomes(runner, None, forget.evaluated, None, 0.0, None, *args)
+    retain_base = _outcomes(runner, None, retain.evaluated, None, 0.0, None, *args)
+    forget_before, retain_before = float(forget_base.double().mean()), float(retain_base.double().mean())
+    # the resamples depend only on the evaluated questions (chosen before any SAE), so every SAE shares them
+    forget_counts = resample_counts(len(forget.evaluated), cfg.n_bootstrap, cfg.bootstrap_seed + FORGET_SEED_OFFSET)
+    retain_counts = resample_counts(len(retain.evaluated), cfg.n_bootstrap, cfg.bootstrap_seed + RETAIN_SEED_OFFSET)
+    unit_keys = [f"forget\t{_item_key(i)}" for i in forget.evaluated] + [
+        f"retain\t{_item_key(i)}" for i in retain.evaluated
+    ]
     meaningful = not _near_chance(forget.base_accuracy, forget.chance, len(forget.candidates), cfg.chance_margin)
     knowledge = UnlearningKnowledgeMetrics(
         forget_base_accuracy=forget.base_accuracy,
@@ -431,7 +498,8 @@ def run_unlearning(
         forget_freq, scale = latent_statistics(sae, forget_rows)
         retain_freq, _ = latent_statistics(sae, retain_rows)
         sweep: list[UnlearningSweepDetail] = []
-        done: dict[tuple[tuple[int, ...], float], tuple[float, float]] = {}
+        done: dict[tuple[tuple[int, ...], float], tuple[Tensor, Tensor]] = {}
+        entries: list[tuple[Tensor, Tensor]] = []  # per-question outcomes of each usable sweep entry
         selected: dict[str, list[int]] = {}
         for thr in cfg.retain_thresholds:
             ranked = top_features(forget_freq, retain_freq, thr)
@@ -441,10 +509,13 @@ def run_unlearning(
                 for m in cfg.multipliers:
                     key = (tuple(int(j) for j in latents), float(m))
                     if key not in done:  # the same latents under another threshold: same result
-                        f = _accuracy(runner, sae, forget.evaluated, latents, m, scale[latents], *args)
-                        r = _accuracy(runner, sae, retain.evaluated, latents, m, scale[latents], *args)
-                        done[key] = (f, r)
-                    f, r = done[key]
+                        f_ok = _outcomes(runner, sae, forget.evaluated, latents, m, scale[latents], *args)
+                        r_ok = _outcomes(runner, sae, retain.evaluated, latents, m, scale[latents], *args)
+                        done[key] = (f_ok, r_ok)
+                    f_ok, r_ok = done[key]
+                    f, r = float(f_ok.double().mean()), float(r_ok.double().mean())
+                    if len(latents):
+                        entries.append((f_ok, r_ok))
                     sweep.append(
                         UnlearningSweepDetail(
                             retain_threshold=thr,
@@ -460,6 +531,10 @@ def run_unlearning(
         best = min(within, key=lambda d: (d.forget_accuracy, d.n_features, d.multiplier), default=None)
         after = best.forget_accuracy if best is not None else forget_before
         score = 1.0 - after / forget_before if forget_before > 0 else 0.0
+        samples = unlearning_score_samples(
+            forget_base, retain_base, entries, cfg.retain_bound, forget_counts, retain_counts
+        )
+        record = paired_samples(BOOTSTRAP_UNIT, unit_keys, cfg.bootstrap_seed, {"unlearning_score": samples})
         outputs[sid] = UnlearningEvalOutput(
             eval_config=cfg,
             eval_result_metrics=UnlearningMetricCategories(
@@ -485,6 +560,8 @@ def run_unlearning(
                     "unlearn"
                 ),
                 "selected_latents": selected,
+                PAIRED_SAMPLES_KEY: record,
+                INTERVALS_KEY: sample_intervals(record),
                 "forget_frequency_of_selected": {t: [float(forget_freq[j]) for j in v] for t, v in selected.items()},
                 "retain_frequency_of_selected": {t: [float(retain_freq[j]) for j in v] for t, v in selected.items()},
                 "clamp_scale_of_selected": {t: [float(scale[j]) for j in v] for t, v in selected.items()},
