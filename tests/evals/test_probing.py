@@ -328,6 +328,18 @@ def test_a_latent_on_the_label_direction_gives_high_top1_accuracy():
     assert out["planted"].eval_result_metrics.llm.llm_test_accuracy >= 0.95
 
 
+def _planted_scr_config() -> ScrEvalConfig:
+    """SCR on the planted embedding model with the deterministic sklearn probe."""
+    return ScrEvalConfig(
+        train_set_size=120,
+        test_set_size=60,
+        min_per_quadrant=5,
+        n_values=[1, 2],
+        context_length=32,
+        probe_recipe="sklearn",
+    )
+
+
 def test_ablating_the_spurious_latent_raises_scr():
     adapter = EmbeddingAdapter(c_label=0.3, c_sent=1.0)
     saes = {
@@ -338,14 +350,7 @@ def test_ablating_the_spurious_latent_raises_scr():
         saes["blind"].W_enc[:, :2] = 0.0
     # the known-answer checks test the SCR mechanics with the deterministic sklearn probe (the sae_bench recipe's
     # 160 AdamW steps do not converge on this weak planted label; it is tested on its own below)
-    cfg = ScrEvalConfig(
-        train_set_size=120,
-        test_set_size=60,
-        min_per_quadrant=5,
-        n_values=[1, 2],
-        context_length=32,
-        probe_recipe="sklearn",
-    )
+    cfg = _planted_scr_config()
     out = run_scr(_ctx(adapter), saes, cfg, dataset=two_label(per_cell=60))
     rec = out["planted"].eval_result_unstructured["pairs"][0]
     clean = rec["clean_accuracies"]
@@ -661,14 +666,7 @@ def test_planted_scr_latent_beats_a_blind_sae_beyond_the_paired_noise():
     saes["blind"] = copy.deepcopy(saes["planted"])
     with torch.no_grad():
         saes["blind"].W_enc[:, :2] = 0.0
-    cfg = ScrEvalConfig(
-        train_set_size=120,
-        test_set_size=60,
-        min_per_quadrant=5,
-        n_values=[1, 2],
-        context_length=32,
-        probe_recipe="sklearn",
-    )
+    cfg = _planted_scr_config()
     out = run_scr(_ctx(adapter), saes, cfg, dataset=two_label(per_cell=60))
     for metric in ("scr_metric_threshold_1", "scr_metric_threshold_2"):
         lo, hi = _paired_interval(out, "planted", "blind", metric)
