@@ -22,6 +22,7 @@ from abstopk_eval.evals.context import default_evals, get_eval, ordered_evals
 from abstopk_eval.evals.options import DATASET_CHOICES, hub_needs, parse_eval_options, with_datasets
 from abstopk_eval.models.loading import check_device, resolve_model
 from abstopk_eval.models.registry import DEFAULT_MODEL, MODEL_REGISTRY
+from abstopk_eval.results import DEFAULT_PRESET_NAME
 
 
 def new_parser(prog: str, doc: str | None, *, epilog: str | None = None) -> argparse.ArgumentParser:
@@ -72,7 +73,9 @@ def add_model_arguments(p: argparse.ArgumentParser, *, layer_help: str = "residu
 
 
 def add_data_arguments(p: argparse.ArgumentParser, *, preset_help: str = "training preset") -> None:
-    p.add_argument("--preset", default="quick", help=f"{preset_help} ({', '.join(PRESETS)}); default %(default)s")
+    p.add_argument(
+        "--preset", default=DEFAULT_PRESET_NAME, help=f"{preset_help} ({', '.join(PRESETS)}); default %(default)s"
+    )
     p.add_argument(
         "--corpus",
         default=None,

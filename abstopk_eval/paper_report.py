@@ -41,7 +41,7 @@ from abstopk_eval.paper_values import (
     PaperValue,
     paper_value,
 )
-from abstopk_eval.results import ResultKind, ResultRecord, iter_results, seed_group
+from abstopk_eval.results import ResultKind, ResultRecord, iter_results, seed_group, table_groups
 
 log = logging.getLogger("abstopk_eval.paper_report")
 
@@ -492,16 +492,10 @@ def paper_values_markdown() -> str:
 # ------------------------------------------------------------------------------------------------ index
 
 
-def _groups(results: list[ResultRecord]) -> dict[tuple[str, int], list[ResultRecord]]:
-    groups: dict[tuple[str, int], list[ResultRecord]] = {}
-    for r in results:
-        groups.setdefault((r.model, r.layer), []).append(r)
-    return dict(sorted(groups.items()))
-
-
 def _sae_results(results_dir: Path) -> list[ResultRecord]:
-    """The SAE results (Table 1 reads the baselines itself)."""
-    return list(iter_results(results_dir, kind=ResultKind.SAE))
+    """The current SAE results (Table 1 reads the baselines itself); those marked stale_config ran under an older
+    convention and are never averaged with current ones (as in `report.build_reports`)."""
+    return [r for r in iter_results(results_dir, kind=ResultKind.SAE) if not r.marked_stale]
 
 
 def _facts(group: list[ResultRecord]) -> list[str]:
@@ -566,6 +560,19 @@ def _facts(group: list[ResultRecord]) -> list[str]:
     return lines
 
 
+def _files_of(stem: str, stems: list[str], folder: Path) -> list[Path]:
+    """The report files of one table in `folder`: named `<stem>.*` or `<stem>_*`, and not of a table whose stem
+    extends it (`m_layer9_reference_*` is not quick's `m_layer9`)."""
+    longer = [other for other in stems if other != stem and other.startswith(stem)]
+    return sorted(
+        p
+        for p in folder.glob(f"{stem}*")
+        if p.is_file()
+        and (p.name.startswith(f"{stem}.") or p.name.startswith(f"{stem}_"))
+        and not any(p.name.startswith(f"{other}.") or p.name.startswith(f"{other}_") for other in longer)
+    )
+
+
 def index_lines(results_dir: Path, reports_dir: Path) -> list[str]:
     """The reports/index.md section linking every table and figure, with data sources, model, preset, seeds and
     package versions per (model, layer), proxies marked. Paths are relative to `reports_dir`."""
@@ -574,11 +581,11 @@ def index_lines(results_dir: Path, reports_dir: Path) -> list[str]:
     lines = ["## Tables and figures", ""]
     if not results:
         return lines + ["No results yet: run `python -m abstopk_eval.run`.", ""]
-    for (model, layer), group in _groups(results).items():
-        stem = f"{model}_layer{layer}"
-        lines += [f"### {model}, layer {layer}", "", *_facts(group), ""]
-        files = sorted(p for p in reports_dir.glob(f"{stem}*") if p.is_file())
-        files += sorted(p for p in (reports_dir / PAPER_DIR).glob(f"{stem}_*") if p.is_file())
+    groups = table_groups(results)
+    stems = [table.stem for table in groups]
+    for table, group in groups.items():
+        lines += [f"### {table.title}", "", *_facts(group), ""]
+        files = _files_of(table.stem, stems, reports_dir) + _files_of(table.stem, stems, reports_dir / PAPER_DIR)
         for path in files:
             lines.append(f"- [{path.relative_to(reports_dir).as_posix()}]({path.relative_to(reports_dir).as_posix()})")
         lines.append("")
@@ -587,9 +594,7 @@ def index_lines(results_dir: Path, reports_dir: Path) -> list[str]:
         sorted(
             p
             for p in paper_dir.glob("*")
-            if p.is_file()
-            and not any(p.name.startswith(f"{m}_layer{layer}_") for m, layer in _groups(results))
-            and p.name != "index.md"
+            if p.is_file() and not any(p.name.startswith(f"{stem}_") for stem in stems) and p.name != "index.md"
         )
         if paper_dir.is_dir()
         else []
@@ -603,9 +608,7 @@ def index_lines(results_dir: Path, reports_dir: Path) -> list[str]:
     others = sorted(
         p
         for p in reports_dir.glob("*")
-        if p.is_file()
-        and p.name != "index.md"
-        and not any(p.name.startswith(f"{m}_layer{layer}") for m, layer in _groups(results))
+        if p.is_file() and p.name != "index.md" and not any(p.name.startswith(stem) for stem in stems)
     )
     if others:
         lines += ["### Other reports", ""] + [f"- [{p.name}]({p.name})" for p in others] + [""]
@@ -622,9 +625,9 @@ def build_paper_report(results_dir: Path, reports_dir: Path) -> list[Path]:
     results = _sae_results(results_dir)
     written: list[Path] = []
     notes: list[str] = []
-    for (model, layer), group in _groups(results).items():
+    for table, group in table_groups(results).items():
         frame = sae_frame(group)
-        stem, label = f"{model}_layer{layer}", f"{model} layer {layer}"
+        model, layer, stem, label = table.model, table.layer, table.stem, table.title
         shown, numeric, n_paper = table2(frame, model, layer)
         has_values = any(numeric[c].notna().any() for c in numeric.columns if c not in ("variant", "k", "seeds"))
         table_notes = [

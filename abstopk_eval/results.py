@@ -107,6 +107,48 @@ class ResultRecord:
         default changed): never current, never averaged with current results."""
         return bool(self.identity.get("stale_config"))
 
+    @property
+    def preset(self) -> str:
+        """The training preset of the SAE (or baseline run) it scored; each preset gets its own report tables."""
+        return str(self.provenance.get("preset") or DEFAULT_PRESET_NAME)
+
+    @property
+    def table(self) -> TableKey:
+        """The report table this result belongs to."""
+        return TableKey(self.model, self.layer, self.preset)
+
+
+DEFAULT_PRESET_NAME = "quick"
+"""The preset of results that do not name one (and of `run` without --preset): its tables keep the bare name."""
+
+
+@dataclass(frozen=True, order=True)
+class TableKey:
+    """One report table: a (model, layer, preset); SAEs trained under other presets are never in one table."""
+
+    model: str
+    layer: int
+    preset: str
+
+    @property
+    def stem(self) -> str:
+        """File-name stem of its report files: `<model>_layer<L>[_<preset>]`."""
+        return f"{self.model}_layer{self.layer}" + ("" if self.preset == DEFAULT_PRESET_NAME else f"_{self.preset}")
+
+    @property
+    def title(self) -> str:
+        return f"{self.model}, layer {self.layer}" + (
+            "" if self.preset == DEFAULT_PRESET_NAME else f", preset {self.preset}"
+        )
+
+
+def table_groups(records: Iterator[ResultRecord] | list[ResultRecord]) -> dict[TableKey, list[ResultRecord]]:
+    """Results by report table, in table order."""
+    groups: dict[TableKey, list[ResultRecord]] = {}
+    for r in records:
+        groups.setdefault(r.table, []).append(r)
+    return dict(sorted(groups.items()))
+
 
 def _layer_of(folder: Path) -> int | None:
     suffix = folder.name.removeprefix("layer_")

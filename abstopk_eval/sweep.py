@@ -53,6 +53,7 @@ from abstopk_eval.evals.context import default_evals, get_eval, ordered_evals
 from abstopk_eval.evals.options import check_eval_options, hub_needs, with_datasets
 from abstopk_eval.models.loading import check_device, resolve_model
 from abstopk_eval.models.registry import MODEL_REGISTRY, ModelSpec
+from abstopk_eval.results import DEFAULT_PRESET_NAME
 from abstopk_eval.saes.variants import ALL_VARIANTS, get_variant, sae_id
 from abstopk_eval.workflow import STAGES
 
@@ -177,7 +178,7 @@ def expand(spec: dict[str, Any], *, notes: list[str] | None = None) -> list[Swee
         seeds = list(range(_ints([seeds_value], "seeds", 1)[0]))
     else:
         seeds = sorted(set(_ints(_as_list(seeds_value, "seeds"), "seeds", 0)))
-    preset = get_preset(str(spec.get("preset", "quick"))).name
+    preset = get_preset(str(spec.get("preset", DEFAULT_PRESET_NAME))).name
     shared = {
         "preset": preset,
         "evals": evals,

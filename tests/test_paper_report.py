@@ -126,7 +126,7 @@ def test_paper_tables_figures_and_index(tmp_path, capsys):
     _fabricate_inference_options(results)
     report.main(["--paper", "--results-dir", str(results), "--reports-dir", str(reports)])
     paper = reports / "paper"
-    stem = "qwen3-4b_layer18"
+    stem = "qwen3-4b_layer18_paper"  # tables of presets other than quick name their preset
     for suffix in ("table2", "fig2_training_mse", "fig3_nmse_vs_l0", "fig4_loss_recovered_vs_l0"):
         for ext in ("md", "csv", "tex"):
             assert (paper / f"{stem}_{suffix}.{ext}").is_file(), (suffix, ext)
@@ -215,7 +215,7 @@ def test_steering_baselines_feed_table1_and_never_become_table2_rows(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(steering(method, refusal)))
     paper_report.build_paper_report(results, reports)
-    table = pd.read_csv(reports / "paper" / "qwen3-4b_layer18_table2.csv")
+    table = pd.read_csv(reports / "paper" / "qwen3-4b_layer18_paper_table2.csv")
     assert set(table["variant"]) == {"batch-abstopk", "topk", "jumprelu"}
     table1 = pd.read_csv(reports / "paper" / "table1_data.csv")
     refusal = table1[table1["metric"] == "HarmBench refusal rate"].iloc[0]

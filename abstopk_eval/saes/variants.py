@@ -22,6 +22,7 @@ from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEC
 from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
 from abstopk_eval.registry import Registry
+from abstopk_eval.results import DEFAULT_PRESET_NAME
 from abstopk_eval.saes.batch_abstopk import ARCHITECTURE as BATCH_ABSTOPK
 from abstopk_eval.saes.batch_abstopk import BatchAbsTopKTrainingSAE, BatchAbsTopKTrainingSAEConfig
 
@@ -352,9 +353,6 @@ ALL_VARIANTS: tuple[str, ...] = tuple(VARIANTS)
 
 def get_variant(name: str) -> VariantSpec:
     return VARIANTS.lookup(name)
-
-
-DEFAULT_PRESET_NAME = "quick"
 
 
 def sae_id(variant: str, k: int, seed: int, preset: str = DEFAULT_PRESET_NAME) -> str:
