@@ -72,7 +72,7 @@ def test_default_run_gives_core_results_for_all_six_variants_and_a_report(finish
     }
     assert all(v > 0 for s, v in signed.items() if "abstopk" in s)
     assert all(v == 0 for s, v in signed.items() if "abstopk" not in s)
-    table = (finished_run / "reports" / f"{TINY.key}_layer1.md").read_text()
+    table = (finished_run / "reports" / f"{TINY.key}_layer1_smoke.md").read_text()
     for variant in ALL_VARIANTS:
         assert f"| {variant}" in table or f"{variant}_" in table
     assert (finished_run / "reports" / "index.md").is_file()
