@@ -6,8 +6,10 @@ is better, its bootstrap interval's name, and the paper's Table 2 columns built 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -22,8 +24,25 @@ class Column:
     higher_is_better: bool | None = None
     """Direction for bolding the best variant; None: never bold (descriptive columns such as L0)."""
     bootstrap: str | None = None
-    """Name of the metric's 95% bootstrap interval over evaluation examples (see `report._bootstrap_interval`),
-    shown when the metric comes from a single seed."""
+    """Name of the metric's 95% bootstrap interval over evaluation examples (`interval`), shown when the metric
+    comes from a single seed."""
+
+    def value(self, result: Mapping[str, Any] | None) -> float | None:
+        """This metric in one result's data (None where absent)."""
+        value = ((result or {}).get("eval_result_metrics") or {}).get(self.path[0], {}).get(self.path[1])
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    def interval(self, result: Mapping[str, Any] | None) -> tuple[float, float] | None:
+        """This metric's 95% bootstrap interval in one result: core keeps `<name>_low/_high` in its
+        `bootstrap_ci95` metric category, evaluations on sae_bench's fixed metric schemas keep `{name: [low,
+        high]}` in eval_result_unstructured (`evals.bootstrap.INTERVALS_KEY`)."""
+        if not self.bootstrap or not result:
+            return None
+        typed = (result.get("eval_result_metrics") or {}).get("bootstrap_ci95") or {}
+        if f"{self.bootstrap}_low" in typed:
+            return float(typed[f"{self.bootstrap}_low"]), float(typed[f"{self.bootstrap}_high"])
+        loose = (result.get("eval_result_unstructured") or {}).get("bootstrap_ci95") or {}
+        return (float(loose[self.bootstrap][0]), float(loose[self.bootstrap][1])) if self.bootstrap in loose else None
 
 
 COLUMNS: tuple[Column, ...] = (

@@ -59,8 +59,7 @@ class SaeResults:
     evals: Mapping[str, Mapping[str, Any]]
 
     def value(self, col: Column) -> float | None:
-        value = (self.evals.get(col.eval, {}).get("eval_result_metrics") or {}).get(col.path[0], {}).get(col.path[1])
-        return None if value is None else float(value)
+        return col.value(self.evals.get(col.eval))
 
     def samples(self, col: Column) -> dict[str, Any] | None:
         return (self.evals.get(col.eval, {}).get("eval_result_unstructured") or {}).get(PAIRED_SAMPLES_KEY)

@@ -51,13 +51,6 @@ PAPER_DIR = "paper"
 # ------------------------------------------------------------------------------------------------ loading
 
 
-def _metric(data: dict[str, Any] | None, path: tuple[str, str]) -> float | None:
-    if not data:
-        return None
-    value = (data.get("eval_result_metrics") or {}).get(path[0], {}).get(path[1])
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def sae_frame(group: list[ResultRecord]) -> pd.DataFrame:
     """One row per SAE of one (model, layer): identity, Table 2 metrics, core metrics and the training curve."""
     by_sae: dict[str, dict[str, dict[str, Any]]] = {}
@@ -77,9 +70,9 @@ def sae_frame(group: list[ResultRecord]) -> pd.DataFrame:
             "group": seed_group(evals),
         }
         for task in TABLE2_TASKS:
-            row[task.label] = _metric(evals.get(task.eval), task.path)
+            row[task.label] = task.column.value(evals.get(task.eval))
         for col in FIGURE_METRICS:
-            row[col.name] = _metric(evals.get(col.eval), col.path)
+            row[col.name] = col.value(evals.get(col.eval))
         row["curve"] = ((evals.get("core") or {}).get("eval_result_unstructured") or {}).get("training_curve") or []
         rows.append(row)
     return pd.DataFrame(rows)
@@ -219,7 +212,7 @@ def figure_points(frame: pd.DataFrame, records: list[ResultRecord]) -> pd.DataFr
         suffix = ", batch inference" if batch else ""
         if rec.config_tag is not None and batch and "batch" in str(unstructured["inference"].get("rule")):
             metrics = rec.data.get("eval_result_metrics") or {}
-            values = {col.name: _metric(rec.data, col.path) for col in FIGURE_METRICS}
+            values = {col.name: col.value(rec.data) for col in FIGURE_METRICS}
             if values.get("L0") is not None and metrics:
                 rows.append({**meta, "sweep": SWEEP_TRAINING + suffix, "inference k": None, **values})
         for point in unstructured.get("inference_k_sweep") or []:

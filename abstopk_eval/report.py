@@ -42,24 +42,13 @@ def _sae_row(sae: str, evals: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
     for col in COLUMNS:
         data = evals.get(col.eval, {})
-        metrics = data.get("eval_result_metrics", {})
-        row[col.name] = metrics.get(col.path[0], {}).get(col.path[1])
-        interval = _bootstrap_interval(data, col.bootstrap) if col.bootstrap else None
+        row[col.name] = col.value(data)
+        interval = col.interval(data)
         if interval is not None:
             row[f"{col.name} boot low"], row[f"{col.name} boot high"] = interval
     unstructured = core.get("eval_result_unstructured") or {}
     row[TRAIN_SECONDS] = unstructured.get("train_seconds")
     return row
-
-
-def _bootstrap_interval(data: dict[str, Any], name: str) -> tuple[float, float] | None:
-    """A metric's bootstrap interval: core keeps `<name>_low/_high` in its `bootstrap_ci95` metric category,
-    evaluations on sae_bench's fixed metric schemas keep `{name: [low, high]}` in eval_result_unstructured."""
-    typed = data.get("eval_result_metrics", {}).get("bootstrap_ci95") or {}
-    if f"{name}_low" in typed:
-        return typed[f"{name}_low"], typed[f"{name}_high"]
-    loose = (data.get("eval_result_unstructured") or {}).get("bootstrap_ci95") or {}
-    return tuple(loose[name]) if name in loose else None  # type: ignore[return-value]
 
 
 DATA_MARK = "\u2020"

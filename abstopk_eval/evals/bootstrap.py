@@ -68,7 +68,7 @@ def block_sums(values: torch.Tensor, block: int) -> torch.Tensor:
 PAIRED_SAMPLES_KEY = "bootstrap_samples"
 """Where a result keeps its `paired_samples` record (in eval_result_unstructured)."""
 INTERVALS_KEY = "bootstrap_ci95"
-"""Where a result keeps `{metric: [low, high]}` (in eval_result_unstructured; read by `report._bootstrap_interval`)."""
+"""Where a result keeps `{metric: [low, high]}` (in eval_result_unstructured; read by `columns.Column.interval`)."""
 
 
 def units_digest(unit_keys: Sequence[str]) -> str:
