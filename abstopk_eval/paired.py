@@ -114,7 +114,7 @@ def compare(saes: list[SaeResults], a: str, b: str, column: str) -> list[dict[st
         if not measured:
             continue
         diffs = [va - vb for va, vb, _, _ in measured]
-        l0_a, l0_b = (_mean_l0(side for side in sides) for sides in zip(*((sa, sb) for *_, sa, sb in measured)))
+        l0_a, l0_b = _mean_l0(sa for *_, sa, _ in measured), _mean_l0(sb for *_, sb in measured)
         records = [(sa.samples(col), sb.samples(col)) for *_, sa, sb in measured]
         boot = None
         if col.bootstrap and all(pairable(ra, rb, col.bootstrap) for ra, rb in records):

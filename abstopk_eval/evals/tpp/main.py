@@ -85,39 +85,24 @@ def tpp_effects(z_train: np.ndarray, y: np.ndarray, probe: LinearProbe, rows_dec
 
 
 def tpp_scores(
-    clean: dict[str, float],
-    ablated: dict[str, dict[int, dict[str, float]]],
+    clean: dict[str, Any],
+    ablated: dict[str, dict[int, dict[str, Any]]],
     n_values: list[int],
-) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """sae_bench's `create_tpp_plotting_dict`: (means over classes, per-class metrics)."""
-    per_class: dict[str, dict[str, float]] = {}
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """sae_bench's `create_tpp_plotting_dict`: (means over classes, per-class metrics). Accuracies are floats, or
+    [R] arrays of their bootstrap resamples (then every metric is an [R] array of samples)."""
+    per_class: dict[str, dict[str, Any]] = {}
     for i in clean:
         metrics = {}
         for n in n_values:
             intended = clean[i] - ablated[i][n][i]
-            unintended = float(np.mean([clean[j] - ablated[i][n][j] for j in clean if j != i]))
+            unintended = np.mean([clean[j] - ablated[i][n][j] for j in clean if j != i], axis=0)
             metrics[f"tpp_threshold_{n}_total_metric"] = intended - unintended
             metrics[f"tpp_threshold_{n}_intended_diff_only"] = intended
             metrics[f"tpp_threshold_{n}_unintended_diff_only"] = unintended
         per_class[i] = metrics
     keys = next(iter(per_class.values())).keys()
-    return {k: float(np.mean([m[k] for m in per_class.values()])) for k in keys}, per_class
-
-
-def tpp_score_samples(
-    clean: dict[str, np.ndarray],
-    ablated: dict[str, dict[int, dict[str, np.ndarray]]],
-    n_values: list[int],
-) -> dict[str, np.ndarray]:
-    """`tpp_scores`' means over classes, of accuracies given per bootstrap resample (arrays [R])."""
-    out: dict[str, np.ndarray] = {}
-    for n in n_values:
-        intended = [clean[i] - ablated[i][n][i] for i in clean]
-        unintended = [np.mean([clean[j] - ablated[i][n][j] for j in clean if j != i], axis=0) for i in clean]
-        out[f"tpp_threshold_{n}_total_metric"] = np.mean(intended, axis=0) - np.mean(unintended, axis=0)
-        out[f"tpp_threshold_{n}_intended_diff_only"] = np.mean(intended, axis=0)
-        out[f"tpp_threshold_{n}_unintended_diff_only"] = np.mean(unintended, axis=0)
-    return out
+    return {k: np.mean([m[k] for m in per_class.values()], axis=0) for k in keys}, per_class
 
 
 def run_tpp(
@@ -210,7 +195,7 @@ def run_tpp(
                 i: {n: {j: acc(j, h) for j, h in by_task.items()} for n, by_task in by_n.items()}
                 for i, by_n in boot_hits[sid][d_index].items()
             }
-            boot[sid].append(tpp_score_samples(clean_r, ablated_r, cfg.n_values))
+            boot[sid].append(tpp_scores(clean_r, ablated_r, cfg.n_values)[0])
     headline = [f"tpp_threshold_{n}_total_metric" for n in cfg.n_values]
     seconds = time.perf_counter() - start
     known_metrics = {f.name for f in fields(TppMetrics)}
