@@ -39,20 +39,21 @@ def prefetch(batches: Iterator[torch.Tensor], device: str, *, depth: int = 2) ->
     ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
-    def put(item: Any) -> None:
+    def put(item: Any) -> bool:
+        """False once the consumer has stopped, so the reader draws no further batch."""
         while not stop.is_set():
             try:
                 ready.put(item, timeout=0.1)
-                return
+                return True
             except queue.Full:
                 continue
+        return False
 
     def produce() -> None:
         try:
             for batch in batches:
-                if stop.is_set():
+                if stop.is_set() or not put(_pin(batch)):
                     return
-                put(_pin(batch))
         except BaseException as err:  # handed to the consumer, which raises it
             put(_Failed(err))
             return
