@@ -17,6 +17,12 @@ unless `--saes A B` names two checkpoints (any `compare` format); timing is what
 
 Writes benchmarks/results/eval_cost.json (with `--smoke`: benchmarks/results/eval_cost_smoke.json unless `--out`):
 per phase the wall time, the time of each evaluation, and the model-pass cache's reads and builds.
+
+`--sae-bench` also times sae_bench's own sparse probing and TPP on SAE B in the same process, on the same texts,
+splits and sizes (`sae_bench_reference.py` patches only its model-facing `get_dataset_activations`). sae_bench
+runs the language model per SAE unless its saved activation artifacts are reused, so it gets two numbers: cold
+(its token activations + its evaluation) and warm (its evaluation alone), each beside ours. Its core, absorption,
+SCR, RAVEL and unlearning need a HookedTransformer and its hub datasets, which do not run offline: not compared.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ import os
 import platform
 import tempfile
 import time
+
+# as in sae_bench_reference.py: sae_bench's jaxtyping annotations reject its own nested probe sizes; they are
+# annotations only, and the switch is read when jaxtyping is first imported (abstopk_eval imports sae_bench)
+os.environ.setdefault("JAXTYPING_DISABLE", "1")
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +154,50 @@ def phase(name: str, argv: list[str], passes_root: Path) -> dict[str, Any]:
     return out
 
 
+def sae_bench_side(model: str, layer: int, sae_path: Path) -> dict[str, Any]:
+    """Seconds of sae_bench's sparse probing and TPP for one SAE over our default datasets, cold and warm."""
+    from sae_bench_reference import class_dicts, sae_bench_sparse_probing, sae_bench_tpp, token_activations
+
+    from abstopk_eval.evals.probes import load_dataset, split_per_class
+    from abstopk_eval.evals.sparse_probing.eval_config import SparseProbingEvalConfig
+    from abstopk_eval.evals.tpp.eval_config import TppEvalConfig
+    from abstopk_eval.models.adapter import ModelAdapter
+    from abstopk_eval.models.loading import load_model
+    from abstopk_eval.saes.formats import load_external
+
+    spec = get_model_spec(model)
+    adapter = ModelAdapter.from_loaded(load_model(spec.key))
+    sae = load_external(sae_path, spec=spec, layer=layer).sae
+    sp_cfg, tpp_cfg = SparseProbingEvalConfig(), TppEvalConfig()
+    setup = {"sparse_probing": 0.0, "tpp": 0.0}
+    run = {"sparse_probing": 0.0, "tpp": 0.0}
+    with torch.no_grad():
+        for name in dict.fromkeys([*sp_cfg.dataset_names, *tpp_cfg.dataset_names]):
+            ds = load_dataset(
+                name, "offline", max_per_class=sp_cfg.train_per_class + sp_cfg.test_per_class, seed=sp_cfg.random_seed
+            )
+            train_idx, test_idx = split_per_class(
+                ds.labels, sp_cfg.train_per_class, sp_cfg.test_per_class, sp_cfg.random_seed
+            )
+            began = time.perf_counter()
+            train, test = class_dicts(
+                ds, token_activations(adapter, layer, list(ds.texts), sp_cfg.context_length), train_idx, test_idx
+            )
+            acts_s = time.perf_counter() - began
+            if name in sp_cfg.dataset_names:
+                setup["sparse_probing"] += acts_s
+                began = time.perf_counter()
+                sae_bench_sparse_probing(name, train, test, sae, sp_cfg.k_values, layer)
+                run["sparse_probing"] += time.perf_counter() - began
+            if name in tpp_cfg.dataset_names and len(ds.class_names) > 2:
+                setup["tpp"] += acts_s
+                began = time.perf_counter()
+                sae_bench_tpp(name, train, test, sae, tpp_cfg.n_values, layer)
+                run["tpp"] += time.perf_counter() - began
+            print(f"sae_bench {name}: activations {acts_s:.1f} s, evaluations so far {run}", flush=True)
+    return {name: {"cold_s": round(setup[name] + run[name], 3), "warm_s": round(run[name], 3)} for name in run}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gemma-3-270m")
@@ -155,7 +209,10 @@ def main() -> None:
     p.add_argument("--cache-dir", type=Path, default=None, help="model copy and activation caches (default ~/.cache)")
     p.add_argument("--smoke", action="store_true", help="smoke preset, cheap evaluations, small options")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--sae-bench", action="store_true", help="also time sae_bench's sparse probing and TPP on SAE B")
     args = p.parse_args()
+    if args.sae_bench and (args.smoke or args.model_path is not None):
+        raise SystemExit("error: --sae-bench runs at the default sizes on a registry model (not with --smoke)")
     torch.manual_seed(0)
 
     spec = get_model_spec(args.model) if args.model_path is None else None
@@ -184,28 +241,47 @@ def main() -> None:
         passes = tmp / "model_passes"
         cold = phase("cold", [str(saes[0]), *common, "--results-dir", str(tmp / "results_cold")], passes)
         warm = phase("warm", [str(saes[1]), *common, "--results-dir", str(tmp / "results_warm")], passes)
-    ratio = {name: round(cold["eval_s"][name] / max(t, 1e-9), 2) for name, t in warm["eval_s"].items()}
-    result = {
-        "what": "time to evaluate one new SAE with the listed evaluations: cold = empty model-pass cache, warm = the "
-        "cache a first SAE's evaluation left (a new SAE, fresh results)",
-        "model": args.model,
-        "layer": args.layer if args.layer is not None else (spec.default_layer if spec is not None else None),
-        "preset": preset,
-        "evals": evals,
-        "smoke": args.smoke,
-        "eval_options": SMOKE_OPTIONS if args.smoke else [],
-        "saes": [str(s) for s in args.saes] if args.saes else "random AbsTopK (seeds 1, 2)",
-        "cache_dir": str(args.cache_dir or default_cache_dir()),
-        "cold": cold,
-        "warm": warm,
-        "cold_over_warm_per_eval": ratio,
-        "cold_over_warm_total": round(cold["wall_s"] / max(warm["wall_s"], 1e-9), 2),
-        "torch_threads": torch.get_num_threads(),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-        "versions": package_versions(),
-    }
-    atomic_write_json(out_path, result)
-    print(f"wrote {out_path}: cold {cold['wall_s']:.1f} s, warm {warm['wall_s']:.1f} s")
+        layer = args.layer if args.layer is not None else spec.default_layer if spec is not None else None
+        ratio = {name: round(cold["eval_s"][name] / max(t, 1e-9), 2) for name, t in warm["eval_s"].items()}
+        result = {
+            "what": "time to evaluate one new SAE with the listed evaluations: cold = empty model-pass cache, "
+            "warm = the cache a first SAE's evaluation left (a new SAE, fresh results)",
+            "model": args.model,
+            "layer": layer,
+            "preset": preset,
+            "evals": evals,
+            "smoke": args.smoke,
+            "eval_options": SMOKE_OPTIONS if args.smoke else [],
+            "saes": [str(s) for s in args.saes] if args.saes else "random AbsTopK (seeds 1, 2)",
+            "cache_dir": str(args.cache_dir or default_cache_dir()),
+            "cold": cold,
+            "warm": warm,
+            "cold_over_warm_per_eval": ratio,
+            "cold_over_warm_total": round(cold["wall_s"] / max(warm["wall_s"], 1e-9), 2),
+            "sae_bench": None,
+            "torch_threads": torch.get_num_threads(),
+            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+            "versions": package_versions(),
+        }
+        atomic_write_json(out_path, result)  # before sae_bench's side: a failure there keeps what was measured
+        print(f"wrote {out_path}: cold {cold['wall_s']:.1f} s, warm {warm['wall_s']:.1f} s")
+        if args.sae_bench:
+            theirs = sae_bench_side(args.model, layer, saes[1])
+            result["sae_bench"] = {
+                "what": "sae_bench's own code on SAE B, same texts, splits and sizes; cold = its LLM token activations "
+                "+ its evaluation, warm = its evaluation with the activations given (its saved-artifact reuse)",
+                "seconds": theirs,
+                "sae_bench_over_ours": {
+                    name: {
+                        "cold": round(t["cold_s"] / max(cold["eval_s"][name], 1e-9), 2),
+                        "warm": round(t["warm_s"] / max(warm["eval_s"][name], 1e-9), 2),
+                    }
+                    for name, t in theirs.items()
+                    if name in warm["eval_s"]
+                },
+            }
+            atomic_write_json(out_path, result)
+            print(f"wrote {out_path} with sae_bench's side: {result['sae_bench']['sae_bench_over_ours']}")
 
 
 if __name__ == "__main__":

@@ -60,11 +60,17 @@ class PeakRSS:
 def _cache(model: str, layer: int) -> tuple[ActivationCache, ActivationCache]:
     quick = get_preset("quick")
     root = default_cache_dir() / "activations"
-    train = ActivationCache.load(
-        root / CacheKey(model, layer, "wiki-en", quick.cache_tokens, 128).dirname, verify=False
-    )
+
+    def folder(key: CacheKey) -> Path:
+        # the main job's folder ends in -<source hash> (model weights identity, corpus version); take the one there
+        found = sorted(root.glob(key.dirname + "-*"))
+        if len(found) != 1:
+            raise SystemExit(f"error: expected one activation cache {root / key.dirname}-*, found {len(found)}")
+        return found[0]
+
+    train = ActivationCache.load(folder(CacheKey(model, layer, "wiki-en", quick.cache_tokens, 128)), verify=False)
     held = ActivationCache.load(
-        root / CacheKey(model, layer, "wiki-en", quick.heldout_tokens, 128, split="eval").dirname, verify=False
+        folder(CacheKey(model, layer, "wiki-en", quick.heldout_tokens, 128, split="eval")), verify=False
     )
     return train, held
 
@@ -98,6 +104,25 @@ def bench_ours(variant, batches, d_in, d_sae, k, preset, sparse=True, bf16=False
         "tokens_per_s": len(steady) * batches[0].shape[0] / sum(steady),
         "peak_mem_mb": mem.peak_above_start_mb,
     }, sae
+
+
+def step_breakdown(variant, batches, d_in, d_sae, k, preset, top: int = 8) -> dict[str, float]:
+    """Share of one training step's CPU time per operator (torch.profiler self time), over the given batches.
+
+    Says where the gap to the encoder-matmul roofline goes: `aten::addmm` is the encoder product itself.
+    """
+    preset = dataclasses.replace(preset, expansion=d_sae // d_in)
+    state = _new_state(TrainJob(variant, k, 0, preset.name, Path("/nonexistent")), d_in, preset, "cpu")
+    _train_step(state, batches[0], preset)  # warm-up, not profiled
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for batch in batches[1:]:
+            _train_step(state, batch, preset)
+    events = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
+    total = sum(t for _, t in events)
+    events.sort(key=lambda kv: -kv[1])
+    shares = {key: round(t / total, 4) for key, t in events[:top]}
+    shares["other"] = round(1 - sum(shares.values()), 4)
+    return shares
 
 
 def bench_sae_lens(variant, batches, d_in, d_sae, k, preset) -> tuple[dict, object]:
@@ -219,6 +244,8 @@ def main() -> None:
                 f"{variant} bf16 encoder: {low['tokens_per_s']:.0f} tok/s, nMSE {row['bf16_final_nmse']:.4f} "
                 f"({100 * row['bf16_nmse_relative_difference']:.2f}% from fp32)"
             )
+        row["step_cpu_time_share"] = step_breakdown(variant, batches[:6], d_in, d_sae, args.k, preset)
+        print(f"{variant} step breakdown (share of CPU time): {row['step_cpu_time_share']}")
         results[variant] = row
         print(
             f"{variant}: ours {row['ours_tokens_per_s']:.0f} tok/s, sae_lens {row['sae_lens_tokens_per_s']:.0f} tok/s "
