@@ -156,9 +156,8 @@ def phase(name: str, argv: list[str], passes_root: Path) -> dict[str, Any]:
 
 def sae_bench_side(model: str, layer: int, sae_path: Path) -> dict[str, Any]:
     """Seconds of sae_bench's sparse probing and TPP for one SAE over our default datasets, cold and warm."""
-    from sae_bench_reference import class_dicts, sae_bench_sparse_probing, sae_bench_tpp, token_activations
+    from sae_bench_reference import dataset_activations, sae_bench_sparse_probing, sae_bench_tpp
 
-    from abstopk_eval.evals.probes import load_dataset, split_per_class
     from abstopk_eval.evals.sparse_probing.eval_config import SparseProbingEvalConfig
     from abstopk_eval.evals.tpp.eval_config import TppEvalConfig
     from abstopk_eval.models.adapter import ModelAdapter
@@ -173,17 +172,7 @@ def sae_bench_side(model: str, layer: int, sae_path: Path) -> dict[str, Any]:
     run = {"sparse_probing": 0.0, "tpp": 0.0}
     with torch.no_grad():
         for name in dict.fromkeys([*sp_cfg.dataset_names, *tpp_cfg.dataset_names]):
-            ds = load_dataset(
-                name, "offline", max_per_class=sp_cfg.train_per_class + sp_cfg.test_per_class, seed=sp_cfg.random_seed
-            )
-            train_idx, test_idx = split_per_class(
-                ds.labels, sp_cfg.train_per_class, sp_cfg.test_per_class, sp_cfg.random_seed
-            )
-            began = time.perf_counter()
-            train, test = class_dicts(
-                ds, token_activations(adapter, layer, list(ds.texts), sp_cfg.context_length), train_idx, test_idx
-            )
-            acts_s = time.perf_counter() - began
+            ds, train, test, acts_s = dataset_activations(adapter, layer, name, sp_cfg)
             if name in sp_cfg.dataset_names:
                 setup["sparse_probing"] += acts_s
                 began = time.perf_counter()

@@ -90,6 +90,19 @@ def class_dicts(ds: Any, acts: torch.Tensor, train_idx: np.ndarray, test_idx: np
     return split(train_idx), split(test_idx)
 
 
+def dataset_activations(
+    adapter: ModelAdapter, layer: int, name: str, cfg: SparseProbingEvalConfig
+) -> tuple[Any, dict, dict, float]:
+    """(dataset, sae_bench's train and test {class: token activations}, seconds the LLM pass took) at our sizes."""
+    ds = load_dataset(name, "offline", max_per_class=cfg.train_per_class + cfg.test_per_class, seed=cfg.random_seed)
+    train_idx, test_idx = split_per_class(ds.labels, cfg.train_per_class, cfg.test_per_class, cfg.random_seed)
+    began = time.perf_counter()
+    acts = token_activations(adapter, layer, list(ds.texts), cfg.context_length)
+    seconds = time.perf_counter() - began
+    train, test = class_dicts(ds, acts, train_idx, test_idx)
+    return ds, train, test, seconds
+
+
 class _NoModel:
     """Stands in for sae_bench's HookedTransformer: activations are supplied, the model is never called."""
 
@@ -198,18 +211,9 @@ def main() -> None:
         "tpp_n_values": tpp_cfg.n_values,
     }
     for name in args.datasets:
-        ds = load_dataset(
-            name, "offline", max_per_class=sp_cfg.train_per_class + sp_cfg.test_per_class, seed=sp_cfg.random_seed
-        )
-        train_idx, test_idx = split_per_class(
-            ds.labels, sp_cfg.train_per_class, sp_cfg.test_per_class, sp_cfg.random_seed
-        )
+        ds, train, test, acts_s = dataset_activations(adapter, layer, name, sp_cfg)
         entry: dict[str, Any] = {"n_texts": len(ds.texts), "classes": list(ds.class_names), "saes": {}}
-        t0 = time.perf_counter()
-        acts = token_activations(adapter, layer, list(ds.texts), sp_cfg.context_length)
-        entry["sae_bench_setup_token_activations_s"] = time.perf_counter() - t0
-        train, test = class_dicts(ds, acts, train_idx, test_idx)
-        del acts
+        entry["sae_bench_setup_token_activations_s"] = acts_s
         # ours: every SAE in one call, as the runner does (one model pass shared by the SAEs and by TPP)
         clear_pooled_cache()
         ours_sp, ours_tpp = {}, {}
