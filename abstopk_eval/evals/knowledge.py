@@ -25,7 +25,7 @@ from typing import Any
 from torch import Tensor
 
 from abstopk_eval.data.facts import Template
-from abstopk_eval.models.pass_cache import pass_cache_of, tensor_digest
+from abstopk_eval.models.pass_cache import cached_pass, tensor_digest
 
 
 def encode(tokenizer: Any, text: str, bos: int | None) -> list[int]:
@@ -82,10 +82,7 @@ class PromptRunner:
         self, kind: str, ids: Tensor, mask: Tensor, build: Callable[[], dict[str, Tensor]]
     ) -> dict[str, Tensor]:
         """`build()`'s tensors for this prompt batch, from the adapter's pass cache when it has one."""
-        cache = pass_cache_of(self.adapter)
-        if cache is None:
-            return build()
-        got = cache.get_or_build(kind, self.layer, {"ids": tensor_digest(ids, mask)}, build)
+        got = cached_pass(self.adapter, kind, self.layer, {"ids": tensor_digest(ids, mask)}, build)
         return {name: t.to(self.adapter.device) for name, t in got.items()}
 
     def logits_and_residual(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

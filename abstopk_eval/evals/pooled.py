@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.context import EvalContext
 from abstopk_eval.models.batching import length_batches, pad_sequences, pad_token_id_of
-from abstopk_eval.models.pass_cache import pass_cache_of, tensor_digest
+from abstopk_eval.models.pass_cache import cached_pass, tensor_digest
 from abstopk_eval.models.sequence_start import sequence_start_of
 
 # characters kept per token before tokenising (only bounds the work on very long texts: 128 tokens of more
@@ -225,14 +225,10 @@ def token_residuals(
         rows, counts, pooled_x = _model_pass(ctx, ids, batch_tokens, dataset)
         return {"rows": rows, "counts": counts, "model": pooled_x}
 
-    cache = pass_cache_of(adapter)
-    if cache is None:
-        got = build()
-    else:
-        flat = torch.tensor([t for i in ids for t in i], dtype=torch.long)
-        lengths = torch.tensor([len(i) for i in ids], dtype=torch.long)
-        key = {"ids": tensor_digest(flat, lengths), "batch_tokens": batch_tokens}
-        got = cache.get_or_build(POOLED_KIND, ctx.layer, key, build)
+    flat = torch.tensor([t for i in ids for t in i], dtype=torch.long)
+    lengths = torch.tensor([len(i) for i in ids], dtype=torch.long)
+    key = {"ids": tensor_digest(flat, lengths), "batch_tokens": batch_tokens}
+    got = cached_pass(adapter, POOLED_KIND, ctx.layer, key, build)
     return TokenResiduals(rows=got["rows"], counts=got["counts"], model=got["model"], n_truncated=n_truncated)
 
 

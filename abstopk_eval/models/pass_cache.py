@@ -209,3 +209,12 @@ def pass_cache_of(obj: Any) -> PassCache | None:
     """The pass cache attached to an adapter (`ModelAdapter.pass_cache`), or None (stand-ins, caching off)."""
     cache = getattr(obj, "pass_cache", None)
     return cache if isinstance(cache, PassCache) else None
+
+
+def cached_pass(
+    obj: Any, kind: str, layer: int, key: Mapping[str, Any], build: Callable[[], dict[str, Tensor]]
+) -> dict[str, Tensor]:
+    """`build()`'s tensors, through the pass cache of `obj` (an adapter) where it has one: every SAE-independent
+    model pass of an evaluation goes through here, keyed by what decides it besides the pass identity."""
+    cache = pass_cache_of(obj)
+    return build() if cache is None else cache.get_or_build(kind, layer, key, build)

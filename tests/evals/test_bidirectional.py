@@ -193,3 +193,19 @@ def test_the_effective_decoder_is_each_latents_unit_contribution(kind):
     with torch.no_grad():
         sae.b_dec.normal_()  # cancels: decode is affine
     assert torch.allclose(effective_decoder(sae, chunk=16), sae.W_dec, atol=1e-5)
+
+
+def test_a_second_run_with_a_new_sae_takes_the_pair_activations_from_the_pass_cache(planted, tmp_path):
+    from abstopk_eval.models.pass_cache import PassCache, pass_identity
+    from tests.evals.test_pass_cache_evals import blocks_run
+
+    adapter, u, mid = planted
+    cached = ModelAdapter(adapter.model, adapter.tokenizer)
+    cached.pass_cache = PassCache(tmp_path, pass_identity({"key": "tiny-bipolar", "weights": "test"}, "cpu"))
+    first = _sae(AbsTopKSAE, AbsTopKSAEConfig, [(u, -mid)])
+    run_bidirectional(_ctx(cached), {"a": first}, CFG)
+    new = random_sae("abstopk", seed=4, d_in=D_MODEL, d_sae=D_SAE)
+    with blocks_run(cached) as calls:
+        warm = run_bidirectional(_ctx(cached), {"b": new}, CFG)["b"]
+    assert not calls and cached.pass_cache.hits >= 1
+    assert warm.eval_result_details == run_bidirectional(_ctx(adapter), {"b": new}, CFG)["b"].eval_result_details

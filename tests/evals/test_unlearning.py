@@ -164,3 +164,32 @@ def test_selection_counts_firing_of_either_sign():
         assert f_freq.tolist() == pytest.approx([1.0, 0.7, 1.0, 0.0])
         assert r_freq.tolist() == pytest.approx([0.0, 0.0, 1.0, 1.0])
         assert top_features(f_freq, r_freq, 0.01).tolist() == [0, 1]
+
+
+def test_skipping_prompts_where_no_clamped_latent_fires_changes_no_outcome(knowledge_model, knowledge_facts):
+    """The sweep runs the model only on prompts where a clamped latent fires; the rest keep their base answers.
+    Against running every prompt: the same outcomes for latents firing on some prompts, on every prompt, and on
+    none (then no prompt runs)."""
+    from abstopk_eval.evals.knowledge import PromptRunner
+    from abstopk_eval.evals.unlearning.main import _outcomes, _prepare, clamped_outcomes, firing_latents
+
+    ctx, cfg = knowledge_context(knowledge_model), tiny_unlearning_config()
+    runner = PromptRunner(ctx.adapter, ctx.layer)
+    forget, retain, _rows, _info = _prepare(ctx, cfg, runner)
+    sae = random_sae("abstopk", seed=2)
+    a = ctx.adapter
+    args = (a.pad_token_id, a.sequence_start, 3, a.d_model)
+    for items in (forget.evaluated, retain.evaluated):
+        base = _outcomes(runner, None, items, None, 0.0, None, *args)
+        fires = firing_latents(sae, items, *args)
+        counts = fires.sum(0)
+        never = torch.nonzero(counts == 0).flatten()[:2]
+        some = torch.nonzero((counts > 0) & (counts < len(items))).flatten()[:2]
+        assert len(never) and len(some), "the planted SAE must have latents firing on none and on some prompts"
+        for latents in (never, some, torch.arange(sae.cfg.d_sae)):
+            scale = torch.ones(len(latents))
+            full = _outcomes(runner, sae, items, latents, 10.0, scale, *args)
+            skipped, ran = clamped_outcomes(runner, sae, items, base, fires, latents, 10.0, scale, *args)
+            assert torch.equal(skipped, full)
+            assert ran == int(fires[:, latents].any(1).sum())
+        assert clamped_outcomes(runner, sae, items, base, fires, never, 10.0, torch.ones(2), *args)[1] == 0

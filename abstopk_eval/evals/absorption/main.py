@@ -120,7 +120,7 @@ from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.options import resolve_config
 from abstopk_eval.evals.selection import orientation
 from abstopk_eval.models.batching import pad_sequences
-from abstopk_eval.models.pass_cache import pass_cache_of, tensor_digest
+from abstopk_eval.models.pass_cache import cached_pass, tensor_digest
 from abstopk_eval.models.sequence_start import sequence_start_of
 
 EVAL_NAME = "absorption"
@@ -267,9 +267,6 @@ def collect_activations(
     """Activation at every query's word token, as rows [n_rows, d_model] (float32, CPU); SAE-independent, so
     stored in the adapter's pass cache (`models.pass_cache`) where it has one, keyed by the sequences' ids, the
     query positions and the batching."""
-    cache = pass_cache_of(adapter)
-    if cache is None:
-        return _collect_activations(adapter, layer, sequences, n_rows, batch_size, pad_id, desc)
     queries = torch.tensor([q for s in sequences for q in s.queries], dtype=torch.long)
     key = {
         "ids": tensor_digest(*(torch.tensor(s.ids, dtype=torch.long) for s in sequences)),
@@ -279,7 +276,7 @@ def collect_activations(
         "pad_id": pad_id,
     }
     build = lambda: {"rows": _collect_activations(adapter, layer, sequences, n_rows, batch_size, pad_id, desc)}  # noqa: E731
-    return cache.get_or_build("absorption-rows", layer, key, build)["rows"]
+    return cached_pass(adapter, "absorption-rows", layer, key, build)["rows"]
 
 
 @torch.no_grad()

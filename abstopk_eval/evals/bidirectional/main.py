@@ -55,13 +55,28 @@ from abstopk_eval.evals.bootstrap import percentile_interval, resample_counts
 from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.options import resolve_config
+from abstopk_eval.models.pass_cache import cached_pass, tensor_digest
 
 EVAL_NAME = "bidirectional"
 
 
-@torch.no_grad()
+PAIRS_KIND = "bidirectional-pairs"
+
+
 def pair_activations(adapter, layer: int, instances: list[PairInstance]) -> tuple[torch.Tensor, torch.Tensor]:
-    """[n, d] activations at the differing token for pole A and pole B, one model call per sequence length."""
+    """[n, d] activations at the differing token for pole A and pole B. SAE-independent, so stored in the
+    adapter's pass cache (`models.pass_cache`) where it has one, keyed by every pair's ids and position."""
+    ids = torch.tensor([t for inst in instances for side in (0, 1) for t in inst.ids[side]], dtype=torch.long)
+    lengths = torch.tensor([len(inst.ids[0]) for inst in instances], dtype=torch.long)
+    positions = torch.tensor([inst.position for inst in instances], dtype=torch.long)
+    key = {"ids": tensor_digest(ids, lengths, positions)}
+    got = cached_pass(adapter, PAIRS_KIND, layer, key, lambda: _pair_activations(adapter, layer, instances))
+    return got["a"], got["b"]
+
+
+@torch.no_grad()
+def _pair_activations(adapter, layer: int, instances: list[PairInstance]) -> dict[str, torch.Tensor]:
+    """One model call per sequence length (the two poles of a pair have the same length)."""
     by_length: dict[int, list[int]] = defaultdict(list)
     for i, inst in enumerate(instances):
         by_length[len(inst.ids[0])].append(i)
@@ -74,7 +89,7 @@ def pair_activations(adapter, layer: int, instances: list[PairInstance]) -> tupl
         rows = torch.arange(len(idx))
         acts_a[idx] = hidden[2 * rows, pos]
         acts_b[idx] = hidden[2 * rows + 1, pos]
-    return acts_a, acts_b
+    return {"a": acts_a, "b": acts_b}
 
 
 @torch.no_grad()

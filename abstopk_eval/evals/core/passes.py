@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from abstopk_eval.models.pass_cache import pass_cache_of, tensor_digest
+from abstopk_eval.models.pass_cache import cached_pass, tensor_digest
 
 CLEAN_KIND = "core-clean"
 SPLICED_KIND = "core-spliced"
@@ -80,9 +80,7 @@ def clean_pass(adapter, tokens: Tensor, layer: int) -> CleanPass:
             out["bias_moment"] = p @ bias.float() if bias is not None else torch.zeros_like(ce)
         return out
 
-    cache = pass_cache_of(adapter)
-    key = {"tokens": tensor_digest(tokens)}
-    got = build() if cache is None else cache.get_or_build(CLEAN_KIND, layer, key, build)
+    got = cached_pass(adapter, CLEAN_KIND, layer, {"tokens": tensor_digest(tokens)}, build)
     device = adapter.device
     return CleanPass(
         resid=got["resid"].to(device),
@@ -122,7 +120,6 @@ def spliced_losses(
             expected = torch.linalg.vecdot(fallback.p, scores)
         return {"ce": ce, "kl": clean.neg_entropy - expected + lse}
 
-    cache = pass_cache_of(adapter)
     key = {"tokens": tensor_digest(tokens), "resid": tensor_digest(resid)}
-    got = build() if cache is None else cache.get_or_build(SPLICED_KIND, layer, key, build)
+    got = cached_pass(adapter, SPLICED_KIND, layer, key, build)
     return got["ce"], got["kl"]

@@ -26,7 +26,9 @@ Following sae_bench's unlearning eval (sae_bench/evals/unlearning; Farrell et al
   where z > 0 (m = 25..200 on Gemma-2-2B); our rule equals that for a non-negative latent up to the scale s,
   which makes m comparable across SAEs whose activations differ in size. A latent firing negatively is pushed
   to a positive value. The SAE error term is kept: r' = r + decode(z') - decode(z), at every position but the
-  special ones of `models.sequence_start` (each prompt's first token).
+  special ones of `models.sequence_start` (each prompt's first token). A prompt where no clamped latent fires is
+  left exactly as it was, so it keeps its base answer without running the model again (`firing_latents`); on
+  SAEs whose selected latents are specific to the forget text that skips most retain prompts.
 * Score: 1 - forget accuracy after / before at the sweep entry with the lowest forget accuracy among those
   whose retain accuracy is >= retain_bound x its value before (sae_bench: 0.99); 0 when none is within the bound.
   The whole sweep (retain threshold, n latents, multiplier, forget / retain accuracy) is in the details.
@@ -52,6 +54,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -426,6 +429,35 @@ def unlearning_score_samples(
     return torch.where(usable, 1.0 - best / f_before.clamp_min(1e-300), torch.zeros_like(f_before))
 
 
+def _padded_batches(
+    items: list[Item], pad: int, start: SequenceStart, batch_size: int, d_model: int
+) -> Iterator[tuple[list[int], Tensor, Tensor, Tensor, Tensor]]:
+    """Length batches of `items`: indices, left-padded ids and mask, the layer-L residual [B, T, D] and the
+    positions the clamp edits (every real token but the special ones of `models.sequence_start`)."""
+    for batch in length_batches([len(i.ids) for i in items], batch_size):
+        chunk = [items[i] for i in batch]
+        ids, mask = pad_sequences([i.ids for i in chunk], pad, side="left")
+        width = ids.shape[1]
+        resid = torch.zeros(len(chunk), width, d_model)
+        for row, item in enumerate(chunk):
+            resid[row, width - len(item.ids) :] = item.resid
+        yield batch, ids, mask, resid, mask.bool() & ~start.special_mask(ids, mask)
+
+
+@torch.no_grad()
+def firing_latents(
+    sae: SAE, items: list[Item], pad: int, start: SequenceStart, batch_size: int, d_model: int
+) -> Tensor:
+    """[len(items), d_sae] bool: latent j fires (z != 0) at some edited position of item i. Where none of the
+    clamped latents fires in a prompt, the clamp leaves z, and so the residual, exactly as it was: the prompt's
+    answer is its base answer and the model is not run on it again."""
+    out = torch.zeros(len(items), sae.cfg.d_sae, dtype=torch.bool)
+    for batch, _ids, _mask, resid, edit in _padded_batches(items, pad, start, batch_size, d_model):
+        z = sae.encode(resid.to(sae.W_dec.device, sae.W_dec.dtype)).cpu()
+        out[batch] = ((z != 0) & edit[..., None]).any(1)
+    return out
+
+
 @torch.no_grad()
 def _outcomes(
     runner: PromptRunner,
@@ -441,23 +473,36 @@ def _outcomes(
 ) -> Tensor:
     """Per-item correctness [len(items)] (bool) of the model's answers, with the clamp applied when `sae` is given."""
     correct: list[bool] = [False] * len(items)
-    for batch in length_batches([len(i.ids) for i in items], batch_size):
-        chunk = [items[i] for i in batch]
-        ids, mask = pad_sequences([i.ids for i in chunk], pad, side="left")
-        width = ids.shape[1]
-        resid = torch.zeros(len(chunk), width, d_model)
-        for row, item in enumerate(chunk):
-            resid[row, width - len(item.ids) :] = item.resid
+    for batch, ids, mask, resid, edit in _padded_batches(items, pad, start, batch_size, d_model):
         if sae is not None and latents is not None and len(latents):
-            edit = mask.bool() & ~start.special_mask(ids, mask)
             x = resid[edit].to(sae.W_dec.device, sae.W_dec.dtype)
             z = sae.encode(x)
             zc = clamp_latents(z, latents.to(z.device), multiplier, scale.to(z.device))
-            resid[edit] = (x + sae.decode(zc) - sae.decode(z)).float().cpu()
+            resid[edit] = (x + (sae.decode(zc) - sae.decode(z))).float().cpu()  # exactly x where zc == z
         logits = runner.logits_from_residual(resid, ids, mask)
         for row, i in enumerate(batch):
             correct[i] = _predicts(logits[row], items[i])
     return torch.tensor(correct, dtype=torch.bool)
+
+
+def clamped_outcomes(
+    runner: PromptRunner,
+    sae: SAE,
+    items: list[Item],
+    base: Tensor,
+    fires: Tensor,
+    latents: Tensor,
+    multiplier: float,
+    scale: Tensor,
+    *args: Any,
+) -> tuple[Tensor, int]:
+    """`_outcomes` under the clamp, running the model only on the prompts where a clamped latent fires
+    (`firing_latents`); the others keep their base outcome. Also returns how many prompts ran."""
+    affected = fires[:, latents].any(1).nonzero().flatten().tolist()
+    out = base.clone()
+    if affected:
+        out[affected] = _outcomes(runner, sae, [items[i] for i in affected], latents, multiplier, scale, *args)
+    return out, len(affected)
 
 
 def run_unlearning(
@@ -497,6 +542,9 @@ def run_unlearning(
         t0 = time.perf_counter()
         forget_freq, scale = latent_statistics(sae, forget_rows)
         retain_freq, _ = latent_statistics(sae, retain_rows)
+        forget_fires = firing_latents(sae, forget.evaluated, *args)
+        retain_fires = firing_latents(sae, retain.evaluated, *args)
+        prompts_run = 0
         sweep: list[UnlearningSweepDetail] = []
         done: dict[tuple[tuple[int, ...], float], tuple[Tensor, Tensor]] = {}
         entries: list[tuple[Tensor, Tensor]] = []  # per-question outcomes of each usable sweep entry
@@ -509,9 +557,14 @@ def run_unlearning(
                 for m in cfg.multipliers:
                     key = (tuple(int(j) for j in latents), float(m))
                     if key not in done:  # the same latents under another threshold: same result
-                        f_ok = _outcomes(runner, sae, forget.evaluated, latents, m, scale[latents], *args)
-                        r_ok = _outcomes(runner, sae, retain.evaluated, latents, m, scale[latents], *args)
+                        f_ok, f_ran = clamped_outcomes(
+                            runner, sae, forget.evaluated, forget_base, forget_fires, latents, m, scale[latents], *args
+                        )
+                        r_ok, r_ran = clamped_outcomes(
+                            runner, sae, retain.evaluated, retain_base, retain_fires, latents, m, scale[latents], *args
+                        )
                         done[key] = (f_ok, r_ok)
+                        prompts_run += f_ran + r_ran
                     f_ok, r_ok = done[key]
                     f, r = float(f_ok.double().mean()), float(r_ok.double().mean())
                     if len(latents):
@@ -568,6 +621,8 @@ def run_unlearning(
                 "n_forget_selection_tokens": int(forget_rows.shape[0]),
                 "n_retain_tokens": int(retain_rows.shape[0]),
                 "resumed_forward": runner.resume,
+                "sweep_prompts_run": prompts_run,
+                "sweep_prompts_total": len(done) * (len(forget.evaluated) + len(retain.evaluated)),
                 "shared_seconds": shared_seconds,
                 "sae_seconds": time.perf_counter() - t0,
             },
