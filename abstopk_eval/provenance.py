@@ -30,6 +30,27 @@ def package_versions() -> dict[str, str]:
     return {"python": platform.python_version(), **{name: package_version(name) for name in PACKAGES}}
 
 
+def source_commit() -> str | None:
+    """The git commit of this package's source tree, with ``+dirty`` when it has uncommitted changes (None outside
+    a git checkout, e.g. an installed wheel): benchmarks record which code they measured."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def sae_bench_version() -> str:
     """What results put in sae_bench's `sae_bench_commit_hash` field: we run the PyPI release, not a commit."""
     return f"sae-bench {package_version('sae-bench')} (PyPI)"

@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import os
 import platform
+import sys
 import tempfile
 import time
 
@@ -50,7 +51,7 @@ from abstopk_eval.evals.context import default_evals
 from abstopk_eval.io import atomic_write_json, default_cache_dir
 from abstopk_eval.models import pass_cache
 from abstopk_eval.models.registry import get_model_spec
-from abstopk_eval.provenance import package_versions
+from abstopk_eval.provenance import package_versions, source_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -72,6 +73,12 @@ SMOKE_OPTIONS = [
     "core.n_bootstrap=100",
 ]
 """The `--smoke` setting: the cheap evaluations with small sizes (the others need thousands of prompts)."""
+
+
+def fail(message: str) -> None:
+    """Bad input: one `error:` line and exit status 2, before any work."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def random_sae_file(path: Path, d_in: int, d_sae: int, k: int, seed: int) -> Path:
@@ -199,9 +206,20 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="smoke preset, cheap evaluations, small options")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--sae-bench", action="store_true", help="also time sae_bench's sparse probing and TPP on SAE B")
+    p.add_argument(
+        "--keep-passes",
+        type=Path,
+        default=None,
+        help="an empty (or absent) folder for the model-pass cache, kept after the run (default: a temporary one), "
+        "so later `compare` calls can start warm (ABSTOPK_MODEL_PASS_CACHE=<folder>)",
+    )
     args = p.parse_args()
     if args.sae_bench and (args.smoke or args.model_path is not None):
-        raise SystemExit("error: --sae-bench runs at the default sizes on a registry model (not with --smoke)")
+        fail("--sae-bench runs at the default sizes on a registry model (not with --smoke)")
+    if args.keep_passes is not None and args.keep_passes.exists() and any(args.keep_passes.iterdir()):
+        fail(f"--keep-passes {args.keep_passes} is not empty (the cold phase needs an empty model-pass cache)")
+    if args.model_path is not None and args.saes is None:
+        fail("give --saes with --model-path (the SAE width comes from the registry)")
     torch.manual_seed(0)
 
     spec = get_model_spec(args.model) if args.model_path is None else None
@@ -211,8 +229,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="eval_cost-") as tmp_name:
         tmp = Path(tmp_name)
         if args.saes is None:
-            if spec is None:
-                raise SystemExit("error: give --saes with --model-path (the SAE width comes from the registry)")
             d_sae = get_preset(preset).expansion * spec.d_model
             saes = [random_sae_file(tmp / f"sae_{s}.safetensors", spec.d_model, d_sae, spec.paper_k, s) for s in (1, 2)]
         else:
@@ -228,6 +244,8 @@ def main() -> None:
         if args.smoke:
             common += [a for opt in SMOKE_OPTIONS for a in ("--eval-option", opt)]
         passes = tmp / "model_passes"
+        if args.keep_passes is not None:
+            passes = args.keep_passes
         cold = phase("cold", [str(saes[0]), *common, "--results-dir", str(tmp / "results_cold")], passes)
         warm = phase("warm", [str(saes[1]), *common, "--results-dir", str(tmp / "results_warm")], passes)
         layer = args.layer if args.layer is not None else spec.default_layer if spec is not None else None
@@ -251,6 +269,7 @@ def main() -> None:
             "torch_threads": torch.get_num_threads(),
             "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
             "versions": package_versions(),
+            "source_commit": source_commit(),
         }
         atomic_write_json(out_path, result)  # before sae_bench's side: a failure there keeps what was measured
         print(f"wrote {out_path}: cold {cold['wall_s']:.1f} s, warm {warm['wall_s']:.1f} s")
