@@ -205,9 +205,13 @@ def test_knowledge_evaluations_run_no_block_up_to_l_when_warm(which, knowledge_m
     cached = ModelAdapter(plain.model, plain.tokenizer)
     cached.pass_cache = PassCache(tmp_path, pass_identity({"key": "knowledge", "weights": "test"}, "cpu"))
     run(knowledge_context(cached), {"a": random_sae("abstopk", seed=1)}, cfg)  # cold: fills the cache
+    built = cached.pass_cache.builds
+    if which == "ravel":  # the clean model's attribution gradients are SAE-independent: cached too
+        assert list((cached.pass_cache.folder / f"layer_{K_LAYER}" / "ravel-grads").glob("*.safetensors"))
     new = {"b": random_sae("topk", seed=2)}
     ctx = knowledge_context(cached)  # (its held-out activations run the model: not part of the evaluation)
     with blocks_run(cached) as calls:
         warm = run(ctx, new, cfg)["b"]
     assert not any(calls[i] for i in range(K_LAYER + 1)), calls  # no clean pass, no block up to L
+    assert cached.pass_cache.builds == built  # everything SAE-independent came from the cache
     assert metrics_and_details(warm) == metrics_and_details(run(knowledge_context(plain), new, cfg)["b"])

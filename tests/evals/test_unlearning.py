@@ -180,7 +180,8 @@ def test_skipping_prompts_where_no_clamped_latent_fires_changes_no_outcome(knowl
     a = ctx.adapter
     args = (a.pad_token_id, a.sequence_start, 3, a.d_model)
     for items in (forget.evaluated, retain.evaluated):
-        base = _outcomes(runner, None, items, None, 0.0, None, *args)
+        base = torch.tensor([i.correct for i in items])  # the clean pass's answers, as run_unlearning takes them
+        assert torch.equal(base, _outcomes(runner, None, items, None, 0.0, None, *args))  # = the resumed blocks'
         fires = firing_latents(sae, items, *args)
         counts = fires.sum(0)
         never = torch.nonzero(counts == 0).flatten()[:2]

@@ -85,9 +85,11 @@ from abstopk_eval.evals.ravel.eval_output import (
     RavelResultDetail,
 )
 from abstopk_eval.models.batching import length_batches, pad_sequences
+from abstopk_eval.models.pass_cache import cached_pass, tensor_digest
 
 log = logging.getLogger("abstopk_eval")
 EVAL_NAME = "ravel"
+GRADS_KIND = "ravel-grads"
 
 
 @dataclass
@@ -243,7 +245,9 @@ def _target_loss(logits: Tensor, targets: list[frozenset[int]]) -> Tensor:
 
 
 def _training_gradients(runner: PromptRunner, pairs: list[Pair], pad: int, batch_size: int, d_model: int) -> Tensor:
-    """dL/dr at each pair's base entity position (L = -log P(target)), clean model."""
+    """dL/dr at each pair's base entity position (L = -log P(target)), clean model. SAE-independent, so stored in
+    the adapter's pass cache (`models.pass_cache`) where it has one, keyed by the batch's ids, positions and
+    targets."""
     grads = torch.zeros(len(pairs), d_model)
     for batch in tqdm(
         length_batches([len(p.base.ids) for p in pairs], batch_size),
@@ -253,11 +257,19 @@ def _training_gradients(runner: PromptRunner, pairs: list[Pair], pad: int, batch
     ):
         chunk = [pairs[i] for i in batch]
         ids, mask = pad_sequences([p.base.ids for p in chunk], pad, side="left")
-        resid = _padded_resid(chunk, ids.shape[1], d_model).requires_grad_(True)
-        logits = runner.logits_from_residual(resid, ids, mask, grad=True)
-        (g,) = torch.autograd.grad(_target_loss(logits, [p.targets for p in chunk]), resid)
         pos = _base_positions(chunk, ids.shape[1])
-        grads[batch] = g[torch.arange(len(chunk)), pos].detach().float()
+        targets = [sorted(p.targets) for p in chunk]
+
+        def build(chunk=chunk, ids=ids, mask=mask, pos=pos) -> dict[str, Tensor]:
+            resid = _padded_resid(chunk, ids.shape[1], d_model).requires_grad_(True)
+            logits = runner.logits_from_residual(resid, ids, mask, grad=True)
+            (g,) = torch.autograd.grad(_target_loss(logits, [p.targets for p in chunk]), resid)
+            return {"grads": g[torch.arange(len(chunk)), pos].detach().float()}
+
+        flat = torch.tensor([t for ts in targets for t in ts], dtype=torch.long)
+        lengths = torch.tensor([len(ts) for ts in targets], dtype=torch.long)
+        key = {"ids": tensor_digest(ids, mask, pos, flat, lengths)}  # the clean residual follows from the ids
+        grads[batch] = cached_pass(runner.adapter, GRADS_KIND, runner.layer, key, build)["grads"]
     return grads
 
 

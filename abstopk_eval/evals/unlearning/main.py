@@ -516,8 +516,9 @@ def run_unlearning(
     forget, retain, forget_rows, info = _prepare(ctx, cfg, runner)
     retain_rows = ctx.heldout_activations()[: cfg.n_retain_tokens].float()
     args = (pad, seq_start, cfg.llm_batch_size, d_model)
-    forget_base = _outcomes(runner, None, forget.evaluated, None, 0.0, None, *args)
-    retain_base = _outcomes(runner, None, retain.evaluated, None, 0.0, None, *args)
+    # before the clamp: the clean pass's answers (cached), which chose the evaluated prompts (all answered right)
+    forget_base = torch.tensor([i.correct for i in forget.evaluated], dtype=torch.bool)
+    retain_base = torch.tensor([i.correct for i in retain.evaluated], dtype=torch.bool)
     forget_before, retain_before = float(forget_base.double().mean()), float(retain_base.double().mean())
     # the resamples depend only on the evaluated questions (chosen before any SAE), so every SAE shares them
     forget_counts = resample_counts(len(forget.evaluated), cfg.n_bootstrap, cfg.bootstrap_seed + FORGET_SEED_OFFSET)
