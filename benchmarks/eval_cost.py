@@ -221,6 +221,7 @@ def main() -> None:
     if args.model_path is not None and args.saes is None:
         fail("give --saes with --model-path (the SAE width comes from the registry)")
     torch.manual_seed(0)
+    code = source_commit()  # now: the tree may change on disk while the run goes on
 
     spec = get_model_spec(args.model) if args.model_path is None else None
     preset = args.preset or ("smoke" if args.smoke else "quick")
@@ -269,7 +270,7 @@ def main() -> None:
             "torch_threads": torch.get_num_threads(),
             "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
             "versions": package_versions(),
-            "source_commit": source_commit(),
+            "source_commit": code,
         }
         atomic_write_json(out_path, result)  # before sae_bench's side: a failure there keeps what was measured
         print(f"wrote {out_path}: cold {cold['wall_s']:.1f} s, warm {warm['wall_s']:.1f} s")
