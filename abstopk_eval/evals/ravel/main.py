@@ -14,9 +14,7 @@ Following sae_bench's RAVEL (sae_bench/evals/ravel), on offline data (abstopk_ev
 4. Interchange at the entity's last token, layer L: z = SAE(r_base), z' = z with the selected latents set to
    the source's values (signed: AbsTopK latents keep their sign). The headline follows sae_bench's MDBM
    default and writes decode(z') there (the SAE error term is dropped); `ravel_other_error_mode` scores the
-   same latents with the error kept, r' = r_base + (decode(z') - decode(z)) (`add_error` swaps the two; a
-   pair whose base and source agree on every interchanged latent is then unchanged and keeps the clean answer
-   without another pass). With
+   same latents with the error kept, r' = r_base + decode(z') - decode(z) (`add_error` swaps the two). With
    the error kept, the base entity's attributes survive in the error term: on gemma-3-270m even interchanging
    every latent rarely changes the country of a city. The prediction is the greedy next token.
 5. Latent selection (cheaper than sae_bench's learned binary mask, MDBM): a latent's score is the first-order
@@ -106,8 +104,6 @@ class Prompt:
     """Index of the entity's last token in ids."""
     targets: frozenset[int]
     correct: bool = False
-    prediction: int = -1
-    """The clean model's greedy next token."""
     resid: Tensor | None = None
     """Residual after block L, [len(ids), d_model] (kept prompts only)."""
 
@@ -159,8 +155,7 @@ def _answer_all(runner: PromptRunner, prompts: list[Prompt], pad: int, batch_siz
         logits, resid = runner.logits_and_residual(ids, mask)
         for row, i in enumerate(batch):
             p = prompts[i]
-            p.prediction = int(logits[row].argmax())
-            p.correct = p.prediction in p.targets
+            p.correct = int(logits[row].argmax()) in p.targets
             if p.correct:
                 p.resid = resid[row, ids.shape[1] - len(p.ids) :].clone()
 
@@ -299,23 +294,11 @@ def _intervened_hits(
     batch_size: int,
     d_model: int,
     add_error: bool,
-    skip_unchanged: bool = True,
 ) -> list[bool]:
-    """For each pair: does the greedy next token after the interchange name the pair's target?
-
-    With the error kept, a pair whose source and base agree on every interchanged latent is left exactly as it
-    was (the edit adds decode(z') - decode(z) = 0): its answer is the clean model's, without running it again
-    (`skip_unchanged=False` runs it anyway: tests compare the two)."""
+    """For each pair: does the greedy next token after the interchange name the pair's target?"""
     hits = [False] * len(pairs)
-    run = list(range(len(pairs)))
-    if add_error and skip_unchanged and len(pairs):
-        same = (z_base[:, latents] == z_src[:, latents]).all(1).tolist()
-        for i in [i for i in run if same[i]]:
-            hits[i] = pairs[i].base.prediction in pairs[i].targets
-        run = [i for i in run if not same[i]]
     dev, dtype = sae.W_dec.device, sae.W_dec.dtype
-    for sub in length_batches([len(pairs[i].base.ids) for i in run], batch_size):
-        batch = [run[j] for j in sub]
+    for batch in length_batches([len(p.base.ids) for p in pairs], batch_size):
         chunk = [pairs[i] for i in batch]
         ids, mask = pad_sequences([p.base.ids for p in chunk], pad, side="left")
         resid = _padded_resid(chunk, ids.shape[1], d_model)
@@ -325,7 +308,7 @@ def _intervened_hits(
         zm[:, latents] = z_src[batch][:, latents]
         new = sae.decode(zm.to(dev, dtype)).float().cpu()
         if add_error:
-            new = resid[torch.arange(len(chunk)), pos] + (new - sae.decode(zb.to(dev, dtype)).float().cpu())
+            new = resid[torch.arange(len(chunk)), pos] + new - sae.decode(zb.to(dev, dtype)).float().cpu()
         resid[torch.arange(len(chunk)), pos] = new
         pred = runner.logits_from_residual(resid, ids, mask).argmax(-1).tolist()
         for row, i in enumerate(batch):
