@@ -16,7 +16,7 @@ from abstopk_eval.evals.bidirectional.main import effective_decoder, pair_activa
 from abstopk_eval.evals.context import EvalContext
 from abstopk_eval.models.adapter import ModelAdapter
 from tests.helpers.context import make_eval_context
-from tests.helpers.models import D_MODEL, tiny_llama
+from tests.helpers.models import D_MODEL, blocks_run, tiny_llama
 from tests.helpers.saes import SAE_KINDS, negate_latent, random_sae
 from tests.helpers.tokenizer import SPECIAL_TOKENS, tiny_tokenizer
 
@@ -197,7 +197,6 @@ def test_the_effective_decoder_is_each_latents_unit_contribution(kind):
 
 def test_a_second_run_with_a_new_sae_takes_the_pair_activations_from_the_pass_cache(planted, tmp_path):
     from abstopk_eval.models.pass_cache import PassCache, pass_identity
-    from tests.evals.test_pass_cache_evals import blocks_run
 
     adapter, u, mid = planted
     cached = ModelAdapter(adapter.model, adapter.tokenizer)

@@ -5,8 +5,6 @@ core's spliced passes run only blocks L+1.. from the clean residual at L and equ
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 
 import pytest
@@ -20,7 +18,7 @@ from abstopk_eval.models.adapter import ModelAdapter
 from abstopk_eval.models.batching import pad_sequences
 from abstopk_eval.models.pass_cache import PassCache, pass_identity
 from tests.helpers.context import make_eval_context, random_tokens
-from tests.helpers.models import D_MODEL, N_LAYERS, TINY_BUILDERS
+from tests.helpers.models import D_MODEL, N_LAYERS, TINY_BUILDERS, blocks_run
 from tests.helpers.saes import random_sae
 
 ARCHS = sorted(TINY_BUILDERS)
@@ -34,18 +32,6 @@ def _adapters(arch: str, tmp_path) -> tuple[ModelAdapter, ModelAdapter]:
     plain, cached = ModelAdapter(model, tok), ModelAdapter(model, tok)
     cached.pass_cache = PassCache(tmp_path / "model_passes", pass_identity({"key": arch, "weights": "test"}, "cpu"))
     return plain, cached
-
-
-@contextmanager
-def blocks_run(adapter: ModelAdapter) -> Iterator[Counter]:
-    """Counts the forward calls of each decoder block (block index -> calls) while active."""
-    calls: Counter = Counter()
-    hooks = [b.register_forward_hook(lambda *_a, i=i: calls.update([i])) for i, b in enumerate(adapter.layers())]
-    try:
-        yield calls
-    finally:
-        for h in hooks:
-            h.remove()
 
 
 def _core_ctx(adapter: ModelAdapter, tokens: torch.Tensor):

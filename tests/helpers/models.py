@@ -10,7 +10,9 @@ any config field. `save_tiny_model` writes any of them as a local `save_pretrain
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +215,15 @@ class TinyModelFolders(Mapping[str, Path]):
 def tiny_batch(tokenizer: Any, texts: Sequence[str] = ("hello world", "sparse autoencoders!")) -> dict[str, Any]:
     """A small right-padded batch (`input_ids`, `attention_mask` tensors) of `texts`."""
     return dict(tokenizer(list(texts), padding=True, return_tensors="pt"))
+
+
+@contextmanager
+def blocks_run(adapter: Any) -> Iterator[Counter]:
+    """Counts the forward calls of each decoder block of a `ModelAdapter` (block index -> calls) while active."""
+    calls: Counter = Counter()
+    hooks = [b.register_forward_hook(lambda *_a, i=i: calls.update([i])) for i, b in enumerate(adapter.layers())]
+    try:
+        yield calls
+    finally:
+        for h in hooks:
+            h.remove()
