@@ -14,6 +14,7 @@ unless `--saes A B` names two checkpoints (any `compare` format); timing is what
 
     python benchmarks/eval_cost.py                       # gemma-3-270m layer 9, quick preset, every default eval
     python benchmarks/eval_cost.py --smoke               # seconds-to-minutes check: smoke preset, small options
+    python benchmarks/eval_cost.py --saes A B --keep-passes DIR   # trained SAEs; keep the model-pass cache
 
 Writes benchmarks/results/eval_cost.json (with `--smoke`: benchmarks/results/eval_cost_smoke.json unless `--out`):
 per phase the wall time, the time of each evaluation, and the model-pass cache's reads and builds.
