@@ -12,8 +12,9 @@ from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 from abstopk_eval.data.bipolar_pairs import AXES, CONTEXTS, build_instances, sentences
 from abstopk_eval.errors import UserError
 from abstopk_eval.evals.bidirectional.eval_config import BidirectionalEvalConfig
-from abstopk_eval.evals.bidirectional.main import effective_decoder, pair_activations, run_bidirectional
+from abstopk_eval.evals.bidirectional.main import pair_activations, run_bidirectional
 from abstopk_eval.evals.context import EvalContext
+from abstopk_eval.evals.pooled import decoder_rows
 from abstopk_eval.models.adapter import ModelAdapter
 from tests.helpers.context import make_eval_context
 from tests.helpers.models import D_MODEL, blocks_run, tiny_llama
@@ -189,10 +190,11 @@ def test_a_consistent_latent_with_a_small_share_clears_the_control_but_does_not_
 
 @pytest.mark.parametrize("kind", SAE_KINDS)
 def test_the_effective_decoder_is_each_latents_unit_contribution(kind):
+    """Bidirectional weights contrasts by `pooled.decoder_rows`, the one definition of decode(e_j) - decode(0)."""
     sae = random_sae(kind, d_sae=50)
     with torch.no_grad():
         sae.b_dec.normal_()  # cancels: decode is affine
-    assert torch.allclose(effective_decoder(sae, chunk=16), sae.W_dec, atol=1e-5)
+    assert torch.allclose(torch.from_numpy(decoder_rows(sae, chunk=16)).float(), sae.W_dec, atol=1e-5)
 
 
 def test_a_second_run_with_a_new_sae_takes_the_pair_activations_from_the_pass_cache(planted, tmp_path):

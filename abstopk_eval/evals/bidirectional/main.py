@@ -3,7 +3,8 @@
 Data: minimal pairs on bipolar axes (`abstopk_eval.data.bipolar_pairs`), in sentences ("context") and as bare
 words after the start token ("alone"). Pair i gives the layer-L activations x_A, x_B at the one differing token
 and the SAE's latents z_A, z_B there. Per axis and context, with dx_i = x_A - x_B, the contrast direction
-u = mean(dx) / ||mean(dx)|| and the latent's effective decoder row D_j = decode(e_j) - decode(0):
+u = mean(dx) / ||mean(dx)|| and the latent's effective decoder row D_j = decode(e_j) - decode(0)
+(`pooled.decoder_rows`):
 
 - **share** of latent j: its decoder-weighted part of the contrast along u,
   share_j = sum_i (z_A - z_B)_ij (D_j . u) / sum_i (dx_i . u). The shares of all latents sum to the part of the
@@ -55,6 +56,7 @@ from abstopk_eval.evals.bootstrap import percentile_interval, resample_counts
 from abstopk_eval.evals.common import output_common
 from abstopk_eval.evals.context import EvalContext, EvalSpec, register_eval
 from abstopk_eval.evals.options import resolve_config
+from abstopk_eval.evals.pooled import decoder_rows
 from abstopk_eval.models.pass_cache import cached_pass, tensor_digest
 
 EVAL_NAME = "bidirectional"
@@ -90,21 +92,6 @@ def _pair_activations(adapter, layer: int, instances: list[PairInstance]) -> dic
         acts_a[idx] = hidden[2 * rows, pos]
         acts_b[idx] = hidden[2 * rows + 1, pos]
     return {"a": acts_a, "b": acts_b}
-
-
-@torch.no_grad()
-def effective_decoder(sae: SAE, chunk: int = 4096) -> torch.Tensor:
-    """[d_sae, d_in] D_j = decode(e_j) - decode(0): what one unit of latent j adds to the reconstruction (decoder
-    norm folding and output scaling included)."""
-    dev, m = sae.W_dec.device, sae.cfg.d_sae
-    zero = sae.decode(torch.zeros(1, m, device=dev))
-    rows = []
-    for start in range(0, m, chunk):
-        n = min(chunk, m - start)
-        units = torch.zeros(n, m, device=dev)
-        units[torch.arange(n), start + torch.arange(n)] = 1.0  # one chunk of the identity, never all of it
-        rows.append((sae.decode(units) - zero).float().cpu())
-    return torch.cat(rows)
 
 
 @dataclass(frozen=True)
@@ -308,7 +295,7 @@ def run_bidirectional(
             dev = sae.W_enc.device
             z_a = sae.encode(acts_a.to(dev)).double().cpu().numpy()
             z_b = sae.encode(acts_b.to(dev)).double().cpu().numpy()
-        decoder = effective_decoder(sae).double().numpy()
+        decoder = decoder_rows(sae)
         scored: dict[str, list[AxisScore]] = defaultdict(list)
         for n, (axis, context) in enumerate(keys):
             idx = groups[(axis, context)]
